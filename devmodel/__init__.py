@@ -1,0 +1,1 @@
+"""Device models. They never import the vfio-user transport."""

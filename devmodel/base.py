@@ -1,0 +1,72 @@
+"""The contract between a device model and the PCI function that hosts it.
+
+The hosting layer calls `attach(host)` once before any access, then the
+bar_read/bar_write callbacks for trapped BAR accesses (naturally aligned, 1, 2,
+4 or 8 bytes, little-endian values), `reset()` on device reset or FLR, and
+`close()` when the server stops. Callbacks run on the transport's thread and
+must return quickly: long work (DMA engines, timers) runs on the model's own
+worker.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Protocol
+
+from emulator.pci.layout import PciLayout
+
+
+class DmaError(Exception):
+    """The device touched guest memory that is not mapped (or not writable)."""
+
+
+class Dma(Protocol):
+    """Guest memory as the device sees it. Thread-safe. Every access is
+    bounds-checked against the client's DMA maps; a bad address raises
+    DmaError, never a host crash."""
+
+    def read(self, addr: int, length: int) -> bytes: ...
+    def write(self, addr: int, data: bytes) -> None: ...
+
+
+class Interrupts(Protocol):
+    """Interrupt delivery. `trigger(vector)` signals an MSI-X vector when the
+    guest enabled MSI-X (latching the PBA bit when the vector is masked or has
+    no eventfd), else MSI, else asserts INTx. Thread-safe."""
+
+    def trigger(self, vector: int) -> None: ...
+
+
+class DeviceHost(Protocol):
+    dma: Dma
+    irq: Interrupts
+
+
+class DeviceModel(ABC):
+    """A PCI device model."""
+
+    #: short name used by `vfnic serve --device NAME`
+    name: str = ""
+
+    @abstractmethod
+    def layout(self) -> PciLayout:
+        """IDs, BARs, MSI-X placement, PCIe link."""
+
+    def attach(self, host: DeviceHost) -> None:
+        self.host = host
+
+    @abstractmethod
+    def bar_read(self, bar: int, offset: int, size: int) -> int: ...
+
+    @abstractmethod
+    def bar_write(self, bar: int, offset: int, size: int, value: int) -> None: ...
+
+    @abstractmethod
+    def reset(self) -> None:
+        """Return every register to its reset value (device reset, FLR)."""
+
+    def close(self) -> None:
+        """Stop workers; called once when the server stops."""
+
+    def stats(self) -> dict:
+        """Counters worth showing (e.g. undeclared register accesses)."""
+        return {}

@@ -1,0 +1,184 @@
+"""Registers as data.
+
+A device block declares its registers as a table of `Register` values (name,
+offset, reset value, access kind, optional hooks) and hands the table to a
+`RegisterFile`, which implements the access semantics once for every block:
+
+    access  read returns        a write of value v
+    ------  ------------------  ---------------------------------------------
+    RW      stored value        stores v (only the `writable` bits)
+    RO      stored value        ignored (the model itself updates the value)
+    W1C     stored value        clears the bits set in v
+    W1S     stored value        sets the bits set in v
+    SC      stored value        stores v, runs the hook, then the bits in
+                                `self_clearing` drop back to 0
+    WO      0                   stores v (for the hook)
+
+Sub-word accesses (a 4-byte access to half of a 64-bit CSR) merge into the
+register: only the bytes written are affected. Hooks: `on_write(old, new)`
+runs after the value is stored; `on_read(stored) -> value` computes live
+status. An access to an offset that no table declares is served as plain
+storage, logged once with the nearest declared name, and counted in
+`undeclared`, so that gaps in a model are visible.
+"""
+from __future__ import annotations
+
+import bisect
+import logging
+from collections import Counter
+from dataclasses import dataclass, replace
+from enum import Enum
+from typing import Callable, Iterable
+
+ALL_ONES = (1 << 64) - 1
+
+
+class Access(Enum):
+    RW = "RW"
+    RO = "RO"
+    W1C = "W1C"
+    W1S = "W1S"
+    SC = "SC"
+    WO = "WO"
+
+
+@dataclass(frozen=True)
+class Register:
+    name: str
+    offset: int
+    reset: int = 0
+    access: Access = Access.RW
+    width: int = 8
+    writable: int = ALL_ONES
+    self_clearing: int = ALL_ONES
+    on_write: Callable[[int, int], None] | None = None
+    on_read: Callable[[int], int] | None = None
+    doc: str = ""
+
+    def at(self, index: int, stride: int) -> "Register":
+        """The same register repeated at `offset + index * stride` (per-context CSRs)."""
+        return replace(self, name=f"{self.name}[{index}]", offset=self.offset + index * stride)
+
+
+def register_array(template: Register, count: int, stride: int) -> list[Register]:
+    return [template.at(i, stride) for i in range(count)]
+
+
+class RegisterFile:
+    """Storage and access semantics for one address space of registers."""
+
+    def __init__(self, name: str, registers: Iterable[Register] = (), log: logging.Logger | None = None):
+        self.name = name
+        self.log = log or logging.getLogger(f"vfnic.{name}")
+        self._regs: dict[int, Register] = {}
+        self._values: dict[int, int] = {}
+        self._sorted: list[int] = []
+        self._extra: dict[int, int] = {}  # undeclared storage, by 8-byte-aligned offset
+        self.undeclared: Counter[int] = Counter()
+        self.declare(registers)
+
+    # -- declaration -------------------------------------------------------
+    def declare(self, registers: Iterable[Register]) -> None:
+        for reg in registers:
+            if reg.width not in (4, 8) or reg.offset % reg.width:
+                raise ValueError(f"{reg.name}: width {reg.width} at offset {reg.offset:#x} is not natural")
+            if reg.offset in self._regs:
+                raise ValueError(f"{reg.name} and {self._regs[reg.offset].name} share offset {reg.offset:#x}")
+            self._regs[reg.offset] = reg
+            self._values[reg.offset] = reg.reset
+        self._sorted = sorted(self._regs)
+
+    def __contains__(self, name: str) -> bool:
+        return any(r.name == name for r in self._regs.values())
+
+    def register(self, name: str) -> Register:
+        for reg in self._regs.values():
+            if reg.name == name:
+                return reg
+        raise KeyError(name)
+
+    # -- model-side access (no guest semantics) ----------------------------
+    def get(self, offset: int) -> int:
+        return self._values[offset]
+
+    def set(self, offset: int, value: int) -> None:
+        reg = self._regs[offset]
+        self._values[offset] = value & ((1 << (8 * reg.width)) - 1)
+
+    def set_bits(self, offset: int, bits: int) -> None:
+        self._values[offset] |= bits
+
+    def clear_bits(self, offset: int, bits: int) -> None:
+        self._values[offset] &= ~bits
+
+    def reset(self) -> None:
+        for off, reg in self._regs.items():
+            self._values[off] = reg.reset
+        self._extra.clear()
+
+    # -- guest-side access ---------------------------------------------------
+    def _find(self, offset: int, size: int) -> Register | None:
+        reg = self._regs.get(offset & ~7)
+        if reg is not None and reg.width == 8:
+            return reg
+        reg = self._regs.get(offset & ~3)
+        if reg is not None and reg.width == 4 and size <= 4:
+            return reg
+        return None
+
+    def nearest(self, offset: int) -> str:
+        if not self._sorted:
+            return "nothing declared"
+        i = bisect.bisect_right(self._sorted, offset) - 1
+        if i < 0:
+            reg = self._regs[self._sorted[0]]
+            return f"{reg.offset - offset:#x} before {reg.name}"
+        reg = self._regs[self._sorted[i]]
+        return f"{reg.name}+{offset - reg.offset:#x}"
+
+    def _note_undeclared(self, offset: int, kind: str) -> None:
+        key = offset & ~7
+        if key not in self.undeclared:
+            self.log.warning("%s: %s of undeclared offset %#x (%s)", self.name, kind, offset, self.nearest(offset))
+        self.undeclared[key] += 1
+
+    def read(self, offset: int, size: int) -> int:
+        reg = self._find(offset, size)
+        mask = (1 << (8 * size)) - 1
+        if reg is None:
+            self._note_undeclared(offset, "read")
+            return (self._extra.get(offset & ~7, 0) >> (8 * (offset & 7))) & mask
+        value = self._values[reg.offset]
+        if reg.on_read is not None:
+            value = reg.on_read(value)
+        elif reg.access is Access.WO:
+            value = 0
+        return (value >> (8 * (offset - reg.offset))) & mask
+
+    def write(self, offset: int, size: int, value: int) -> None:
+        reg = self._find(offset, size)
+        if reg is None:
+            self._note_undeclared(offset, "write")
+            key, shift = offset & ~7, 8 * (offset & 7)
+            lanes = ((1 << (8 * size)) - 1) << shift
+            self._extra[key] = (self._extra.get(key, 0) & ~lanes) | ((value << shift) & lanes)
+            return
+        shift = 8 * (offset - reg.offset)
+        lanes = ((1 << (8 * size)) - 1) << shift
+        v = (value << shift) & lanes
+        old = self._values[reg.offset]
+        access = reg.access
+        if access is Access.RO:
+            return
+        if access is Access.W1C:
+            new = old & ~v
+        elif access is Access.W1S:
+            new = old | (v & reg.writable)
+        else:
+            wr = lanes & reg.writable
+            new = (old & ~wr) | (v & wr)
+        self._values[reg.offset] = new
+        if reg.on_write is not None:
+            reg.on_write(old, new)
+        if access is Access.SC:
+            self._values[reg.offset] &= ~reg.self_clearing

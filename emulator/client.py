@@ -1,0 +1,220 @@
+"""A vfio-user client: what QEMU's vfio-user-pci does, for tests and benchmarks.
+
+    client = Client(path); client.connect()            # VERSION
+    mem = GuestMemory(1 << 20); client.dma_map(mem, 0x100000)
+    client.read(0, 0x08, 8); client.write(0, 0x08, b"...", posted=True)
+    efd = client.enable_msix(vector=0)                 # SET_IRQS with an eventfd
+
+Requests wait for their reply with a deadline (`timeout`); an error reply
+raises `VfioUserError` carrying the server's errno. `send_raw` lets
+conformance tests put arbitrary bytes on the wire.
+"""
+from __future__ import annotations
+
+import errno
+import json
+import mmap
+import os
+import select
+import socket
+import time
+from dataclasses import dataclass
+
+from .protocol import (
+    DEVICE_INFO, DMA_MAP, DMA_UNMAP, HEADER, HEADER_SIZE, IRQ_INFO, IRQ_SET, REGION_ACCESS, REGION_INFO,
+    WRITE_MULTI_ENTRY, Command, DmaMapFlags, IrqIndex, IrqSetFlags, MsgFlags, SparseMmapCap, Version, header,
+)
+
+QEMU_CAPABILITIES = {
+    "max_msg_fds": 16,
+    "max_data_xfer_size": 1048576,
+    "pgsizes": 4096,
+    "max_dma_maps": 65535,
+    "write_multiple": True,
+    "migration": {"pgsize": 4096, "max_bitmap_size": 268435456},
+}
+
+
+class VfioUserError(Exception):
+    def __init__(self, command: int, errno_: int):
+        super().__init__(f"{Command(command).name if command in Command._value2member_map_ else command} failed: "
+                         f"{errno.errorcode.get(errno_, errno_)}")
+        self.errno = errno_
+
+
+@dataclass
+class Reply:
+    command: int
+    flags: int
+    error_no: int
+    payload: bytes
+    fds: list[int]
+
+
+class GuestMemory:
+    """memfd-backed "guest RAM" the client maps into the server."""
+
+    def __init__(self, size: int, name: str = "vfnic-guest-ram"):
+        self.size = size
+        self.fd = os.memfd_create(name, os.MFD_CLOEXEC)
+        os.ftruncate(self.fd, size)
+        self.mem = mmap.mmap(self.fd, size, mmap.MAP_SHARED)
+
+    def close(self) -> None:
+        self.mem.close()
+        os.close(self.fd)
+
+
+class Client:
+    def __init__(self, path: str, timeout: float = 5.0):
+        self.path, self.timeout = path, timeout
+        self.sock: socket.socket | None = None
+        self._next_id = 0
+        self.server_caps: dict = {}
+
+    # -- connection ---------------------------------------------------------------
+    def connect(self, caps: dict | None = None) -> dict:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.connect(self.path)
+        reply = self.request(Command.VERSION, Version.build(dict(
+            major=0, minor=0, caps=json.dumps({"capabilities": QEMU_CAPABILITIES if caps is None else caps}))))
+        self.server_caps = json.loads(Version.parse(reply.payload).caps)["capabilities"]
+        return self.server_caps
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- messages ------------------------------------------------------------------
+    def _new_id(self) -> int:
+        self._next_id = (self._next_id + 1) & 0xFFFF
+        return self._next_id
+
+    def send_raw(self, data: bytes, fds: tuple[int, ...] = ()) -> None:
+        anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, b"".join(fd.to_bytes(4, "little") for fd in fds))] if fds else []
+        sent = self.sock.sendmsg([data], anc)
+        if sent < len(data):
+            self.sock.sendall(data[sent:])
+
+    def send(self, command: int, payload: bytes = b"", fds: tuple[int, ...] = (), no_reply: bool = False) -> int:
+        msg_id = self._new_id()
+        self.send_raw(header(msg_id, command, len(payload), MsgFlags.NO_REPLY if no_reply else 0) + payload, fds)
+        return msg_id
+
+    def _recv_exact(self, n: int, deadline: float) -> bytes:
+        buf = bytearray()
+        while len(buf) < n:
+            self._wait_readable(deadline)
+            chunk = self.sock.recv(n - len(buf))
+            if not chunk:
+                raise ConnectionError("server closed the connection")
+            buf += chunk
+        return bytes(buf)
+
+    def _wait_readable(self, deadline: float) -> None:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not select.select([self.sock], [], [], remaining)[0]:
+            raise TimeoutError(f"no reply from {self.path} within {self.timeout} s")
+
+    def receive(self, timeout: float | None = None) -> tuple[int, Reply]:
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        self._wait_readable(deadline)
+        data, anc, _, _ = self.sock.recvmsg(HEADER_SIZE, socket.CMSG_SPACE(16 * 4))
+        if not data:
+            raise ConnectionError("server closed the connection")
+        fds = [int.from_bytes(d[i:i + 4], "little") for lvl, kind, d in anc
+               if lvl == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS for i in range(0, len(d) - len(d) % 4, 4)]
+        if len(data) < HEADER_SIZE:
+            data += self._recv_exact(HEADER_SIZE - len(data), deadline)
+        msg_id, command, size, flags, error_no = HEADER.unpack_from(data)
+        payload = self._recv_exact(size - HEADER_SIZE, deadline) if size > HEADER_SIZE else b""
+        return msg_id, Reply(command, flags, error_no, payload, fds)
+
+    def request(self, command: int, payload: bytes = b"", fds: tuple[int, ...] = ()) -> Reply:
+        msg_id = self.send(command, payload, fds)
+        while True:
+            got_id, reply = self.receive()
+            if got_id == msg_id:
+                break
+        if reply.flags & MsgFlags.ERROR:
+            raise VfioUserError(command, reply.error_no)
+        return reply
+
+    # -- commands ------------------------------------------------------------------
+    def get_info(self) -> dict:
+        return DEVICE_INFO.parse(self.request(Command.DEVICE_GET_INFO, DEVICE_INFO.build(argsz=16)).payload)
+
+    def region_info(self, index: int, argsz: int = 32) -> tuple[dict, list, list[int]]:
+        """(info, sparse mmap areas, fds); asks again with a larger argsz if caps did not fit."""
+        reply = self.request(Command.DEVICE_GET_REGION_INFO, REGION_INFO.build(argsz=argsz, index=index))
+        info = REGION_INFO.parse(reply.payload)
+        if info["argsz"] > argsz:
+            for fd in reply.fds:
+                os.close(fd)
+            return self.region_info(index, info["argsz"])
+        areas = []
+        if info["cap_offset"]:
+            areas = [(a.offset, a.size) for a in SparseMmapCap.parse(reply.payload[info["cap_offset"]:]).areas]
+        return info, areas, reply.fds
+
+    def irq_info(self, index: int) -> dict:
+        return IRQ_INFO.parse(self.request(Command.DEVICE_GET_IRQ_INFO, IRQ_INFO.build(argsz=16, index=index)).payload)
+
+    def set_irqs(self, index: int, flags: int, start: int = 0, count: int = 0, fds: tuple[int, ...] = (), data: bytes = b"") -> None:
+        self.request(Command.DEVICE_SET_IRQS, IRQ_SET.build(argsz=20, flags=flags, index=index, start=start, count=count) + data, fds)
+
+    def enable_msix(self, vector: int) -> int:
+        """Give the server an eventfd for one MSI-X vector, as QEMU does when the guest unmasks it."""
+        efd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        self.set_irqs(IrqIndex.MSIX, IrqSetFlags.DATA_EVENTFD | IrqSetFlags.ACTION_TRIGGER, vector, 1, (efd,))
+        return efd
+
+    def dma_map(self, memory: GuestMemory | None, address: int, size: int | None = None, offset: int = 0,
+                writable: bool = True) -> None:
+        size = memory.size - offset if size is None else size
+        flags = DmaMapFlags.READ | (DmaMapFlags.WRITE if writable else 0)
+        self.request(Command.DMA_MAP, DMA_MAP.build(argsz=32, flags=flags, offset=offset, address=address, size=size),
+                     (memory.fd,) if memory else ())
+
+    def dma_unmap(self, address: int, size: int, flags: int = 0) -> None:
+        self.request(Command.DMA_UNMAP, DMA_UNMAP.build(argsz=24, flags=flags, address=address, size=size))
+
+    def read(self, region: int, offset: int, count: int) -> bytes:
+        reply = self.request(Command.REGION_READ, REGION_ACCESS.pack(offset, region, count))
+        return reply.payload[REGION_ACCESS.size:]
+
+    def write(self, region: int, offset: int, data: bytes, posted: bool = False) -> None:
+        payload = REGION_ACCESS.pack(offset, region, len(data)) + data
+        if posted:
+            self.send(Command.REGION_WRITE, payload, no_reply=True)
+        else:
+            self.request(Command.REGION_WRITE, payload)
+
+    def read64(self, region: int, offset: int) -> int:
+        return int.from_bytes(self.read(region, offset, 8), "little")
+
+    def write64(self, region: int, offset: int, value: int, posted: bool = False) -> None:
+        self.write(region, offset, value.to_bytes(8, "little"), posted)
+
+    def write_multi(self, writes: list[tuple[int, int, bytes]]) -> None:
+        """Posted, like QEMU's."""
+        body = len(writes).to_bytes(8, "little") + b"".join(
+            WRITE_MULTI_ENTRY.pack(off, region, len(d)) + d.ljust(8, b"\0") for region, off, d in writes)
+        self.send(Command.REGION_WRITE_MULTI, body, no_reply=True)
+
+    def reset(self) -> None:
+        self.request(Command.DEVICE_RESET)
+
+
+def wait_eventfd(fd: int, timeout: float) -> int:
+    """Wait (with a deadline) for an eventfd to be signalled; return its count, 0 on timeout."""
+    if not select.select([fd], [], [], timeout)[0]:
+        return 0
+    return os.eventfd_read(fd)

@@ -1,0 +1,170 @@
+"""Guest memory as the device sees it: the client's DMA maps.
+
+QEMU maps guest RAM with DMA_MAP, passing the RAM's memfd; we mmap each such
+fd once and serve the device's reads and writes from the mapping. Maps without
+an fd (BIOS ROM blocks, the guest's view of mmapped BARs) are recorded so that
+overlap checks stay exact, but the device cannot reach them: QEMU 11.1
+misplaces the data of server-initiated DMA_READ/DMA_WRITE messages, so we do
+not use them.
+
+Every device access is bounds-checked against the maps; an address outside
+them raises `DmaError` (the device model turns that into a device error, as
+silicon would raise a PCIe completion error). Python's mmap refuses to close
+while a view is exported, so an unmap that races a numpy view leaves the
+mapping alive until the view dies: stale data, never a host crash.
+"""
+from __future__ import annotations
+
+import bisect
+import errno
+import mmap
+import os
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+
+from devmodel.base import DmaError
+
+
+class DmaMapError(Exception):
+    def __init__(self, errno_: int, message: str):
+        super().__init__(message)
+        self.errno = errno_
+
+
+@dataclass
+class DmaRegion:
+    address: int
+    size: int
+    writable: bool
+    mapping: mmap.mmap | None
+    delta: int  # where `address` sits inside `mapping` (offset aligned down to a page)
+
+    @property
+    def end(self) -> int:
+        return self.address + self.size
+
+    def release(self) -> None:
+        if self.mapping is not None:
+            try:
+                self.mapping.close()
+            except BufferError:
+                pass  # a view is still exported: the mapping dies with it
+
+
+class DmaSpace:
+    """The set of DMA maps of one client connection. Thread-safe."""
+
+    def __init__(self, max_maps: int = 65535):
+        self.max_maps = max_maps
+        self._regions: list[DmaRegion] = []  # sorted by address, disjoint
+        self._starts: list[int] = []
+        self._lock = threading.RLock()
+
+    # -- the client's side ---------------------------------------------------
+    def add(self, address: int, size: int, writable: bool, fd: int | None, offset: int) -> DmaRegion:
+        """Map [address, address+size). Takes ownership of `fd` (closed here)."""
+        try:
+            if size == 0 or address + size > 1 << 64:
+                raise DmaMapError(errno.EINVAL, f"DMA map [{address:#x}, +{size:#x}) is empty or wraps")
+            with self._lock:
+                if len(self._regions) >= self.max_maps:
+                    raise DmaMapError(errno.ENOSPC, f"more than {self.max_maps} DMA maps")
+                i = bisect.bisect_right(self._starts, address)
+                if (i > 0 and self._regions[i - 1].end > address) or (
+                    i < len(self._regions) and self._regions[i].address < address + size
+                ):
+                    raise DmaMapError(errno.EEXIST, f"DMA map [{address:#x}, +{size:#x}) overlaps an existing map")
+                mapping, delta = (None, 0) if fd is None else self._mmap(fd, offset, size, writable)
+                region = DmaRegion(address, size, writable, mapping, delta)
+                self._regions.insert(i, region)
+                self._starts.insert(i, address)
+                return region
+        finally:
+            if fd is not None:
+                os.close(fd)
+
+    @staticmethod
+    def _mmap(fd: int, offset: int, size: int, writable: bool) -> tuple[mmap.mmap, int]:
+        try:
+            st = os.fstat(fd)
+        except OSError as e:
+            raise DmaMapError(errno.EBADF, f"DMA map fd is unusable: {e}") from e
+        # Touching a page past the end of the file would kill us with SIGBUS.
+        if st.st_size < offset + size:
+            raise DmaMapError(errno.EINVAL, f"DMA map [{offset:#x}, +{size:#x}) runs past the end of its file ({st.st_size:#x})")
+        page = max(mmap.ALLOCATIONGRANULARITY, st.st_blksize if st.st_blksize & (st.st_blksize - 1) == 0 else 0)
+        delta = offset % page
+        prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
+        try:
+            return mmap.mmap(fd, size + delta, mmap.MAP_SHARED, prot, offset=offset - delta), delta
+        except (OSError, ValueError, OverflowError) as e:
+            raise DmaMapError(getattr(e, "errno", None) or errno.EINVAL, f"cannot mmap DMA region: {e}") from e
+
+    def remove(self, address: int, size: int) -> None:
+        with self._lock:
+            i = bisect.bisect_left(self._starts, address)
+            if i == len(self._regions) or self._regions[i].address != address or self._regions[i].size != size:
+                raise DmaMapError(errno.ENOENT, f"no DMA map is exactly [{address:#x}, +{size:#x})")
+            region = self._regions.pop(i)
+            self._starts.pop(i)
+        region.release()
+
+    def clear(self) -> None:
+        with self._lock:
+            regions, self._regions, self._starts = self._regions, [], []
+        for region in regions:
+            region.release()
+
+    def __len__(self) -> int:
+        return len(self._regions)
+
+    def regions(self) -> list[tuple[int, int, bool, bool]]:
+        """(address, size, writable, reachable) of every map, for diagnostics and tests."""
+        with self._lock:
+            return [(r.address, r.size, r.writable, r.mapping is not None) for r in self._regions]
+
+    # -- the device's side -----------------------------------------------------
+    def _pieces(self, addr: int, length: int, write: bool):
+        """Yield (region, offset in mapping, n) covering [addr, addr+length)."""
+        if length < 0 or addr < 0 or addr + length > 1 << 64:
+            raise DmaError(f"DMA access [{addr:#x}, +{length:#x}) is malformed")
+        pos, end = addr, addr + length
+        while pos < end:
+            i = bisect.bisect_right(self._starts, pos) - 1
+            region = self._regions[i] if i >= 0 else None
+            if region is None or pos >= region.end:
+                raise DmaError(f"DMA {'write' if write else 'read'} at {pos:#x} is outside every DMA map")
+            if region.mapping is None:
+                raise DmaError(f"DMA at {pos:#x} hits a map without a file descriptor (not reachable)")
+            if write and not region.writable:
+                raise DmaError(f"DMA write at {pos:#x} hits a read-only map")
+            n = min(end, region.end) - pos
+            yield region, region.delta + pos - region.address, n
+            pos += n
+
+    def read(self, addr: int, length: int) -> bytes:
+        with self._lock:
+            parts = [r.mapping[o:o + n] for r, o, n in self._pieces(addr, length, False)]
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def write(self, addr: int, data: bytes) -> None:
+        with self._lock:
+            pos = 0
+            for r, o, n in self._pieces(addr, len(data), True):
+                r.mapping[o:o + n] = data[pos:pos + n]
+                pos += n
+
+    def view(self, addr: int, length: int, writable: bool = False) -> np.ndarray:
+        """A zero-copy uint8 view of guest memory that lies in one map."""
+        with self._lock:
+            pieces = list(self._pieces(addr, length, writable))
+            if len(pieces) != 1:
+                raise DmaError(f"[{addr:#x}, +{length:#x}) spans several DMA maps; use read/write")
+            r, o, n = pieces[0]
+            arr = np.frombuffer(r.mapping, dtype=np.uint8, count=n, offset=o)
+            if not (writable and r.writable):
+                arr = arr.view()
+                arr.flags.writeable = False
+            return arr

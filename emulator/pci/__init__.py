@@ -1,0 +1,1 @@
+"""The PCI function layer: config space from capability objects, BARs, MSI-X, FLR."""

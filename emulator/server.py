@@ -1,0 +1,499 @@
+"""The vfio-user server: one AF_UNIX socket, one PCI function, one client at a time.
+
+    LISTENING --accept--> NEGOTIATING --VERSION--> RUNNING --EOF/fatal--> LISTENING
+         \\                                                                  |
+          +--------------------------- stop() ----------------------> CLOSED
+
+Messages are read and handled strictly in order on one thread: QEMU posts BAR
+writes without waiting for a reply, and a later read must observe them. A
+malformed message gets an error reply carrying an errno and the connection
+goes on; only a message that cannot be framed (a size below the header or
+above what we accept) ends the connection, since the rest of the stream can no
+longer be trusted. When a client goes, its DMA maps and eventfds are released
+and the server accepts the next client; device state survives.
+"""
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import select
+import socket
+import threading
+from dataclasses import dataclass
+from enum import Enum
+
+from .dma import DmaMapError
+from .irq import IrqSetError
+from .pci.function import NUM_REGIONS, PciFunction, RegionAccessError
+from .protocol import (
+    DEVICE_INFO, DMA_MAP, DMA_UNMAP, HEADER, HEADER_SIZE, IRQ_INFO, IRQ_SET, MSG_TYPE_MASK, NUM_IRQS,
+    REGION_ACCESS, REGION_INFO, WRITE_MULTI_ENTRY, WRITE_MULTI_MAX, CapHeader, Command, DeviceFlags,
+    DmaMapFlags, DmaUnmapFlags, IrqInfoFlags, IrqIndex, IrqSetFlags, MsgFlags, RegionCap, RegionFlags,
+    SparseMmapCap, Version, header,
+)
+
+MAX_MSG_FDS = 8
+MAX_DATA_XFER_SIZE = 1 << 20
+MAX_DMA_MAPS = 65535
+PGSIZES = 4096
+#: the largest message we read: a full-size REGION_WRITE, with room for headers
+MAX_MESSAGE_SIZE = MAX_DATA_XFER_SIZE + 4096
+_CMSG_SPACE = socket.CMSG_SPACE(MAX_MSG_FDS * 4)
+
+
+class RunState(Enum):
+    LISTENING = "listening"
+    NEGOTIATING = "negotiating"
+    RUNNING = "running"
+    CLOSED = "closed"
+
+
+class ProtocolError(Exception):
+    """A command the server refuses; answered with an error reply."""
+
+    def __init__(self, errno_: int, message: str):
+        super().__init__(message)
+        self.errno = errno_
+
+
+class StateError(ProtocolError):
+    """A command that is not valid in the connection's current runstate."""
+
+    def __init__(self, command: int, state: RunState):
+        super().__init__(errno.EINVAL, f"{_name(command)} is not valid while {state.value}")
+
+
+class FramingError(Exception):
+    """The stream cannot be parsed any further: the connection must end."""
+
+
+class Disconnected(Exception):
+    pass
+
+
+def _name(command: int) -> str:
+    try:
+        return Command(command).name
+    except ValueError:
+        return f"command {command}"
+
+
+@dataclass
+class Message:
+    msg_id: int
+    command: int
+    flags: int
+    payload: bytes
+    fds: list[int]
+    fds_truncated: bool = False
+
+    @property
+    def wants_reply(self) -> bool:
+        return not self.flags & MsgFlags.NO_REPLY
+
+
+@dataclass
+class Reply:
+    payload: bytes = b""
+    fds: tuple[int, ...] = ()
+
+
+class Connection:
+    """One client's session: framing, runstate, dispatch."""
+
+    def __init__(self, sock: socket.socket, function: PciFunction, log: logging.Logger, write_multiple: bool = True):
+        self.sock, self.function, self.log = sock, function, log
+        self.state = RunState.NEGOTIATING
+        self.write_multiple = write_multiple
+        self.client_caps: dict = {}
+        self.counts = {"messages": 0, "errors": 0}
+        self._handlers = {
+            Command.VERSION: self.version,
+            Command.DMA_MAP: self.dma_map,
+            Command.DMA_UNMAP: self.dma_unmap,
+            Command.DEVICE_GET_INFO: self.get_info,
+            Command.DEVICE_GET_REGION_INFO: self.get_region_info,
+            Command.DEVICE_GET_IRQ_INFO: self.get_irq_info,
+            Command.DEVICE_SET_IRQS: self.set_irqs,
+            Command.REGION_READ: self.region_read,
+            Command.REGION_WRITE: self.region_write,
+            Command.REGION_WRITE_MULTI: self.region_write_multi,
+            Command.DEVICE_RESET: self.device_reset,
+        }
+
+    # -- framing ------------------------------------------------------------------
+    def _recv_exact(self, n: int) -> bytes:
+        buf = bytearray(n)
+        view, got = memoryview(buf), 0
+        while got < n:
+            r = self.sock.recv_into(view[got:], n - got)
+            if r == 0:
+                raise Disconnected("client closed the connection mid-message")
+            got += r
+        return bytes(buf)
+
+    def receive(self) -> Message:
+        data, ancdata, msg_flags, _ = self.sock.recvmsg(HEADER_SIZE, _CMSG_SPACE)
+        if not data:
+            raise Disconnected("client closed the connection")
+        fds: list[int] = []
+        for level, kind, cdata in ancdata:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                n = len(cdata) // 4
+                fds.extend(int.from_bytes(cdata[4 * i:4 * i + 4], "little", signed=True) for i in range(n))
+        if len(data) < HEADER_SIZE:
+            data += self._recv_exact(HEADER_SIZE - len(data))
+        msg_id, command, msg_size, flags, _error = HEADER.unpack_from(data)
+        if msg_size < HEADER_SIZE or msg_size > MAX_MESSAGE_SIZE:
+            for fd in fds:
+                os.close(fd)
+            raise FramingError(f"message {msg_id} ({_name(command)}) claims size {msg_size}")
+        payload = self._recv_exact(msg_size - HEADER_SIZE) if msg_size > HEADER_SIZE else b""
+        return Message(msg_id, command, flags, payload, fds, bool(msg_flags & socket.MSG_CTRUNC))
+
+    def send(self, msg_id: int, command: int, reply: Reply) -> None:
+        data = header(msg_id, command, len(reply.payload), MsgFlags.TYPE_REPLY) + reply.payload
+        if reply.fds:
+            sent = self.sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, bytes().join(
+                fd.to_bytes(4, "little") for fd in reply.fds))])
+            data = data[sent:]
+        if data:
+            self.sock.sendall(data)
+
+    def send_error(self, msg_id: int, command: int, err: int) -> None:
+        self.sock.sendall(header(msg_id, command, 0, MsgFlags.TYPE_REPLY | MsgFlags.ERROR, err))
+
+    @staticmethod
+    def _close_fds(msg: Message) -> None:
+        for fd in msg.fds:
+            os.close(fd)
+        msg.fds = []
+
+    # -- loop -----------------------------------------------------------------------
+    def serve(self) -> None:
+        handlers = self._handlers
+        while True:
+            msg = None
+            try:
+                msg = self.receive()
+                self.counts["messages"] += 1
+                if msg.fds_truncated:
+                    self._close_fds(msg)
+                    raise ProtocolError(errno.EINVAL, f"more than {MAX_MSG_FDS} file descriptors")
+                if msg.flags & MSG_TYPE_MASK != MsgFlags.TYPE_COMMAND:
+                    self._close_fds(msg)
+                    raise ProtocolError(errno.EINVAL, f"message type {msg.flags & MSG_TYPE_MASK} from a client")
+                handler = handlers.get(msg.command)
+                if handler is None:
+                    self._close_fds(msg)
+                    raise ProtocolError(*self._unsupported(msg.command))
+                if self.state is not RunState.RUNNING and msg.command != Command.VERSION:
+                    self._close_fds(msg)
+                    raise StateError(msg.command, self.state)
+                reply = handler(msg)
+                if msg.wants_reply:
+                    self.send(msg.msg_id, msg.command, reply or Reply())
+            except ProtocolError as e:
+                self.counts["errors"] += 1
+                self.log.warning("%s refused: %s (%s)", _name(msg.command) if msg else "message", e, errno.errorcode.get(e.errno, e.errno))
+                if msg is None or msg.wants_reply:
+                    self.send_error(msg.msg_id if msg else 0, msg.command if msg else 0, e.errno)
+
+    @staticmethod
+    def _unsupported(command: int) -> tuple[int, str]:
+        if command in (Command.DEVICE_FEATURE,):
+            return errno.ENOTTY, "device features are not supported"
+        if command in (Command.DEVICE_GET_REGION_IO_FDS, Command.MIG_DATA_READ, Command.MIG_DATA_WRITE):
+            return errno.ENOTSUP, f"{_name(command)} is not supported"
+        if command in (Command.DMA_READ, Command.DMA_WRITE):
+            return errno.EINVAL, f"{_name(command)} goes from server to client"
+        return errno.ENOSYS, f"unknown command {command}"
+
+    # -- helpers -----------------------------------------------------------------------
+    @staticmethod
+    def _fixed(msg: Message, layout, what: str, exact: bool = False) -> tuple:
+        if len(msg.payload) < layout.size or (exact and len(msg.payload) != layout.size):
+            raise ProtocolError(errno.EINVAL, f"{what}: payload of {len(msg.payload)} bytes, need {layout.size}")
+        return layout.unpack_from(msg.payload)
+
+    def _no_fds(self, msg: Message) -> None:
+        if msg.fds:
+            self._close_fds(msg)
+            raise ProtocolError(errno.EINVAL, f"{_name(msg.command)} carries no file descriptors")
+
+    # -- handlers --------------------------------------------------------------------
+    def version(self, msg: Message) -> Reply:
+        self._no_fds(msg)
+        if self.state is RunState.RUNNING:
+            raise StateError(msg.command, self.state)
+        try:
+            v = Version.parse(msg.payload)
+            caps = json.loads(v.caps) if v.caps else {}
+        except Exception as e:
+            raise ProtocolError(errno.EINVAL, f"malformed VERSION: {e}") from None
+        if v.major != 0:
+            raise ProtocolError(errno.ENOTSUP, f"protocol major version {v.major} (we speak 0)")
+        if not isinstance(caps, dict) or not isinstance(caps.get("capabilities", {}), dict):
+            raise ProtocolError(errno.EINVAL, "VERSION capabilities are not a JSON object")
+        self.client_caps = caps.get("capabilities", {})
+        pgsizes = self.client_caps.get("pgsizes", PGSIZES)
+        if not isinstance(pgsizes, int) or not pgsizes & PGSIZES:
+            raise ProtocolError(errno.EINVAL, f"client page sizes {pgsizes!r} exclude 4 KiB")
+        ours = {"max_msg_fds": MAX_MSG_FDS, "max_data_xfer_size": MAX_DATA_XFER_SIZE,
+                "pgsizes": PGSIZES, "max_dma_maps": MAX_DMA_MAPS}
+        if self.write_multiple:
+            ours["write_multiple"] = True
+        self.state = RunState.RUNNING
+        self.log.info("negotiated protocol 0.0 with client capabilities %s", self.client_caps)
+        return Reply(Version.build(dict(major=0, minor=0, caps=json.dumps({"capabilities": ours}, separators=(",", ":")))))
+
+    def dma_map(self, msg: Message) -> Reply:
+        argsz, flags, offset, address, size = self._fixed(msg, DMA_MAP, "DMA_MAP")
+        if len(msg.fds) > 1:
+            self._close_fds(msg)
+            raise ProtocolError(errno.EINVAL, f"DMA_MAP with {len(msg.fds)} file descriptors")
+        fd = msg.fds[0] if msg.fds else None
+        msg.fds = []
+        if argsz < DMA_MAP.size or flags & ~(DmaMapFlags.READ | DmaMapFlags.WRITE):
+            if fd is not None:
+                os.close(fd)
+            raise ProtocolError(errno.EINVAL, f"DMA_MAP argsz {argsz} flags {flags:#x}")
+        try:
+            self.function.dma.add(address, size, bool(flags & DmaMapFlags.WRITE), fd, offset)
+        except DmaMapError as e:
+            raise ProtocolError(e.errno, str(e)) from None
+        self.log.debug("DMA_MAP [%#x, +%#x) %s%s", address, size, "rw" if flags & DmaMapFlags.WRITE else "ro", "" if fd is not None else " (no fd)")
+        return Reply()
+
+    def dma_unmap(self, msg: Message) -> Reply:
+        self._no_fds(msg)
+        argsz, flags, address, size = self._fixed(msg, DMA_UNMAP, "DMA_UNMAP")
+        if flags & DmaUnmapFlags.GET_DIRTY_BITMAP:
+            raise ProtocolError(errno.ENOTSUP, "dirty page tracking is not supported")
+        if argsz < DMA_UNMAP.size or flags & ~DmaUnmapFlags.ALL:
+            raise ProtocolError(errno.EINVAL, f"DMA_UNMAP argsz {argsz} flags {flags:#x}")
+        if flags & DmaUnmapFlags.ALL:
+            if address or size:
+                raise ProtocolError(errno.EINVAL, "DMA_UNMAP ALL with an address or size")
+            self.function.dma.clear()
+        else:
+            try:
+                self.function.dma.remove(address, size)
+            except DmaMapError as e:
+                raise ProtocolError(e.errno, str(e)) from None
+        return Reply(msg.payload[:DMA_UNMAP.size])
+
+    def get_info(self, msg: Message) -> Reply:
+        self._no_fds(msg)
+        argsz, *_ = self._fixed(msg, DEVICE_INFO, "DEVICE_GET_INFO")
+        if argsz < DEVICE_INFO.size:
+            raise ProtocolError(errno.EINVAL, f"DEVICE_GET_INFO argsz {argsz}")
+        return Reply(DEVICE_INFO.pack(DEVICE_INFO.size, DeviceFlags.RESET | DeviceFlags.PCI, NUM_REGIONS, NUM_IRQS))
+
+    def get_region_info(self, msg: Message) -> Reply:
+        self._no_fds(msg)
+        argsz, _flags, index, _cap, _size, _off = self._fixed(msg, REGION_INFO, "DEVICE_GET_REGION_INFO")
+        if argsz < REGION_INFO.size or index >= NUM_REGIONS:
+            raise ProtocolError(errno.EINVAL, f"region index {index} argsz {argsz}")
+        size = self.function.region_size(index)
+        flags = RegionFlags.READ | RegionFlags.WRITE if size else 0
+        caps, fds = b"", ()
+        bar = self.function.bars.get(index)
+        if bar is not None and bar.shared:
+            flags |= RegionFlags.MMAP
+            caps = SparseMmapCap.build(dict(header=dict(id=RegionCap.SPARSE_MMAP, version=1, next=0),
+                                            areas=[dict(offset=o, size=s) for o, s in bar.mmap_areas]))
+        full = REGION_INFO.size + len(caps)
+        cap_offset = 0
+        if caps and argsz >= full:
+            flags |= RegionFlags.CAPS
+            cap_offset = REGION_INFO.size
+            fds = (self.function.shared[index].fd,)
+        else:
+            caps = b""
+        return Reply(REGION_INFO.pack(full, flags, index, cap_offset, size, 0) + caps, fds)
+
+    def get_irq_info(self, msg: Message) -> Reply:
+        self._no_fds(msg)
+        argsz, _flags, index, _count = self._fixed(msg, IRQ_INFO, "DEVICE_GET_IRQ_INFO")
+        if argsz < IRQ_INFO.size or index >= NUM_IRQS:
+            raise ProtocolError(errno.EINVAL, f"IRQ index {index} argsz {argsz}")
+        flags = IrqInfoFlags.EVENTFD | (IrqInfoFlags.MASKABLE if index == IrqIndex.INTX else 0)
+        return Reply(IRQ_INFO.pack(IRQ_INFO.size, flags, index, self.function.irq.counts[IrqIndex(index)]))
+
+    def set_irqs(self, msg: Message) -> Reply:
+        fds, msg.fds = msg.fds, []
+        try:
+            argsz, flags, index, start, count = self._fixed(msg, IRQ_SET, "DEVICE_SET_IRQS")
+            if argsz < IRQ_SET.size:
+                raise ProtocolError(errno.EINVAL, f"SET_IRQS argsz {argsz}")
+        except ProtocolError:
+            for fd in fds:
+                os.close(fd)
+            raise
+        try:
+            self.function.irq.set_irqs(flags, index, start, count, fds, msg.payload[IRQ_SET.size:])
+        except IrqSetError as e:
+            raise ProtocolError(e.errno, str(e)) from None
+        return Reply()
+
+    def _access(self, msg: Message) -> tuple[int, int, int]:
+        offset, region, count = self._fixed(msg, REGION_ACCESS, _name(msg.command))
+        if count > MAX_DATA_XFER_SIZE:
+            raise ProtocolError(errno.E2BIG, f"{count} bytes exceed max_data_xfer_size")
+        return offset, region, count
+
+    def region_read(self, msg: Message) -> Reply:
+        self._no_fds(msg)
+        offset, region, count = self._access(msg)
+        try:
+            data = self.function.region_read(region, offset, count)
+        except RegionAccessError as e:
+            raise ProtocolError(errno.EINVAL, str(e)) from None
+        return Reply(msg.payload[:REGION_ACCESS.size] + data)
+
+    def region_write(self, msg: Message) -> Reply:
+        self._no_fds(msg)
+        offset, region, count = self._access(msg)
+        if len(msg.payload) != REGION_ACCESS.size + count:
+            raise ProtocolError(errno.EINVAL, f"REGION_WRITE of {count} bytes carries {len(msg.payload) - REGION_ACCESS.size}")
+        try:
+            self.function.region_write(region, offset, msg.payload[REGION_ACCESS.size:])
+        except RegionAccessError as e:
+            raise ProtocolError(errno.EINVAL, str(e)) from None
+        return Reply(msg.payload[:REGION_ACCESS.size])
+
+    def region_write_multi(self, msg: Message) -> Reply:
+        self._no_fds(msg)
+        if len(msg.payload) < 8:
+            raise ProtocolError(errno.EINVAL, "REGION_WRITE_MULTI without a count")
+        wr_cnt = int.from_bytes(msg.payload[:8], "little")
+        entry = WRITE_MULTI_ENTRY.size + 8
+        if wr_cnt > WRITE_MULTI_MAX or len(msg.payload) != 8 + entry * wr_cnt:
+            raise ProtocolError(errno.EINVAL, f"REGION_WRITE_MULTI of {wr_cnt} writes in {len(msg.payload)} bytes")
+        writes = []
+        for i in range(wr_cnt):
+            pos = 8 + entry * i
+            offset, region, count = WRITE_MULTI_ENTRY.unpack_from(msg.payload, pos)
+            if not 0 < count <= 8:
+                raise ProtocolError(errno.EINVAL, f"write {i} of REGION_WRITE_MULTI has {count} bytes")
+            writes.append((region, offset, msg.payload[pos + 16:pos + 16 + count]))
+        for i, (region, offset, data) in enumerate(writes):
+            try:
+                self.function.region_write(region, offset, data)
+            except RegionAccessError as e:
+                raise ProtocolError(errno.EINVAL, f"write {i} of REGION_WRITE_MULTI: {e}") from None
+        return Reply()
+
+    def device_reset(self, msg: Message) -> Reply:
+        self._no_fds(msg)
+        self.function.reset()
+        self.log.info("DEVICE_RESET")
+        return Reply()
+
+
+class ServerError(Exception):
+    """A reason `vfnic serve` cannot start, said in one line."""
+
+
+class Server:
+    """Serves one PCI function on one AF_UNIX socket, one client at a time."""
+
+    def __init__(self, path: str, function: PciFunction, write_multiple: bool = True, name: str = ""):
+        self.path, self.function, self.write_multiple = path, function, write_multiple
+        self.log = logging.getLogger(f"vfnic.server.{name or os.path.basename(path)}")
+        self.state = RunState.CLOSED
+        self.clients = 0
+        self.connection: Connection | None = None
+        self._listener: socket.socket | None = None
+        self._conn_sock: socket.socket | None = None
+        self._stopping = threading.Event()
+        self._wake_r, self._wake_w = os.pipe()
+
+    def bind(self) -> None:
+        directory = os.path.dirname(os.path.abspath(self.path))
+        if not os.path.isdir(directory):
+            raise ServerError(f"socket directory {directory} does not exist")
+        if os.path.exists(self.path):
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                probe.connect(self.path)
+            except (ConnectionRefusedError, FileNotFoundError):
+                os.unlink(self.path)  # a stale socket left by a process that died
+            except OSError as e:
+                raise ServerError(f"{self.path} exists and is not a socket we can replace: {e}") from None
+            else:
+                raise ServerError(f"{self.path} is already being served by another process")
+            finally:
+                probe.close()
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            listener.bind(self.path)
+        except OSError as e:
+            listener.close()
+            raise ServerError(f"cannot create socket {self.path}: {e.strerror}") from None
+        listener.listen(1)
+        self._listener = listener
+        self.state = RunState.LISTENING
+
+    def serve_forever(self) -> None:
+        if self._listener is None:
+            self.bind()
+        while not self._stopping.is_set():
+            readable, _, _ = select.select([self._listener, self._wake_r], [], [])
+            if self._wake_r in readable or self._stopping.is_set():
+                break
+            try:
+                sock, _ = self._listener.accept()
+            except OSError:
+                continue
+            self.clients += 1
+            self._conn_sock = sock
+            self.state = RunState.NEGOTIATING
+            log = self.log.getChild(f"client{self.clients}")
+            log.info("client connected")
+            self.connection = Connection(sock, self.function, log, self.write_multiple)
+            try:
+                self.connection.serve()
+            except Disconnected as e:
+                log.info("%s", e)
+            except FramingError as e:
+                log.warning("closing the connection: %s", e)
+            except OSError as e:
+                log.info("connection ended: %s", e)
+            finally:
+                sock.close()
+                self._conn_sock = None
+                self.function.disconnect()
+                log.info("client gone: released its DMA maps and eventfds")
+                if not self._stopping.is_set():
+                    self.state = RunState.LISTENING
+        self.state = RunState.CLOSED
+
+    def stop(self) -> None:
+        """Stop serving: wake the loop, close the sockets, remove the socket file."""
+        self._stopping.set()
+        os.write(self._wake_w, b"x")
+        if self._conn_sock is not None:
+            try:
+                self._conn_sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        """After serve_forever returned: release the listener and remove the socket file."""
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+        for fd in (self._wake_r, self._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._wake_r = self._wake_w = -1
