@@ -8,6 +8,7 @@ from devmodel.base import DeviceModel
 
 DEVICES = {
     "testdev": ("devmodel.testdev", "TestDevice"),
+    "testdev-shm": ("devmodel.testdev", "SharedMemoryTestDevice"),
     "hfi1": ("devmodel.hfi1", "Hfi1Device"),
 }
 

@@ -256,7 +256,7 @@ class Connection:
             raise ProtocolError(errno.EINVAL, f"DMA_MAP with {len(msg.fds)} file descriptors")
         fd = msg.fds[0] if msg.fds else None
         msg.fds = []
-        if argsz < DMA_MAP.size or flags & ~(DmaMapFlags.READ | DmaMapFlags.WRITE):
+        if argsz < DMA_MAP.size or flags & ~int(DmaMapFlags.READ | DmaMapFlags.WRITE):
             if fd is not None:
                 os.close(fd)
             raise ProtocolError(errno.EINVAL, f"DMA_MAP argsz {argsz} flags {flags:#x}")
@@ -272,7 +272,7 @@ class Connection:
         argsz, flags, address, size = self._fixed(msg, DMA_UNMAP, "DMA_UNMAP")
         if flags & DmaUnmapFlags.GET_DIRTY_BITMAP:
             raise ProtocolError(errno.ENOTSUP, "dirty page tracking is not supported")
-        if argsz < DMA_UNMAP.size or flags & ~DmaUnmapFlags.ALL:
+        if argsz < DMA_UNMAP.size or flags & ~int(DmaUnmapFlags.ALL):
             raise ProtocolError(errno.EINVAL, f"DMA_UNMAP argsz {argsz} flags {flags:#x}")
         if flags & DmaUnmapFlags.ALL:
             if address or size:

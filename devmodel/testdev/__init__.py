@@ -107,3 +107,27 @@ class TestDevice(DeviceModel):
 
     def stats(self) -> dict:
         return {"undeclared_csr_accesses": sum(self.regs.undeclared.values())}
+
+
+class SharedMemoryTestDevice(TestDevice):
+    """testdev plus BAR2: 1 MiB of shared memory the client may mmap, except
+    its first page, which stays trapped. A separate device because offering
+    any mmappable region turns off QEMU's posted writes for the whole device."""
+
+    name = "testdev-shm"
+    BAR2_SIZE = 1 << 20
+
+    def layout(self) -> PciLayout:
+        base = super().layout()
+        shared = Bar(2, self.BAR2_SIZE, BarKind.MEM64, prefetchable=True, shared=True,
+                     mmap_areas=((0x1000, self.BAR2_SIZE - 0x1000),))
+        return PciLayout(base.identity, base.bars + (shared,), base.msix, base.pcie_link, base.interrupt_pin)
+
+    def bar_read(self, bar: int, offset: int, size: int) -> int:
+        if bar == 2:
+            return 0  # the trapped page of BAR2 holds nothing
+        return super().bar_read(bar, offset, size)
+
+    def bar_write(self, bar: int, offset: int, size: int, value: int) -> None:
+        if bar != 2:
+            super().bar_write(bar, offset, size, value)

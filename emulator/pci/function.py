@@ -97,7 +97,7 @@ class PciFunction:
 
     def _reset_msix_table(self) -> None:
         for v in range(len(self.msix_table) // MSIX_ENTRY_SIZE):
-            self.msix_table[v * MSIX_ENTRY_SIZE:(v + 1) * MSIX_ENTRY_SIZE] = (1).to_bytes(16, "big")  # masked
+            self.msix_table[v * MSIX_ENTRY_SIZE:(v + 1) * MSIX_ENTRY_SIZE] = bytes(12) + (1).to_bytes(4, "little")  # vector control: masked
 
     # -- region geometry ----------------------------------------------------
     def region_size(self, index: int) -> int:

@@ -1,0 +1,94 @@
+"""`vfnic serve` as a user runs it: bad arguments, signals, the socket's life."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from emulator.client import Client
+
+
+def vfnic(*args, **kw):
+    return subprocess.run([sys.executable, "-m", "emulator.cli", *args], capture_output=True, text=True, timeout=30, **kw)
+
+
+def wait_for(predicate, timeout=10.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not met within {timeout} s")
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["serve", "--device", "nic9000", "--socket", "x.sock"], "unknown device 'nic9000'"),
+    (["serve", "--device", "testdev", "--socket", "/no/such/dir/x.sock"], "socket directory /no/such/dir does not exist"),
+    (["serve", "--device", "testdev"], "required: --socket"),
+    (["launch"], "invalid choice"),
+])
+def test_bad_arguments_exit_2_with_one_line(tmp_path, args, message):
+    result = vfnic(*args, cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and message in result.stderr
+
+
+@pytest.fixture
+def running(tmp_path):
+    sock = str(tmp_path / "x.sock")
+    stats = str(tmp_path / "stats.json")
+    proc = subprocess.Popen([sys.executable, "-m", "emulator.cli", "serve", "--device", "testdev", "--socket", sock,
+                             "--stats", stats], stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: os.path.exists(sock) or proc.poll() is not None, what="socket to appear")
+    yield proc, sock, stats
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_socket_already_served_is_refused(running):
+    _, sock, _ = running
+    result = vfnic("serve", "--device", "testdev", "--socket", sock)
+    assert result.returncode == 2 and "already being served" in result.stderr
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signals_stop_the_server_and_remove_its_socket(running, sig):
+    proc, sock, stats = running
+    with Client(sock) as client:
+        client.connect()
+        client.write64(0, 8, 1)
+        proc.send_signal(sig)
+        assert proc.wait(timeout=10) == 0
+    assert not os.path.exists(sock)
+    assert '"clients": 1' in open(stats).read()
+
+
+def test_a_stale_socket_file_is_replaced(tmp_path):
+    import socket
+    path = str(tmp_path / "stale.sock")
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(path)
+    s.close()  # the file stays, nobody listens
+    proc = subprocess.Popen([sys.executable, "-m", "emulator.cli", "serve", "--device", "testdev", "--socket", path],
+                            stderr=subprocess.PIPE)
+    try:
+        wait_for(lambda: Client(path).connect() is not None if _listening(path) else False, what="server to listen")
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=10) == 0
+
+
+def _listening(path):
+    import socket
+    s = socket.socket(socket.AF_UNIX)
+    try:
+        s.connect(path)
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
