@@ -35,6 +35,9 @@ QEMU_CAPABILITIES = {
 }
 
 
+_NO_REPLY, _ERROR = int(MsgFlags.NO_REPLY), int(MsgFlags.ERROR)
+
+
 class VfioUserError(Exception):
     def __init__(self, command: int, errno_: int):
         super().__init__(f"{Command(command).name if command in Command._value2member_map_ else command} failed: "
@@ -105,7 +108,7 @@ class Client:
 
     def send(self, command: int, payload: bytes = b"", fds: tuple[int, ...] = (), no_reply: bool = False) -> int:
         msg_id = self._new_id()
-        self.send_raw(header(msg_id, command, len(payload), MsgFlags.NO_REPLY if no_reply else 0) + payload, fds)
+        self.send_raw(header(msg_id, command, len(payload), _NO_REPLY if no_reply else 0) + payload, fds)
         return msg_id
 
     def _recv_exact(self, n: int, deadline: float) -> bytes:
@@ -143,7 +146,7 @@ class Client:
             got_id, reply = self.receive()
             if got_id == msg_id:
                 break
-        if reply.flags & MsgFlags.ERROR:
+        if reply.flags & _ERROR:
             raise VfioUserError(command, reply.error_no)
         return reply
 

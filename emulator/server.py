@@ -41,6 +41,10 @@ PGSIZES = 4096
 #: the largest message we read: a full-size REGION_WRITE, with room for headers
 MAX_MESSAGE_SIZE = MAX_DATA_XFER_SIZE + 4096
 _CMSG_SPACE = socket.CMSG_SPACE(MAX_MSG_FDS * 4)
+# Plain ints: IntFlag arithmetic costs microseconds, and this is the MMIO path.
+_NO_REPLY, _TYPE_REPLY, _ERROR = int(MsgFlags.NO_REPLY), int(MsgFlags.TYPE_REPLY), int(MsgFlags.ERROR)
+_REGION_READ, _REGION_WRITE = int(Command.REGION_READ), int(Command.REGION_WRITE)
+_ACCESS_SIZE = REGION_ACCESS.size
 
 
 class RunState(Enum):
@@ -91,7 +95,7 @@ class Message:
 
     @property
     def wants_reply(self) -> bool:
-        return not self.flags & MsgFlags.NO_REPLY
+        return not self.flags & _NO_REPLY
 
 
 @dataclass
@@ -154,7 +158,7 @@ class Connection:
         return Message(msg_id, command, flags, payload, fds, bool(msg_flags & socket.MSG_CTRUNC))
 
     def send(self, msg_id: int, command: int, reply: Reply) -> None:
-        data = header(msg_id, command, len(reply.payload), MsgFlags.TYPE_REPLY) + reply.payload
+        data = header(msg_id, command, len(reply.payload), _TYPE_REPLY) + reply.payload
         if reply.fds:
             sent = self.sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, bytes().join(
                 fd.to_bytes(4, "little") for fd in reply.fds))])
@@ -163,7 +167,7 @@ class Connection:
             self.sock.sendall(data)
 
     def send_error(self, msg_id: int, command: int, err: int) -> None:
-        self.sock.sendall(header(msg_id, command, 0, MsgFlags.TYPE_REPLY | MsgFlags.ERROR, err))
+        self.sock.sendall(header(msg_id, command, 0, _TYPE_REPLY | _ERROR, err))
 
     @staticmethod
     def _close_fds(msg: Message) -> None:
@@ -182,7 +186,7 @@ class Connection:
                 if msg.fds_truncated:
                     self._close_fds(msg)
                     raise ProtocolError(errno.EINVAL, f"more than {MAX_MSG_FDS} file descriptors")
-                if msg.flags & MSG_TYPE_MASK != MsgFlags.TYPE_COMMAND:
+                if msg.flags & MSG_TYPE_MASK:
                     self._close_fds(msg)
                     raise ProtocolError(errno.EINVAL, f"message type {msg.flags & MSG_TYPE_MASK} from a client")
                 handler = handlers.get(msg.command)
@@ -213,9 +217,9 @@ class Connection:
 
     # -- helpers -----------------------------------------------------------------------
     @staticmethod
-    def _fixed(msg: Message, layout, what: str, exact: bool = False) -> tuple:
-        if len(msg.payload) < layout.size or (exact and len(msg.payload) != layout.size):
-            raise ProtocolError(errno.EINVAL, f"{what}: payload of {len(msg.payload)} bytes, need {layout.size}")
+    def _fixed(msg: Message, layout, what: str = "") -> tuple:
+        if len(msg.payload) < layout.size:
+            raise ProtocolError(errno.EINVAL, f"{what or _name(msg.command)}: payload of {len(msg.payload)} bytes, need {layout.size}")
         return layout.unpack_from(msg.payload)
 
     def _no_fds(self, msg: Message) -> None:
@@ -340,7 +344,7 @@ class Connection:
         return Reply()
 
     def _access(self, msg: Message) -> tuple[int, int, int]:
-        offset, region, count = self._fixed(msg, REGION_ACCESS, _name(msg.command))
+        offset, region, count = self._fixed(msg, REGION_ACCESS)
         if count > MAX_DATA_XFER_SIZE:
             raise ProtocolError(errno.E2BIG, f"{count} bytes exceed max_data_xfer_size")
         return offset, region, count
@@ -428,13 +432,19 @@ class Server:
                 raise ServerError(f"{self.path} is already being served by another process")
             finally:
                 probe.close()
+        # Bind under a temporary name and rename once listening, so that a
+        # client (QEMU) that sees the socket file can always connect.
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        staging = f"{self.path}.{os.getpid()}.tmp"
         try:
-            listener.bind(self.path)
+            listener.bind(staging)
+            listener.listen(1)
+            os.rename(staging, self.path)
         except OSError as e:
             listener.close()
+            if os.path.exists(staging):
+                os.unlink(staging)
             raise ServerError(f"cannot create socket {self.path}: {e.strerror}") from None
-        listener.listen(1)
         self._listener = listener
         self.state = RunState.LISTENING
 
