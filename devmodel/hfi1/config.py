@@ -1,0 +1,119 @@
+"""What one emulated HFI is: identity, capacities, neighbour, timings.
+
+Defaults describe a discrete WFR B1 part (8086:24f0, ChipRev 7.17, board id 1)
+reporting implementation code 3, "functional simulator", which makes the driver
+skip firmware loads and treat the 8051 as always ready. Capacities are the
+real chip's where known (160 receive and send contexts, 16 SDMA engines); the
+rest are chosen to satisfy the driver's arithmetic ([uncertain] on silicon):
+
+* RcvArray: 32768 entries (8-byte each) fits below the user-context CSRs at
+  0x1300000 (`8 * count <= 0x100000`) and gives every context >= 2 eager slots.
+* PIO send memory: 256 KiB = 4095 blocks after the driver's `-1`, more than the
+  486 fixed blocks (3 ACK x 32 + VL15 102 + 16 kernel x 18) plus user contexts.
+* SDMA memory: 256 KiB, 256 blocks per engine.
+
+Smaller capacities shorten the probe (the driver writes every RcvArray entry and
+reads RCV_ARRAY_CNT once per entry); any value that keeps the arithmetic above
+true works.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import IntEnum
+
+INTEL_OPA_OUI = 0x001175
+PCI_VENDOR_ID_INTEL = 0x8086
+PCI_DEVICE_ID_INTEL0 = 0x24F0  # discrete WFR (the driver's HFI0 id)
+PCI_SUBSYSTEM_ID_ADAPTER_X16 = 0x2628  # "Omni-Path HFI Adapter 100 Series, 1 Port, PCIe x16"
+PCI_CLASS_FABRIC_CONTROLLER = 0x020800
+PCI_REVISION_B1 = 0x11
+
+ICODE_RTL_SILICON = 0
+ICODE_FUNCTIONAL_SIMULATOR = 3
+
+
+class NodeType(IntEnum):
+    """DC_DC8051_STS_REMOTE_NODE_TYPE values (hfi.h NEIGHBOR_TYPE_*)."""
+
+    HFI = 0
+    SWITCH = 1
+
+
+class PortType(IntEnum):
+    """platform.h port type encodings, as the platform config reports them."""
+
+    UNKNOWN = 0
+    DISCONNECTED = 1
+    FIXED = 2
+    VARIABLE = 3
+    QSFP = 4
+
+
+def make_guid(serial: int, hfi1_id: int = 0) -> int:
+    """OUI in bits 63:40, HFI index in bit 39, serial in bits 23:0."""
+    return (INTEL_OPA_OUI << 40) | (hfi1_id << 39) | (serial & 0xFFFFFF)
+
+
+@dataclass(frozen=True)
+class Neighbour:
+    """The port at the other end of the cable, as LNI reports it."""
+
+    guid: int = make_guid(0x000002)
+    node_type: NodeType = NodeType.HFI
+    port_no: int = 1
+    fm_security_disabled: bool = True
+    mgmt_allowed: bool = True
+    device_id: int = PCI_DEVICE_ID_INTEL0
+    device_rev: int = PCI_REVISION_B1
+
+
+@dataclass(frozen=True)
+class ChipConfig:
+    # identity
+    chip_rev_major: int = 7
+    chip_rev_minor: int = 0x11  # 0x1X = B-step; 0x0X would select the A0 workarounds
+    sw_compat: int = 3
+    board_id: int = 1
+    icode: int = ICODE_FUNCTIONAL_SIMULATOR
+    impl_revision: int = 0
+    hfi1_id: int = 0
+    guid: int = make_guid(0x000001)
+    # capacities
+    rcv_contexts: int = 160
+    rcv_array_count: int = 32768
+    send_contexts: int = 160
+    sdma_engines: int = 16
+    pio_mem_size: int = 0x40000
+    sdma_mem_size: int = 0x40000
+    # PCI
+    msix_vectors: int = 256  # CCE_NUM_MSIX_VECTORS: all the WFR table holds
+    # link
+    neighbour: Neighbour | None = field(default_factory=Neighbour)
+    port_type: PortType = PortType.FIXED
+    # how long silicon takes, seconds
+    link_training_s: float = 0.1
+    sdma_halt_s: float = 50e-6
+    sdma_cleanup_s: float = 50e-6
+    freeze_s: float = 100e-6
+
+    def __post_init__(self) -> None:
+        if not 3 <= self.rcv_contexts <= 160 or not 12 <= self.send_contexts <= 160:
+            raise ValueError("the driver needs 3..160 receive and 12..160 send contexts "
+                             "(kernel contexts, one send context per VL, 160-entry tables)")
+        if not 8 <= self.sdma_engines <= 16:
+            raise ValueError("SEND_DMA_ENGINES must be 8..16 (per-VL engine map, interrupt ranges)")
+        if self.rcv_array_count % 8 or not 0 < 8 * self.rcv_array_count <= 0x100000:
+            raise ValueError("RcvArray must be a multiple of 8 entries and end before 0x1300000")
+        if not 1 <= self.msix_vectors <= 256:
+            raise ValueError("WFR has 256 MSI-X vectors")
+
+    @property
+    def revision(self) -> int:
+        """CCE_REVISION: minor [7:0], major [15:8], SW compat [31:24], board id [35:32]."""
+        return (self.chip_rev_minor | self.chip_rev_major << 8 | self.sw_compat << 24
+                | (self.board_id & 0xF) << 32)
+
+    @property
+    def revision2(self) -> int:
+        """CCE_REVISION2: HFI id [0], implementation code [15:8], impl revision [31:16]."""
+        return self.hfi1_id | self.icode << 8 | self.impl_revision << 16

@@ -1,0 +1,77 @@
+"""Declaring HFI1 CSRs by their kernel names.
+
+Every register in this model is named as `chip_registers.h` names it, and its
+offset comes from the generated table, never from a literal: `csr("SEND_CTRL",
+access=Access.SC, ...)`. Per-context and per-engine copies are `csr_array`s
+with the stride the driver uses (`write_kctxt_csr` 0x100, `write_uctxt_csr`
+0x1000, tables 8).
+
+`Block` is the base of every chip block: it owns its register list (so a
+block-level reset, such as the DC reset, can restore just its registers) and
+its own model state beyond register values.
+"""
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Callable
+
+from devmodel.regs import Register
+
+from .chip_registers import CSR_OFFSETS
+
+if TYPE_CHECKING:
+    from .device import Hfi1Device
+
+KCTXT_STRIDE = 0x100   # write_kctxt_csr: per send/receive context, per SDMA engine
+UCTXT_STRIDE = 0x1000  # write_uctxt_csr: receive context "user" pages
+
+
+def csr(name: str, **fields) -> Register:
+    return Register(name, CSR_OFFSETS[name], **fields)
+
+
+def csrs(*names: str, **fields) -> list[Register]:
+    return [csr(name, **fields) for name in names]
+
+
+def csr_array(name: str, count: int, stride: int = 8, base: int | None = None,
+              per_index: Callable[[int], dict] | None = None, **fields) -> list[Register]:
+    """`count` copies of `name`, `stride` bytes apart. `per_index(i)` returns the
+    fields (usually hooks bound to `i`) that differ between copies."""
+    start = CSR_OFFSETS[name] if base is None else base
+    out = []
+    for i in range(count):
+        extra = per_index(i) if per_index else {}
+        out.append(Register(f"{name}[{i}]", start + i * stride, **{**fields, **extra}))
+    return out
+
+
+def named(prefix: str, exclude: tuple[str, ...] = ()) -> list[str]:
+    """Every kernel CSR name starting with `prefix` (a block's plain registers)."""
+    return [name for name in CSR_OFFSETS if name.startswith(prefix) and name not in exclude]
+
+
+def field(value: int, shift: int, mask: int) -> int:
+    return (value >> shift) & mask
+
+
+class Block:
+    """One chip block: declares its registers, keeps its own state."""
+
+    name = ""
+
+    def __init__(self, chip: "Hfi1Device"):
+        self.chip = chip
+        self.regs = chip.regs
+        self.log = logging.getLogger(f"vfnic.hfi1.{self.name}")
+        self.registers: list[Register] = self.declare()
+
+    def declare(self) -> list[Register]:
+        raise NotImplementedError
+
+    def reset(self) -> None:
+        """Return model state (beyond register values) to power-on."""
+
+    def reset_registers(self) -> None:
+        for reg in self.registers:
+            self.regs.set(reg.offset, reg.reset)

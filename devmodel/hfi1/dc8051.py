@@ -1,0 +1,518 @@
+"""DC 8051: the link microcontroller, its host mailbox, data RAM and link state.
+
+    DC_DC8051_CFG_RAM_ACCESS_SETUP   0x602000 RW  [0] RAM_SEL (1 = code RAM), [8] AUTO_INCR_ADDR
+    DC_DC8051_CFG_RAM_ACCESS_CTRL    0x602008 RW  [14:0] ADDRESS, [16] READ_ENA, [24] WRITE_ENA
+    DC_DC8051_CFG_RAM_ACCESS_WR_DATA 0x602010 RW  written at ADDRESS while WRITE_ENA
+    DC_DC8051_CFG_RAM_ACCESS_STATUS  0x602018 RO  [16] ACCESS_COMPLETED
+    DC_DC8051_CFG_RAM_ACCESS_RD_DATA 0x602020 RO  8 bytes at ADDRESS & ~7
+    DC_DC8051_CFG_HOST_CMD_0         0x602028 RW  [0] REQ_NEW, [15:8] REQ_TYPE, [63:16] REQ_DATA
+    DC_DC8051_CFG_HOST_CMD_1         0x602030 RO  [0] COMPLETED, [15:8] RETURN_CODE, [63:16] RSP_DATA
+    DC_DC8051_CFG_LOCAL_GUID         0x602038 RO
+    DC_DC8051_STS_REMOTE_GUID/NODE_TYPE/FM_SECURITY/PORT_NO  RO  neighbour, from LNI
+    DC_DC8051_STS_LOCAL_FM_SECURITY  0x602050 RO  [0] disabled
+    DC_DC8051_STS_CUR_STATE          0x602060 RO  [7:0] physical state, [23:16] firmware (0xA0 ready)
+    DC_DC8051_CFG_RST                0x602068 RW  [0] M8051W: hold the 8051 in reset
+    DC_DC8051_CFG_MODE               0x602070 RW
+    DC_DC8051_DBG_ERR_INFO_SET_BY_8051 0x6020D8 RO [15:0] HOST_MSG, [47:16] ERROR
+    DC_DC8051_ERR_FLG/CLR/EN         0x6020E0/E8/F0  second tier of source 250;
+                                                 [0] SET_BY_8051 = "read DBG_ERR_INFO"
+    DC_DC8051_CFG_CSR_ACCESS_SEL     0x602110 RW  [0] LCB, [1] DCC owned by the host
+    DC_DC8051_CFG_EXT_DEV_0/1        0x602118/20  8051 -> host requests and their answers
+
+Host commands (`do_8051_command`): the driver writes HOST_CMD_0 with the type
+and data, then again with REQ_NEW. The command runs on that 0 -> 1 edge and
+HOST_CMD_1 reports COMPLETED with the return code (2 = success). A write with
+REQ_NEW clear drops COMPLETED, so a stale completion is never mistaken for the
+next command's.
+
+The data RAM holds the "firmware registers": general field f at 4f, lane
+field f of lane l at 4*0x17 + 0x20*l + 4f (the address formula of
+`read_8051_config`, which reads the RAM directly); LOAD_CONFIG_DATA writes
+there too [inferred: the real firmware's placement is not documented, this is
+the one the driver reads back].
+
+Physical link: Offline --CHANGE_PHY_STATE(Polling)--> Polling --(link
+training, `link_training_s`, on the worker)--> LinkUp, with the logical state
+set to Init, the neighbour's identity in the STS_REMOTE_* registers, and
+HOST_MSG LINKUP_ACHIEVED posted through ERR_FLG.SET_BY_8051 (source 250, an
+MSI-X interrupt through CCE_INT_MAP). With no neighbour, Polling lasts. Any
+state --Offline--> Offline (logical Down) at once.
+
+The 8051 clears its HOST_MSG word at the start of a host command once the host
+has acknowledged it (cleared ERR_FLG.SET_BY_8051) [inferred]; each command
+leaves HOST_REQ_DONE behind, which the driver treats as informational.
+"""
+from __future__ import annotations
+
+from collections import deque
+from enum import Enum, IntEnum, IntFlag
+
+from devmodel.regs import Access, Register
+
+from .chip_registers import (
+    DC_DC8051_CFG_CSR_ACCESS_SEL_DCC_SMASK, DC_DC8051_CFG_CSR_ACCESS_SEL_LCB_SMASK, DC_DC8051_CFG_EXT_DEV_0,
+    DC_DC8051_CFG_EXT_DEV_0_RETURN_CODE_SHIFT, DC_DC8051_CFG_EXT_DEV_0_RSP_DATA_SHIFT, DC_DC8051_CFG_EXT_DEV_1,
+    DC_DC8051_CFG_EXT_DEV_1_REQ_DATA_SHIFT, DC_DC8051_CFG_HOST_CMD_0_REQ_DATA_MASK,
+    DC_DC8051_CFG_HOST_CMD_0_REQ_DATA_SHIFT, DC_DC8051_CFG_HOST_CMD_0_REQ_NEW_SMASK,
+    DC_DC8051_CFG_HOST_CMD_0_REQ_TYPE_MASK, DC_DC8051_CFG_HOST_CMD_0_REQ_TYPE_SHIFT, DC_DC8051_CFG_HOST_CMD_1,
+    DC_DC8051_CFG_HOST_CMD_1_COMPLETED_SMASK, DC_DC8051_CFG_HOST_CMD_1_RETURN_CODE_SHIFT,
+    DC_DC8051_CFG_HOST_CMD_1_RSP_DATA_MASK, DC_DC8051_CFG_HOST_CMD_1_RSP_DATA_SHIFT,
+    DC_DC8051_CFG_RAM_ACCESS_CTRL, DC_DC8051_CFG_RAM_ACCESS_CTRL_ADDRESS_MASK, DC_DC8051_CFG_RAM_ACCESS_CTRL_READ_ENA_SMASK,
+    DC_DC8051_CFG_RAM_ACCESS_CTRL_WRITE_ENA_SMASK, DC_DC8051_CFG_RAM_ACCESS_RD_DATA,
+    DC_DC8051_CFG_RAM_ACCESS_SETUP, DC_DC8051_CFG_RAM_ACCESS_SETUP_AUTO_INCR_ADDR_SMASK,
+    DC_DC8051_CFG_RAM_ACCESS_SETUP_RAM_SEL_SMASK, DC_DC8051_CFG_RAM_ACCESS_STATUS,
+    DC_DC8051_CFG_RAM_ACCESS_STATUS_ACCESS_COMPLETED_SMASK, DC_DC8051_CFG_RST, DC_DC8051_CFG_RST_M8051W_SMASK,
+    DC_DC8051_DBG_ERR_INFO_SET_BY_8051, DC_DC8051_DBG_ERR_INFO_SET_BY_8051_ERROR_SHIFT,
+    DC_DC8051_ERR_FLG_SET_BY_8051_SMASK, DC_DC8051_STS_CUR_STATE_FIRMWARE_SHIFT, DC_DC8051_STS_REMOTE_FM_SECURITY,
+    DC_DC8051_STS_REMOTE_GUID, DC_DC8051_STS_REMOTE_NODE_TYPE, DC_DC8051_STS_REMOTE_PORT_NO, DC_LCB_CFG_RUN,
+)
+from .config import Neighbour
+from .csr import Block, csr, csrs, field
+from .dcc import LogicalState
+from .intr import DC8051_INT, ErrorFlags
+
+DATA_RAM_SIZE = 0x1000  # chip.h DC8051_DATA_MEM_SIZE
+CODE_RAM_SIZE = 0x8000  # RAM_ACCESS_CTRL.ADDRESS is 15 bits
+FIRMWARE_READY = 0xA0
+NUM_GENERAL_FIELDS = 0x17
+NUM_LANE_FIELDS = 0x8
+GENERAL_CONFIG = 4  # lane id of the general fields
+LOAD_DATA_FIELD_ID_SHIFT = 40
+LOAD_DATA_LANE_ID_SHIFT = 32
+HCMD_MISC_REQUEST_LCB_ACCESS = 0x1
+HCMD_MISC_GRANT_LCB_ACCESS = 0x2
+#: chip.h LDR_* (LINK_DOWN_REASON byte 0)
+LDR_LINK_TRANSFER_ACTIVE_LOW = 0xA
+LDR_RECEIVED_LINKDOWN_IDLE_MSG = 0xB
+LDR_RECEIVED_HOST_OFFLINE_REQ = 0xC
+LINK_QUALITY_EXCELLENT = 5
+LANES = 4
+
+
+class PhysicalState(IntEnum):
+    """DC_DC8051_STS_CUR_STATE.PORT (chip.h PLS_*)."""
+
+    POLLING = 0x20
+    DISABLED = 0x30
+    CONFIGPHY = 0x40
+    LINKUP = 0x50
+    OFFLINE = 0x90
+    PHYTEST = 0xB0
+    INTERNAL_SERDES_LOOPBACK = 0xE1
+    QUICK_LINKUP = 0xE2  # a request, never a state
+
+
+class McuState(Enum):
+    HELD = "held in reset"
+    RUNNING = "running"
+
+
+class LcbOwner(Enum):
+    """Who may touch the LCB CSRs (HCMD_MISC request/grant)."""
+
+    HOST = "host"
+    DC8051 = "8051"
+
+
+class HostCommand(IntEnum):
+    LOAD_CONFIG_DATA = 0x01
+    READ_CONFIG_DATA = 0x02
+    CHANGE_PHY_STATE = 0x03
+    SEND_LCB_IDLE_MSG = 0x04
+    MISC = 0x05
+    READ_LCB_IDLE_MSG = 0x06
+    READ_LCB_CSR = 0x07
+    WRITE_LCB_CSR = 0x08
+    INTERFACE_TEST = 0xFF
+
+
+class ReturnCode(IntEnum):
+    INVALID = 0x01  # [inferred] the driver only tests for SUCCESS
+    SUCCESS = 0x02
+    NOT_SUPPORTED = 0x03
+
+
+class HostMessage(IntFlag):
+    """DC_DC8051_DBG_ERR_INFO_SET_BY_8051.HOST_MSG."""
+
+    HOST_REQ_DONE = 1 << 0
+    BC_PWR_MGM_MSG = 1 << 1
+    BC_SMA_MSG = 1 << 2
+    BC_BCC_UNKNOWN_MSG = 1 << 3
+    BC_IDLE_UNKNOWN_MSG = 1 << 4
+    EXT_DEVICE_CFG_REQ = 1 << 5
+    VERIFY_CAP_FRAME = 1 << 6
+    LINKUP_ACHIEVED = 1 << 7
+    LINK_GOING_DOWN = 1 << 8
+    LINK_WIDTH_DOWNGRADED = 1 << 9
+
+
+class ConfigField(IntEnum):
+    """8051 general "firmware register" field ids (chip.h)."""
+
+    TX_SETTINGS = 0x06
+    VERIFY_CAP_LOCAL_PHY = 0x07
+    VERIFY_CAP_LOCAL_FABRIC = 0x08
+    VERIFY_CAP_LOCAL_LINK_MODE = 0x09
+    LOCAL_DEVICE_ID = 0x0A
+    RESERVED_REGISTERS = 0x0B
+    LOCAL_LNI_INFO = 0x0C
+    REMOTE_LNI_INFO = 0x0D
+    MISC_STATUS = 0x0E
+    VERIFY_CAP_REMOTE_PHY = 0x0F
+    VERIFY_CAP_REMOTE_FABRIC = 0x10
+    VERIFY_CAP_REMOTE_LINK_WIDTH = 0x11
+    LAST_LOCAL_STATE_COMPLETE = 0x12
+    LAST_REMOTE_STATE_COMPLETE = 0x13
+    LINK_QUALITY_INFO = 0x14
+    REMOTE_DEVICE_ID = 0x15
+    LINK_DOWN_REASON = 0x16  # byte 0; VERSION_PATCH is byte 3 of the same word
+
+
+def config_address(field_id: int, lane_id: int) -> int:
+    """Byte address of a firmware register in data RAM (`read_8051_config`)."""
+    if lane_id < LANES:
+        return 4 * NUM_GENERAL_FIELDS + lane_id * 4 * NUM_LANE_FIELDS + 4 * field_id
+    return 4 * field_id
+
+
+class Dc8051(Block):
+    name = "dc8051"
+
+    def declare(self) -> list[Register]:
+        self.errors = ErrorFlags(self.chip, DC8051_INT, "DC_DC8051_ERR_FLG", "DC_DC8051_ERR_CLR", "DC_DC8051_ERR_EN")
+        self.data_ram = bytearray(DATA_RAM_SIZE)
+        self.code_ram = bytearray(CODE_RAM_SIZE)
+        self.mcu = McuState.HELD
+        self.phys = PhysicalState.OFFLINE
+        self.neighbour: Neighbour | None = self.chip.config.neighbour
+        self.lcb_owner = LcbOwner.HOST
+        self.idle_messages_sent: list[int] = []
+        self.idle_messages_received: deque[int] = deque()
+        self._training = None
+        self._ram_address = 0
+        return [
+            csr("DC_DC8051_CFG_RAM_ACCESS_SETUP"),
+            csr("DC_DC8051_CFG_RAM_ACCESS_CTRL", on_write=self._ram_ctrl),
+            csr("DC_DC8051_CFG_RAM_ACCESS_WR_DATA", on_write=self._ram_write_data),
+            csr("DC_DC8051_CFG_RAM_ACCESS_STATUS", access=Access.RO),
+            csr("DC_DC8051_CFG_RAM_ACCESS_RD_DATA", access=Access.RO),
+            csr("DC_DC8051_CFG_HOST_CMD_0", on_write=self._host_cmd),
+            csr("DC_DC8051_CFG_HOST_CMD_1", access=Access.RO),
+            csr("DC_DC8051_CFG_LOCAL_GUID", access=Access.RO, reset=self.chip.config.guid),
+            *csrs("DC_DC8051_STS_REMOTE_GUID", "DC_DC8051_STS_REMOTE_NODE_TYPE", "DC_DC8051_STS_REMOTE_PORT_NO",
+                  "DC_DC8051_STS_REMOTE_FM_SECURITY", access=Access.RO),
+            csr("DC_DC8051_STS_LOCAL_FM_SECURITY", access=Access.RO, reset=1),
+            csr("DC_DC8051_STS_CUR_STATE", access=Access.RO, on_read=lambda _v: self.cur_state()),
+            csr("DC_DC8051_CFG_RST", on_write=self._cfg_rst),
+            csr("DC_DC8051_CFG_MODE"),
+            csr("DC_DC8051_DBG_ERR_INFO_SET_BY_8051", access=Access.RO),
+            *self.errors.declare(),
+            csr("DC_DC8051_CFG_CSR_ACCESS_SEL",
+                reset=DC_DC8051_CFG_CSR_ACCESS_SEL_LCB_SMASK | DC_DC8051_CFG_CSR_ACCESS_SEL_DCC_SMASK),
+            csr("DC_DC8051_CFG_EXT_DEV_0"),
+            csr("DC_DC8051_CFG_EXT_DEV_1", access=Access.RO),
+        ]
+
+    # -- power, reset ----------------------------------------------------------
+    def reset(self) -> None:
+        self._stop_training()
+        self.data_ram[:] = bytes(DATA_RAM_SIZE)
+        self.mcu = McuState.HELD
+        self.phys = PhysicalState.OFFLINE
+        self.lcb_owner = LcbOwner.HOST
+        self.idle_messages_sent.clear()
+        self.idle_messages_received.clear()
+        self._ram_address = 0
+
+    def hold(self) -> None:
+        """DC reset asserted or CFG_RST.M8051W set: the 8051 stops."""
+        if self.mcu is McuState.HELD:
+            return
+        self._stop_training()
+        if self.phys is PhysicalState.LINKUP:
+            self.chip.dcc.set_logical_state(LogicalState.DOWN)
+        self.mcu = McuState.HELD
+        self.phys = PhysicalState.OFFLINE
+        self.log.info("8051 held in reset")
+
+    def release(self) -> None:
+        """Leave reset: the firmware boots into Offline and is ready at once."""
+        if self.mcu is McuState.RUNNING or self.chip.cce.dc_in_reset:
+            return
+        if self.regs.get(DC_DC8051_CFG_RST) & DC_DC8051_CFG_RST_M8051W_SMASK:
+            return
+        self.mcu = McuState.RUNNING
+        self.phys = PhysicalState.OFFLINE
+        self.log.info("8051 running, physical state OFFLINE")
+
+    def _cfg_rst(self, old: int, new: int) -> None:
+        if new & DC_DC8051_CFG_RST_M8051W_SMASK:
+            self.hold()
+        elif old & DC_DC8051_CFG_RST_M8051W_SMASK:
+            self.release()
+
+    @property
+    def running(self) -> bool:
+        return self.mcu is McuState.RUNNING
+
+    @property
+    def link_is_up(self) -> bool:
+        return self.running and self.phys is PhysicalState.LINKUP
+
+    def cur_state(self) -> int:
+        if not self.running:
+            return 0
+        return self.phys | FIRMWARE_READY << DC_DC8051_STS_CUR_STATE_FIRMWARE_SHIFT
+
+    # -- RAM window ------------------------------------------------------------
+    def _ram(self) -> bytearray:
+        setup = self.regs.get(DC_DC8051_CFG_RAM_ACCESS_SETUP)
+        return self.code_ram if setup & DC_DC8051_CFG_RAM_ACCESS_SETUP_RAM_SEL_SMASK else self.data_ram
+
+    def _ram_advance(self) -> None:
+        if self.regs.get(DC_DC8051_CFG_RAM_ACCESS_SETUP) & DC_DC8051_CFG_RAM_ACCESS_SETUP_AUTO_INCR_ADDR_SMASK:
+            self._ram_address = (self._ram_address + 8) % len(self._ram())
+
+    def _ram_ctrl(self, old: int, new: int) -> None:
+        self._ram_address = (new & DC_DC8051_CFG_RAM_ACCESS_CTRL_ADDRESS_MASK) & ~7
+        status = DC_DC8051_CFG_RAM_ACCESS_STATUS
+        if not new & (DC_DC8051_CFG_RAM_ACCESS_CTRL_READ_ENA_SMASK | DC_DC8051_CFG_RAM_ACCESS_CTRL_WRITE_ENA_SMASK):
+            self.regs.clear_bits(status, DC_DC8051_CFG_RAM_ACCESS_STATUS_ACCESS_COMPLETED_SMASK)
+            return
+        if new & DC_DC8051_CFG_RAM_ACCESS_CTRL_READ_ENA_SMASK:
+            ram = self._ram()
+            start = self._ram_address % len(ram)
+            self.regs.set(DC_DC8051_CFG_RAM_ACCESS_RD_DATA, int.from_bytes(ram[start:start + 8], "little"))
+            self._ram_advance()
+        self.regs.set_bits(status, DC_DC8051_CFG_RAM_ACCESS_STATUS_ACCESS_COMPLETED_SMASK)
+
+    def _ram_write_data(self, _old: int, new: int) -> None:
+        ctrl = self.regs.get(DC_DC8051_CFG_RAM_ACCESS_CTRL)
+        if not ctrl & DC_DC8051_CFG_RAM_ACCESS_CTRL_WRITE_ENA_SMASK:
+            return
+        ram = self._ram()
+        start = self._ram_address % len(ram)
+        ram[start:start + 8] = new.to_bytes(8, "little")
+        self._ram_advance()
+        self.regs.set_bits(DC_DC8051_CFG_RAM_ACCESS_STATUS, DC_DC8051_CFG_RAM_ACCESS_STATUS_ACCESS_COMPLETED_SMASK)
+
+    def read_config(self, field_id: int, lane_id: int = GENERAL_CONFIG) -> int:
+        address = config_address(field_id, lane_id)
+        return int.from_bytes(self.data_ram[address:address + 4], "little")
+
+    def write_config(self, field_id: int, value: int, lane_id: int = GENERAL_CONFIG) -> None:
+        address = config_address(field_id, lane_id)
+        self.data_ram[address:address + 4] = (value & 0xFFFFFFFF).to_bytes(4, "little")
+
+    # -- host messages ---------------------------------------------------------
+    def post(self, message: HostMessage, error: int = 0) -> None:
+        """Tell the host something: HOST_MSG/ERROR bits, then ERR_FLG.SET_BY_8051."""
+        info = self.regs.get(DC_DC8051_DBG_ERR_INFO_SET_BY_8051)
+        info |= int(message) | error << DC_DC8051_DBG_ERR_INFO_SET_BY_8051_ERROR_SHIFT
+        self.regs.set(DC_DC8051_DBG_ERR_INFO_SET_BY_8051, info)
+        self.log.info("DC_DC8051_DBG_ERR_INFO_SET_BY_8051: post %s", message.name or hex(message))
+        self.errors.set(DC_DC8051_ERR_FLG_SET_BY_8051_SMASK)
+
+    def _retire_acknowledged_messages(self) -> None:
+        if not self.errors.value() & DC_DC8051_ERR_FLG_SET_BY_8051_SMASK:
+            self.regs.set(DC_DC8051_DBG_ERR_INFO_SET_BY_8051, 0)
+
+    # -- host command mailbox ----------------------------------------------------
+    def _host_cmd(self, old: int, new: int) -> None:
+        if not new & DC_DC8051_CFG_HOST_CMD_0_REQ_NEW_SMASK:
+            self.regs.clear_bits(DC_DC8051_CFG_HOST_CMD_1, DC_DC8051_CFG_HOST_CMD_1_COMPLETED_SMASK)
+            return
+        if old & DC_DC8051_CFG_HOST_CMD_0_REQ_NEW_SMASK:
+            return
+        if not self.running:
+            self.log.warning("DC_DC8051_CFG_HOST_CMD_0: 8051 %s, command not taken", self.mcu.value)
+            return
+        kind = field(new, DC_DC8051_CFG_HOST_CMD_0_REQ_TYPE_SHIFT, DC_DC8051_CFG_HOST_CMD_0_REQ_TYPE_MASK)
+        data = field(new, DC_DC8051_CFG_HOST_CMD_0_REQ_DATA_SHIFT, DC_DC8051_CFG_HOST_CMD_0_REQ_DATA_MASK)
+        self._retire_acknowledged_messages()
+        code, response = self.execute(kind, data)
+        self.regs.set(DC_DC8051_CFG_HOST_CMD_1,
+                      (response & DC_DC8051_CFG_HOST_CMD_1_RSP_DATA_MASK) << DC_DC8051_CFG_HOST_CMD_1_RSP_DATA_SHIFT
+                      | code << DC_DC8051_CFG_HOST_CMD_1_RETURN_CODE_SHIFT
+                      | DC_DC8051_CFG_HOST_CMD_1_COMPLETED_SMASK)
+        self.regs.set_bits(DC_DC8051_DBG_ERR_INFO_SET_BY_8051, HostMessage.HOST_REQ_DONE)
+
+    def execute(self, kind: int, data: int) -> tuple[int, int]:
+        try:
+            command = HostCommand(kind)
+        except ValueError:
+            self.log.warning("DC_DC8051_CFG_HOST_CMD_0: unknown command %#x", kind)
+            return ReturnCode.NOT_SUPPORTED, 0
+        handler = getattr(self, f"_cmd_{command.name.lower()}")
+        code, response = handler(data)
+        self.log.debug("DC_DC8051_CFG_HOST_CMD_0: %s data=%#x -> %s", command.name, data, ReturnCode(code).name)
+        return code, response
+
+    def _config_slot(self, data: int) -> tuple[int, int] | None:
+        field_id = field(data, LOAD_DATA_FIELD_ID_SHIFT, 0xFF)
+        lane_id = field(data, LOAD_DATA_LANE_ID_SHIFT, 0xFF)
+        limit = NUM_LANE_FIELDS if lane_id < LANES else NUM_GENERAL_FIELDS
+        return (field_id, lane_id) if field_id < limit else None
+
+    def _cmd_load_config_data(self, data: int) -> tuple[int, int]:
+        slot = self._config_slot(data)
+        if slot is None:
+            return ReturnCode.INVALID, 0
+        field_id, lane_id = slot
+        self.write_config(field_id, data & 0xFFFFFFFF, lane_id)
+        self.log.info("DC_DC8051_CFG_HOST_CMD_0: LOAD_CONFIG_DATA field=%s lane=%d value=%#010x",
+                      _field_name(field_id, lane_id), lane_id, data & 0xFFFFFFFF)
+        return ReturnCode.SUCCESS, 0
+
+    def _cmd_read_config_data(self, data: int) -> tuple[int, int]:
+        slot = self._config_slot(data)
+        if slot is None:
+            return ReturnCode.INVALID, 0
+        return ReturnCode.SUCCESS, self.read_config(slot[0], slot[1])
+
+    def _cmd_change_phy_state(self, data: int) -> tuple[int, int]:
+        return self.request_state(data & 0xFF, (data >> 8) & 0xFF), 0
+
+    def _cmd_send_lcb_idle_msg(self, data: int) -> tuple[int, int]:
+        if not self.link_is_up:
+            return ReturnCode.INVALID, 0
+        self.idle_messages_sent.append(data)
+        return ReturnCode.SUCCESS, 0
+
+    def _cmd_read_lcb_idle_msg(self, data: int) -> tuple[int, int]:
+        wanted = data & 0xF
+        for message in list(self.idle_messages_received):
+            if message & 0xF == wanted:
+                self.idle_messages_received.remove(message)
+                return ReturnCode.SUCCESS, message
+        return ReturnCode.SUCCESS, 0
+
+    def _cmd_misc(self, data: int) -> tuple[int, int]:
+        sub = field(data, LOAD_DATA_FIELD_ID_SHIFT, 0xFF)
+        if sub == HCMD_MISC_REQUEST_LCB_ACCESS:
+            self.lcb_owner = LcbOwner.HOST
+        elif sub == HCMD_MISC_GRANT_LCB_ACCESS:
+            self.lcb_owner = LcbOwner.DC8051
+        else:
+            return ReturnCode.NOT_SUPPORTED, 0
+        return ReturnCode.SUCCESS, 0
+
+    def _cmd_read_lcb_csr(self, data: int) -> tuple[int, int]:
+        value = self.regs.read(DC_LCB_CFG_RUN + 8 * (data & 0xFF), 8)
+        top = (value >> 48) & 0xFFFF
+        self.regs.set(DC_DC8051_CFG_EXT_DEV_1, top << DC_DC8051_CFG_EXT_DEV_1_REQ_DATA_SHIFT)
+        return ReturnCode.SUCCESS, value & ((1 << 48) - 1)
+
+    def _cmd_write_lcb_csr(self, data: int) -> tuple[int, int]:
+        ext = self.regs.get(DC_DC8051_CFG_EXT_DEV_0)
+        value = ((data >> 8) & ((1 << 40) - 1)
+                 | field(ext, DC_DC8051_CFG_EXT_DEV_0_RETURN_CODE_SHIFT, 0xFF) << 40
+                 | field(ext, DC_DC8051_CFG_EXT_DEV_0_RSP_DATA_SHIFT, 0xFFFF) << 48)
+        self.regs.write(DC_LCB_CFG_RUN + 8 * (data & 0xFF), 8, value)
+        return ReturnCode.SUCCESS, 0
+
+    def _cmd_interface_test(self, data: int) -> tuple[int, int]:
+        return ReturnCode.SUCCESS, data
+
+    # -- physical link state machine ---------------------------------------------
+    def request_state(self, wanted: int, remote_reason: int = 0) -> int:
+        """CHANGE_PHY_STATE: the host's request; returns the command's return code."""
+        phys = self.phys
+        if wanted == PhysicalState.OFFLINE:
+            self._go_offline(LDR_RECEIVED_HOST_OFFLINE_REQ, remote_reason)
+            return ReturnCode.SUCCESS
+        if wanted == PhysicalState.POLLING and phys in (PhysicalState.OFFLINE, PhysicalState.POLLING):
+            self._set_phys(PhysicalState.POLLING)
+            self._start_training()
+            return ReturnCode.SUCCESS
+        if wanted == PhysicalState.DISABLED and phys in (PhysicalState.OFFLINE, PhysicalState.DISABLED):
+            self._set_phys(PhysicalState.DISABLED)
+            return ReturnCode.SUCCESS
+        if wanted == PhysicalState.LINKUP and phys in (PhysicalState.POLLING, PhysicalState.CONFIGPHY):
+            self._link_up()
+            return ReturnCode.SUCCESS
+        if wanted == PhysicalState.QUICK_LINKUP and phys in (PhysicalState.OFFLINE, PhysicalState.POLLING):
+            self._link_up()
+            return ReturnCode.SUCCESS
+        if wanted not in PhysicalState._value2member_map_:
+            return ReturnCode.NOT_SUPPORTED
+        self.log.warning("CHANGE_PHY_STATE: %s -> %#x refused", phys.name, wanted)
+        return ReturnCode.INVALID
+
+    def _set_phys(self, state: PhysicalState) -> None:
+        if state is not self.phys:
+            self.log.info("DC_DC8051_STS_CUR_STATE: physical state %s -> %s", self.phys.name, state.name)
+        self.phys = state
+
+    def _start_training(self) -> None:
+        self._stop_training()
+        self._training = self.chip.after(self.chip.config.link_training_s, self._training_done)
+
+    def _stop_training(self) -> None:
+        if self._training is not None:
+            self._training.cancel()
+            self._training = None
+
+    def _training_done(self) -> None:
+        self._training = None
+        if self.phys is not PhysicalState.POLLING:
+            return
+        if self.neighbour is None:
+            self.log.info("link training: no neighbour, still POLLING")
+            return
+        self._link_up()
+
+    def _link_up(self) -> None:
+        self._stop_training()
+        peer = self.neighbour
+        if peer is None:
+            return
+        self.regs.set(DC_DC8051_STS_REMOTE_GUID, peer.guid)
+        self.regs.set(DC_DC8051_STS_REMOTE_NODE_TYPE, int(peer.node_type))
+        self.regs.set(DC_DC8051_STS_REMOTE_PORT_NO, peer.port_no)
+        self.regs.set(DC_DC8051_STS_REMOTE_FM_SECURITY, int(peer.fm_security_disabled))
+        self.write_config(ConfigField.LOCAL_LNI_INFO, 0xF << 16)  # all four rx lanes enabled
+        self.write_config(ConfigField.REMOTE_LNI_INFO, int(peer.mgmt_allowed) << 23)
+        self.write_config(ConfigField.LINK_QUALITY_INFO, LINK_QUALITY_EXCELLENT << 24)
+        self.write_config(ConfigField.REMOTE_DEVICE_ID, peer.device_id << 8 | peer.device_rev)
+        # a symmetric link: the peer offered what we offered
+        for local, remote in ((ConfigField.VERIFY_CAP_LOCAL_PHY, ConfigField.VERIFY_CAP_REMOTE_PHY),
+                              (ConfigField.VERIFY_CAP_LOCAL_FABRIC, ConfigField.VERIFY_CAP_REMOTE_FABRIC),
+                              (ConfigField.VERIFY_CAP_LOCAL_LINK_MODE, ConfigField.VERIFY_CAP_REMOTE_LINK_WIDTH)):
+            self.write_config(remote, self.read_config(local))
+        mode = self.read_config(ConfigField.VERIFY_CAP_LOCAL_LINK_MODE) & ~0xFF00
+        self.write_config(ConfigField.VERIFY_CAP_LOCAL_LINK_MODE, mode | LANES << 12 | LANES << 8)
+        self.write_config(ConfigField.LINK_DOWN_REASON, self.read_config(ConfigField.LINK_DOWN_REASON) & ~0xFF)
+        self._set_phys(PhysicalState.LINKUP)
+        self.chip.dcc.set_logical_state(LogicalState.INIT)
+        self.post(HostMessage.LINKUP_ACHIEVED)
+
+    def _go_offline(self, reason: int, remote_reason: int = 0) -> None:
+        self._stop_training()
+        was_up = self.phys is PhysicalState.LINKUP
+        self._set_phys(PhysicalState.OFFLINE)
+        self.chip.dcc.set_logical_state(LogicalState.DOWN)
+        if was_up:
+            down = self.read_config(ConfigField.LINK_DOWN_REASON) & ~0xFF
+            self.write_config(ConfigField.LINK_DOWN_REASON, down | reason)
+            self.log.info("link down, reason %#x (sent remote reason %#x)", reason, remote_reason)
+
+    # -- the other end of the cable ---------------------------------------------
+    def unplug(self) -> None:
+        """The neighbour goes away: an up link drops and the host is told."""
+        self.neighbour = None
+        if self.link_is_up:
+            self._go_offline(LDR_LINK_TRANSFER_ACTIVE_LOW)
+            self.post(HostMessage.LINK_GOING_DOWN)
+
+    def plug(self, neighbour: Neighbour) -> None:
+        self.neighbour = neighbour
+        if self.running and self.phys is PhysicalState.POLLING:
+            self._start_training()
+
+
+def _field_name(field_id: int, lane_id: int) -> str:
+    if lane_id >= LANES and field_id in ConfigField._value2member_map_:
+        return ConfigField(field_id).name
+    return hex(field_id)

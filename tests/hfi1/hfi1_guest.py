@@ -1,0 +1,613 @@
+"""The hfi1 driver's CSR sequences, re-enacted in Python for scenario tests.
+
+Each method is named after the Linux 6.12 function it follows (chip.c, pcie.c,
+firmware.c, eprom.c, pio.c, sdma.c, intr.c, init.c) and performs the same CSR
+reads, writes and polls, with the driver's timeouts turned into exceptions so
+that a model that would hang the guest fails the test instead. It is not a
+driver: it keeps only the software state the sequences need.
+"""
+from __future__ import annotations
+
+import time
+import zlib
+
+from devmodel.hfi1 import chip_registers as cr
+from devmodel.hfi1.chip_registers import CSR_OFFSETS
+
+ALL_ONES = (1 << 64) - 1
+HCMD_SUCCESS = 2
+HLS_UP = {"INIT", "ARMED", "ACTIVE"}
+CR_SBUS, CR_EPROM = 0x01, 0x02
+ALL_FROZE = 0xF
+IS_SDMAENG_ERR_START, IS_SDMA_START, IS_SDMA_PROGRESS_START, IS_SDMA_IDLE_START = 16, 192, 208, 224
+IS_DC_START, IS_RCVAVAIL_START, IS_SENDCREDIT_START = 248, 256, 576
+QSFP1_INT = 242
+#: chip.c misc_errs[]: the second tier of sources 0..7
+GENERAL_ERRORS = {0: ("CCE_ERR_STATUS", "CCE_ERR_CLEAR"), 1: ("RCV_ERR_STATUS", "RCV_ERR_CLEAR"),
+                  2: ("MISC_ERR_STATUS", "MISC_ERR_CLEAR"), 4: ("SEND_PIO_ERR_STATUS", "SEND_PIO_ERR_CLEAR"),
+                  5: ("SEND_DMA_ERR_STATUS", "SEND_DMA_ERR_CLEAR"),
+                  6: ("SEND_EGRESS_ERR_STATUS", "SEND_EGRESS_ERR_CLEAR"), 7: ("SEND_ERR_STATUS", "SEND_ERR_CLEAR")}
+
+
+class DriverTimeout(AssertionError):
+    """The driver would have logged a timeout (or, for the no-timeout loops, hung)."""
+
+
+def poll(fn, timeout: float, what: str):
+    """Poll like the driver; `timeout` is the driver's, stretched to at least a
+    second so that a busy test machine is not mistaken for a missing handshake."""
+    deadline = time.monotonic() + max(timeout, 1.0)
+    while True:
+        value = fn()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise DriverTimeout(what)
+        time.sleep(0.0001)
+
+
+class GuestDriver:
+    def __init__(self, device, host):
+        self.dev = device
+        self.host = host
+        self.hfi1_id = 0
+        self.host_link_state = "OFFLINE"
+        self.lcb_access_count = 0
+        self.gi_mask = [ALL_ONES] * 12
+        self.events: list[tuple[int, int]] = []  # (source, second-tier value) handled
+        self.host_messages = 0
+        self.sdma_state: dict[int, str] = {}
+        self.p_senddmactrl: dict[int, int] = {}
+        self.general_irqs_seen = host.irq.count(0)  # a driver loaded earlier handled those
+
+    # -- csr access (chip.c / chip.h) -----------------------------------------------
+    def read_csr(self, offset: int) -> int:
+        return self.dev.bar_read(0, offset, 8)
+
+    def write_csr(self, offset: int, value: int) -> None:
+        self.dev.bar_write(0, offset, 8, value & ALL_ONES)
+
+    def read_kctxt_csr(self, ctxt: int, offset: int) -> int:
+        return self.read_csr(offset + 0x100 * ctxt)
+
+    def write_kctxt_csr(self, ctxt: int, offset: int, value: int) -> None:
+        self.write_csr(offset + 0x100 * ctxt, value)
+
+    def write_uctxt_csr(self, ctxt: int, offset: int, value: int) -> None:
+        self.write_csr(offset + 0x1000 * ctxt, value)
+
+    def chip_send_contexts(self) -> int:
+        return self.read_csr(cr.SEND_CONTEXTS)
+
+    def chip_rcv_contexts(self) -> int:
+        return self.read_csr(cr.RCV_CONTEXTS)
+
+    def chip_sdma_engines(self) -> int:
+        return self.read_csr(cr.SEND_DMA_ENGINES)
+
+    def chip_rcv_array_count(self) -> int:
+        return self.read_csr(cr.RCV_ARRAY_CNT)
+
+    # -- pcie.c ----------------------------------------------------------------------
+    def hfi1_pcie_ddinit(self) -> None:
+        self.revision = self.dev.bar_read(0, cr.CCE_REVISION, 8)
+        assert self.revision != ALL_ONES, "Cannot read chip CSRs"
+        self.rcv_array_count = self.dev.bar_read(0, cr.RCV_ARRAY_CNT, 8)
+        self.base2_start = cr.RCV_ARRAY + 8 * self.rcv_array_count
+
+    # -- chip.c: probe -----------------------------------------------------------------
+    def check_int_registers(self) -> bool:
+        mask = self.read_csr(cr.CCE_INT_MASK)
+        self.write_csr(cr.CCE_INT_MASK, 0)
+        ok = self.read_csr(cr.CCE_INT_MASK) == 0
+        if ok:
+            self.write_csr(cr.CCE_INT_CLEAR, ALL_ONES)
+            ok = self.read_csr(cr.CCE_INT_STATUS) == 0
+        if ok:
+            self.write_csr(cr.CCE_INT_FORCE, ALL_ONES)
+            ok = self.read_csr(cr.CCE_INT_STATUS) == ALL_ONES
+        if ok:
+            self.write_csr(cr.CCE_INT_CLEAR, ALL_ONES)
+        self.write_csr(cr.CCE_INT_MASK, mask)
+        return ok
+
+    def read_guid(self) -> int:
+        self.write_csr(cr.CCE_DC_CTRL, 0)
+        self.read_csr(cr.CCE_DC_CTRL)
+        self.base_guid = self.read_csr(cr.DC_DC8051_CFG_LOCAL_GUID)
+        return self.base_guid
+
+    def init_chip(self) -> None:
+        self.write_csr(cr.SEND_CTRL, 0)
+        for i in range(self.chip_send_contexts()):
+            self.write_kctxt_csr(i, cr.SEND_CTXT_CTRL, 0)
+        for i in range(self.chip_sdma_engines()):
+            self.write_kctxt_csr(i, cr.SEND_DMA_CTRL, 0)
+        self.write_csr(cr.RCV_CTRL, 0)
+        for _ in range(self.chip_rcv_contexts()):
+            self.write_csr(cr.RCV_CTXT_CTRL, 0)  # sic: context 0, every time
+        for i in range(12):
+            self.write_csr(cr.CCE_INT_MASK + 8 * i, 0)
+        self.write_csr(cr.CCE_DC_CTRL, cr.CCE_DC_CTRL_DC_RESET_SMASK)
+        self.read_csr(cr.CCE_DC_CTRL)
+        self.dev.reset()  # pcie_flr(): the PCI layer turns the FLR into reset()
+        self.write_csr(cr.CCE_DC_CTRL, 0)
+        self.write_csr(cr.DCC_CFG_LED_CNTRL, cr.DCC_CFG_LED_CNTRL_LED_CNTRL_SMASK)  # setextled(dd, 0)
+        self.write_csr(cr.ASIC_QSFP1_OUT, 0x1F)
+        self.write_csr(cr.ASIC_QSFP2_OUT, 0x1F)
+        self.clear_chip_resources()
+
+    # -- firmware.c: mutex, resources, SBus, 8051 -----------------------------------------
+    def acquire_hw_mutex(self) -> bool:
+        mask = 1 << self.hfi1_id
+        if self.read_csr(cr.ASIC_CFG_MUTEX) & 0xFF == mask:
+            return True
+        for attempt in range(2):
+            self.write_csr(cr.ASIC_CFG_MUTEX, mask)
+            if self.read_csr(cr.ASIC_CFG_MUTEX) & 0xFF == mask:
+                return True
+            if attempt == 0:
+                self.write_csr(cr.ASIC_CFG_MUTEX, 0)  # "break mutex and retry"
+        return False
+
+    def release_hw_mutex(self) -> None:
+        if self.read_csr(cr.ASIC_CFG_MUTEX) & 0xFF == 1 << self.hfi1_id:
+            self.write_csr(cr.ASIC_CFG_MUTEX, 0)
+
+    def acquire_chip_resource(self, resource: int) -> bool:
+        all_bits = resource | resource << 8
+        assert self.acquire_hw_mutex(), "hardware mutex stuck"
+        scratch = self.read_csr(cr.ASIC_CFG_SCRATCH)
+        free = not scratch & all_bits
+        if free:
+            self.write_csr(cr.ASIC_CFG_SCRATCH, scratch | resource << (8 * self.hfi1_id))
+            self.read_csr(cr.ASIC_CFG_SCRATCH)
+        self.release_hw_mutex()
+        return free
+
+    def release_chip_resource(self, resource: int) -> None:
+        assert self.acquire_hw_mutex(), "hardware mutex stuck"
+        scratch = self.read_csr(cr.ASIC_CFG_SCRATCH)
+        bit = resource << (8 * self.hfi1_id)
+        assert scratch & bit, "releasing a resource that is not held"
+        self.write_csr(cr.ASIC_CFG_SCRATCH, scratch & ~bit)
+        self.read_csr(cr.ASIC_CFG_SCRATCH)
+        self.release_hw_mutex()
+
+    def clear_chip_resources(self) -> None:
+        assert self.acquire_hw_mutex(), "hardware mutex stuck"
+        scratch = self.read_csr(cr.ASIC_CFG_SCRATCH)
+        self.write_csr(cr.ASIC_CFG_SCRATCH, scratch & ~(0xFF << (8 * self.hfi1_id)))
+        self.read_csr(cr.ASIC_CFG_SCRATCH)
+        self.release_hw_mutex()
+
+    def sbus_request(self, receiver: int, address: int, command: int, data_in: int) -> None:
+        self.write_csr(cr.ASIC_CFG_SBUS_REQUEST, data_in << 32 | command << 16 | address << 8 | receiver)
+
+    def sbus_read(self, receiver: int, address: int, data_in: int) -> int:
+        self.sbus_request(receiver, address, 0x22, data_in)
+        for _ in range(100):
+            reg = self.read_csr(cr.ASIC_STS_SBUS_RESULT)
+            if (reg >> 2) & 0x7 == 4:  # SBUS_READ_COMPLETE
+                return reg >> 32
+        raise DriverTimeout("sbus_read: read failed")
+
+    def dump_fw_version(self) -> dict:
+        assert self.acquire_chip_resource(CR_SBUS)
+        self.write_csr(cr.ASIC_CFG_SBUS_EXECUTE, cr.ASIC_CFG_SBUS_EXECUTE_FAST_MODE_SMASK)
+        self.sbus_request(0xFD, 0x02, 0x21, 0)
+        self.sbus_request(0xFD, 0x07, 0x21, 0x1)
+        versions = {"sbus": self.sbus_read(0xFD, 0x08, 0x1), "pcie": [], "fabric": []}
+        pcie_addrs = [0x08, 0x0A, 0x0C, 0x0E, 0x10, 0x12, 0x14, 0x16, 0x18, 0x1A, 0x1C, 0x1E, 0x20, 0x22, 0x24, 0x26]
+        for kind, addrs in (("pcie", pcie_addrs), ("fabric", [0x01, 0x02, 0x03, 0x04])):
+            for addr in addrs:
+                self.sbus_request(addr, 0x03, 0x21, 0)
+                versions[kind].append(self.sbus_read(addr, 0x04, 0x0))
+        counters = self.read_csr(cr.ASIC_STS_SBUS_COUNTERS)  # clear_sbus_fast_mode
+        assert counters & 0xFFFF == (counters >> 16) & 0xFFFF, "SBus counters never settle"
+        self.write_csr(cr.ASIC_CFG_SBUS_EXECUTE, 0)
+        self.release_chip_resource(CR_SBUS)
+        return versions
+
+    def do_8051_command(self, kind: int, in_data: int) -> tuple[int, int]:
+        reg = kind << 8 | (in_data & 0xFFFFFFFFFFFF) << 16
+        self.write_csr(cr.DC_DC8051_CFG_HOST_CMD_0, reg)
+        self.write_csr(cr.DC_DC8051_CFG_HOST_CMD_0, reg | cr.DC_DC8051_CFG_HOST_CMD_0_REQ_NEW_SMASK)
+        reg = poll(lambda: (r := self.read_csr(cr.DC_DC8051_CFG_HOST_CMD_1)) & 1 and r, 1.0,
+                   f"8051 host command {kind} timeout")
+        self.write_csr(cr.DC_DC8051_CFG_HOST_CMD_0, 0)
+        return (reg >> 8) & 0xFF, reg >> 16
+
+    def load_8051_config(self, field: int, lane: int, data: int) -> int:
+        return self.do_8051_command(0x01, field << 40 | lane << 32 | data)[0]
+
+    def read_8051_data(self, addr: int) -> int:
+        self.write_csr(cr.DC_DC8051_CFG_RAM_ACCESS_SETUP, 0)
+        self.write_csr(cr.DC_DC8051_CFG_RAM_ACCESS_CTRL, addr & 0x7FFF)
+        self.write_csr(cr.DC_DC8051_CFG_RAM_ACCESS_CTRL,
+                       (addr & 0x7FFF) | cr.DC_DC8051_CFG_RAM_ACCESS_CTRL_READ_ENA_SMASK)
+        poll(lambda: self.read_csr(cr.DC_DC8051_CFG_RAM_ACCESS_STATUS) & (1 << 16), 0.01, "timeout reading 8051 data")
+        value = self.read_csr(cr.DC_DC8051_CFG_RAM_ACCESS_RD_DATA)
+        self.write_csr(cr.DC_DC8051_CFG_RAM_ACCESS_CTRL, 0)
+        return value
+
+    def read_8051_config(self, field: int, lane: int) -> int:
+        addr = (4 * 0x17 + lane * 4 * 8 if lane < 4 else 0) + 4 * field
+        big = self.read_8051_data(addr)
+        return (big >> 32) & 0xFFFFFFFF if addr & 4 else big & 0xFFFFFFFF
+
+    # -- eprom.c / platform ----------------------------------------------------------------
+    def eprom_init(self) -> None:
+        assert self.acquire_chip_resource(CR_EPROM), "EPROM resource busy"
+        self.write_csr(cr.ASIC_EEP_CTL_STAT, cr.ASIC_EEP_CTL_STAT_EP_RESET_SMASK)
+        self.write_csr(cr.ASIC_EEP_CTL_STAT, 0x2 << cr.ASIC_EEP_CTL_STAT_RATE_SPI_SHIFT)
+        self.write_csr(cr.ASIC_EEP_ADDR_CMD, 0xAB << 24)
+        self.release_chip_resource(CR_EPROM)
+
+    def read_page(self, offset: int) -> bytes:
+        self.write_csr(cr.ASIC_EEP_ADDR_CMD, 0x03 << 24 | offset)
+        page = b"".join((self.read_csr(cr.ASIC_EEP_DATA) & 0xFFFFFFFF).to_bytes(4, "little") for _ in range(64))
+        self.write_csr(cr.ASIC_EEP_ADDR_CMD, 0)
+        return page
+
+    def eprom_read_platform_config(self) -> bytes | None:
+        assert self.acquire_chip_resource(CR_EPROM)
+        try:
+            directory = self.read_page(128 * 1024 - 256)
+            assert directory[-4:] != b"eprm", "segment format not expected"
+            partition = b"".join(self.read_page(128 * 1024 + 256 * i) for i in range(16))
+            if not partition.startswith(b"APO="):
+                return None
+            end = partition.find(b"egamiAPO")
+            return partition[:end if end >= 0 else len(partition)]
+        finally:
+            self.release_chip_resource(CR_EPROM)
+
+    @staticmethod
+    def parse_platform_config(data: bytes) -> dict:
+        """parse_platform_config(): (type, is_data) -> table dwords, with its checks."""
+        words = [int.from_bytes(data[i:i + 4], "little") for i in range(0, len(data), 4)]
+        assert words[0] == 0x3D4F5041, "Bad config file"
+        assert words[1] * 4 == len(data), "file length mismatch"
+        tables, i = {}, 2
+        while i < len(words):
+            header, inverse = words[i], words[i + 1]
+            assert header == ~inverse & 0xFFFFFFFF, f"Failed validation at offset {i}"
+            length, kind, record = (header >> 16) & 0xFFF, header >> 28, header & 0x3F
+            table = words[i + 2:i + 2 + length]
+            crc = zlib.crc32(b"".join(w.to_bytes(4, "little") for w in table))
+            assert crc == words[i + 2 + length], f"Failed CRC check at offset {i}"
+            tables[(kind, bool(record))] = table
+            i += 3 + length
+        return tables
+
+    @staticmethod
+    def get_platform_config_field(tables: dict, kind: int, index: int, field: int, hfi1_id: int = 0) -> int:
+        meta = tables[(kind, False)][field]
+        start, length = meta & 0x7FFF, meta >> 16
+        data = tables[(kind, True)]
+        if kind == 2:  # port table: 4 dwords per HFI
+            data = data[4 * hfi1_id:]
+        elif kind != 1:
+            data = data[index:]
+        return (data[start // 32] >> (start % 32)) & ((1 << length) - 1)
+
+    # -- interrupts (chip.c, msix.c) -----------------------------------------------------------
+    def set_intr_bits(self, first: int, last: int, enable: bool) -> None:
+        for reg in range(first // 64, last // 64 + 1):
+            bits = 0
+            for src in range(max(first, 64 * reg), min(last, 64 * reg + 63) + 1):
+                bits |= 1 << (src % 64)
+            value = self.read_csr(cr.CCE_INT_MASK + 8 * reg)
+            self.write_csr(cr.CCE_INT_MASK + 8 * reg, value | bits if enable else value & ~bits)
+
+    def clear_all_interrupts(self) -> None:
+        for i in range(12):
+            self.write_csr(cr.CCE_INT_CLEAR + 8 * i, ALL_ONES)
+        for name in ("CCE_ERR_CLEAR", "MISC_ERR_CLEAR", "RCV_ERR_CLEAR", "SEND_ERR_CLEAR", "SEND_PIO_ERR_CLEAR",
+                     "SEND_DMA_ERR_CLEAR", "SEND_EGRESS_ERR_CLEAR"):
+            self.write_csr(CSR_OFFSETS[name], ALL_ONES)
+        for i in range(self.chip_send_contexts()):
+            self.write_kctxt_csr(i, cr.SEND_CTXT_ERR_CLEAR, ALL_ONES)
+        for i in range(self.chip_sdma_engines()):
+            self.write_kctxt_csr(i, cr.SEND_DMA_ENG_ERR_CLEAR, ALL_ONES)
+        for name in ("DCC_ERR_FLG_CLR", "DC_LCB_ERR_CLR", "DC_DC8051_ERR_CLR"):
+            self.write_csr(CSR_OFFSETS[name], ALL_ONES)
+
+    def remap_intr(self, source: int, vector: int) -> None:
+        self.gi_mask[source // 64] &= ~(1 << (source % 64))
+        m, n = divmod(source, 8)
+        reg = self.read_csr(cr.CCE_INT_MAP + 8 * m) & ~(0xFF << (8 * n))
+        self.write_csr(cr.CCE_INT_MAP + 8 * m, reg | vector << (8 * n))
+
+    def set_up_interrupts(self, n_krcv_queues: int) -> None:
+        self.set_intr_bits(0, 767, False)
+        self.clear_all_interrupts()
+        self.gi_mask = [ALL_ONES] * 12
+        for i in range(96):
+            self.write_csr(cr.CCE_INT_MAP + 8 * i, 0)
+        engines = self.chip_sdma_engines()
+        for e in range(engines):  # msix_request_sdma_irq + enable_sdma_srcs
+            for start in (IS_SDMA_START, IS_SDMA_PROGRESS_START, IS_SDMA_IDLE_START):
+                self.remap_intr(start + e, 1 + e)
+            for start in (IS_SDMA_START, IS_SDMA_PROGRESS_START, IS_SDMA_IDLE_START, IS_SDMAENG_ERR_START):
+                self.set_intr_bits(start + e, start + e, True)
+        for c in range(n_krcv_queues):
+            self.remap_intr(IS_RCVAVAIL_START + c, 1 + engines + c)
+
+    def interrupt_clear_down(self, status: int, clear: int, ctxt: int = 0) -> list[int]:
+        seen = []
+        for _ in range(21):
+            reg = self.read_kctxt_csr(ctxt, status)
+            if reg == 0:
+                return seen
+            self.write_kctxt_csr(ctxt, clear, reg)
+            seen.append(reg)
+        raise AssertionError(f"Repeating {status:#x} bits - the device does not clear them")
+
+    def general_interrupt(self) -> list[int]:
+        """MSI-X vector 0: scan, clear, dispatch; returns the sources handled."""
+        pending = []
+        for i in range(12):
+            if not self.gi_mask[i]:
+                continue
+            reg = self.read_csr(cr.CCE_INT_STATUS + 8 * i) & self.gi_mask[i]
+            if reg:
+                self.write_csr(cr.CCE_INT_CLEAR + 8 * i, reg)
+                pending += [64 * i + b for b in range(64) if reg >> b & 1]
+        for source in pending:
+            self.is_interrupt(source)
+        return pending
+
+    def service_interrupts(self, until, timeout: float = 2.0) -> None:
+        """Run the general handler each time MSI-X vector 0 fires, until `until()`."""
+        deadline = time.monotonic() + timeout
+        while not until():
+            self.host.irq.wait_for(0, self.general_irqs_seen + 1, timeout=max(0.0, deadline - time.monotonic()))
+            self.general_irqs_seen += 1
+            self.general_interrupt()
+
+    def is_interrupt(self, source: int) -> None:
+        if source < 8 and source in GENERAL_ERRORS:
+            status, clear = GENERAL_ERRORS[source]
+            for flags in self.interrupt_clear_down(CSR_OFFSETS[status], CSR_OFFSETS[clear]):
+                self.events.append((source, flags))
+        elif IS_SDMAENG_ERR_START <= source < IS_SDMAENG_ERR_START + 16:
+            engine = source - IS_SDMAENG_ERR_START
+            for status in self.interrupt_clear_down(cr.SEND_DMA_ENG_ERR_STATUS, cr.SEND_DMA_ENG_ERR_CLEAR, engine):
+                self.events.append((source, status))
+                self.sdma_engine_error(engine, status)
+        elif source == IS_DC_START + 2:
+            for flags in self.interrupt_clear_down(cr.DC_DC8051_ERR_FLG, cr.DC_DC8051_ERR_CLR):
+                self.events.append((source, flags))
+                if flags & cr.DC_DC8051_ERR_FLG_SET_BY_8051_SMASK:
+                    self.host_messages |= self.read_csr(cr.DC_DC8051_DBG_ERR_INFO_SET_BY_8051) & 0xFFFF
+        elif source == QSFP1_INT:
+            for flags in self.interrupt_clear_down(cr.ASIC_QSFP1_STATUS, cr.ASIC_QSFP1_CLEAR):
+                self.events.append((source, flags))
+        else:
+            self.events.append((source, 0))
+
+    # -- link (chip.c) -----------------------------------------------------------------------
+    def set_local_link_attributes(self) -> None:
+        tx = self.read_8051_config(0x06, 4)  # read_tx_settings
+        assert self.load_8051_config(0x06, 4, (tx & ~0xFF & ~(0xFF << 24)) | 0xF | 2 << 24) == HCMD_SUCCESS
+        frame = self.read_8051_config(0x0B, 4)  # write_host_interface_version
+        assert self.load_8051_config(0x0B, 4, (frame & ~(0xFF << 16)) | 1 << 16) == HCMD_SUCCESS
+        assert self.load_8051_config(0x07, 4, 1 << 4) == HCMD_SUCCESS  # VERIFY_CAP_LOCAL_PHY
+        assert self.load_8051_config(0x08, 4, 3 | 1 << 3 | 272 << 8 | 1 << 20) == HCMD_SUCCESS
+        assert self.load_8051_config(0x09, 4, 0x8) == HCMD_SUCCESS  # 4X
+        assert self.load_8051_config(0x0A, 4, 0x24F0 << 8 | 0x11) == HCMD_SUCCESS
+
+    def start_link(self) -> None:
+        """set_link_state(HLS_DN_POLL) from Offline."""
+        self.write_csr(cr.DCC_CFG_LED_CNTRL, 0)
+        self.set_local_link_attributes()
+        code, _ = self.do_8051_command(0x03, 0x20)  # CHANGE_PHY_STATE(PLS_POLLING)
+        assert code == HCMD_SUCCESS, "Failed to transition to Polling link state"
+        self.host_link_state = "POLL"
+        self.polling_state_read = self.read_csr(cr.DC_DC8051_STS_CUR_STATE) & 0xFF  # log_physical_state
+
+    def acquire_lcb_access(self) -> None:
+        assert self.host_link_state in HLS_UP
+        if self.lcb_access_count == 0:
+            assert self.do_8051_command(0x05, 0x1 << 40)[0] == HCMD_SUCCESS
+            self.write_csr(cr.DC_DC8051_CFG_CSR_ACCESS_SEL, 0x3)
+        self.lcb_access_count += 1
+
+    def release_lcb_access(self) -> None:
+        if self.lcb_access_count == 1:
+            self.write_csr(cr.DC_DC8051_CFG_CSR_ACCESS_SEL, 0x2)
+            assert self.do_8051_command(0x05, 0x2 << 40)[0] == HCMD_SUCCESS
+        self.lcb_access_count -= 1
+
+    def read_lcb_csr(self, offset: int) -> int:
+        if self.host_link_state in HLS_UP:  # read_lcb_via_8051, simulator flavour
+            self.acquire_lcb_access()
+            try:
+                return self.read_csr(offset)
+            finally:
+                self.release_lcb_access()
+        return self.read_csr(offset)
+
+    def handle_link_up(self) -> None:
+        """set_link_state(HLS_UP_INIT), then read_ltp_rtt and clear_linkup_counters."""
+        assert self.host_link_state == "POLL"
+        poll(lambda: self.read_csr(cr.DC_DC8051_STS_CUR_STATE) & 0xFF == 0x50, 1.0,
+             "physical state did not change to LINK-UP")
+        poll(lambda: (self.read_csr(cr.DCC_CFG_PORT_CONFIG) >> 48) & 7 == 2, 1.0,
+             "logical state did not change to INIT")
+        self.write_csr(cr.RCV_CTRL, self.read_csr(cr.RCV_CTRL) | cr.RCV_CTRL_RCV_PORT_ENABLE_SMASK)
+        self.handle_linkup_change_up()
+        self.host_link_state = "INIT"
+        self.ltp_rtt = self.read_lcb_csr(cr.DC_LCB_STS_ROUND_TRIP_LTP_CNT)
+        for name in ("DC_LCB_ERR_INFO_SEQ_CRC_CNT", "DC_LCB_ERR_INFO_REINIT_FROM_PEER_CNT",
+                     "DC_LCB_ERR_INFO_RX_REPLAY_CNT"):
+            self.acquire_lcb_access()
+            self.write_csr(CSR_OFFSETS[name], 0)
+            self.release_lcb_access()
+        self.write_csr(cr.DCC_ERR_PORTRCV_ERR_CNT, 0)
+        self.write_csr(cr.RCV_COUNTER_ARRAY32 + 8 * cr.RCV_BUF_OVFL_CNT, 0)
+
+    def handle_linkup_change_up(self) -> None:
+        credit = self.read_csr(cr.SEND_CM_GLOBAL_CREDIT)  # set_up_vau
+        self.write_csr(cr.SEND_CM_GLOBAL_CREDIT, (credit & ~cr.SEND_CM_GLOBAL_CREDIT_AU_SMASK) | 3 << 16)
+        credit = self.read_csr(cr.SEND_CM_GLOBAL_CREDIT)  # set_up_vl15
+        credit &= ~(cr.SEND_CM_GLOBAL_CREDIT_TOTAL_CREDIT_LIMIT_SMASK | cr.SEND_CM_GLOBAL_CREDIT_SHARED_LIMIT_SMASK)
+        self.write_csr(cr.SEND_CM_GLOBAL_CREDIT, credit | 272 << 32)
+        self.write_csr(cr.SEND_CM_CREDIT_VL15, 272)
+        self.write_csr(cr.SEND_CM_REMOTE_AU_TABLE0_TO3, 0x0000000400020001 << 0)
+        self.write_csr(cr.SEND_CM_REMOTE_AU_TABLE4_TO7, 0)
+        self.neighbor = {
+            "guid": self.read_csr(cr.DC_DC8051_STS_REMOTE_GUID),
+            "type": self.read_csr(cr.DC_DC8051_STS_REMOTE_NODE_TYPE) & 0x3,
+            "port": self.read_csr(cr.DC_DC8051_STS_REMOTE_PORT_NO) & 0xFF,
+            "fm_security": self.read_csr(cr.DC_DC8051_STS_REMOTE_FM_SECURITY) & 0x1,
+        }
+        if self.neighbor["type"] != 0:  # set_mgmt_allowed for a switch
+            self.mgmt_allowed = (self.read_8051_config(0x0D, 4) >> 23) & 1
+        widths = self.read_8051_config(0x09, 4)  # get_linkup_widths
+        self.link_width = {"tx": widths >> 12 & 0xF, "rx": widths >> 8 & 0xF}
+        self.read_8051_config(0x06, 4)  # get_link_widths: TX_SETTINGS
+        self.read_8051_config(0x0C, 4)  # LOCAL_LNI_INFO
+
+    def goto_offline(self) -> None:
+        was_up = self.host_link_state in HLS_UP
+        for name in ("DC_LCB_ERR_INFO_RX_REPLAY_CNT", "DC_LCB_ERR_INFO_SEQ_CRC_CNT",
+                     "DC_LCB_ERR_INFO_REINIT_FROM_PEER_CNT"):  # update_lcb_cache
+            self.read_lcb_csr(CSR_OFFSETS[name])
+        self.host_link_state = "GOING_OFFLINE"
+        code, _ = self.do_8051_command(0x03, 0x90)
+        assert code == HCMD_SUCCESS, "Failed to transition to Offline link state"
+        poll(lambda: self.read_csr(cr.DC_DC8051_STS_CUR_STATE) & 0xF0 == 0x90, 10.0,
+             "timeout waiting for phy link offline.quiet substates")
+        self.write_csr(cr.DC_DC8051_CFG_CSR_ACCESS_SEL, 0x3)
+        self.write_csr(cr.DC_LCB_ERR_EN, ALL_ONES)
+        poll(lambda: (self.read_csr(cr.DCC_CFG_PORT_CONFIG) >> 48) & 7 == 1, 1.0, "logical state not Down")
+        self.host_link_state = "OFFLINE"
+        if was_up:
+            self.reset_link_credits()
+            self.write_csr(cr.CCE_CTRL, cr.CCE_CTRL_SPC_FREEZE_SMASK)  # start_freeze_handling
+            self.sdma_freeze_notify()
+            self.handle_freeze()
+
+    def reset_link_credits(self) -> None:
+        for i in range(8):
+            self.write_csr(cr.SEND_CM_CREDIT_VL + 8 * i, 0)
+        self.write_csr(cr.SEND_CM_CREDIT_VL15, 0)
+        self.write_csr(cr.SEND_CM_GLOBAL_CREDIT, 0)
+        sendctrl = self.read_csr(cr.SEND_CTRL)  # pio_send_control(PSC_CM_RESET) -> __cm_reset
+        self.write_csr(cr.SEND_CTRL, sendctrl | cr.SEND_CTRL_CM_RESET_SMASK)
+        poll(lambda: not self.read_csr(cr.SEND_CTRL) & cr.SEND_CTRL_CM_RESET_SMASK, 1.0,
+             "__cm_reset spins forever")
+
+    def wait_for_freeze_status(self, freeze: bool) -> None:
+        want = ALL_FROZE if freeze else 0
+        poll(lambda: self.read_csr(cr.CCE_STATUS) & ALL_FROZE == want, 0.02,
+             f"Time out waiting for SPC {'' if freeze else 'un'}freeze")
+
+    def handle_freeze(self) -> None:
+        self.wait_for_freeze_status(True)
+        for ctxt in getattr(self, "enabled_send_contexts", []):  # pio_freeze -> sc_disable
+            self.sc_disable(ctxt)
+        self.sdma_freeze()
+        self.write_csr(cr.RCV_CTRL, self.read_csr(cr.RCV_CTRL) & ~cr.RCV_CTRL_RCV_PORT_ENABLE_SMASK)
+        self.write_csr(cr.CCE_CTRL, cr.CCE_CTRL_SPC_UNFREEZE_SMASK)
+        self.wait_for_freeze_status(False)
+        self.sdma_unfreeze()
+
+    # -- send contexts (pio.c) -------------------------------------------------------------------
+    def sc_alloc(self, hw: int, credits: int, base: int, credit_return: int) -> None:
+        self.write_kctxt_csr(hw, cr.SEND_CTXT_CTRL, credits << 48 | base << 32)
+        self.write_kctxt_csr(hw, cr.SEND_CTXT_CHECK_ENABLE, 0x1)
+        self.write_kctxt_csr(hw, cr.SEND_CTXT_ERR_MASK, ALL_ONES)
+        self.write_kctxt_csr(hw, cr.SEND_CTXT_CHECK_PARTITION_KEY, 0xFFFF << 48)
+        self.write_kctxt_csr(hw, cr.SEND_CTXT_CHECK_OPCODE, 0)
+        self.write_kctxt_csr(hw, cr.SEND_CTXT_CREDIT_RETURN_ADDR, credit_return & 0xFFFFFFFFFFC0)
+        self.write_kctxt_csr(hw, cr.SEND_CTXT_CREDIT_CTRL, credits // 2)
+
+    def sc_enable(self, hw: int) -> None:
+        ctrl = self.read_kctxt_csr(hw, cr.SEND_CTXT_CTRL)
+        if ctrl & 1:
+            return
+        errors = self.read_kctxt_csr(hw, cr.SEND_CTXT_ERR_STATUS)
+        if errors:
+            self.write_kctxt_csr(hw, cr.SEND_CTXT_ERR_CLEAR, errors)
+        self.write_csr(cr.SEND_PIO_INIT_CTXT, (hw & 0xFF) << 8 | cr.SEND_PIO_INIT_CTXT_PIO_SINGLE_CTXT_INIT_SMASK)
+        reg = poll(lambda: (r := self.read_csr(cr.SEND_PIO_INIT_CTXT)) & 0x4 == 0 and (r | 1 << 63), 0.001,
+                   "PIO send context init is stuck")
+        assert not reg & 0x8, "PIO send context init had an error"
+        self.write_kctxt_csr(hw, cr.SEND_CTXT_CTRL, ctrl | 1)
+        self.read_kctxt_csr(hw, cr.SEND_CTXT_CTRL)
+
+    def sc_disable(self, hw: int) -> None:
+        ctrl = self.read_kctxt_csr(hw, cr.SEND_CTXT_CTRL)
+        status = self.read_csr(cr.SEND_EGRESS_CTXT_STATUS + 8 * hw)  # sc_wait_for_packet_egress
+        halted = self.read_kctxt_csr(hw, cr.SEND_CTXT_STATUS) & 1
+        assert status & 0x3FFF == 0 or halted, "packets never egress"
+        self.write_kctxt_csr(hw, cr.SEND_CTXT_CTRL, ctrl & ~1)
+
+    def sc_return_credits(self, hw: int) -> None:
+        self.write_kctxt_csr(hw, cr.SEND_CTXT_CREDIT_FORCE, 1)
+        self.read_kctxt_csr(hw, cr.SEND_CTXT_CREDIT_FORCE)
+        self.write_kctxt_csr(hw, cr.SEND_CTXT_CREDIT_FORCE, 0)
+
+    # -- SDMA (sdma.c) -------------------------------------------------------------------------
+    def sdma_sendctrl(self, engine: int, enable=False, intenable=False, halt=False, cleanup=False) -> None:
+        ctrl = (1 if enable else 0) | (8 if intenable else 0) | (2 if halt else 0)
+        self.p_senddmactrl[engine] = ctrl
+        self.write_kctxt_csr(engine, cr.SEND_DMA_CTRL, ctrl | (4 if cleanup else 0))
+
+    def sdma_start(self) -> None:
+        for e in range(self.num_sdma):
+            self.sdma_state[e] = "s10_hw_start_up_halt_wait"
+            self.sdma_sendctrl(e, halt=True)
+
+    def sdma_engine_error(self, engine: int, status: int) -> None:
+        if status & cr.SEND_DMA_ENG_ERR_STATUS_SDMA_HALT_ERR_SMASK and \
+                self.sdma_state[engine] == "s10_hw_start_up_halt_wait":
+            self.sdma_err_halt_wait(engine)
+
+    def sdma_err_halt_wait(self, engine: int) -> None:
+        poll(lambda: self.read_kctxt_csr(engine, cr.SEND_DMA_STATUS) & cr.SEND_DMA_STATUS_ENG_HALTED_SMASK, 0.01,
+             f"SDMA engine {engine} - timeout waiting for engine to halt")
+        self.sdma_state[engine] = "s15_hw_start_up_clean_wait"
+        self.sdma_sendctrl(engine, intenable=True, cleanup=True)
+        poll(lambda: self.read_kctxt_csr(engine, cr.SEND_DMA_STATUS) & cr.SEND_DMA_STATUS_ENG_CLEANED_UP_SMASK,
+             1.0, f"sdma_hw_clean_up_task: engine {engine} never cleaned up (tasklet spins forever)")
+        self.sdma_hw_start_up(engine)
+        self.sdma_state[engine] = "s20_idle"
+        self.sdma_sendctrl(engine, intenable=True)
+
+    def sdma_hw_start_up(self, engine: int) -> None:
+        self.write_kctxt_csr(engine, cr.SEND_DMA_LEN_GEN, (2048 // 64) << 6)
+        self.write_kctxt_csr(engine, cr.SEND_DMA_LEN_GEN, (2048 // 64) << 6 | 4 << 16)
+        self.write_kctxt_csr(engine, cr.SEND_DMA_TAIL, 0)
+        self.write_kctxt_csr(engine, cr.SEND_DMA_ENG_ERR_CLEAR, 1 << 0)
+
+    def sdma_freeze_notify(self) -> None:
+        """e85_link_down: only engines that got out of s10 can acknowledge."""
+        self.unfreeze_count = 0
+        for e, state in self.sdma_state.items():
+            if state in ("s20_idle", "s99_running"):
+                self.sdma_state[e] = "s80_hw_freeze"
+            else:
+                self.unfreeze_count += 1
+
+    def sdma_freeze(self) -> None:
+        assert self.unfreeze_count == 0, \
+            f"sdma_freeze waits forever: {self.unfreeze_count} engines never left s10"
+        for e in self.sdma_state:
+            self.read_kctxt_csr(e, cr.SEND_DMA_HEAD)  # sw clean up: sdma_make_progress
+            self.sdma_state[e] = "s82_freeze_sw_clean"
+
+    def sdma_unfreeze(self) -> None:
+        for e in self.sdma_state:
+            self.sdma_hw_start_up(e)
+            self.sdma_state[e] = "s20_idle"
+            self.sdma_sendctrl(e, intenable=True)
+
+    def sdma_exit(self) -> None:
+        for e in self.sdma_state:
+            self.sdma_state[e] = "s00_hw_down"
+            self.sdma_sendctrl(e)
