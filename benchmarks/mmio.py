@@ -21,6 +21,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
+sys.path.insert(0, HERE)
 
 from emulator.client import Client  # noqa: E402
 
@@ -128,7 +129,7 @@ def main() -> int:
         print(f"{label:<22}{bare:>18.2f}{read:>15.2f}{ratio:>7.2f}x{write:>15.2f}")
     print(f"target: trapped read <= 1.5x bare round trip: {'met' if worst <= 1.5 else 'NOT met'} (worst {worst:.2f}x)")
     if args.guest:
-        from benchmarks.guest_mmio import guest_figures
+        from guest_mmio import guest_figures
         guest_figures(args.n)
     return 0
 

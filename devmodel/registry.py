@@ -1,20 +1,59 @@
-"""The devices `vfnic serve --device NAME` knows, by name. Imports are lazy so
-that serving testdev never loads the hfi1 model."""
+"""The devices `vfnic serve --device NAME` knows, by name, and their options
+(`--option KEY=VALUE`). Imports are lazy so that serving testdev never loads
+the hfi1 model."""
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass
+from typing import Callable
 
 from devmodel.base import DeviceModel
 
+
+class OptionError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class DeviceEntry:
+    module: str
+    factory: str
+    #: option name -> (allowed values, default, what it means)
+    options: dict[str, tuple[tuple[str, ...], str, str]]
+
+
 DEVICES = {
-    "testdev": ("devmodel.testdev", "TestDevice"),
-    "testdev-shm": ("devmodel.testdev", "SharedMemoryTestDevice"),
-    "hfi1": ("devmodel.hfi1", "Hfi1Device"),
+    "testdev": DeviceEntry("devmodel.testdev", "TestDevice", {}),
+    "testdev-shm": DeviceEntry("devmodel.testdev", "SharedMemoryTestDevice", {}),
+    "hfi1": DeviceEntry("devmodel.hfi1", "Hfi1Device.from_options", {
+        "link-partner": (("present", "none"), "present",
+                         "present: a neighbour HFI answers and the link trains to LinkUp; "
+                         "none: no cable, the port stays in Polling"),
+    }),
 }
 
 
-def create(name: str) -> DeviceModel:
+def parse_options(name: str, pairs: list[str]) -> dict[str, str]:
+    entry = DEVICES[name]
+    chosen = {key: default for key, (_allowed, default, _doc) in entry.options.items()}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or key not in entry.options:
+            known = ", ".join(entry.options) or "none"
+            raise OptionError(f"{name} has no option {key!r} (options: {known})")
+        allowed = entry.options[key][0]
+        if value not in allowed:
+            raise OptionError(f"{name} option {key} takes {' or '.join(allowed)}, not {value!r}")
+        chosen[key] = value
+    return chosen
+
+
+def create(name: str, options: list[str] | None = None) -> DeviceModel:
     if name not in DEVICES:
         raise KeyError(f"unknown device {name!r} (known: {', '.join(sorted(DEVICES))})")
-    module, cls = DEVICES[name]
-    return getattr(importlib.import_module(module), cls)()
+    entry = DEVICES[name]
+    chosen = parse_options(name, options or [])
+    factory: Callable = importlib.import_module(entry.module)
+    for attr in entry.factory.split("."):
+        factory = getattr(factory, attr)
+    return factory(**{k.replace("-", "_"): v for k, v in chosen.items()}) if entry.options else factory()

@@ -73,6 +73,7 @@ class RegisterFile:
         self._regs: dict[int, Register] = {}
         self._values: dict[int, int] = {}
         self._sorted: list[int] = []
+        self._covering: dict[int, Register] = {}  # every byte offset -> its register
         self._extra: dict[int, int] = {}  # undeclared storage, by 8-byte-aligned offset
         self.undeclared: Counter[int] = Counter()
         self.declare(registers)
@@ -86,6 +87,8 @@ class RegisterFile:
                 raise ValueError(f"{reg.name} and {self._regs[reg.offset].name} share offset {reg.offset:#x}")
             self._regs[reg.offset] = reg
             self._values[reg.offset] = reg.reset
+            for byte in range(reg.offset, reg.offset + reg.width):
+                self._covering[byte] = reg
         self._sorted = sorted(self._regs)
 
     def __contains__(self, name: str) -> bool:
@@ -118,11 +121,8 @@ class RegisterFile:
 
     # -- guest-side access ---------------------------------------------------
     def _find(self, offset: int, size: int) -> Register | None:
-        reg = self._regs.get(offset & ~7)
-        if reg is not None and reg.width == 8:
-            return reg
-        reg = self._regs.get(offset & ~3)
-        if reg is not None and reg.width == 4 and size <= 4:
+        reg = self._covering.get(offset)
+        if reg is not None and offset + size <= reg.offset + reg.width:
             return reg
         return None
 
@@ -143,17 +143,18 @@ class RegisterFile:
         self.undeclared[key] += 1
 
     def read(self, offset: int, size: int) -> int:
-        reg = self._find(offset, size)
-        mask = (1 << (8 * size)) - 1
-        if reg is None:
+        reg = self._covering.get(offset)
+        if reg is None or offset + size > reg.offset + reg.width:
             self._note_undeclared(offset, "read")
-            return (self._extra.get(offset & ~7, 0) >> (8 * (offset & 7))) & mask
+            return (self._extra.get(offset & ~7, 0) >> (8 * (offset & 7))) & ((1 << (8 * size)) - 1)
         value = self._values[reg.offset]
         if reg.on_read is not None:
             value = reg.on_read(value)
         elif reg.access is Access.WO:
             value = 0
-        return (value >> (8 * (offset - reg.offset))) & mask
+        if size == 8:
+            return value
+        return (value >> (8 * (offset - reg.offset))) & ((1 << (8 * size)) - 1)
 
     def write(self, offset: int, size: int, value: int) -> None:
         reg = self._find(offset, size)

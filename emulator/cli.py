@@ -1,6 +1,6 @@
 """`vfnic` command line.
 
-    vfnic serve --device NAME --socket PATH [--socket PATH ...] [--stats FILE] [-v]
+    vfnic serve --device NAME --socket PATH [--socket PATH ...] [--option KEY=VALUE ...] [--stats FILE] [-v]
 
 Serves one device per socket, in the foreground, until SIGINT or SIGTERM,
 then removes its sockets. Bad arguments exit with status 2 and one line.
@@ -36,6 +36,8 @@ def _parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="serve emulated devices on vfio-user sockets")
     serve.add_argument("--device", required=True, help=f"device model ({', '.join(sorted(registry.DEVICES))})")
     serve.add_argument("--socket", required=True, action="append", help="AF_UNIX socket path; repeat for more devices")
+    serve.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                       help="a device option, e.g. hfi1's link-partner=none; repeat for more")
     serve.add_argument("--stats", help="write device statistics as JSON here on exit and on SIGUSR1")
     serve.add_argument("--no-write-multiple", action="store_true", help="do not offer REGION_WRITE_MULTI to clients")
     serve.add_argument("-v", "--verbose", action="count", default=0, help="-v info, -vv debug")
@@ -59,6 +61,10 @@ def serve(args: argparse.Namespace) -> int:
         raise UsageError(f"unknown device {args.device!r} (known: {', '.join(sorted(registry.DEVICES))})")
     if len(set(args.socket)) != len(args.socket):
         raise UsageError("the same --socket is given twice")
+    try:
+        registry.parse_options(args.device, args.option)
+    except registry.OptionError as e:
+        raise UsageError(str(e)) from None
     logging.basicConfig(level=(logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)],
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     servers = []
@@ -72,7 +78,7 @@ def serve(args: argparse.Namespace) -> int:
             s.close()
         raise UsageError(str(e)) from None
     for server in servers:
-        server.function = PciFunction(registry.create(args.device))
+        server.function = PciFunction(registry.create(args.device, args.option))
 
     def stop(signum, frame):
         for s in servers:

@@ -17,6 +17,7 @@ import mmap
 import os
 import select
 import socket
+import struct
 import time
 from dataclasses import dataclass
 
@@ -36,6 +37,7 @@ QEMU_CAPABILITIES = {
 
 
 _NO_REPLY, _ERROR = int(MsgFlags.NO_REPLY), int(MsgFlags.ERROR)
+_REGION_READ = int(Command.REGION_READ)
 
 
 class VfioUserError(Exception):
@@ -74,11 +76,16 @@ class Client:
         self.sock: socket.socket | None = None
         self._next_id = 0
         self.server_caps: dict = {}
+        self._buf = bytearray()
+        self._fds: list[int] = []
+        self._rcvtimeo = -1
 
     # -- connection ---------------------------------------------------------------
     def connect(self, caps: dict | None = None) -> dict:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.connect(self.path)
+        self._buf.clear()
+        self._rcvtimeo = -1
         reply = self.request(Command.VERSION, Version.build(dict(
             major=0, minor=0, caps=json.dumps({"capabilities": QEMU_CAPABILITIES if caps is None else caps}))))
         self.server_caps = json.loads(Version.parse(reply.payload).caps)["capabilities"]
@@ -101,7 +108,10 @@ class Client:
         return self._next_id
 
     def send_raw(self, data: bytes, fds: tuple[int, ...] = ()) -> None:
-        anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, b"".join(fd.to_bytes(4, "little") for fd in fds))] if fds else []
+        if not fds:
+            self.sock.sendall(data)
+            return
+        anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, b"".join(fd.to_bytes(4, "little") for fd in fds))]
         sent = self.sock.sendmsg([data], anc)
         if sent < len(data):
             self.sock.sendall(data[sent:])
@@ -111,33 +121,43 @@ class Client:
         self.send_raw(header(msg_id, command, len(payload), _NO_REPLY if no_reply else 0) + payload, fds)
         return msg_id
 
-    def _recv_exact(self, n: int, deadline: float) -> bytes:
-        buf = bytearray()
-        while len(buf) < n:
-            self._wait_readable(deadline)
-            chunk = self.sock.recv(n - len(buf))
-            if not chunk:
-                raise ConnectionError("server closed the connection")
-            buf += chunk
-        return bytes(buf)
-
-    def _wait_readable(self, deadline: float) -> None:
+    def _fill(self, deadline: float) -> None:
+        """Read whatever the server sent (blocking in the kernel, bounded by
+        SO_RCVTIMEO); fds arrive with the first byte of the message that
+        carried them, which is the last message started in this read."""
         remaining = deadline - time.monotonic()
-        if remaining <= 0 or not select.select([self.sock], [], [], remaining)[0]:
+        if remaining <= 0:
             raise TimeoutError(f"no reply from {self.path} within {self.timeout} s")
+        self._set_timeout(remaining)
+        try:
+            data, anc, _, _ = self.sock.recvmsg(1 << 16, socket.CMSG_SPACE(16 * 4))
+        except BlockingIOError:
+            raise TimeoutError(f"no reply from {self.path} within {self.timeout} s") from None
+        if not data:
+            raise ConnectionError("server closed the connection")
+        self._buf += data
+        for level, kind, d in anc:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                self._fds += [int.from_bytes(d[i:i + 4], "little") for i in range(0, len(d) - len(d) % 4, 4)]
+
+    def _set_timeout(self, seconds: float) -> None:
+        # Coarse: a recv that blocks in the kernel costs one system call,
+        # where Python's own socket timeout adds a poll() before each.
+        whole = max(int(seconds), 0)
+        if whole != self._rcvtimeo:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", whole + 1, 0))
+            self._rcvtimeo = whole
 
     def receive(self, timeout: float | None = None) -> tuple[int, Reply]:
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
-        self._wait_readable(deadline)
-        data, anc, _, _ = self.sock.recvmsg(HEADER_SIZE, socket.CMSG_SPACE(16 * 4))
-        if not data:
-            raise ConnectionError("server closed the connection")
-        fds = [int.from_bytes(d[i:i + 4], "little") for lvl, kind, d in anc
-               if lvl == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS for i in range(0, len(d) - len(d) % 4, 4)]
-        if len(data) < HEADER_SIZE:
-            data += self._recv_exact(HEADER_SIZE - len(data), deadline)
-        msg_id, command, size, flags, error_no = HEADER.unpack_from(data)
-        payload = self._recv_exact(size - HEADER_SIZE, deadline) if size > HEADER_SIZE else b""
+        while len(self._buf) < HEADER_SIZE:
+            self._fill(deadline)
+        msg_id, command, size, flags, error_no = HEADER.unpack_from(self._buf)
+        while len(self._buf) < size:
+            self._fill(deadline)
+        payload = bytes(self._buf[HEADER_SIZE:size])
+        del self._buf[:size]
+        fds, self._fds = self._fds, []
         return msg_id, Reply(command, flags, error_no, payload, fds)
 
     def request(self, command: int, payload: bytes = b"", fds: tuple[int, ...] = ()) -> Reply:
@@ -190,7 +210,7 @@ class Client:
         self.request(Command.DMA_UNMAP, DMA_UNMAP.build(argsz=24, flags=flags, address=address, size=size))
 
     def read(self, region: int, offset: int, count: int) -> bytes:
-        reply = self.request(Command.REGION_READ, REGION_ACCESS.pack(offset, region, count))
+        reply = self.request(_REGION_READ, REGION_ACCESS.pack(offset, region, count))
         return reply.payload[REGION_ACCESS.size:]
 
     def write(self, region: int, offset: int, data: bytes, posted: bool = False) -> None:

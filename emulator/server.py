@@ -129,17 +129,19 @@ class Connection:
 
     # -- framing ------------------------------------------------------------------
     def _recv_exact(self, n: int) -> bytes:
-        buf = bytearray(n)
-        view, got = memoryview(buf), 0
-        while got < n:
-            r = self.sock.recv_into(view[got:], n - got)
-            if r == 0:
+        data = self.sock.recv(n)  # almost always the whole payload at once
+        while len(data) < n:
+            more = self.sock.recv(n - len(data))
+            if not more:
                 raise Disconnected("client closed the connection mid-message")
-            got += r
-        return bytes(buf)
+            data += more
+        return data
 
     def receive(self) -> Message:
-        data, ancdata, msg_flags, _ = self.sock.recvmsg(HEADER_SIZE, _CMSG_SPACE)
+        return self._complete(*self.sock.recvmsg(HEADER_SIZE, _CMSG_SPACE)[:3])
+
+    def _complete(self, data: bytes, ancdata: list, msg_flags: int) -> Message:
+        """The rest of a message whose first bytes (and fds) `recvmsg` returned."""
         if not data:
             raise Disconnected("client closed the connection")
         fds: list[int] = []
@@ -177,33 +179,68 @@ class Connection:
 
     # -- loop -----------------------------------------------------------------------
     def serve(self) -> None:
-        handlers = self._handlers
+        """Handle messages until the client goes.
+
+        BAR reads and writes -- the guest's MMIO, most of the traffic -- take a
+        short path: no fds, a well-formed header, RUNNING. Anything unusual
+        about them (bad bounds, wrong sizes) falls through to the general
+        dispatch, which answers with the right errno.
+        """
+        recvmsg, recv, sendall, function = self.sock.recvmsg, self.sock.recv, self.sock.sendall, self.function
+        unpack_header, pack_header, unpack_access = HEADER.unpack_from, HEADER.pack, REGION_ACCESS.unpack_from
+        counts = self.counts
         while True:
-            msg = None
-            try:
-                msg = self.receive()
-                self.counts["messages"] += 1
-                if msg.fds_truncated:
-                    self._close_fds(msg)
-                    raise ProtocolError(errno.EINVAL, f"more than {MAX_MSG_FDS} file descriptors")
-                if msg.flags & MSG_TYPE_MASK:
-                    self._close_fds(msg)
-                    raise ProtocolError(errno.EINVAL, f"message type {msg.flags & MSG_TYPE_MASK} from a client")
-                handler = handlers.get(msg.command)
-                if handler is None:
-                    self._close_fds(msg)
-                    raise ProtocolError(*self._unsupported(msg.command))
-                if self.state is not RunState.RUNNING and msg.command != Command.VERSION:
-                    self._close_fds(msg)
-                    raise StateError(msg.command, self.state)
-                reply = handler(msg)
-                if msg.wants_reply:
-                    self.send(msg.msg_id, msg.command, reply or Reply())
-            except ProtocolError as e:
-                self.counts["errors"] += 1
-                self.log.warning("%s refused: %s (%s)", _name(msg.command) if msg else "message", e, errno.errorcode.get(e.errno, e.errno))
-                if msg is None or msg.wants_reply:
-                    self.send_error(msg.msg_id if msg else 0, msg.command if msg else 0, e.errno)
+            head, ancdata, msg_flags, _ = recvmsg(HEADER_SIZE, _CMSG_SPACE)
+            counts["messages"] += 1
+            if not ancdata and len(head) == HEADER_SIZE and self.state is RunState.RUNNING:
+                msg_id, command, size, flags, _ = unpack_header(head)
+                if (command == _REGION_READ or command == _REGION_WRITE) and not flags & ~_NO_REPLY \
+                        and HEADER_SIZE + _ACCESS_SIZE <= size <= MAX_MESSAGE_SIZE:
+                    payload = recv(size - HEADER_SIZE)
+                    if len(payload) < size - HEADER_SIZE:
+                        payload += self._recv_exact(size - HEADER_SIZE - len(payload))
+                    offset, region, count = unpack_access(payload)
+                    try:
+                        if command == _REGION_READ and size == HEADER_SIZE + _ACCESS_SIZE and count <= MAX_DATA_XFER_SIZE:
+                            data = function.region_read(region, offset, count)
+                            if not flags:
+                                sendall(pack_header(msg_id, command, size + count, _TYPE_REPLY, 0) + payload + data)
+                            continue
+                        if command == _REGION_WRITE and size == HEADER_SIZE + _ACCESS_SIZE + count:
+                            function.region_write(region, offset, payload[_ACCESS_SIZE:])
+                            if not flags:
+                                sendall(pack_header(msg_id, command, size - count, _TYPE_REPLY, 0) + payload[:_ACCESS_SIZE])
+                            continue
+                    except RegionAccessError:
+                        pass  # answered with its errno below
+                    self.dispatch(Message(msg_id, command, flags, payload, []))
+                    continue
+            self.dispatch(self._complete(head, ancdata, msg_flags))
+
+    def dispatch(self, msg: Message) -> None:
+        """Validate and handle one message; refusals become error replies."""
+        try:
+            if msg.fds_truncated:
+                self._close_fds(msg)
+                raise ProtocolError(errno.EINVAL, f"more than {MAX_MSG_FDS} file descriptors")
+            if msg.flags & MSG_TYPE_MASK:
+                self._close_fds(msg)
+                raise ProtocolError(errno.EINVAL, f"message type {msg.flags & MSG_TYPE_MASK} from a client")
+            handler = self._handlers.get(msg.command)
+            if handler is None:
+                self._close_fds(msg)
+                raise ProtocolError(*self._unsupported(msg.command))
+            if self.state is not RunState.RUNNING and msg.command != Command.VERSION:
+                self._close_fds(msg)
+                raise StateError(msg.command, self.state)
+            reply = handler(msg)
+            if msg.wants_reply:
+                self.send(msg.msg_id, msg.command, reply or Reply())
+        except ProtocolError as e:
+            self.counts["errors"] += 1
+            self.log.warning("%s refused: %s (%s)", _name(msg.command), e, errno.errorcode.get(e.errno, e.errno))
+            if msg.wants_reply:
+                self.send_error(msg.msg_id, msg.command, e.errno)
 
     @staticmethod
     def _unsupported(command: int) -> tuple[int, str]:

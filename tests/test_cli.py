@@ -29,6 +29,9 @@ def wait_for(predicate, timeout=10.0, what="condition"):
     (["serve", "--device", "testdev", "--socket", "/no/such/dir/x.sock"], "socket directory /no/such/dir does not exist"),
     (["serve", "--device", "testdev"], "required: --socket"),
     (["launch"], "invalid choice"),
+    (["serve", "--device", "hfi1", "--socket", "x.sock", "--option", "colour=blue"], "hfi1 has no option 'colour'"),
+    (["serve", "--device", "hfi1", "--socket", "x.sock", "--option", "link-partner=maybe"],
+     "link-partner takes present or none"),
 ])
 def test_bad_arguments_exit_2_with_one_line(tmp_path, args, message):
     result = vfnic(*args, cwd=tmp_path)

@@ -70,6 +70,11 @@ class Timer:
 class Hfi1Device(DeviceModel):
     name = "hfi1"
 
+    @classmethod
+    def from_options(cls, link_partner: str = "present") -> "Hfi1Device":
+        """Build from `vfnic serve --option` values (see devmodel/registry.py)."""
+        return cls(ChipConfig(neighbour=None) if link_partner == "none" else ChipConfig())
+
     def __init__(self, config: ChipConfig | None = None):
         self.config = config or ChipConfig()
         self.log = logging.getLogger("vfnic.hfi1")

@@ -22,8 +22,8 @@ from __future__ import annotations
 import logging
 import mmap
 import os
-import threading
 from dataclasses import dataclass
+from typing import Callable
 
 from devmodel.base import DeviceModel
 
@@ -77,6 +77,7 @@ class PciFunction:
         self._reset_msix_table()
         self.shared: dict[int, SharedMemory] = {i: self._make_shared(b) for i, b in self.bars.items() if b.shared}
         self.resets = 0
+        self._special = self._special_ranges()
         self.dma = DmaSpace()
         self.irq = InterruptLines({
             IrqIndex.INTX: 1 if layout.interrupt_pin else 0,
@@ -84,9 +85,6 @@ class PciFunction:
             IrqIndex.ERR: 1,
             IrqIndex.REQ: 1,
         })
-        # One lock serialises the transport's accesses with resets; model
-        # workers take the model's own lock.
-        self.lock = threading.RLock()
         model.attach(self)
 
     @staticmethod
@@ -114,66 +112,79 @@ class PciFunction:
             raise RegionAccessError(f"[{offset:#x}, +{length:#x}) is outside region {index} (size {size:#x})")
 
     # -- accesses ----------------------------------------------------------------
+    # One transport thread drives a function (accesses, resets, FLR), so the
+    # function itself takes no lock; model workers use the model's own lock.
     def region_read(self, index: int, offset: int, length: int) -> bytes:
         self._check(index, offset, length)
-        with self.lock:
-            if index == CONFIG_REGION:
-                return self.config.read(offset, length)
-            if length in (1, 2, 4, 8) and not offset % length:  # one CPU access: the common case
-                return self._bar_read(index, offset, length).to_bytes(length, "little")
-            out = bytearray()
-            for off, size in split_access(offset, length):
-                out += self._bar_read(index, off, size).to_bytes(size, "little")
-            return bytes(out)
+        if index == CONFIG_REGION:
+            return self.config.read(offset, length)
+        if length in (1, 2, 4, 8) and not offset % length:  # one CPU access: the common case
+            return self._bar_read(index, offset, length).to_bytes(length, "little")
+        out = bytearray()
+        for off, size in split_access(offset, length):
+            out += self._bar_read(index, off, size).to_bytes(size, "little")
+        return bytes(out)
 
     def region_write(self, index: int, offset: int, data: bytes) -> None:
         self._check(index, offset, len(data))
-        with self.lock:
-            if index == CONFIG_REGION:
-                self.config.write(offset, data)
-                return
-            if len(data) in (1, 2, 4, 8) and not offset % len(data):
-                self._bar_write(index, offset, len(data), int.from_bytes(data, "little"))
-                return
-            for off, size in split_access(offset, len(data)):
-                rel = off - offset
-                self._bar_write(index, off, size, int.from_bytes(data[rel:rel + size], "little"))
+        if index == CONFIG_REGION:
+            self.config.write(offset, data)
+            return
+        if len(data) in (1, 2, 4, 8) and not offset % len(data):
+            self._bar_write(index, offset, len(data), int.from_bytes(data, "little"))
+            return
+        for off, size in split_access(offset, len(data)):
+            rel = off - offset
+            self._bar_write(index, off, size, int.from_bytes(data[rel:rel + size], "little"))
 
-    def _msix_range(self, index: int, offset: int) -> tuple[str, int] | None:
+    def _special_ranges(self) -> dict[int, list[tuple[int, int, Callable, Callable]]]:
+        """Per BAR: (start, end, read, write) of the ranges the function
+        serves itself -- MSI-X table, PBA, shared memory -- not the model."""
+        special: dict[int, list] = {}
         m = self.msix
-        if m is None:
-            return None
-        if index == m.table_bar and 0 <= offset - m.table_offset < len(self.msix_table):
-            return "table", offset - m.table_offset
-        if index == m.pba_bar and 0 <= offset - m.pba_offset < 8 * ((m.vectors + 63) // 64):
-            return "pba", offset - m.pba_offset
-        return None
+        if m is not None:
+            special.setdefault(m.table_bar, []).append(
+                (m.table_offset, m.table_offset + len(self.msix_table), self._table_read, self._table_write))
+            special.setdefault(m.pba_bar, []).append(
+                (m.pba_offset, m.pba_offset + 8 * ((m.vectors + 63) // 64), self._pba_read, lambda *_: None))
+        for index, bar in self.bars.items():
+            for start, size in bar.mmap_areas if bar.shared else ():
+                special.setdefault(index, []).append(
+                    (start, start + size, self._shared_reader(index, start), self._shared_writer(index, start)))
+        return special
 
-    def _in_shared(self, index: int, offset: int) -> bool:
-        bar = self.bars[index]
-        return bar.shared and any(o <= offset < o + s for o, s in bar.mmap_areas)
+    def _table_read(self, rel: int, size: int) -> int:
+        return int.from_bytes(self.msix_table[rel:rel + size], "little")
+
+    def _table_write(self, rel: int, size: int, value: int) -> None:
+        self.msix_table[rel:rel + size] = value.to_bytes(size, "little")
+
+    def _pba_read(self, rel: int, size: int) -> int:
+        return (self.pending_bits() >> (8 * rel)) & ((1 << (8 * size)) - 1)
+
+    def _shared_reader(self, index: int, start: int) -> Callable[[int, int], int]:
+        def read(rel: int, size: int) -> int:
+            off = start + rel
+            return int.from_bytes(self.shared[index].mapping[off:off + size], "little")
+        return read
+
+    def _shared_writer(self, index: int, start: int) -> Callable[[int, int, int], None]:
+        def write(rel: int, size: int, value: int) -> None:
+            off = start + rel
+            self.shared[index].mapping[off:off + size] = value.to_bytes(size, "little")
+        return write
 
     def _bar_read(self, index: int, offset: int, size: int) -> int:
-        where = self._msix_range(index, offset)
-        if where is not None:
-            kind, rel = where
-            if kind == "table":
-                return int.from_bytes(self.msix_table[rel:rel + size], "little")
-            return (self.pending_bits() >> (8 * rel)) & ((1 << (8 * size)) - 1)
-        if self._in_shared(index, offset):
-            return int.from_bytes(self.shared[index].mapping[offset:offset + size], "little")
+        for start, end, read, _write in self._special.get(index, ()):
+            if start <= offset < end:
+                return read(offset - start, size)
         return self.model.bar_read(index, offset, size)
 
     def _bar_write(self, index: int, offset: int, size: int, value: int) -> None:
-        where = self._msix_range(index, offset)
-        if where is not None:
-            kind, rel = where
-            if kind == "table":
-                self.msix_table[rel:rel + size] = value.to_bytes(size, "little")
-            return  # the PBA is read-only
-        if self._in_shared(index, offset):
-            self.shared[index].mapping[offset:offset + size] = value.to_bytes(size, "little")
-            return
+        for start, end, _read, write in self._special.get(index, ()):
+            if start <= offset < end:
+                write(offset - start, size, value)
+                return
         self.model.bar_write(index, offset, size, value)
 
     def pending_bits(self) -> int:
@@ -181,13 +192,12 @@ class PciFunction:
 
     # -- reset ----------------------------------------------------------------------
     def reset(self) -> None:
-        with self.lock:
-            self.resets += 1
-            self.config.reset()
-            self._reset_msix_table()
-            for shared in self.shared.values():
-                shared.mapping[:] = bytes(len(shared.mapping))
-            self.model.reset()
+        self.resets += 1
+        self.config.reset()
+        self._reset_msix_table()
+        for shared in self.shared.values():
+            shared.mapping[:] = bytes(len(shared.mapping))
+        self.model.reset()
 
     def function_level_reset(self) -> None:
         log.info("PCIe Device Control: Initiate Function Level Reset")
