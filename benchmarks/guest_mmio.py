@@ -17,7 +17,7 @@ SCRATCH = 0x08
 
 def _measure(tmp: Path, n: int, server_args: tuple[str, ...]) -> tuple[float, float]:
     sock = tmp / f"bench{len(server_args)}.sock"
-    with VfnicServer("testdev", sock, log=tmp / f"serve{len(server_args)}.log", args=server_args).start():
+    with VfnicServer("testdev", sock, log=tmp / f"serve{len(server_args)}.log", args=server_args):
         with Guest([sock], workdir=tmp / f"guest{len(server_args)}", name="bench") as guest:
             guest.install_helpers()
             (device,) = lspci(guest, "-d", "1234:11f0")

@@ -61,6 +61,7 @@ def load_hfi1(guest, want_state: str, timeout: float = 120.0) -> float:
     """modprobe hfi1 and wait until port 1 reads `want_state`; seconds it took."""
     start = time.monotonic()
     guest.run("modprobe hfi1", timeout=timeout, check=True)
+    guest.settle()  # udev: the kernel's hfi1_0 name kept, ib_umad & co loaded by rdma-core's rules
     deadline = start + timeout
     while True:
         result = guest.run(f"cat {PORT}/state 2>/dev/null")

@@ -16,7 +16,7 @@ import time
 import pytest
 from hfi1_guest import HCMD_SUCCESS, GuestDriver
 from test_dc8051 import READ_CONFIG_DATA, bring_link_up, logical, phys
-from test_probe_walk import CREDIT_RETURN_BASE, hfi1_init, probe, remove_one
+from test_probe_walk import CREDIT_RETURN_BASE, load_to_link_up, remove_one
 
 from devmodel.hfi1 import chip_registers as cr
 from emulator.client import Client, GuestMemory
@@ -159,12 +159,7 @@ def test_flr_through_config_space_restores_reset_values(wire):
 def test_probe_link_up_and_rmmod_over_the_wire(wire):
     device, host, memory = wire
     driver = GuestDriver(device, host)
-    learnt = probe(driver)
-    hfi1_init(driver, learnt)
-    driver.sdma_start()
-    driver.service_interrupts(lambda: (all(s == "s20_idle" for s in driver.sdma_state.values())
-                                       and driver.host_messages & (1 << 7)))
-    driver.handle_link_up()
+    learnt = load_to_link_up(driver)
     assert driver.host_link_state == "INIT"
     remove_one(driver, learnt)
     assert device.stats()["undeclared_csr_accesses"] == 0, device.stats()["undeclared_offsets"]

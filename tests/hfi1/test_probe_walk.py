@@ -245,15 +245,22 @@ def test_probe_link_up_and_rmmod_touch_only_declared_csrs(device, host, driver):
     assert device.regs.get(cr.ASIC_CFG_SCRATCH) == 0, "rmmod leaves no chip resource held"
 
 
+def load_to_link_up(driver: GuestDriver) -> dict:
+    """modprobe hfi1 as far as port Init: probe, hfi1_init, SDMA start, the
+    interrupts that follow (SDMA halts, the 8051's LinkUp), handle_link_up."""
+    learnt = probe(driver)
+    hfi1_init(driver, learnt)
+    driver.sdma_start()
+    driver.service_interrupts(lambda: (all(s == "s20_idle" for s in driver.sdma_state.values())
+                                       and driver.host_messages & (1 << 7)))
+    driver.handle_link_up()
+    return learnt
+
+
 def test_insmod_after_rmmod_probes_and_links_up_again(device, host):
     for load in range(2):
         driver = GuestDriver(device, host)
-        learnt = probe(driver)
-        hfi1_init(driver, learnt)
-        driver.sdma_start()
-        driver.service_interrupts(lambda: (all(s == "s20_idle" for s in driver.sdma_state.values())
-                                           and driver.host_messages & (1 << 7)))
-        driver.handle_link_up()
+        learnt = load_to_link_up(driver)
         assert driver.host_link_state == "INIT", f"load {load}"
         remove_one(driver, learnt)
     assert device.stats()["undeclared_csr_accesses"] == 0

@@ -1,0 +1,196 @@
+"""Fixtures for guest tests: `vfnic serve` processes and QEMU guests using them.
+
+    @pytest.mark.guest
+    def test_scratch(vfnic_server, boot_guest):
+        guest = boot_guest(vfnic_server("testdev"))
+        result = guest.run("lspci -nn -d 1234:11f0", check=True)
+
+- `guest_platform` (session): QEMU and the guest image, provisioned once per
+  run; if that is impossible every guest test is skipped with the reason
+  (and, under CI=true, a skipped guest test is a failure).
+- `vfnic_server(device, count=1)`: starts `vfnic serve` with `count`
+  sockets and waits for them.
+- `boot_guest(*servers_or_sockets)`: boots a guest with those devices, waits
+  until its agent answers, installs the host-built helpers (vfnic-mmio).
+- `lab` / `module_lab`: the object behind those two (`lab.server`,
+  `lab.guest`), per test or shared by a module's tests: a boot costs ~15 s
+  under TCG, so checks that can share a guest should.
+- Teardown always runs: guests are powered off (then killed by PID),
+  servers get SIGTERM (then SIGKILL). When a test fails, its servers' and
+  guests' logs are copied to artifacts/<test>/ and listed at the end.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from images.debian import ProvisionError
+from images.guest import GuestImage, build
+from images.qemu import Qemu, QemuError
+from images.server import VfnicServer
+from images.vm import Guest, VfioUserDevice
+
+CHECKOUT = Path(__file__).resolve().parent.parent
+ARTIFACTS = CHECKOUT / "artifacts"
+KEPT_LOGS = pytest.StashKey[list]()
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("true", "1", "yes")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Remember each phase's report on the item (for the log keeper), and
+    under CI turn a skipped guest test into a failure: CI must not go green
+    because no guest could be booted."""
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f"vfnic_report_{report.when}", report)
+    if report.skipped and in_ci() and item.get_closest_marker("guest") and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"guest test skipped with CI set, which counts as a failure: {reason}"
+
+
+def pytest_configure(config):
+    config.stash[KEPT_LOGS] = []
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    kept = config.stash.get(KEPT_LOGS, [])
+    if kept:
+        terminalreporter.section("guest and server logs of failed tests")
+        for test, directory in kept:
+            terminalreporter.line(f"{test}: {directory}")
+
+
+@dataclass(frozen=True)
+class GuestPlatform:
+    qemu: Qemu
+    image: GuestImage
+
+
+@pytest.fixture(scope="session")
+def guest_platform() -> GuestPlatform:
+    try:
+        return GuestPlatform(Qemu.locate(), build())
+    except (ProvisionError, QemuError) as error:
+        pytest.skip(f"cannot provision guests: {error}")
+
+
+class Lab:
+    """The servers and guests of one test (or one module), their logs, and
+    their teardown: guests are powered off first, then servers stopped."""
+
+    def __init__(self, platform: GuestPlatform, directory: Path):
+        self.platform = platform
+        self.directory = directory
+        # Unix socket paths are limited to 107 bytes, which pytest's
+        # tmp_path can exceed: sockets get a short directory of their own.
+        self.socket_dir = Path(tempfile.mkdtemp(prefix="vfnic-test-", dir="/tmp"))
+        self.servers: list[VfnicServer] = []
+        self.guests: list[Guest] = []
+
+    def server(self, device: str = "testdev", count: int = 1, args: tuple[str, ...] = ()) -> VfnicServer:
+        """Start `vfnic serve --device DEVICE` with `count` sockets and wait for them."""
+        index = len(self.servers)
+        sockets = [self.socket_dir / f"{device}{index}-{n}.sock" for n in range(count)]
+        server = VfnicServer(device, sockets, log=self.directory / f"serve{index}.log", args=args)
+        self.servers.append(server)
+        return server.start()
+
+    def guest(self, *attach, wait: bool = True, **options) -> Guest:
+        """Boot a guest with the given servers' sockets (or sockets, or
+        VfioUserDevices) attached. With wait=False it is only started, so
+        several can boot at once: call `guest.wait_ready()` and
+        `guest.install_helpers()` afterwards."""
+        name = f"guest{len(self.guests)}"
+        options = {"image": self.platform.image, "qemu": self.platform.qemu, **options}
+        guest = Guest(devices_of(attach), workdir=self.directory / name, name=name, **options)
+        self.guests.append(guest)
+        guest.start()
+        if wait:
+            guest.wait_ready()
+            guest.install_helpers()
+        return guest
+
+    def close(self) -> None:
+        for guest in reversed(self.guests):
+            guest.close()
+        for server in reversed(self.servers):
+            server.stop()
+        shutil.rmtree(self.socket_dir, ignore_errors=True)
+
+    def keep_logs(self, destination: Path) -> Path:
+        """Copy every server and guest log to `destination`."""
+        shutil.rmtree(destination, ignore_errors=True)
+        destination.mkdir(parents=True)
+        for path in sorted(self.directory.rglob("*.log")):
+            shutil.copy(path, destination / "-".join(path.relative_to(self.directory).parts))
+        return destination
+
+
+def devices_of(attach) -> list[VfioUserDevice]:
+    devices: list[VfioUserDevice] = []
+    for item in attach:
+        if isinstance(item, VfnicServer):
+            devices += [VfioUserDevice(path) for path in item.sockets]
+        elif isinstance(item, VfioUserDevice):
+            devices.append(item)
+        else:
+            devices.append(VfioUserDevice(Path(item)))
+    return devices
+
+
+def item_failed(item) -> bool:
+    return any(getattr(getattr(item, f"vfnic_report_{when}", None), "failed", False)
+               for when in ("setup", "call"))
+
+
+def run_lab(request, platform: GuestPlatform, directory: Path, items):
+    """Yield a Lab; afterwards close it, and keep its logs if any of
+    `items()` (the tests that used it) failed."""
+    lab = Lab(platform, directory)
+    try:
+        yield lab
+    finally:
+        lab.close()
+        if any(item_failed(item) for item in items()):
+            test_name = request.node.nodeid.split("/")[-1].replace(".py::", ".")
+            name = re.sub(r"[^\w.-]+", "_", test_name)
+            kept = lab.keep_logs(ARTIFACTS / name)
+            request.config.stash[KEPT_LOGS].append((request.node.nodeid, kept))
+
+
+@pytest.fixture
+def lab(request, guest_platform, tmp_path):
+    """A Lab for one test."""
+    yield from run_lab(request, guest_platform, tmp_path, lambda: [request.node])
+
+
+@pytest.fixture(scope="module")
+def module_lab(request, guest_platform, tmp_path_factory):
+    """A Lab shared by a module's tests (one boot for many checks); its logs
+    are kept if any test of the module failed."""
+    prefix = f"{request.node.nodeid}::"
+    yield from run_lab(request, guest_platform, tmp_path_factory.mktemp("module-lab"),
+                       lambda: [i for i in request.session.items if i.nodeid.startswith(prefix)])
+
+
+@pytest.fixture
+def vfnic_server(lab):
+    """Factory: `vfnic_server(device, count=1, args=())` -> a running VfnicServer."""
+    return lab.server
+
+
+@pytest.fixture
+def boot_guest(lab):
+    """Factory: `boot_guest(*servers_or_sockets, wait=True, **Guest options)` -> a ready Guest."""
+    return lab.guest

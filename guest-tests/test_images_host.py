@@ -1,0 +1,197 @@
+"""The guest tooling's own parts, checked on the host without booting anything:
+parsers, archive and wire formats, the cache's build-once rule, the agent's
+command runner, and the QEMU command line a Guest would use."""
+from __future__ import annotations
+
+import io
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from images import cache, debian
+from images.guest import GuestImage
+from images.initrd import ModuleTree, NewcArchive
+from images.lspci import parse_lspci
+from images.qemu import Qemu, QemuError
+from images.vm import Guest, VfioUserDevice, agent_wire, resolve_accel
+from images.wait import DeadlineExceeded, wait_until
+
+LSPCI_SAMPLE = """\
+0000:01:00.0 Unassigned class [ff00]: Device [1234:11f0] (rev 01)
+\tSubsystem: Device [1234:11f0]
+\tControl: I/O+ Mem+ BusMaster- SpecCycle- MemWINV- VGASnoop- ParErr- Stepping- SERR+ FastB2B- DisINTx-
+\tRegion 0: Memory at fe400000 (64-bit, non-prefetchable) [size=64K]
+\tCapabilities: [40] Power Management version 3
+\t\tFlags: PMEClk- DSI- D1- D2- AuxCurrent=0mA PME(D0-,D1-,D2-,D3hot-,D3cold-)
+\tCapabilities: [48] Express (v2) Endpoint, IntMsgNum 0
+\t\tDevCap:\tMaxPayload 512 bytes, PhantFunc 0, Latency L0s <64ns, L1 <1us
+\tCapabilities: [84] MSI-X: Enable- Count=4 Masked-
+\t\tVector table: BAR=0 offset=00008000
+\t\tPBA: BAR=0 offset=00009000
+\tKernel driver in use: vfio-pci
+
+0000:00:01.0 PCI bridge [0604]: Red Hat, Inc. QEMU PCIe Root port [1b36:000c]
+\tBus: primary=00, secondary=01, subordinate=01, sec-latency=0
+"""
+
+
+def test_lspci_output_parses_into_devices_capabilities_and_regions():
+    testdev, bridge = parse_lspci(LSPCI_SAMPLE)
+    assert (testdev.address, testdev.vendor, testdev.device, testdev.class_code) == \
+        ("0000:01:00.0", 0x1234, 0x11F0, 0xFF00)
+    assert [c.offset for c in testdev.capabilities] == [0x40, 0x48, 0x84]
+    assert testdev.capability("MSI-X").details == ["Vector table: BAR=0 offset=00008000",
+                                                  "PBA: BAR=0 offset=00009000"]
+    region = testdev.regions[0]
+    assert (region.size, region.is_64bit, region.prefetchable) == (64 << 10, True, False)
+    assert testdev.fields["Kernel driver in use"] == "vfio-pci"
+    assert (bridge.vendor, bridge.device, bridge.class_code) == (0x1B36, 0x000C, 0x0604)
+
+
+def read_newc(data: bytes) -> dict[str, tuple[int, bytes]]:
+    """name -> (mode, data) from a newc cpio archive (the kernel's format)."""
+    entries, position = {}, 0
+    while True:
+        fields = [int(data[position + 6 + 8 * i:position + 14 + 8 * i], 16) for i in range(13)]
+        mode, size, name_size = fields[1], fields[6], fields[11]
+        name_start = position + 110
+        name = data[name_start:name_start + name_size - 1].decode()
+        body_start = name_start + name_size + (-(110 + name_size) % 4)
+        if name == "TRAILER!!!":
+            return entries
+        entries[name] = (mode, data[body_start:body_start + size])
+        position = body_start + size + (-size % 4)
+
+
+def test_newc_archive_holds_files_directories_and_device_nodes():
+    archive = NewcArchive()
+    archive.directory("dev")
+    archive.char_device("dev/console", 5, 1)
+    archive.file("init", b"\x7fELF-ish", 0o755)
+    entries = read_newc(archive.finish())
+    assert entries == {"dev": (0o040755, b""), "dev/console": (0o020600, b""),
+                       "init": (0o100755, b"\x7fELF-ish")}
+
+
+@pytest.fixture
+def module_tree(tmp_path) -> ModuleTree:
+    (tmp_path / "modules.dep").write_text(
+        "kernel/fs/ext4/ext4.ko.xz: kernel/fs/jbd2/jbd2.ko.xz kernel/lib/crc16.ko.xz\n"
+        "kernel/fs/jbd2/jbd2.ko.xz:\n"
+        "kernel/lib/crc16.ko.xz:\n"
+        "kernel/drivers/block/virtio_blk.ko.xz:\n")
+    (tmp_path / "modules.builtin").write_text("kernel/drivers/virtio/virtio_pci.ko\n")
+    return ModuleTree(tmp_path)
+
+
+def test_modules_load_after_their_dependencies_and_builtins_are_skipped(module_tree):
+    order = module_tree.load_order(["virtio_pci", "virtio-blk", "ext4", "jbd2"])
+    assert order == ["kernel/drivers/block/virtio_blk.ko.xz", "kernel/fs/jbd2/jbd2.ko.xz",
+                     "kernel/lib/crc16.ko.xz", "kernel/fs/ext4/ext4.ko.xz"]
+
+
+def test_a_module_the_kernel_lacks_is_a_clear_error(module_tree):
+    with pytest.raises(debian.ProvisionError, match="no hfi1"):
+        module_tree.load_order(["hfi1"])
+
+
+def test_mirror_comes_from_deb822_or_one_line_sources():
+    deb822 = ("Types: deb\nURIs: http://mirror.example/debian\nSuites: bookworm bookworm-updates\n\n"
+              "Types: deb\nURIs: http://mirror.example/debian-security\nSuites: bookworm-security\n")
+    assert debian._mirrors_in_deb822(deb822) == [
+        ("http://mirror.example/debian", "bookworm bookworm-updates"),
+        ("http://mirror.example/debian-security", "bookworm-security")]
+    one_line = "# comment\ndeb [signed-by=/k.gpg] http://mirror.example/debian bookworm main\n"
+    assert debian._mirrors_in_one_line_format(one_line) == [("http://mirror.example/debian", "bookworm")]
+
+
+def test_mirror_override_wins(monkeypatch):
+    monkeypatch.setenv("VFNIC_DEBIAN_MIRROR", "http://mirror.example/debian/")
+    assert debian.debian_mirror() == "http://mirror.example/debian"
+
+
+def test_agent_frames_round_trip_and_a_cut_frame_reads_as_end():
+    frame = agent_wire.encode_frame({"op": "put", "id": 7, "path": "/x"}, b"\x00\xffdata")
+    stream = io.BytesIO(frame + frame[:-2])
+    header, payload = agent_wire.read_frame(stream)
+    assert header == {"op": "put", "id": 7, "path": "/x", "size": 6} and payload == b"\x00\xffdata"
+    assert agent_wire.read_frame(stream) is None
+
+
+def test_agent_kills_a_command_at_its_timeout_and_keeps_its_output():
+    status, out, err = agent_wire.run_command(["sh", "-c", "echo before; sleep 30"], 0.5, b"", None)
+    assert (status["timed_out"], status["rc"], out, err) == (True, -9, b"before\n", b"")
+    assert status["duration"] < 10
+
+
+def test_agent_truncates_output_beyond_its_limit(monkeypatch):
+    monkeypatch.setattr(agent_wire, "OUTPUT_LIMIT", 1000)
+    status, out, _ = agent_wire.run_command(["head", "-c", "5000", "/dev/zero"], 10, b"", None)
+    assert (status["rc"], status["truncated"], len(out)) == (0, True, 1000)
+
+
+def test_build_once_builds_a_recipe_once_and_leaves_nothing_from_a_failed_build(tmp_path, monkeypatch):
+    monkeypatch.setenv("VFNIC_CACHE", str(tmp_path))
+    builds = []
+
+    def builder(work: Path) -> None:
+        builds.append(work)
+        (work / "artefact").write_text("done")
+
+    first = cache.build_once("thing", {"v": 1}, builder)
+    assert cache.build_once("thing", {"v": 1}, builder) == first and len(builds) == 1
+    assert (first / "artefact").read_text() == "done"
+    assert json.loads((first / "recipe.json").read_text()) == {"v": 1}
+
+    def failing(work: Path) -> None:
+        raise RuntimeError("network down")
+
+    with pytest.raises(RuntimeError):
+        cache.build_once("thing", {"v": 2}, failing)
+    assert sorted(p.name for p in (tmp_path / "thing").iterdir() if not p.name.endswith(".lock")) \
+        == [first.name]
+
+
+def test_wait_until_returns_the_value_or_says_what_it_waited_for():
+    assert wait_until(lambda: 42, 1, "the answer") == 42
+    with pytest.raises(DeadlineExceeded, match="timed out waiting for nothing: still nothing"):
+        wait_until(lambda: None, 0.05, "nothing", explain=lambda: "still nothing")
+
+
+def test_guest_command_line_puts_each_device_behind_a_gen3_x16_root_port(tmp_path):
+    guest = Guest([VfioUserDevice(Path("/s/a.sock")), VfioUserDevice(Path("/s/b.sock"), root_port=False)],
+                  image=GuestImage(tmp_path), qemu=Qemu(argv=["qemu"], version="11.1.3"),
+                  workdir=tmp_path, accel="tcg")
+    guest.runtime_dir = Path("/run/x")
+    argv = guest.command_line()
+    devices = [argv[i + 1] for i, arg in enumerate(argv) if arg == "-device"]
+    assert "pxb-pcie,id=numa0-bridge,bus_nr=128,numa_node=0,bus=pcie.0" in devices
+    assert "pcie-root-port,id=rp0,bus=numa0-bridge,chassis=1,x-speed=8,x-width=16" in devices
+    assert json.loads(devices[-2]) == {"driver": "vfio-user-pci", "id": "nic0", "bus": "rp0",
+                                       "socket": {"type": "unix", "path": "/s/a.sock"}}
+    assert json.loads(devices[-1])["bus"] == "pcie.0"
+    assert "memory-backend-memfd,id=mem0,size=1024M,share=on" in argv
+    assert argv[argv.index("-numa") + 1] == "node,nodeid=0,memdev=mem0"
+
+
+def test_without_numa_ram_is_the_machine_backend_and_root_ports_sit_on_pcie0(tmp_path):
+    guest = Guest([Path("/s/a.sock")], image=GuestImage(tmp_path), qemu=Qemu(argv=["qemu"]),
+                  workdir=tmp_path, accel="tcg", numa=False)
+    guest.runtime_dir = Path("/run/x")
+    argv = guest.command_line()
+    assert "-numa" not in argv and not any(arg.startswith("pxb-pcie") for arg in argv)
+    assert argv[argv.index("-machine") + 1].endswith(",memory-backend=mem0")
+    assert "pcie-root-port,id=rp0,bus=pcie.0,chassis=1,x-speed=8,x-width=16" in argv
+
+
+def test_unknown_accelerator_is_refused():
+    with pytest.raises(QemuError, match="unknown accelerator"):
+        resolve_accel("hvf")
+
+
+def test_kvm_without_a_usable_dev_kvm_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(os, "access", lambda path, mode: False)
+    with pytest.raises(QemuError, match="/dev/kvm is missing or not accessible"):
+        resolve_accel("kvm")

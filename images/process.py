@@ -1,0 +1,30 @@
+"""Child processes (QEMU, `vfnic serve`): stopping them by PID and quoting
+their logs in error messages."""
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from images.wait import DeadlineExceeded, wait_until
+
+
+def stop_process(process: subprocess.Popen, grace: float = 10.0) -> int:
+    """SIGTERM `process`, then SIGKILL it if it has not exited after `grace`
+    seconds; return its exit status. Only ever this one PID."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            wait_until(lambda: process.poll() is not None, grace, f"PID {process.pid} to exit")
+        except DeadlineExceeded:
+            process.kill()
+    return process.wait()
+
+
+def log_tail(path: Path, lines: int = 20) -> str:
+    """The last `lines` lines of a log file, indented for quoting in an error."""
+    try:
+        text = Path(path).read_text(errors="replace")
+    except FileNotFoundError:
+        return "    (no log)"
+    tail = text.strip().splitlines()[-lines:]
+    return "\n".join(f"    {line}" for line in tail) if tail else "    (empty log)"
