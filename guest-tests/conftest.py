@@ -39,6 +39,7 @@ from images.vm import Guest, VfioUserDevice
 CHECKOUT = Path(__file__).resolve().parent.parent
 ARTIFACTS = CHECKOUT / "artifacts"
 KEPT_LOGS = pytest.StashKey[list]()
+FIGURES = pytest.StashKey[list]()
 
 
 def in_ci() -> bool:
@@ -61,9 +62,15 @@ def pytest_runtest_makereport(item, call):
 
 def pytest_configure(config):
     config.stash[KEPT_LOGS] = []
+    config.stash[FIGURES] = []
 
 
 def pytest_terminal_summary(terminalreporter, config):
+    figures = config.stash.get(FIGURES, [])
+    if figures:
+        terminalreporter.section("figures measured in guests")
+        for line in figures:
+            terminalreporter.line(line)
     kept = config.stash.get(KEPT_LOGS, [])
     if kept:
         terminalreporter.section("guest and server logs of failed tests")
@@ -182,6 +189,12 @@ def module_lab(request, guest_platform, tmp_path_factory):
     prefix = f"{request.node.nodeid}::"
     yield from run_lab(request, guest_platform, tmp_path_factory.mktemp("module-lab"),
                        lambda: [i for i in request.session.items if i.nodeid.startswith(prefix)])
+
+
+@pytest.fixture(scope="session")
+def report_figure(request):
+    """`report_figure("hfi1: modprobe to Init 5.2 s")`: a line for the run's summary."""
+    return request.config.stash[FIGURES].append
 
 
 @pytest.fixture

@@ -73,13 +73,14 @@ def load_hfi1(guest, want_state: str, timeout: float = 120.0) -> float:
 
 
 @pytest.fixture(scope="module")
-def linked(module_lab, tmp_path_factory):
+def linked(module_lab, tmp_path_factory, report_figure):
     """One guest, one HFI with a link partner, hfi1 loaded and the port in Init."""
     stats = str(tmp_path_factory.mktemp("hfi1-stats") / "stats.json")
     server = module_lab.server("hfi1", args=("--stats", stats))
     guest = module_lab.guest(server, kernel_args=NO_AUTOLOAD)
+    report_figure(f"guest with an HFI ready for commands {guest.boot_seconds:.1f} s after QEMU started (TCG)")
     seconds = load_hfi1(guest, "2: INIT")
-    print(f"\nhfi1: modprobe to port Init took {seconds:.1f} s (TCG guest)")
+    report_figure(f"hfi1: modprobe hfi1 to port 1 Init: {seconds:.1f} s (TCG guest)")
     return guest, server, stats, seconds
 
 
@@ -123,7 +124,7 @@ def test_the_linkup_interrupt_is_counted_on_the_general_msix_vector(linked):
     assert sum(counts) >= 1, general[0]
 
 
-def test_reload_three_times_without_a_link_partner_never_hangs(lab, tmp_path):
+def test_reload_three_times_without_a_link_partner_never_hangs(lab, tmp_path, report_figure):
     """rmmod/modprobe cycles. Without a link partner the port stays in Polling:
     with the port up, the 6.12 driver deadlocks on simulator hardware (below)."""
     stats = str(tmp_path / "stats.json")
@@ -135,7 +136,8 @@ def test_reload_three_times_without_a_link_partner_never_hangs(lab, tmp_path):
         guest.run("rmmod hfi1", timeout=120, check=True)
         seconds = load_hfi1(guest, "1: DOWN")
         assert read_port(guest) == ("1: DOWN", "2: Polling"), f"cycle {cycle}"
-        print(f"\nhfi1: reload cycle {cycle + 1}: {time.monotonic() - start:.1f} s (modprobe {seconds:.1f} s)")
+        report_figure(f"hfi1: reload cycle {cycle + 1} (no link partner): rmmod + modprobe "
+                      f"{time.monotonic() - start:.1f} s")
     assert hfi1_dmesg_problems(guest) == []
     assert server_stats(server, stats)["undeclared_csr_accesses"] == 0
 
