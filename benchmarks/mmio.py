@@ -24,16 +24,17 @@ sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 
 from emulator.client import Client  # noqa: E402
+from images.wait import wait_until  # noqa: E402
 
 SCRATCH = 0x08
 
 
 def wait_for_socket(path: str, proc: subprocess.Popen, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not os.path.exists(path):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"server for {path} did not start")
-        time.sleep(0.01)
+    def ready() -> bool:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the server for {path} exited with status {proc.returncode}")
+        return os.path.exists(path)
+    wait_until(ready, timeout, f"the server to create {path}")
 
 
 def timed(fn, n: int, rounds: int = 5) -> float:

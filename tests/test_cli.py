@@ -5,23 +5,15 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
 from emulator.client import Client
+from images.wait import wait_until
 
 
 def vfnic(*args, **kw):
     return subprocess.run([sys.executable, "-m", "emulator.cli", *args], capture_output=True, text=True, timeout=30, **kw)
-
-
-def wait_for(predicate, timeout=10.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} not met within {timeout} s")
-        time.sleep(0.02)
 
 
 @pytest.mark.parametrize("args,message", [
@@ -45,7 +37,7 @@ def running(tmp_path):
     stats = str(tmp_path / "stats.json")
     proc = subprocess.Popen([sys.executable, "-m", "emulator.cli", "serve", "--device", "testdev", "--socket", sock,
                              "--stats", stats], stderr=subprocess.PIPE, text=True)
-    wait_for(lambda: os.path.exists(sock) or proc.poll() is not None, what="socket to appear")
+    wait_until(lambda: os.path.exists(sock) or proc.poll() is not None, 10.0, "the socket to appear")
     yield proc, sock, stats
     if proc.poll() is None:
         proc.kill()
@@ -79,7 +71,7 @@ def test_a_stale_socket_file_is_replaced(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "emulator.cli", "serve", "--device", "testdev", "--socket", path],
                             stderr=subprocess.PIPE)
     try:
-        wait_for(lambda: Client(path).connect() is not None if _listening(path) else False, what="server to listen")
+        wait_until(lambda: _listening(path), 10.0, "the server to listen on the stale path")
     finally:
         proc.terminate()
         assert proc.wait(timeout=10) == 0
