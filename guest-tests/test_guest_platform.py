@@ -40,11 +40,11 @@ def test_agent_kills_a_hanging_command_and_keeps_serving(plain_guest):
 
 def test_files_put_into_the_guest_come_back_intact(plain_guest):
     data = os.urandom(3 << 20)
-    plain_guest.put("/root/blob", data, mode=0o640)
-    assert plain_guest.run("stat -c %a /root/blob").stdout.strip() == "640"
-    assert hashlib.sha256(plain_guest.get("/root/blob")).digest() == hashlib.sha256(data).digest()
+    plain_guest.put("/var/tmp/vfnic-blob", data, mode=0o640)
+    assert plain_guest.run("stat -c %a /var/tmp/vfnic-blob").stdout.strip() == "640"
+    assert hashlib.sha256(plain_guest.get("/var/tmp/vfnic-blob")).digest() == hashlib.sha256(data).digest()
     with pytest.raises(AgentError, match="FileNotFoundError"):
-        plain_guest.get("/root/no-such-file")
+        plain_guest.get("/var/tmp/vfnic-no-such-file")
 
 
 def test_systemd_init_with_the_debian_initrd_still_serves_the_agent(vfnic_server, boot_guest):
