@@ -12,6 +12,7 @@ Target: a trapped read costs at most 1.5x the bare round trip.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import subprocess
@@ -48,14 +49,24 @@ def timed(fn, n: int, rounds: int = 5) -> float:
     return statistics.median(results)
 
 
-def bare_round_trip(tmp: str, n: int, cpu: int | None) -> float:
-    import socket
-    path = os.path.join(tmp, f"echo-{cpu}.sock")
-    proc = subprocess.Popen([sys.executable, os.path.join(HERE, "echo_server.py"), path], stdout=subprocess.PIPE)
+@contextlib.contextmanager
+def server_process(args: list[str], path: str, cpu: int | None):
+    """A server subprocess (pinned to `cpu` if given) whose socket `path` exists."""
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=os.path.dirname(HERE))
     try:
         if cpu is not None:
             os.sched_setaffinity(proc.pid, {cpu})
         wait_for_socket(path, proc)
+        yield proc
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
+def bare_round_trip(tmp: str, n: int, cpu: int | None) -> float:
+    import socket
+    path = os.path.join(tmp, f"echo-{cpu}.sock")
+    with server_process([sys.executable, os.path.join(HERE, "echo_server.py"), path], path, cpu):
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         s.connect(path)
         request = bytes(32)
@@ -68,9 +79,6 @@ def bare_round_trip(tmp: str, n: int, cpu: int | None) -> float:
 
         timed(once, n // 10, 1)  # warm-up
         return timed(once, n)
-    finally:
-        proc.terminate()
-        proc.wait()
 
 
 def vfio_user(tmp: str, n: int, cpu: int | None, write_multiple: bool) -> tuple[float, float]:
@@ -78,27 +86,18 @@ def vfio_user(tmp: str, n: int, cpu: int | None, write_multiple: bool) -> tuple[
     args = [sys.executable, "-m", "emulator.cli", "serve", "--device", "testdev", "--socket", path]
     if not write_multiple:
         args.append("--no-write-multiple")
-    proc = subprocess.Popen(args, stderr=subprocess.DEVNULL, cwd=os.path.dirname(HERE))
-    try:
-        if cpu is not None:
-            os.sched_setaffinity(proc.pid, {cpu})
-        wait_for_socket(path, proc)
+    with server_process(args, path, cpu):
         client = Client(path)
         client.connect()
         read = timed(lambda: client.read(0, SCRATCH, 8), n)
         # Posted writes: time a burst, then one read that waits for all of them.
-        def burst():
-            for i in range(n):
-                client.write(0, SCRATCH, b"\1\0\0\0\0\0\0\0", posted=True)
-            client.read(0, SCRATCH, 8)
         start = time.perf_counter()
-        burst()
+        for _ in range(n):
+            client.write(0, SCRATCH, b"\1\0\0\0\0\0\0\0", posted=True)
+        client.read(0, SCRATCH, 8)
         write = (time.perf_counter() - start) / n * 1e6
         client.close()
         return read, write
-    finally:
-        proc.terminate()
-        proc.wait()
 
 
 def host_figures(n: int) -> list[tuple[str, float, float, float]]:

@@ -70,15 +70,15 @@ def serve(args: argparse.Namespace) -> int:
     servers = []
     try:
         for path in args.socket:
-            server = Server(path, None, write_multiple=not args.no_write_multiple)
-            server.bind()  # check the socket before building a device
+            server = Server(path, PciFunction(registry.create(args.device, args.option)),
+                            write_multiple=not args.no_write_multiple)
             servers.append(server)
+            server.bind()
     except ServerError as e:
         for s in servers:
             s.close()
+            s.function.close()
         raise UsageError(str(e)) from None
-    for server in servers:
-        server.function = PciFunction(registry.create(args.device, args.option))
 
     def stop(signum, frame):
         for s in servers:

@@ -23,7 +23,8 @@ from dataclasses import dataclass
 
 from .protocol import (
     DEVICE_INFO, DMA_MAP, DMA_UNMAP, HEADER, HEADER_SIZE, IRQ_INFO, IRQ_SET, REGION_ACCESS, REGION_INFO,
-    WRITE_MULTI_ENTRY, Command, DmaMapFlags, IrqIndex, IrqSetFlags, MsgFlags, SparseMmapCap, Version, header,
+    WRITE_MULTI_ENTRY, Command, DmaMapFlags, IrqIndex, IrqSetFlags, MsgFlags, SparseMmapCap, Version, fds_ancillary,
+    fds_received, header,
 )
 
 QEMU_CAPABILITIES = {
@@ -81,11 +82,18 @@ class Client:
         self._rcvtimeo = -1
 
     # -- connection ---------------------------------------------------------------
-    def connect(self, caps: dict | None = None) -> dict:
+    def open(self) -> "Client":
+        """Connect the socket without negotiating (conformance tests send their own VERSION)."""
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.connect(self.path)
         self._buf.clear()
         self._rcvtimeo = -1
+        return self
+
+    def connect(self, caps: dict | None = None) -> dict:
+        """Connect (unless open already) and negotiate VERSION; the server's capabilities."""
+        if self.sock is None:
+            self.open()
         reply = self.request(Command.VERSION, Version.build(dict(
             major=0, minor=0, caps=json.dumps({"capabilities": QEMU_CAPABILITIES if caps is None else caps}))))
         self.server_caps = json.loads(Version.parse(reply.payload).caps)["capabilities"]
@@ -111,8 +119,7 @@ class Client:
         if not fds:
             self.sock.sendall(data)
             return
-        anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, b"".join(fd.to_bytes(4, "little") for fd in fds))]
-        sent = self.sock.sendmsg([data], anc)
+        sent = self.sock.sendmsg([data], fds_ancillary(fds))
         if sent < len(data):
             self.sock.sendall(data[sent:])
 
@@ -136,9 +143,8 @@ class Client:
         if not data:
             raise ConnectionError("server closed the connection")
         self._buf += data
-        for level, kind, d in anc:
-            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                self._fds += [int.from_bytes(d[i:i + 4], "little") for i in range(0, len(d) - len(d) % 4, 4)]
+        if anc:
+            self._fds += fds_received(anc)
 
     def _set_timeout(self, seconds: float) -> None:
         # Coarse: a recv that blocks in the kernel costs one system call,

@@ -17,6 +17,8 @@ derivation is checked against the declaration when this module loads.
 """
 from __future__ import annotations
 
+import array
+import socket
 import struct
 from enum import IntEnum, IntFlag
 
@@ -274,6 +276,20 @@ DMA_ACCESS = Fixed(DmaAccess)
 DEVICE_FEATURE = Fixed(DeviceFeature)
 WRITE_MULTI_ENTRY = Fixed(c.Struct(*[s for s in WriteMultiEntry.subcons if s.name != "data"]))
 assert HEADER.size == HEADER_SIZE
+
+
+def fds_ancillary(fds) -> list[tuple[int, int, bytes]]:
+    """File descriptors as sendmsg's SCM_RIGHTS ancillary data."""
+    return [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())] if fds else []
+
+
+def fds_received(ancdata) -> list[int]:
+    """The file descriptors in recvmsg's ancillary data."""
+    fds = array.array("i")
+    for level, kind, data in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(data[:len(data) - len(data) % fds.itemsize])
+    return list(fds)
 
 
 def header(msg_id: int, command: int, payload_size: int, flags: int = 0, error_no: int = 0) -> bytes:

@@ -29,9 +29,9 @@ from .irq import IrqSetError
 from .pci.function import NUM_REGIONS, PciFunction, RegionAccessError
 from .protocol import (
     DEVICE_INFO, DMA_MAP, DMA_UNMAP, HEADER, HEADER_SIZE, IRQ_INFO, IRQ_SET, MSG_TYPE_MASK, NUM_IRQS,
-    REGION_ACCESS, REGION_INFO, WRITE_MULTI_ENTRY, WRITE_MULTI_MAX, CapHeader, Command, DeviceFlags,
-    DmaMapFlags, DmaUnmapFlags, IrqInfoFlags, IrqIndex, IrqSetFlags, MsgFlags, RegionCap, RegionFlags,
-    SparseMmapCap, Version, header,
+    REGION_ACCESS, REGION_INFO, WRITE_MULTI_ENTRY, WRITE_MULTI_MAX, Command, DeviceFlags,
+    DmaMapFlags, DmaUnmapFlags, IrqInfoFlags, IrqIndex, MsgFlags, RegionCap, RegionFlags,
+    SparseMmapCap, Version, fds_ancillary, fds_received, header,
 )
 
 MAX_MSG_FDS = 8
@@ -137,18 +137,11 @@ class Connection:
             data += more
         return data
 
-    def receive(self) -> Message:
-        return self._complete(*self.sock.recvmsg(HEADER_SIZE, _CMSG_SPACE)[:3])
-
     def _complete(self, data: bytes, ancdata: list, msg_flags: int) -> Message:
         """The rest of a message whose first bytes (and fds) `recvmsg` returned."""
         if not data:
             raise Disconnected("client closed the connection")
-        fds: list[int] = []
-        for level, kind, cdata in ancdata:
-            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                n = len(cdata) // 4
-                fds.extend(int.from_bytes(cdata[4 * i:4 * i + 4], "little", signed=True) for i in range(n))
+        fds = fds_received(ancdata)
         if len(data) < HEADER_SIZE:
             data += self._recv_exact(HEADER_SIZE - len(data))
         msg_id, command, msg_size, flags, _error = HEADER.unpack_from(data)
@@ -162,8 +155,7 @@ class Connection:
     def send(self, msg_id: int, command: int, reply: Reply) -> None:
         data = header(msg_id, command, len(reply.payload), _TYPE_REPLY) + reply.payload
         if reply.fds:
-            sent = self.sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, bytes().join(
-                fd.to_bytes(4, "little") for fd in reply.fds))])
+            sent = self.sock.sendmsg([data], fds_ancillary(reply.fds))
             data = data[sent:]
         if data:
             self.sock.sendall(data)
@@ -186,7 +178,7 @@ class Connection:
         about them (bad bounds, wrong sizes) falls through to the general
         dispatch, which answers with the right errno.
         """
-        recvmsg, recv, sendall, function = self.sock.recvmsg, self.sock.recv, self.sock.sendall, self.function
+        recvmsg, sendall, function = self.sock.recvmsg, self.sock.sendall, self.function
         unpack_header, pack_header, unpack_access = HEADER.unpack_from, HEADER.pack, REGION_ACCESS.unpack_from
         counts = self.counts
         while True:
@@ -196,9 +188,7 @@ class Connection:
                 msg_id, command, size, flags, _ = unpack_header(head)
                 if (command == _REGION_READ or command == _REGION_WRITE) and not flags & ~_NO_REPLY \
                         and HEADER_SIZE + _ACCESS_SIZE <= size <= MAX_MESSAGE_SIZE:
-                    payload = recv(size - HEADER_SIZE)
-                    if len(payload) < size - HEADER_SIZE:
-                        payload += self._recv_exact(size - HEADER_SIZE - len(payload))
+                    payload = self._recv_exact(size - HEADER_SIZE)
                     offset, region, count = unpack_access(payload)
                     try:
                         if command == _REGION_READ and size == HEADER_SIZE + _ACCESS_SIZE and count <= MAX_DATA_XFER_SIZE:

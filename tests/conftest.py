@@ -28,7 +28,7 @@ class ServedDevice:
         return self.function.model
 
     def client(self, connect: bool = True, timeout: float = 5.0) -> Client:
-        client = Client(self.path, timeout)
+        client = Client(self.path, timeout).open()
         if connect:
             client.connect()
         return client

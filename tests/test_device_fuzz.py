@@ -8,7 +8,7 @@ import random
 import pytest
 
 from emulator.client import GuestMemory
-from emulator.protocol import Command, REGION_ACCESS, header
+from emulator.protocol import Command, REGION_ACCESS
 
 BAR0 = 0
 

@@ -46,8 +46,6 @@ def test_version_negotiates_0_0_and_advertises_limits(testdev):
 def test_version_reply_fits_in_qemus_request_buffer(testdev):
     """QEMU reads the VERSION reply into its ~214-byte request buffer."""
     client = testdev.client(connect=False)
-    client.sock = __import__("socket").socket(1, 1)
-    client.sock.connect(testdev.path)
     request = Version.build(dict(major=0, minor=0, caps=json.dumps({"capabilities": {"max_msg_fds": 16}})))
     reply = client.request(Command.VERSION, request)
     assert 16 + len(reply.payload) <= 214 and reply.payload.endswith(b"\0")
@@ -55,8 +53,6 @@ def test_version_reply_fits_in_qemus_request_buffer(testdev):
 
 def test_commands_before_version_are_refused_and_version_still_works(testdev):
     client = testdev.client(connect=False)
-    client.sock = __import__("socket").socket(1, 1)
-    client.sock.connect(testdev.path)
     refused(errno.EINVAL, client.get_info)
     client.server_caps = json.loads(Version.parse(client.request(Command.VERSION, Version.build(
         dict(major=0, minor=0, caps="{}"))).payload).caps)
@@ -70,8 +66,6 @@ def test_second_version_is_out_of_state(client):
 
 def test_version_with_another_major_is_refused(testdev):
     client = testdev.client(connect=False)
-    client.sock = __import__("socket").socket(1, 1)
-    client.sock.connect(testdev.path)
     refused(errno.ENOTSUP, client.request, Command.VERSION, Version.build(dict(major=1, minor=0, caps="{}")))
 
 
@@ -193,7 +187,7 @@ def test_msix_vector_without_fd_latches_pending_and_fires_on_assignment(testdev,
     client.dma_map(guest_ram, 0x100000)
     client.set_irqs(IrqIndex.MSIX, TRIGGER_EVENTFD, 0, 1)  # "enabled, no vectors", as QEMU does
     start_copy(client, 0x100000, 1)
-    testdev.model.worker.drain()
+    testdev.model.worker.settle()
     assert client.read64(BAR0, 0x9000) == 0b10  # PBA bit of vector 1
     efd = client.enable_msix(1)
     assert wait_eventfd(efd, 5.0) == 1 and client.read64(BAR0, 0x9000) == 0

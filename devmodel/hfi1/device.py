@@ -24,12 +24,11 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from typing import Callable
 
 from devmodel.base import DeviceHost, DeviceModel
 from devmodel.regs import RegisterFile
-from devmodel.worker import Worker
+from devmodel.worker import Job, Worker
 from emulator.pci.layout import Bar, BarKind, MsixLayout, PciIdentity, PciLayout, PcieLink
 
 from .asic import Asic
@@ -54,19 +53,6 @@ from .send import Send
 BAR0_SIZE = TXE_PIO_SEND + TXE_PIO_SIZE  # 64 MiB: hfi1_pcie_ddinit refuses anything else
 
 
-class Timer:
-    """A scheduled chip event; `cancel()` keeps it from happening."""
-
-    __slots__ = ("deadline", "cancelled")
-
-    def __init__(self, deadline: float):
-        self.deadline = deadline
-        self.cancelled = False
-
-    def cancel(self) -> None:
-        self.cancelled = True
-
-
 class Hfi1Device(DeviceModel):
     name = "hfi1"
 
@@ -81,8 +67,6 @@ class Hfi1Device(DeviceModel):
         self.host: DeviceHost | None = None
         self._lock = threading.RLock()
         self._generation = 0
-        self._timers: set[Timer] = set()
-        self._timers_changed = threading.Condition()
         self.worker = Worker(self.name)
         self.regs = RegisterFile("hfi1.bar0", log=self.log)
         self.intr = InterruptController(self)
@@ -166,7 +150,6 @@ class Hfi1Device(DeviceModel):
         with self._lock:
             self._generation += 1
             self.worker.cancel_all()
-            self._forget_timers()
             shared = self.asic.preserved()
             self.regs.reset()
             for offset, value in shared.items():
@@ -179,7 +162,6 @@ class Hfi1Device(DeviceModel):
         with self._lock:
             self._generation += 1
         self.worker.stop()
-        self._forget_timers()
 
     def stats(self) -> dict:
         with self._lock:
@@ -196,25 +178,11 @@ class Hfi1Device(DeviceModel):
             }
 
     # -- services for the blocks -------------------------------------------------------
-    def after(self, delay_s: float, fn: Callable[[], None]) -> Timer:
+    def after(self, delay_s: float, fn: Callable[[], None]) -> Job:
         """Run `fn` on the worker after `delay_s`, under the model lock, unless it
         was cancelled or a reset intervened."""
-        timer = Timer(time.monotonic() + delay_s)
         generation = self._generation
-        with self._timers_changed:
-            self._timers.add(timer)
-
-        def fire() -> None:
-            try:
-                if not timer.cancelled:
-                    self.hardware_event(fn, generation)
-            finally:
-                with self._timers_changed:
-                    self._timers.discard(timer)
-                    self._timers_changed.notify_all()
-
-        self.worker.after(delay_s, fire)
-        return timer
+        return self.worker.after(delay_s, lambda: self.hardware_event(fn, generation))
 
     def hardware_event(self, fn: Callable[[], None], generation: int | None = None) -> None:
         """Run `fn` as the chip would on its own (a link partner, a fault, a timer):
@@ -238,21 +206,7 @@ class Hfi1Device(DeviceModel):
     def settle(self, timeout_s: float = 1.0) -> bool:
         """Wait until every chip event due within `timeout_s` has happened (tests,
         tools); False if one is still outstanding at the deadline."""
-        deadline = time.monotonic() + timeout_s
-        with self._timers_changed:
-            while any(not t.cancelled and t.deadline <= deadline for t in self._timers):
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                self._timers_changed.wait(remaining)
-            return True
-
-    def _forget_timers(self) -> None:
-        with self._timers_changed:
-            for timer in self._timers:
-                timer.cancel()
-            self._timers.clear()
-            self._timers_changed.notify_all()
+        return self.worker.settle(within=timeout_s, timeout=timeout_s)
 
     def _deliver(self, vectors: list[int]) -> None:
         if not vectors:

@@ -98,7 +98,7 @@ class TestDevice(DeviceModel):
 
     def reset(self) -> None:
         self.worker.cancel_all()
-        self.worker.drain()
+        self.worker.settle()
         with self._lock:
             self.regs.reset()
 

@@ -31,7 +31,7 @@ from ..dma import DmaSpace
 from ..irq import InterruptLines
 from ..protocol import IrqIndex
 from .config import CONFIG_SIZE, ConfigSpace, MsiX, PciExpress, PowerManagement
-from .layout import Bar, BarKind
+from .layout import Bar
 
 log = logging.getLogger("vfnic.pci")
 
