@@ -20,6 +20,9 @@ class DeviceEntry:
     factory: str
     #: option name -> (allowed values, default, what it means)
     options: dict[str, tuple[tuple[str, ...], str, str]]
+    #: a factory for `count` devices on one fabric (cabled as the device
+    #: decides); None: each device stands alone
+    fabric: str | None = None
 
 
 DEVICES = {
@@ -27,9 +30,9 @@ DEVICES = {
     "testdev-shm": DeviceEntry("devmodel.testdev", "SharedMemoryTestDevice", {}),
     "hfi1": DeviceEntry("devmodel.hfi1", "Hfi1Device.from_options", {
         "link-partner": (("present", "none"), "present",
-                         "present: a neighbour HFI answers and the link trains to LinkUp; "
-                         "none: no cable, the port stays in Polling"),
-    }),
+                         "for an HFI with no second HFI to cable it to: present, a built-in neighbour "
+                         "HFI answers and the link trains to LinkUp; none, no cable, the port stays in Polling"),
+    }, fabric="Hfi1Device.fabric"),
 }
 
 
@@ -48,12 +51,29 @@ def parse_options(name: str, pairs: list[str]) -> dict[str, str]:
     return chosen
 
 
+def _resolve(entry: DeviceEntry, path: str) -> Callable:
+    factory: Callable = importlib.import_module(entry.module)
+    for attr in path.split("."):
+        factory = getattr(factory, attr)
+    return factory
+
+
 def create(name: str, options: list[str] | None = None) -> DeviceModel:
     if name not in DEVICES:
         raise KeyError(f"unknown device {name!r} (known: {', '.join(sorted(DEVICES))})")
     entry = DEVICES[name]
     chosen = parse_options(name, options or [])
-    factory: Callable = importlib.import_module(entry.module)
-    for attr in entry.factory.split("."):
-        factory = getattr(factory, attr)
+    factory = _resolve(entry, entry.factory)
     return factory(**{k.replace("-", "_"): v for k, v in chosen.items()}) if entry.options else factory()
+
+
+def create_fabric(name: str, count: int, options: list[str] | None = None) -> list[DeviceModel]:
+    """`count` devices of one kind; devices with ports are cabled together
+    (hfi1: back to back in pairs, an odd one out keeps its built-in partner)."""
+    if name not in DEVICES:
+        raise KeyError(f"unknown device {name!r} (known: {', '.join(sorted(DEVICES))})")
+    entry = DEVICES[name]
+    if entry.fabric is None:
+        return [create(name, options) for _ in range(count)]
+    chosen = parse_options(name, options or [])
+    return _resolve(entry, entry.fabric)(count, **{k.replace("-", "_"): v for k, v in chosen.items()})

@@ -3,7 +3,10 @@
     vfnic serve --device NAME --socket PATH [--socket PATH ...] [--option KEY=VALUE ...] [--stats FILE] [-v]
 
 Serves one device per socket, in the foreground, until SIGINT or SIGTERM,
-then removes its sockets. Bad arguments exit with status 2 and one line.
+then removes its sockets. Devices with ports share one fabric in this
+process: two hfi1 sockets are two HFIs cabled back to back; a lone hfi1
+trains with its built-in link partner. Bad arguments exit with status 2 and
+one line.
 """
 from __future__ import annotations
 
@@ -45,7 +48,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _stats(servers: list[Server]) -> dict:
-    return {s.path: {"clients": s.clients, "resets": s.function.resets, **s.function.model.stats()} for s in servers}
+    return {s.path: {"clients": s.clients, "resets": s.function.resets,
+                     "messages": dict(s.connection.counts) if s.connection else {},
+                     **s.function.model.stats()} for s in servers}
 
 
 def _write_stats(path: str | None, servers: list[Server]) -> None:
@@ -68,16 +73,18 @@ def serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=(logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)],
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     servers = []
+    models = registry.create_fabric(args.device, len(args.socket), args.option)
     try:
-        for path in args.socket:
-            server = Server(path, PciFunction(registry.create(args.device, args.option)),
-                            write_multiple=not args.no_write_multiple)
+        for path, model in zip(args.socket, models):
+            server = Server(path, PciFunction(model), write_multiple=not args.no_write_multiple)
             servers.append(server)
             server.bind()
     except ServerError as e:
         for s in servers:
             s.close()
             s.function.close()
+        for model in models[len(servers):]:
+            model.close()
         raise UsageError(str(e)) from None
 
     def stop(signum, frame):

@@ -18,7 +18,10 @@
 The SPC freeze takes the chip a moment: a freeze request sets the four FROZE
 bits after `freeze_s` on the model's worker (the driver polls CCE_STATUS for up
 to 20 ms); unfreeze clears them the same way. While frozen, SDMA engines are
-halted and enabled PIO send contexts are halted.
+halted, enabled PIO send contexts are halted and the receive block drops
+packets. The chip also freezes on its own after an uncorrectable error
+(`hardware_freeze`, at once); the driver then learns of it from the error
+interrupt and runs the same unfreeze.
 """
 from __future__ import annotations
 
@@ -113,9 +116,22 @@ class Cce(Block):
 
         self.chip.after(self.chip.config.freeze_s, land)
 
+    def hardware_freeze(self) -> None:
+        """The chip froze itself (an uncorrectable internal error)."""
+        if self.freeze_state is FreezeState.FROZEN:
+            return
+        self.log.warning("CCE_STATUS: SPC frozen by hardware")
+        self.freeze_state = FreezeState.FROZEN
+        self._frozen()
+
+    @property
+    def frozen(self) -> bool:
+        return self.freeze_state is not FreezeState.THAWED
+
     def _frozen(self) -> None:
         self.chip.sdma.freeze()
         self.chip.pio.freeze()
+        self.chip.rcv.freeze()
         self.regs.set_bits(CCE_STATUS, ALL_FROZE)
         self.log.info("CCE_STATUS: SPC frozen")
 

@@ -21,6 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import IntEnum
 
+from devmodel.fabric import NodeType, PortIdentity
+
 INTEL_OPA_OUI = 0x001175
 PCI_VENDOR_ID_INTEL = 0x8086
 PCI_DEVICE_ID_INTEL0 = 0x24F0  # discrete WFR (the driver's HFI0 id)
@@ -30,13 +32,6 @@ PCI_REVISION_B1 = 0x11
 
 ICODE_RTL_SILICON = 0
 ICODE_FUNCTIONAL_SIMULATOR = 3
-
-
-class NodeType(IntEnum):
-    """DC_DC8051_STS_REMOTE_NODE_TYPE values (hfi.h NEIGHBOR_TYPE_*)."""
-
-    HFI = 0
-    SWITCH = 1
 
 
 class PortType(IntEnum):
@@ -55,16 +50,11 @@ def make_guid(serial: int, hfi1_id: int = 0) -> int:
 
 
 @dataclass(frozen=True)
-class Neighbour:
-    """The port at the other end of the cable, as LNI reports it."""
+class Neighbour(PortIdentity):
+    """The built-in link partner a lone HFI trains with (its identity, as LNI
+    reports it): another HFI, port 1."""
 
     guid: int = make_guid(0x000002)
-    node_type: NodeType = NodeType.HFI
-    port_no: int = 1
-    fm_security_disabled: bool = True
-    mgmt_allowed: bool = True
-    device_id: int = PCI_DEVICE_ID_INTEL0
-    device_rev: int = PCI_REVISION_B1
 
 
 @dataclass(frozen=True)
@@ -78,6 +68,8 @@ class ChipConfig:
     impl_revision: int = 0
     hfi1_id: int = 0
     guid: int = make_guid(0x000001)
+    device_id: int = PCI_DEVICE_ID_INTEL0
+    device_rev: int = PCI_REVISION_B1
     # capacities
     rcv_contexts: int = 160
     rcv_array_count: int = 32768
@@ -87,7 +79,8 @@ class ChipConfig:
     sdma_mem_size: int = 0x40000
     # PCI
     msix_vectors: int = 256  # CCE_NUM_MSIX_VECTORS: all the WFR table holds
-    # link
+    # link: the built-in partner the port is cabled to until a fabric cables
+    # it to another device; None: no cable (the port polls forever)
     neighbour: Neighbour | None = field(default_factory=Neighbour)
     port_type: PortType = PortType.FIXED
     # how long silicon takes, seconds

@@ -31,12 +31,21 @@ field f of lane l at 4*0x17 + 0x20*l + 4f (the address formula of
 there too [inferred: the real firmware's placement is not documented, this is
 the one the driver reads back].
 
-Physical link: Offline --CHANGE_PHY_STATE(Polling)--> Polling --(link
-training, `link_training_s`, on the worker)--> LinkUp, with the logical state
-set to Init, the neighbour's identity in the STS_REMOTE_* registers, and
-HOST_MSG LINKUP_ACHIEVED posted through ERR_FLG.SET_BY_8051 (source 250, an
-MSI-X interrupt through CCE_INT_MAP). With no neighbour, Polling lasts. Any
-state --Offline--> Offline (logical Down) at once.
+Physical link, through the port's cable (`port.py`, `devmodel/fabric`):
+
+    Offline --CHANGE_PHY_STATE(Polling)--> Polling: the port offers the link
+    Polling --both ends polling, then `link_training_s`--> LinkUp: logical
+            state Init, the other end's identity in the STS_REMOTE_*
+            registers and its VerifyCap offer in the remote fields, HOST_MSG
+            LINKUP_ACHIEVED through ERR_FLG.SET_BY_8051 (source 250, an MSI-X
+            interrupt through CCE_INT_MAP)
+    any --CHANGE_PHY_STATE(Offline)--> Offline (logical Down) at once; the
+            other end's link goes down with it
+    LinkUp --the other end goes offline / the cable is pulled--> Offline,
+            LINK_DOWN_REASON "received linkdown idle message" / "link
+            transfer active low", HOST_MSG LINK_GOING_DOWN
+
+With no cable, or nobody polling at the other end, Polling lasts.
 
 The 8051 clears its HOST_MSG word at the start of a host command once the host
 has acknowledged it (cleared ERR_FLG.SET_BY_8051) [inferred]; each command
@@ -56,7 +65,7 @@ from .chip_registers import (
     DC_DC8051_CFG_HOST_CMD_0_REQ_DATA_SHIFT, DC_DC8051_CFG_HOST_CMD_0_REQ_NEW_SMASK,
     DC_DC8051_CFG_HOST_CMD_0_REQ_TYPE_MASK, DC_DC8051_CFG_HOST_CMD_0_REQ_TYPE_SHIFT, DC_DC8051_CFG_HOST_CMD_1,
     DC_DC8051_CFG_HOST_CMD_1_COMPLETED_SMASK, DC_DC8051_CFG_HOST_CMD_1_RETURN_CODE_SHIFT,
-    DC_DC8051_CFG_HOST_CMD_1_RSP_DATA_MASK, DC_DC8051_CFG_HOST_CMD_1_RSP_DATA_SHIFT,
+    DC_DC8051_CFG_HOST_CMD_1_RSP_DATA_MASK, DC_DC8051_CFG_HOST_CMD_1_RSP_DATA_SHIFT, DC_DC8051_CFG_LOCAL_GUID,
     DC_DC8051_CFG_RAM_ACCESS_CTRL, DC_DC8051_CFG_RAM_ACCESS_CTRL_ADDRESS_MASK, DC_DC8051_CFG_RAM_ACCESS_CTRL_READ_ENA_SMASK,
     DC_DC8051_CFG_RAM_ACCESS_CTRL_WRITE_ENA_SMASK, DC_DC8051_CFG_RAM_ACCESS_RD_DATA,
     DC_DC8051_CFG_RAM_ACCESS_SETUP, DC_DC8051_CFG_RAM_ACCESS_SETUP_AUTO_INCR_ADDR_SMASK,
@@ -66,7 +75,8 @@ from .chip_registers import (
     DC_DC8051_ERR_FLG_SET_BY_8051_SMASK, DC_DC8051_STS_CUR_STATE_FIRMWARE_SHIFT, DC_DC8051_STS_REMOTE_FM_SECURITY,
     DC_DC8051_STS_REMOTE_GUID, DC_DC8051_STS_REMOTE_NODE_TYPE, DC_DC8051_STS_REMOTE_PORT_NO, DC_LCB_CFG_RUN,
 )
-from .config import Neighbour
+from devmodel.fabric import LinkDownReason, NodeType, PortIdentity
+
 from .csr import Block, csr, csrs, field
 from .dcc import LogicalState
 from .intr import DC8051_INT, ErrorFlags
@@ -185,7 +195,8 @@ class Dc8051(Block):
         self.code_ram = bytearray(CODE_RAM_SIZE)
         self.mcu = McuState.HELD
         self.phys = PhysicalState.OFFLINE
-        self.neighbour: Neighbour | None = self.chip.config.neighbour
+        self.peer: PortIdentity | None = None  # the other end, once the link is up
+        self._epoch = -1  # which link-up `peer` came with
         self.lcb_owner = LcbOwner.HOST
         self.idle_messages_sent: list[int] = []
         self.idle_messages_received: deque[int] = deque()
@@ -217,9 +228,12 @@ class Dc8051(Block):
     # -- power, reset ----------------------------------------------------------
     def reset(self) -> None:
         self._stop_training()
+        if self.phys is not PhysicalState.OFFLINE:
+            self.chip.port.stop()
         self.data_ram[:] = bytes(DATA_RAM_SIZE)
         self.mcu = McuState.HELD
         self.phys = PhysicalState.OFFLINE
+        self.peer, self._epoch = None, -1
         self.lcb_owner = LcbOwner.HOST
         self.idle_messages_sent.clear()
         self.idle_messages_received.clear()
@@ -232,6 +246,8 @@ class Dc8051(Block):
         self._stop_training()
         if self.phys is PhysicalState.LINKUP:
             self.chip.dcc.set_logical_state(LogicalState.DOWN)
+        if self.phys is not PhysicalState.OFFLINE:
+            self.chip.port.stop()
         self.mcu = McuState.HELD
         self.phys = PhysicalState.OFFLINE
         self.log.info("8051 held in reset")
@@ -429,12 +445,15 @@ class Dc8051(Block):
         if wanted == PhysicalState.DISABLED and phys in (PhysicalState.OFFLINE, PhysicalState.DISABLED):
             self._set_phys(PhysicalState.DISABLED)
             return ReturnCode.SUCCESS
-        if wanted == PhysicalState.LINKUP and phys in (PhysicalState.POLLING, PhysicalState.CONFIGPHY):
-            self._link_up()
-            return ReturnCode.SUCCESS
-        if wanted == PhysicalState.QUICK_LINKUP and phys in (PhysicalState.OFFLINE, PhysicalState.POLLING):
-            self._link_up()
-            return ReturnCode.SUCCESS
+        if (wanted == PhysicalState.LINKUP and phys in (PhysicalState.POLLING, PhysicalState.CONFIGPHY)
+                or wanted == PhysicalState.QUICK_LINKUP and phys in (PhysicalState.OFFLINE, PhysicalState.POLLING)):
+            if self.phys is PhysicalState.OFFLINE:
+                self._set_phys(PhysicalState.POLLING)
+                self._start_training()
+            if self.peer is not None and self.chip.port.link_is_up(self._epoch):
+                self._link_up()
+                return ReturnCode.SUCCESS
+            return ReturnCode.INVALID
         if wanted not in PhysicalState._value2member_map_:
             return ReturnCode.NOT_SUPPORTED
         self.log.warning("CHANGE_PHY_STATE: %s -> %#x refused", phys.name, wanted)
@@ -445,27 +464,67 @@ class Dc8051(Block):
             self.log.info("DC_DC8051_STS_CUR_STATE: physical state %s -> %s", self.phys.name, state.name)
         self.phys = state
 
+    def identity(self) -> PortIdentity:
+        """What link negotiation tells the other end about this port."""
+        config = self.chip.config
+        return PortIdentity(
+            guid=self.regs.get(DC_DC8051_CFG_LOCAL_GUID), node_type=NodeType.HFI, port_no=1,
+            device_id=config.device_id, device_rev=config.device_rev, fm_security_disabled=True,
+            mgmt_allowed=True,
+            verify_cap=tuple(self.read_config(f) for f in (ConfigField.VERIFY_CAP_LOCAL_PHY,
+                                                          ConfigField.VERIFY_CAP_LOCAL_FABRIC,
+                                                          ConfigField.VERIFY_CAP_LOCAL_LINK_MODE)))
+
     def _start_training(self) -> None:
-        self._stop_training()
-        self._training = self.chip.after(self.chip.config.link_training_s, self._training_done)
+        """Polling: offer the link on the cable. Training completes once the
+        other end polls too (`partner_linked`)."""
+        if not self.chip.port.start_polling(self.identity()):
+            self.log.info("link training: no cable, still POLLING")
+        elif self.peer is not None and self.chip.port.link_is_up(self._epoch) and self._training is None:
+            # polling again on a link that is already up: finish training
+            self._training = self.chip.after(self.chip.config.link_training_s, self._training_done)
 
     def _stop_training(self) -> None:
         if self._training is not None:
             self._training.cancel()
             self._training = None
 
+    def partner_linked(self, peer: PortIdentity, epoch: int) -> None:
+        """Both ends are polling: the link trains for `link_training_s`."""
+        self.peer, self._epoch = peer, epoch
+        if self.running and self.phys is PhysicalState.POLLING:
+            self._stop_training()
+            self._training = self.chip.after(self.chip.config.link_training_s, self._training_done)
+
     def _training_done(self) -> None:
         self._training = None
         if self.phys is not PhysicalState.POLLING:
             return
-        if self.neighbour is None:
-            self.log.info("link training: no neighbour, still POLLING")
+        if self.peer is None or not self.chip.port.link_is_up(self._epoch):
+            self.log.info("link training: the other end left, still POLLING")
             return
         self._link_up()
 
+    def partner_lost(self, reason: LinkDownReason, epoch: int) -> None:
+        """The link went down from the other end (or the cable was pulled)."""
+        if epoch != self._epoch:
+            return  # news about a link-up this end never completed
+        self.peer = None
+        self._stop_training()
+        if self.link_is_up:
+            code = LDR_LINK_TRANSFER_ACTIVE_LOW if reason is LinkDownReason.CABLE_PULLED \
+                else LDR_RECEIVED_LINKDOWN_IDLE_MSG
+            self._go_offline(code)
+            self.post(HostMessage.LINK_GOING_DOWN)
+
+    def cable_plugged(self) -> None:
+        """A new cable: a port still polling offers the link on it."""
+        if self.running and self.phys is PhysicalState.POLLING:
+            self._start_training()
+
     def _link_up(self) -> None:
         self._stop_training()
-        peer = self.neighbour
+        peer = self.peer
         if peer is None:
             return
         self.regs.set(DC_DC8051_STS_REMOTE_GUID, peer.guid)
@@ -476,11 +535,12 @@ class Dc8051(Block):
         self.write_config(ConfigField.REMOTE_LNI_INFO, int(peer.mgmt_allowed) << 23)
         self.write_config(ConfigField.LINK_QUALITY_INFO, LINK_QUALITY_EXCELLENT << 24)
         self.write_config(ConfigField.REMOTE_DEVICE_ID, peer.device_id << 8 | peer.device_rev)
-        # a symmetric link: the peer offered what we offered
-        for local, remote in ((ConfigField.VERIFY_CAP_LOCAL_PHY, ConfigField.VERIFY_CAP_REMOTE_PHY),
-                              (ConfigField.VERIFY_CAP_LOCAL_FABRIC, ConfigField.VERIFY_CAP_REMOTE_FABRIC),
-                              (ConfigField.VERIFY_CAP_LOCAL_LINK_MODE, ConfigField.VERIFY_CAP_REMOTE_LINK_WIDTH)):
-            self.write_config(remote, self.read_config(local))
+        offered = peer.verify_cap or tuple(self.read_config(f) for f in (
+            ConfigField.VERIFY_CAP_LOCAL_PHY, ConfigField.VERIFY_CAP_LOCAL_FABRIC,
+            ConfigField.VERIFY_CAP_LOCAL_LINK_MODE))
+        for remote, value in zip((ConfigField.VERIFY_CAP_REMOTE_PHY, ConfigField.VERIFY_CAP_REMOTE_FABRIC,
+                                  ConfigField.VERIFY_CAP_REMOTE_LINK_WIDTH), offered):
+            self.write_config(remote, value)
         mode = self.read_config(ConfigField.VERIFY_CAP_LOCAL_LINK_MODE) & ~0xFF00
         self.write_config(ConfigField.VERIFY_CAP_LOCAL_LINK_MODE, mode | LANES << 12 | LANES << 8)
         self.write_config(ConfigField.LINK_DOWN_REASON, self.read_config(ConfigField.LINK_DOWN_REASON) & ~0xFF)
@@ -491,25 +551,24 @@ class Dc8051(Block):
     def _go_offline(self, reason: int, remote_reason: int = 0) -> None:
         self._stop_training()
         was_up = self.phys is PhysicalState.LINKUP
+        was_offline = self.phys is PhysicalState.OFFLINE
         self._set_phys(PhysicalState.OFFLINE)
         self.chip.dcc.set_logical_state(LogicalState.DOWN)
+        if not was_offline:
+            self.chip.port.stop()
         if was_up:
             down = self.read_config(ConfigField.LINK_DOWN_REASON) & ~0xFF
             self.write_config(ConfigField.LINK_DOWN_REASON, down | reason)
             self.log.info("link down, reason %#x (sent remote reason %#x)", reason, remote_reason)
 
-    # -- the other end of the cable ---------------------------------------------
+    # -- the other end of the cable (tests, fault injection) ----------------------------
     def unplug(self) -> None:
-        """The neighbour goes away: an up link drops and the host is told."""
-        self.neighbour = None
-        if self.link_is_up:
-            self._go_offline(LDR_LINK_TRANSFER_ACTIVE_LOW)
-            self.post(HostMessage.LINK_GOING_DOWN)
+        """Pull the cable: an up link drops and the host is told."""
+        self.chip.port.unplug()
 
-    def plug(self, neighbour: Neighbour) -> None:
-        self.neighbour = neighbour
-        if self.running and self.phys is PhysicalState.POLLING:
-            self._start_training()
+    def plug(self, neighbour: PortIdentity) -> None:
+        """Plug in a cable to a built-in partner presenting `neighbour`."""
+        self.chip.port.plug_partner(neighbour)
 
 
 def _field_name(field_id: int, lane_id: int) -> str:

@@ -8,7 +8,8 @@
     DCC_CFG_LED_CNTRL        0x600040 RW  [4] LED override, [3:0] blink rate
     DCC_ERR_FLG/FLG_EN/FLG_CLR 0x600050/58/60  second tier of source 248
     DCC_ERR_INFO_*           0x600078.. RO  error capture
-    DCC_ERR_*_CNT, DCC_PRF_* 0x600100.. RW  counters (per-VL ones: 9 entries, VL0-7 and VL15)
+    DCC_ERR_*_CNT, DCC_PRF_* 0x600100.. RW  counters (per-VL ones: 9 entries, VL0-7 and VL15);
+                                          the port packet and data (flit) counters count traffic
 
 The logical link state belongs to both sides: the DC moves it to Init when the
 physical link reaches LinkUp and to Down when it leaves it; the driver moves it
@@ -24,7 +25,8 @@ from enum import IntEnum
 from devmodel.regs import Access, Register
 
 from .chip_registers import (
-    DCC_CFG_PORT_CONFIG, DCC_CFG_PORT_CONFIG_LINK_STATE_MASK, DCC_CFG_PORT_CONFIG_LINK_STATE_SHIFT,
+    DCC_CFG_PORT_CONFIG, DCC_PRF_PORT_RCV_DATA_CNT, DCC_PRF_PORT_RCV_PKTS_CNT, DCC_PRF_PORT_XMIT_DATA_CNT,
+    DCC_PRF_PORT_XMIT_PKTS_CNT, DCC_CFG_PORT_CONFIG_LINK_STATE_MASK, DCC_CFG_PORT_CONFIG_LINK_STATE_SHIFT,
     DCC_CFG_PORT_CONFIG_LINK_STATE_SMASK,
 )
 from .csr import Block, csr, csr_array, csrs, field
@@ -86,6 +88,18 @@ class Dcc(Block):
         self.regs.set(DCC_CFG_PORT_CONFIG, value | state << DCC_CFG_PORT_CONFIG_LINK_STATE_SHIFT)
         if old is not state:
             self.log.info("DCC_CFG_PORT_CONFIG: logical state %s -> %s", old.name, state.name)
+
+    # -- port counters (the PMA reads them: PortXmitData/Pkts, PortRcvData/Pkts) -----
+    def _add(self, offset: int, n: int) -> None:
+        self.regs.set(offset, (self.regs.get(offset) + n) & ((1 << 64) - 1))
+
+    def count_received(self, packet, _vl15: bool) -> None:
+        self._add(DCC_PRF_PORT_RCV_PKTS_CNT, 1)
+        self._add(DCC_PRF_PORT_RCV_DATA_CNT, len(packet.data) // 8)  # flits
+
+    def count_transmitted(self, packet) -> None:
+        self._add(DCC_PRF_PORT_XMIT_PKTS_CNT, 1)
+        self._add(DCC_PRF_PORT_XMIT_DATA_CNT, len(packet.data) // 8)
 
     def _port_config(self, old: int, new: int) -> None:
         was = field(old, DCC_CFG_PORT_CONFIG_LINK_STATE_SHIFT, DCC_CFG_PORT_CONFIG_LINK_STATE_MASK)

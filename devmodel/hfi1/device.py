@@ -15,28 +15,44 @@ Every CSR is declared by its kernel name in one `RegisterFile`; an access the
 model does not declare is served as storage, logged once with the nearest
 declared name, and counted in `stats()["undeclared_csr_accesses"]`.
 
-Concurrency: BAR accesses (transport thread) and worker events take one model
-lock. MSI-X vectors raised while it is held are signalled after it is released,
-so the interrupt layer is never called under the model lock. A reset bumps a
-generation number: events scheduled before it are dropped when they fire.
+Execution model (docs/execution-model.md):
+
+* A BAR access (the transport's thread) only records what the guest did --
+  a CSR value, a doorbell, a qword of PIO data -- and returns. Engines (PIO
+  launch, SDMA, receive, timers) run as chip events on the model's worker, in
+  bounded steps, each under the one model lock.
+* What an access or event produces for the outside -- MSI-X vectors, packets
+  for the link -- is collected under the lock and handed over after it is
+  released: the interrupt layer and the link are never called with the lock
+  held, and the link only queues work on the peer (`port.py`), so two HFIs
+  sending to each other cannot deadlock.
+* Time is the worker's clock: real with `Worker`, driven by the test with a
+  `ManualScheduler`, so multi-device scenarios are deterministic.
+* An exception inside the model never leaves it: the chip enters its error
+  state (an SPC freeze with RcvFsmEncodingErr, from which the driver recovers
+  as from any hardware freeze), with a log line naming the block.
+* A reset bumps a generation number: delayed events scheduled before it are
+  dropped when they fire.
 """
 from __future__ import annotations
 
 import logging
 import threading
+import traceback
 from typing import Callable
 
 from devmodel.base import DeviceHost, DeviceModel
+from devmodel.fabric import Packet, cable
 from devmodel.regs import RegisterFile
-from devmodel.worker import Job, Worker
+from devmodel.worker import Job, ScheduledWorker, ThreadScheduler, Worker
 from emulator.pci.layout import Bar, BarKind, MsixLayout, PciIdentity, PciLayout, PcieLink
 
 from .asic import Asic
 from .cce import Cce
-from .chip_registers import CCE_MSIX_PBA_OFFSET, CCE_MSIX_TABLE_LOWER
+from .chip_registers import CCE_MSIX_PBA_OFFSET, CCE_MSIX_TABLE_LOWER, RCV_ERR_STATUS_RX_RCV_FSM_ENCODING_ERR_SMASK
 from .config import (
     PCI_CLASS_FABRIC_CONTROLLER, PCI_DEVICE_ID_INTEL0, PCI_REVISION_B1, PCI_SUBSYSTEM_ID_ADAPTER_X16,
-    PCI_VENDOR_ID_INTEL, ChipConfig,
+    PCI_VENDOR_ID_INTEL, ChipConfig, Neighbour, make_guid,
 )
 from .dc8051 import Dc8051
 from .dcc import Dcc
@@ -45,6 +61,7 @@ from .intr import InterruptController
 from .lcb import Lcb
 from .misc import Misc
 from .pio import TXE_PIO_SEND, TXE_PIO_SIZE, Pio
+from .port import Hfi1Port
 from .qsfp import QsfpPort
 from .rcv import Receive
 from .sdma import Sdma
@@ -61,13 +78,38 @@ class Hfi1Device(DeviceModel):
         """Build from `vfnic serve --option` values (see devmodel/registry.py)."""
         return cls(ChipConfig(neighbour=None) if link_partner == "none" else ChipConfig())
 
-    def __init__(self, config: ChipConfig | None = None):
+    @classmethod
+    def fabric(cls, count: int, link_partner: str = "present") -> list["Hfi1Device"]:
+        """`count` HFIs for one `vfnic serve`: each with its own GUID (serial
+        1, 2, ...), cabled back to back in pairs (1-2, 3-4, ...); an odd last
+        one keeps its built-in link partner (or none). One engine thread runs
+        all their chip events (devmodel/worker.py)."""
+        engines = ThreadScheduler("hfi1-engines")
+        devices = []
+        for i in range(count):
+            cabled = i + 1 < count or i % 2 == 1
+            neighbour = None if cabled or link_partner == "none" else Neighbour(guid=make_guid(0x800000 | (i + 1)))
+            config = ChipConfig(guid=make_guid(i + 1), neighbour=neighbour)
+            name = f"hfi1_{i}" if count > 1 else "hfi1"
+            devices.append(cls(config, worker=engines.worker(name), name=name))
+        for a, b in zip(devices[0::2], devices[1::2]):
+            cable(a.port, b.port, name=f"{a.device_name}<->{b.device_name}")
+        return devices
+
+    def __init__(self, config: ChipConfig | None = None, worker: Worker | ScheduledWorker | None = None,
+                 name: str = "hfi1"):
         self.config = config or ChipConfig()
-        self.log = logging.getLogger("vfnic.hfi1")
+        self.device_name = name
+        self.log = logging.getLogger(f"vfnic.{name}")
         self.host: DeviceHost | None = None
         self._lock = threading.RLock()
         self._generation = 0
-        self.worker = Worker(self.name)
+        self.worker = worker or Worker(name)
+        #: packets for the link, handed over once the lock is released
+        self.outbox: list[Packet] = []
+        #: internal errors contained so far: (block, message)
+        self.faults: list[tuple[str, str]] = []
+        self.port = Hfi1Port(self, name)
         self.regs = RegisterFile("hfi1.bar0", log=self.log)
         self.intr = InterruptController(self)
         self.cce = Cce(self)
@@ -88,6 +130,8 @@ class Hfi1Device(DeviceModel):
             self.regs.declare(block.registers)
         for block in self.blocks:
             block.reset()
+        if self.config.neighbour is not None:
+            self.port.plug_partner(self.config.neighbour)
 
     # -- DeviceModel ---------------------------------------------------------------
     def layout(self) -> PciLayout:
@@ -113,18 +157,23 @@ class Hfi1Device(DeviceModel):
     def bar_read(self, bar: int, offset: int, size: int) -> int:
         if not self._in_bar0(bar, offset, size):
             return 0
+        value = 0
         with self._lock:
-            lo, hi = self.rcv.rcv_array_span()
-            if lo <= offset < hi:
-                value = self.rcv.rcv_array_read(offset, size)
-            elif offset >= TXE_PIO_SEND:
-                value = 0  # the send buffers are write-only
-            else:
-                value = self.regs.read(offset, size)
+            try:
+                lo, hi = self.rcv.rcv_array_span()
+                if lo <= offset < hi:
+                    value = self.rcv.rcv_array_read(offset, size)
+                elif offset >= TXE_PIO_SEND:
+                    value = 0  # the send buffers are write-only
+                else:
+                    value = self.regs.read(offset, size)
+            except Exception as exc:
+                self.internal_error(exc, f"read of {self.regs.nearest(offset)}")
             vectors = self.intr.take_pending()
+            packets = self._take_outbox()
         if self.log.isEnabledFor(logging.DEBUG):
             self.log.debug("read %s (%d) -> %#x", self.regs.nearest(offset), size, value)
-        self._deliver(vectors)
+        self._deliver(vectors, packets)
         return value
 
     def bar_write(self, bar: int, offset: int, size: int, value: int) -> None:
@@ -133,15 +182,20 @@ class Hfi1Device(DeviceModel):
         if self.log.isEnabledFor(logging.DEBUG):
             self.log.debug("write %s (%d) <- %#x", self.regs.nearest(offset), size, value)
         with self._lock:
-            lo, hi = self.rcv.rcv_array_span()
-            if lo <= offset < hi:
-                self.rcv.rcv_array_write(offset, size, value)
-            elif offset >= TXE_PIO_SEND:
-                self.pio.space_write(offset, size, value)
-            else:
-                self.regs.write(offset, size, value)
+            try:
+                if offset >= TXE_PIO_SEND:
+                    self.pio.space_write(offset, size, value)
+                else:
+                    lo, hi = self.rcv.rcv_array_span()
+                    if lo <= offset < hi:
+                        self.rcv.rcv_array_write(offset, size, value)
+                    else:
+                        self.regs.write(offset, size, value)
+            except Exception as exc:
+                self.internal_error(exc, f"write of {self.regs.nearest(offset)}")
             vectors = self.intr.take_pending()
-        self._deliver(vectors)
+            packets = self._take_outbox()
+        self._deliver(vectors, packets)
 
     def reset(self) -> None:
         """FLR or device reset: every register back to its reset value, except the
@@ -156,12 +210,16 @@ class Hfi1Device(DeviceModel):
                 self.regs.set(offset, value)
             for block in self.blocks:
                 block.reset()
-        self.log.info("reset: registers at reset values, DC held in reset")
+            self.outbox.clear()
+            lost = self.port.discard_inbound()
+        self.log.info("reset: registers at reset values, DC held in reset%s",
+                      f", {lost} inbound packet(s) lost" if lost else "")
 
     def close(self) -> None:
         with self._lock:
             self._generation += 1
         self.worker.stop()
+        self.port.unplug()
 
     def stats(self) -> dict:
         with self._lock:
@@ -174,25 +232,61 @@ class Hfi1Device(DeviceModel):
                 "physical_state": self.dc8051.phys.name if self.dc8051.running else "HELD",
                 "logical_state": self.dcc.logical_state.name,
                 "sdma_engines": [engine.state.value for engine in self.sdma.engines],
-                "pio_bytes_discarded": sum(self.pio.bytes_written),
+                "pio": self.pio.counters(),
+                "sdma": self.sdma.counters(),
+                "rcv": self.rcv.counters(),
+                "port": {"guid": f"{self.config.guid:#018x}", "sent": self.port.sent,
+                         "dropped_link_down": self.port.dropped_link_down,
+                         "link": self.port.link.counters() if self.port.link else None},
+                "internal_errors": [f"{block}: {message}" for block, message in self.faults],
             }
 
     # -- services for the blocks -------------------------------------------------------
     def after(self, delay_s: float, fn: Callable[[], None]) -> Job:
-        """Run `fn` on the worker after `delay_s`, under the model lock, unless it
-        was cancelled or a reset intervened."""
+        """Run `fn` as a chip event after `delay_s`, unless it was cancelled or
+        a reset intervened."""
         generation = self._generation
         return self.worker.after(delay_s, lambda: self.hardware_event(fn, generation))
 
+    def post(self, fn: Callable[[], None]) -> Job:
+        """Run `fn` as a chip event soon (news from the link, a doorbell's work)."""
+        return self.worker.submit(lambda: self.hardware_event(fn))
+
+    def now(self) -> float:
+        return self.worker.clock.now()
+
     def hardware_event(self, fn: Callable[[], None], generation: int | None = None) -> None:
-        """Run `fn` as the chip would on its own (a link partner, a fault, a timer):
-        under the model lock, signalling the MSI-X vectors it raises afterwards."""
+        """Run `fn` as the chip would on its own (an engine step, a link
+        partner, a fault, a timer): under the model lock, then signal the
+        MSI-X vectors it raised and send the packets it produced."""
         with self._lock:
             if generation is not None and generation != self._generation:
                 return
-            fn()
+            try:
+                fn()
+            except Exception as exc:
+                self.internal_error(exc, "a chip event")
             vectors = self.intr.take_pending()
-        self._deliver(vectors)
+            packets = self._take_outbox()
+        self._deliver(vectors, packets)
+
+    def internal_error(self, exc: BaseException, during: str) -> None:
+        """A bug in the model (or a case it does not handle) met the guest's
+        input. Contain it: log it naming the block, and put the chip in its
+        error state -- an SPC freeze reported as an RXE state-machine error,
+        which the driver handles as it would on silicon (freeze, unfreeze,
+        restart contexts and engines). Never raises. Called under the lock."""
+        block = _block_of(exc)
+        message = f"{type(exc).__name__}: {exc}"
+        self.faults.append((block, message))
+        self.log.error("internal error in block %s during %s: %s; the chip enters SPC freeze "
+                       "(RCV_ERR_STATUS.RxRcvFsmEncodingErr)", block, during, message)
+        self.log.debug("traceback:\n%s", "".join(traceback.format_exception(exc)))
+        try:
+            self.cce.hardware_freeze()
+            self.rcv.errors.set(RCV_ERR_STATUS_RX_RCV_FSM_ENCODING_ERR_SMASK)
+        except Exception:  # the error path itself must never raise
+            self.log.exception("entering the error state failed too")
 
     def dc_reset(self, asserted: bool) -> None:
         """CCE_DC_CTRL.DC_RESET: hold or release the whole DC (DCC, LCB, 8051)."""
@@ -208,7 +302,15 @@ class Hfi1Device(DeviceModel):
         tools); False if one is still outstanding at the deadline."""
         return self.worker.settle(within=timeout_s, timeout=timeout_s)
 
-    def _deliver(self, vectors: list[int]) -> None:
+    def _take_outbox(self) -> list[Packet]:
+        if not self.outbox:
+            return []
+        packets, self.outbox = self.outbox, []
+        return packets
+
+    def _deliver(self, vectors: list[int], packets: list[Packet] = ()) -> None:
+        for packet in packets:
+            self.port.transmit(packet)
         if not vectors:
             return
         if self.host is None:
@@ -225,3 +327,14 @@ class Hfi1Device(DeviceModel):
             self.log.warning("BAR%d access at %#x size %d outside the model", bar, offset, size)
             return False
         return True
+
+
+def _block_of(exc: BaseException) -> str:
+    """The chip block whose code raised `exc`: the innermost frame in one of
+    this package's modules (sdma, pio, rcv, ...)."""
+    block = "device"
+    for frame in traceback.extract_tb(exc.__traceback__):
+        parts = frame.filename.replace("\\", "/").split("/")
+        if len(parts) >= 2 and parts[-2] == "hfi1" and parts[-1].endswith(".py"):
+            block = parts[-1][:-3]
+    return block

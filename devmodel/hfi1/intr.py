@@ -121,6 +121,12 @@ class InterruptController:
     def pending(self, source: int) -> bool:
         return bool(self.status(source // 64) >> (source % 64) & 1)
 
+    def outstanding(self, source: int) -> bool:
+        """Pending and unmasked: its MSI-X message went out and the driver has
+        not cleared it yet."""
+        i = source // 64
+        return bool((self.status(i) & self.mask(i)) >> (source % 64) & 1)
+
     # -- events --------------------------------------------------------------
     def raise_source(self, source: int) -> None:
         """A hardware event for `source` (0..767)."""

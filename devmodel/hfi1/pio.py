@@ -1,30 +1,50 @@
-"""PIO send contexts, the PIO init engine, credit return, and the PIO send space.
+"""PIO send: send contexts, their rings of 64-byte blocks in PIO space, the
+PIO init engine and credit return.
 
     SEND_PIO_INIT_CTXT   0x1800038 RW  [0] ALL_CTXT_INIT [1] SINGLE_CTXT_INIT
                                        [2] IN_PROGRESS (RO) [3] ERR (RO) [15:8] CTXT_NUM
     SEND_PIO_ERR_STATUS/MASK/CLEAR 0x1800040/48/50  second tier of source 4
     per hardware context h, 0x1900000 + 0x100h:
-      SEND_CTXT_CTRL               RW  [0] ENABLE, [45:32] base block, [58:48] depth
+      SEND_CTXT_CTRL               RW  [0] ENABLE, [45:32] base block, [58:48] depth (credits)
       SEND_CTXT_STATUS             RO  [0] HALTED
       SEND_CTXT_CREDIT_CTRL        RW  [10:0] THRESHOLD [16] EARLY_RETURN [17] CREDIT_INTR
       SEND_CTXT_CREDIT_STATUS      RO  [10:0] last returned, [42:32] current free counter
       SEND_CTXT_CREDIT_RETURN_ADDR RW  [47:6] where credit returns are written (DMA)
       SEND_CTXT_CREDIT_FORCE       RW  [0] FORCE_RETURN: 0 -> 1 writes a credit return
-      SEND_CTXT_ERR_STATUS/MASK/CLEAR  second tier of source 32 + h
+      SEND_CTXT_ERR_STATUS/MASK/CLEAR  second tier of source 32 + h:
+        [0] InconsistentSop [1] DisallowedPacket [2] WriteCrossesBoundary
+        [3] WriteOverflow [4] WriteOutOfBounds
       SEND_CTXT_CHECK_{ENABLE,VL,JOB_KEY,PARTITION_KEY,SLID,OPCODE} RW
-    PIO send space  0x2000000 + 0x10000h (0x3000000 + ...: start-of-packet alias)
+    PIO send space  0x2000000 + 0x10000h, its start-of-packet alias at 0x3000000 + 0x10000h
 
-A credit return is one little-endian qword written to CREDIT_RETURN_ADDR +
-8*(h & 7): [10:0] free counter, [11] status (context halted) [inferred],
-[12..15] reason (PBC, threshold, error, force). A forced return also raises
-source 576 + h when CREDIT_CTRL.CREDIT_INTR is set.
+PIO has no doorbell (pio_copy.c). A context's ring is `depth` blocks of 64
+bytes at the start of its 64 KiB window; the driver fills blocks in ring
+order, the first block of a packet through the SOP alias with the PBC in its
+first qword, every block with exactly 64 bytes (zero or garbage padding), and
+wraps only at a block boundary. The chip launches a packet once every block
+its PBC length covers has been written, in ring order:
 
-The PIO init engine resets a context's fill/free counters and clears its halt;
-it finishes before the driver's first poll, so IN_PROGRESS and ERR read 0. An
-SPC freeze halts every enabled context.
+    write (transport thread)     store the bytes, mark them written; a block
+                                 just completed: queue the launcher
+    launcher (chip event)        while the block at the launch point is complete:
+                                 read its PBC, check the length, wait for the
+                                 rest, copy the packet out, free the blocks,
+                                 hand it to egress (send.py); then return credits
 
-Packets written into the send space are accepted and counted, not launched:
-the packet data path comes later.
+Guest mistakes halt the context with the SEND_CTXT_ERR_STATUS bit silicon
+uses and raise source 32 + h (the driver restarts kernel contexts itself):
+a write beyond the ring (WriteOutOfBounds), a byte written twice before
+launch (WriteOverflow), a packet whose first block did not come through the
+SOP alias or a later block that did (InconsistentSop), a PBC length that is
+too short, larger than the ring or beyond the maximum packet
+(DisallowedPacket). Writes to a disabled or halted context are dropped.
+
+A credit return is one little-endian qword (formats.CREDIT_RETURN) written to
+CREDIT_RETURN_ADDR + 8*(h & 7) after each batch of launches, on a forced
+return and when the context halts (with Status); with CREDIT_CTRL.CREDIT_INTR
+it also raises source 576 + h. The PIO init engine resets a context's ring,
+counters and halt at once, so IN_PROGRESS and ERR read 0. An SPC freeze halts
+every enabled context.
 """
 from __future__ import annotations
 
@@ -34,27 +54,189 @@ from devmodel.regs import Access, Register
 from .chip_registers import (
     CSR_OFFSETS, SEND_CTXT_CREDIT_CTRL_CREDIT_INTR_SMASK, SEND_CTXT_CREDIT_FORCE_FORCE_RETURN_SMASK,
     SEND_CTXT_CREDIT_RETURN_ADDR_ADDRESS_SMASK, SEND_CTXT_CREDIT_STATUS_CURRENT_FREE_COUNTER_SHIFT,
-    SEND_CTXT_CTRL_CTXT_ENABLE_SMASK, SEND_CTXT_STATUS_CTXT_HALTED_SMASK, SEND_PIO_INIT_CTXT_PIO_ALL_CTXT_INIT_SMASK,
+    SEND_CTXT_CTRL_CTXT_DEPTH_MASK, SEND_CTXT_CTRL_CTXT_DEPTH_SHIFT, SEND_CTXT_CTRL_CTXT_ENABLE_SMASK,
+    SEND_CTXT_ERR_STATUS_PIO_DISALLOWED_PACKET_ERR_SMASK, SEND_CTXT_ERR_STATUS_PIO_INCONSISTENT_SOP_ERR_SMASK,
+    SEND_CTXT_ERR_STATUS_PIO_WRITE_OUT_OF_BOUNDS_ERR_SMASK, SEND_CTXT_ERR_STATUS_PIO_WRITE_OVERFLOW_ERR_SMASK,
+    SEND_CTXT_STATUS_CTXT_HALTED_SMASK, SEND_PIO_INIT_CTXT_PIO_ALL_CTXT_INIT_SMASK,
     SEND_PIO_INIT_CTXT_PIO_CTXT_NUM_MASK, SEND_PIO_INIT_CTXT_PIO_CTXT_NUM_SHIFT,
     SEND_PIO_INIT_CTXT_PIO_SINGLE_CTXT_INIT_SMASK, TXE, TXE_PIO_SEND_OFFSET,
 )
 from .csr import KCTXT_STRIDE, Block, csr, csr_array, field
+from .formats import CREDIT_RETURN, PBC
 from .intr import IS_SENDCREDIT_START, IS_SENDCTXT_ERR_START, PIO_ERR_INT, ErrorFlags
 
 TXE_PIO_SEND = TXE + TXE_PIO_SEND_OFFSET  # chip.h
 TXE_PIO_SIZE = 32 << 20
 SOP_DISTANCE = 16 << 20
 PIO_CONTEXT_WINDOW = 1 << 16
+PIO_BLOCK = 64
+FULL_BLOCK = (1 << PIO_BLOCK) - 1  # one bit per byte
 CR_COUNTER_MASK = 0x7FF
-CR_STATUS = 1 << 11
-CR_DUE_TO_FORCE = 1 << 15
+CR_STATUS = 1 << CREDIT_RETURN.shift["status"]
+CR_DUE_TO_PBC = 1 << CREDIT_RETURN.shift["due_to_pbc"]
+CR_DUE_TO_THRESHOLD = 1 << CREDIT_RETURN.shift["due_to_threshold"]
+CR_DUE_TO_ERROR = 1 << CREDIT_RETURN.shift["due_to_error"]
+CR_DUE_TO_FORCE = 1 << CREDIT_RETURN.shift["due_to_force"]
+#: a packet is at least the PBC and a 9B LRH + BTH (dwords)
+MIN_PACKET_DWS = (8 + 8 + 12) // 4
+#: the largest packet: a 10 KiB MTU plus the largest header, ICRC space and
+#: PBC, in dwords (also what 12 bits of RHF.PktLen can describe)
+MAX_PACKET_DWS = (10240 + 128) // 4
+LAUNCH_BATCH = 64  # packets per launcher step
 CONTEXT_CSRS = ("SEND_CTXT_CREDIT_CTRL", "SEND_CTXT_CREDIT_RETURN_ADDR", "SEND_CTXT_CHECK_ENABLE",
                 "SEND_CTXT_CHECK_VL", "SEND_CTXT_CHECK_JOB_KEY", "SEND_CTXT_CHECK_PARTITION_KEY",
                 "SEND_CTXT_CHECK_SLID", "SEND_CTXT_CHECK_OPCODE")
+_PBC_LENGTH_MASK = PBC.mask["length_dws"]
 
 
 def _kctxt(name: str, ctxt: int) -> int:
     return CSR_OFFSETS[name] + KCTXT_STRIDE * ctxt
+
+
+class PioSendContext:
+    """One hardware send context's ring and counters."""
+
+    __slots__ = ("block", "hw", "enabled", "halted", "depth", "ring", "written", "sop", "launch_at",
+                 "free_counter", "last_returned", "launch_posted", "packets", "bytes_written", "dropped_writes")
+
+    def __init__(self, block: "Pio", hw: int):
+        self.block = block
+        self.hw = hw
+        self.free_counter = 0
+        self.last_returned = 0
+        self.packets = 0
+        self.bytes_written = 0
+        self.dropped_writes = 0
+        self.launch_posted = False
+        self._empty(0)
+        self.enabled = False
+        self.halted = False
+
+    def _empty(self, depth: int) -> None:
+        self.depth = depth
+        self.ring = bytearray(PIO_BLOCK * depth)
+        self.written = [0] * depth
+        self.sop = [False] * depth
+        self.launch_at = 0
+
+    def init(self) -> None:
+        """The PIO init engine: an empty ring, counters from 0, not halted."""
+        regs = self.block.regs
+        depth = field(regs.get(_kctxt("SEND_CTXT_CTRL", self.hw)), SEND_CTXT_CTRL_CTXT_DEPTH_SHIFT,
+                      SEND_CTXT_CTRL_CTXT_DEPTH_MASK)
+        self._empty(depth)
+        self.free_counter = self.last_returned = 0
+        self.halted = False
+        regs.clear_bits(_kctxt("SEND_CTXT_STATUS", self.hw), SEND_CTXT_STATUS_CTXT_HALTED_SMASK)
+
+    # -- the guest's stores (transport thread) -----------------------------------
+    def write(self, offset: int, size: int, value: int, sop: bool) -> None:
+        if not self.enabled or self.halted:
+            self.dropped_writes += 1
+            return
+        if offset + size > PIO_BLOCK * self.depth:
+            self.halt(SEND_CTXT_ERR_STATUS_PIO_WRITE_OUT_OF_BOUNDS_ERR_SMASK,
+                      f"write at {offset:#x} beyond its {self.depth} blocks")
+            return
+        index, within = divmod(offset, PIO_BLOCK)
+        lanes = ((1 << size) - 1) << within
+        if self.written[index] & lanes:
+            self.halt(SEND_CTXT_ERR_STATUS_PIO_WRITE_OVERFLOW_ERR_SMASK,
+                      f"block {index} byte {within} written twice before launch")
+            return
+        self.ring[offset:offset + size] = value.to_bytes(size, "little")
+        self.bytes_written += size
+        written = self.written[index] | lanes
+        self.written[index] = written
+        if sop:
+            self.sop[index] = True
+        if written == FULL_BLOCK and not self.launch_posted:
+            self.launch_posted = True
+            self.block.chip.post(self.launch)
+
+    # -- the launcher (chip event) ---------------------------------------------------
+    def launch(self) -> None:
+        self.launch_posted = False
+        launched = freed = 0
+        due = 0
+        while self.enabled and not self.halted and launched < LAUNCH_BATCH:
+            first = self.launch_at
+            if self.written[first] != FULL_BLOCK:
+                break
+            if not self.sop[first]:
+                self.halt(SEND_CTXT_ERR_STATUS_PIO_INCONSISTENT_SOP_ERR_SMASK,
+                          f"block {first} starts a packet but was not written through the SOP alias")
+                return
+            start = PIO_BLOCK * first
+            pbc = int.from_bytes(self.ring[start:start + 8], "little")
+            length_dws = pbc & _PBC_LENGTH_MASK
+            nblocks = -(-length_dws // 16)
+            if length_dws < MIN_PACKET_DWS or length_dws > MAX_PACKET_DWS or nblocks > self.depth:
+                self.halt(SEND_CTXT_ERR_STATUS_PIO_DISALLOWED_PACKET_ERR_SMASK,
+                          f"PBC length {length_dws} dwords (ring of {self.depth} blocks)")
+                return
+            blocks = [(first + i) % self.depth for i in range(nblocks)]
+            if any(self.written[b] != FULL_BLOCK for b in blocks):
+                break  # the rest of the packet is still being written
+            if any(self.sop[b] for b in blocks[1:]):
+                self.halt(SEND_CTXT_ERR_STATUS_PIO_INCONSISTENT_SOP_ERR_SMASK,
+                          f"PBC says {nblocks} blocks but a new packet starts inside them")
+                return
+            nbytes = 4 * length_dws
+            end = start + nbytes
+            if end <= len(self.ring):
+                frame = bytes(self.ring[start:end])
+            else:
+                frame = bytes(self.ring[start:]) + bytes(self.ring[:end - len(self.ring)])
+            for b in blocks:
+                self.written[b] = 0
+                self.sop[b] = False
+            self.launch_at = (first + nblocks) % self.depth
+            self.free_counter += nblocks
+            freed += nblocks
+            launched += 1
+            self.packets += 1
+            if pbc & (1 << PBC.shift["credit_return"]):
+                due |= CR_DUE_TO_PBC
+            self.block.chip.send.egress(frame, self.hw, from_pio=True)
+        if freed:
+            threshold = self.block.regs.get(_kctxt("SEND_CTXT_CREDIT_CTRL", self.hw)) & 0x7FF
+            if (self.free_counter - self.last_returned) & CR_COUNTER_MASK > threshold:
+                due |= CR_DUE_TO_THRESHOLD
+            self.return_credits(due)
+        if launched == LAUNCH_BATCH and not self.launch_posted:
+            self.launch_posted = True
+            self.block.chip.post(self.launch)
+
+    # -- errors, credit return ---------------------------------------------------------
+    def halt(self, error: int, why: str) -> None:
+        """Stop the context with a SEND_CTXT_ERR_STATUS error (source 32 + h)."""
+        if self.halted:
+            return
+        self.halted = True
+        self.block.regs.set_bits(_kctxt("SEND_CTXT_STATUS", self.hw), SEND_CTXT_STATUS_CTXT_HALTED_SMASK)
+        self.block.log.warning("SEND_CTXT_STATUS[%d]: halted: %s", self.hw, why)
+        self.block.context_errors.set(error, self.hw)
+        self.return_credits(CR_DUE_TO_ERROR)
+
+    def return_credits(self, reason: int) -> None:
+        block = self.block
+        base = block.regs.get(_kctxt("SEND_CTXT_CREDIT_RETURN_ADDR", self.hw)) & \
+            SEND_CTXT_CREDIT_RETURN_ADDR_ADDRESS_SMASK
+        counter = self.free_counter & CR_COUNTER_MASK
+        value = counter | (CR_STATUS if self.halted else 0) | reason
+        dma = block.chip.dma
+        if base == 0 or dma is None:
+            block.log.warning("SEND_CTXT_CREDIT_RETURN_ADDR[%d] not set: credit return dropped", self.hw)
+            return
+        try:
+            dma.write(base + 8 * (self.hw & 7), value.to_bytes(8, "little"))
+        except DmaError as err:
+            block.log.warning("SEND_CTXT_CREDIT_RETURN_ADDR[%d]: credit return to %#x failed: %s", self.hw, base, err)
+            return
+        self.last_returned = counter
+        if block.regs.get(_kctxt("SEND_CTXT_CREDIT_CTRL", self.hw)) & SEND_CTXT_CREDIT_CTRL_CREDIT_INTR_SMASK:
+            block.chip.intr.raise_source(IS_SENDCREDIT_START + self.hw)
 
 
 class Pio(Block):
@@ -67,9 +249,8 @@ class Pio(Block):
         self.context_errors = ErrorFlags(self.chip, IS_SENDCTXT_ERR_START, "SEND_CTXT_ERR_STATUS",
                                          "SEND_CTXT_ERR_CLEAR", "SEND_CTXT_ERR_MASK",
                                          count=contexts, stride=KCTXT_STRIDE)
-        self.free_counter = [0] * contexts
-        self.last_returned = [0] * contexts
-        self.bytes_written = [0] * 256
+        self.contexts = [PioSendContext(self, h) for h in range(contexts)]
+        self.stray_writes = 0
         regs = [
             csr("SEND_PIO_INIT_CTXT", writable=SEND_PIO_INIT_CTXT_PIO_ALL_CTXT_INIT_SMASK
                 | SEND_PIO_INIT_CTXT_PIO_SINGLE_CTXT_INIT_SMASK
@@ -90,69 +271,72 @@ class Pio(Block):
         return regs
 
     def reset(self) -> None:
-        self.free_counter = [0] * len(self.free_counter)
-        self.last_returned = [0] * len(self.last_returned)
-        self.bytes_written = [0] * 256
+        self.contexts = [PioSendContext(self, h) for h in range(len(self.contexts))]
+        self.stray_writes = 0
+
+    def counters(self) -> dict:
+        busy = {c.hw: {"packets": c.packets, "dropped_writes": c.dropped_writes, "halted": c.halted}
+                for c in self.contexts if c.packets or c.dropped_writes or c.halted}
+        return {"packets": sum(c.packets for c in self.contexts), "stray_writes": self.stray_writes,
+                "contexts": busy}
 
     # -- contexts ------------------------------------------------------------------
     def enabled(self, ctxt: int) -> bool:
-        return bool(self.regs.get(_kctxt("SEND_CTXT_CTRL", ctxt)) & SEND_CTXT_CTRL_CTXT_ENABLE_SMASK)
+        return self.contexts[ctxt].enabled
 
     def halted(self, ctxt: int) -> bool:
-        return bool(self.regs.get(_kctxt("SEND_CTXT_STATUS", ctxt)) & SEND_CTXT_STATUS_CTXT_HALTED_SMASK)
+        return self.contexts[ctxt].halted
+
+    @property
+    def free_counter(self) -> list[int]:
+        return [c.free_counter for c in self.contexts]
 
     def _ctrl(self, ctxt: int, old: int, new: int) -> None:
-        change = (old ^ new) & SEND_CTXT_CTRL_CTXT_ENABLE_SMASK
-        if change:
-            self.log.debug("SEND_CTXT_CTRL[%d]: %s", ctxt, "enabled" if new & change else "disabled")
+        context = self.contexts[ctxt]
+        context.enabled = bool(new & SEND_CTXT_CTRL_CTXT_ENABLE_SMASK)
+        if (old ^ new) & SEND_CTXT_CTRL_CTXT_ENABLE_SMASK:
+            self.log.debug("SEND_CTXT_CTRL[%d]: %s, %d blocks", ctxt, "enabled" if context.enabled else "disabled",
+                           context.depth)
 
     def _init_engine(self, _old: int, new: int) -> None:
         if new & SEND_PIO_INIT_CTXT_PIO_ALL_CTXT_INIT_SMASK:
-            targets = range(len(self.free_counter))
+            targets = self.contexts
         elif new & SEND_PIO_INIT_CTXT_PIO_SINGLE_CTXT_INIT_SMASK:
             ctxt = field(new, SEND_PIO_INIT_CTXT_PIO_CTXT_NUM_SHIFT, SEND_PIO_INIT_CTXT_PIO_CTXT_NUM_MASK)
-            targets = [ctxt] if ctxt < len(self.free_counter) else []
+            targets = [self.contexts[ctxt]] if ctxt < len(self.contexts) else []
         else:
             return
-        for ctxt in targets:
-            self.free_counter[ctxt] = 0
-            self.last_returned[ctxt] = 0
-            self.regs.clear_bits(_kctxt("SEND_CTXT_STATUS", ctxt), SEND_CTXT_STATUS_CTXT_HALTED_SMASK)
+        for context in targets:
+            context.init()
 
     def freeze(self) -> None:
-        for ctxt in range(len(self.free_counter)):
-            if self.enabled(ctxt):
-                self.regs.set_bits(_kctxt("SEND_CTXT_STATUS", ctxt), SEND_CTXT_STATUS_CTXT_HALTED_SMASK)
+        for context in self.contexts:
+            if context.enabled and not context.halted:
+                context.halted = True
+                self.regs.set_bits(_kctxt("SEND_CTXT_STATUS", context.hw), SEND_CTXT_STATUS_CTXT_HALTED_SMASK)
 
     # -- credit return ---------------------------------------------------------------
     def _credit_status(self, ctxt: int) -> int:
-        return (self.free_counter[ctxt] << SEND_CTXT_CREDIT_STATUS_CURRENT_FREE_COUNTER_SHIFT
-                | self.last_returned[ctxt])
+        context = self.contexts[ctxt]
+        return ((context.free_counter & CR_COUNTER_MASK) << SEND_CTXT_CREDIT_STATUS_CURRENT_FREE_COUNTER_SHIFT
+                | context.last_returned)
 
     def _force(self, ctxt: int, old: int, new: int) -> None:
         if new & ~old & SEND_CTXT_CREDIT_FORCE_FORCE_RETURN_SMASK:
-            self.return_credits(ctxt, CR_DUE_TO_FORCE)
+            self.contexts[ctxt].return_credits(CR_DUE_TO_FORCE)
 
     def return_credits(self, ctxt: int, reason: int) -> None:
-        base = self.regs.get(_kctxt("SEND_CTXT_CREDIT_RETURN_ADDR", ctxt)) & SEND_CTXT_CREDIT_RETURN_ADDR_ADDRESS_SMASK
-        counter = self.free_counter[ctxt] & CR_COUNTER_MASK
-        value = counter | (CR_STATUS if self.halted(ctxt) else 0) | reason
-        if base == 0:
-            self.log.warning("SEND_CTXT_CREDIT_RETURN_ADDR[%d] not set: credit return dropped", ctxt)
-            return
-        dma = self.chip.dma
-        if dma is None:
-            return
-        try:
-            dma.write(base + 8 * (ctxt & 7), value.to_bytes(8, "little"))
-        except DmaError as err:
-            self.log.warning("SEND_CTXT_CREDIT_RETURN_ADDR[%d]: credit return to %#x failed: %s", ctxt, base, err)
-            return
-        self.last_returned[ctxt] = counter
-        if self.regs.get(_kctxt("SEND_CTXT_CREDIT_CTRL", ctxt)) & SEND_CTXT_CREDIT_CTRL_CREDIT_INTR_SMASK:
-            self.chip.intr.raise_source(IS_SENDCREDIT_START + ctxt)
+        self.contexts[ctxt].return_credits(reason)
 
     # -- PIO send space ----------------------------------------------------------------
-    def space_write(self, offset: int, size: int, _value: int) -> None:
-        ctxt = ((offset - TXE_PIO_SEND) % SOP_DISTANCE) // PIO_CONTEXT_WINDOW
-        self.bytes_written[ctxt] += size
+    def space_write(self, offset: int, size: int, value: int) -> None:
+        rel = offset - TXE_PIO_SEND
+        sop = rel >= SOP_DISTANCE
+        rel %= SOP_DISTANCE
+        ctxt, within = rel >> 16, rel & (PIO_CONTEXT_WINDOW - 1)
+        if ctxt >= len(self.contexts):
+            self.stray_writes += 1
+            if self.stray_writes == 1:
+                self.log.warning("PIO write to send context %d, which does not exist: dropped", ctxt)
+            return
+        self.contexts[ctxt].write(within, size, value, sop)

@@ -1,4 +1,4 @@
-"""RXE: receive block configuration, receive contexts, and the RcvArray.
+"""RXE: the receive block -- receive contexts, packet steering, the RcvArray.
 
     RCV_CTRL            0x1000000 RW  [0] PORT_ENABLE [1] QP_MAP [2] PARTITION_KEY
                                       [4] BYPASS [5] RSM [6] EXTENDED_PSN,
@@ -6,39 +6,71 @@
     RCV_STATUS          0x1000008 RO  [0] PKT_IN_PROGRESS [6] RBUF_PKT_PENDING [9] RBUF_INIT_DONE
     RCV_CONTEXTS        0x1000010 RO  number of receive contexts
     RCV_ARRAY_CNT       0x1000018 RO  number of RcvArray entries
-    RCV_BTH_QP/MULTICAST/BYPASS/VL15  RW
+    RCV_BTH_QP          0x1000028 RW  [23:16] KDETH_QP: DestQP[23:16] of PSM2 packets (0x80)
+    RCV_MULTICAST, RCV_BYPASS ([7:0] context, [20:16] header dwords), RCV_VL15 ([7:0] context)
     RCV_ERR_INFO        0x1000050 W1C
     RCV_ERR_STATUS/MASK/CLEAR 0x1000060/68/70  second tier of source 1
-    RCV_QP_MAP_TABLE[32], RCV_PARTITION_KEY[4], RCV_COUNTER_ARRAY32[24],
-    RCV_COUNTER_ARRAY64[2], RCV_RSM_CFG/SELECT/MATCH[4], RCV_RSM_MAP_TABLE[32]  RW
-    per context c, kernel page 0x1100000 + 0x100c:
-      RCV_CTXT_CTRL, RCV_CTXT_STATUS (RO), RCV_EGR_CTRL, RCV_TID_CTRL, RCV_KEY_CTRL,
-      RCV_HDR_ADDR/CNT/ENT_SIZE/SIZE/TAIL_ADDR, RCV_AVAIL_TIME_OUT, RCV_HDR_OVFL_CNT
-    per context c, user page 0x1300000 + 0x1000c:
-      RCV_HDR_TAIL (RO), RCV_HDR_HEAD, RCV_EGR_INDEX_HEAD, RCV_TID_FLOW_TABLE[32]
-    RcvArray            0x1200000 + 8i  one 64-bit TID entry per index, written
-                                        through the driver's write-combining map
+    RCV_QP_MAP_TABLE[32]  256 one-byte contexts, indexed by DestQP[8:1]
+    RCV_RSM_CFG/SELECT/MATCH[4], RCV_RSM_MAP_TABLE[32]  receive-side mapping rules
+    RCV_COUNTER_ARRAY32[24], RCV_COUNTER_ARRAY64[2]    error and traffic counters
+    per context c, kernel page 0x1100000 + 0x100c (`ReceiveContext`, rcv_context.py)
+    per context c, user page 0x1300000 + 0x1000c: RCV_HDR_TAIL (RO), RCV_HDR_HEAD,
+      RCV_EGR_INDEX_HEAD, RCV_TID_FLOW_TABLE[32]
+    RcvArray            0x1200000 + 8i  one TID entry per index (formats.RCV_ARRAY_ENTRY)
 
-No packets are received yet (no data path): context status reads 0 and the
-header-queue tail stays where it is. The RcvArray is storage the receive path
-will read.
+A packet from the link (`receive_packet`, a chip event on the worker) is
+checked (port enabled, logical state, DLID, length, ICRC), classified (IB,
+KDETH eager or expected, 16B bypass), split where the chip splits it
+(header: LRH through the opcode's extension headers; KDETH: 56 bytes; 16B:
+RCV_BYPASS.HDR_SIZE dwords) and steered to a context, in this order:
+
+    SC 15 (VL15)                 -> RCV_VL15 (context 0)
+    RSM rules 0..3 (RSM_ENABLE)  -> RCV_RSM_MAP_TABLE[(OFFSET + idx1 ^ idx2) & 0xFF]
+    DestQP[23:16] == KDETH_QP    -> context DestQP[7:0]
+    16B (BYPASS_ENABLE)          -> RCV_BYPASS context
+    QP map (QP_MAP_ENABLE)       -> RCV_QP_MAP_TABLE[DestQP[8:1]]
+    otherwise                    -> context 0
+
+RSM fields and indexes are bit offsets into the packet (LRH first) read in
+8-byte chunks as big-endian words: offset = (chunk << 6) | bit. A map entry
+of 0xFF names no context and the packet falls through [inferred]. The
+precedence above is inferred from the rules the driver installs.
 """
 from __future__ import annotations
 
 import numpy as np
 
+from devmodel.fabric import Packet
 from devmodel.regs import Access, Register
+from devmodel.wire import opa
 
 from .chip_registers import (
-    RCV_ARRAY, RCV_CTRL_RX_RBUF_INIT_SMASK, RCV_STATUS, RCV_STATUS_RX_RBUF_INIT_DONE_SMASK, RCV_TID_FLOW_TABLE,
+    DCC_CFG_PORT_CONFIG1, RCV_ARRAY, RCV_BTH_QP, RCV_BTH_QP_KDETH_QP_MASK, RCV_BTH_QP_KDETH_QP_SHIFT, RCV_BYPASS,
+    RCV_BYPASS_BYPASS_CONTEXT_MASK, RCV_BYPASS_HDR_SIZE_MASK, RCV_BYPASS_HDR_SIZE_SHIFT, RCV_COUNTER_ARRAY32,
+    RCV_COUNTER_ARRAY64, RCV_CTRL, RCV_CTRL_RCV_BYPASS_ENABLE_SMASK, RCV_CTRL_RCV_PORT_ENABLE_SMASK,
+    RCV_CTRL_RCV_QP_MAP_ENABLE_SMASK, RCV_CTRL_RCV_RSM_ENABLE_SMASK, RCV_CTRL_RX_RBUF_INIT_SMASK, RCV_QP_MAP_TABLE,
+    RCV_RSM_CFG, RCV_RSM_CFG_OFFSET_SHIFT, RCV_RSM_CFG_PACKET_TYPE_SHIFT, RCV_RSM_MAP_TABLE, RCV_RSM_MATCH,
+    RCV_RSM_SELECT, RCV_STATUS, RCV_STATUS_RX_RBUF_INIT_DONE_SMASK, RCV_TID_FLOW_TABLE, RCV_VL15,
 )
 from .csr import KCTXT_STRIDE, UCTXT_STRIDE, Block, csr, csr_array, csrs
+from .dcc import LogicalState
+from .formats import RcvType
 from .intr import RXE_ERR_INT, ErrorFlags
+from .rcv_context import KERNEL_CONTEXT_CSRS, RXE_NUM_TID_FLOWS, Arrival, ReceiveContext
 
-KERNEL_CONTEXT_CSRS = ("RCV_CTXT_CTRL", "RCV_EGR_CTRL", "RCV_TID_CTRL", "RCV_KEY_CTRL", "RCV_HDR_ADDR",
-                       "RCV_HDR_CNT", "RCV_HDR_ENT_SIZE", "RCV_HDR_SIZE", "RCV_HDR_TAIL_ADDR",
-                       "RCV_AVAIL_TIME_OUT", "RCV_HDR_OVFL_CNT")
-RXE_NUM_TID_FLOWS = 32
+#: RCV_COUNTER_ARRAY32 / 64 indexes (chip_registers.h)
+RCV_LENGTH_ERR_CNT, RCV_SHORT_ERR_CNT, RCV_ICRC_ERR_CNT, RCV_BUF_OVFL_CNT = 0, 2, 6, 10
+RCV_DATA_PKT_CNT, RCV_DWORD_CNT = 0, 1
+NO_CONTEXT = 0xFF
+#: receive classes an RSM rule's PACKET_TYPE matches
+RSM_TYPE = {RcvType.EXPECTED: 0, RcvType.EAGER: 1, RcvType.IB: 2, RcvType.BYPASS: 4}
+
+
+def packet_bits(data: bytes, offset: int, width: int) -> int:
+    """`width` bits at RSM bit `offset` of a packet (see the module docstring)."""
+    chunk, bit = offset >> 6, offset & 63
+    word = int.from_bytes(data[8 * chunk:8 * chunk + 8].ljust(8, b"\0"), "big")
+    return (word >> bit) & ((1 << width) - 1)
 
 
 class Receive(Block):
@@ -49,6 +81,13 @@ class Receive(Block):
         contexts = config.rcv_contexts
         self.errors = ErrorFlags(self.chip, RXE_ERR_INT, "RCV_ERR_STATUS", "RCV_ERR_CLEAR", "RCV_ERR_MASK")
         self.rcv_array = np.zeros(config.rcv_array_count, dtype=np.uint64)
+        self.contexts = [ReceiveContext(self, c) for c in range(contexts)]
+        self.dropped: dict[str, int] = {}
+        self.received = 0
+
+        def ctxt_hook(method: str):
+            return lambda c: {"on_write": getattr(self.contexts[c], method)}
+
         regs = [
             csr("RCV_CTRL", access=Access.SC, self_clearing=RCV_CTRL_RX_RBUF_INIT_SMASK, on_write=self._control),
             csr("RCV_STATUS", access=Access.RO),
@@ -66,9 +105,11 @@ class Receive(Block):
             *csr_array("RCV_RSM_MATCH", 4),
             *csr_array("RCV_RSM_MAP_TABLE", 32),
             *csr_array("RCV_CTXT_STATUS", contexts, KCTXT_STRIDE, access=Access.RO),
-            *csr_array("RCV_HDR_TAIL", contexts, UCTXT_STRIDE, access=Access.RO),
-            *csr_array("RCV_HDR_HEAD", contexts, UCTXT_STRIDE),
-            *csr_array("RCV_EGR_INDEX_HEAD", contexts, UCTXT_STRIDE),
+            *csr_array("RCV_HDR_TAIL", contexts, UCTXT_STRIDE, access=Access.RO,
+                       per_index=lambda c: {"on_read": lambda _v, c=c: self.contexts[c].tail}),
+            *csr_array("RCV_HDR_HEAD", contexts, UCTXT_STRIDE, per_index=ctxt_hook("head_written")),
+            *csr_array("RCV_EGR_INDEX_HEAD", contexts, UCTXT_STRIDE, per_index=ctxt_hook("egr_head_written")),
+            *csr_array("RCV_CTXT_CTRL", contexts, KCTXT_STRIDE, per_index=ctxt_hook("control")),
         ]
         for name in KERNEL_CONTEXT_CSRS:
             regs += csr_array(name, contexts, KCTXT_STRIDE)
@@ -79,11 +120,38 @@ class Receive(Block):
 
     def reset(self) -> None:
         self.rcv_array[:] = 0
+        for context in self.contexts:
+            context.reset()
+        self.dropped.clear()
+        self.received = 0
+
+    def freeze(self) -> None:
+        """SPC freeze: packets held for full contexts are lost."""
+        for context in self.contexts:
+            context.discard_held("the chip froze")
+
+    def counters(self) -> dict:
+        delivered = sum(c.delivered for c in self.contexts)
+        return {"received": self.received, "delivered": delivered, "dropped": dict(self.dropped),
+                "contexts": {c.index: c.counters() for c in self.contexts if c.delivered or c.any_drops()}}
 
     def _control(self, _old: int, new: int) -> None:
         if new & RCV_CTRL_RX_RBUF_INIT_SMASK:
             self.log.info("RCV_CTRL: RX_RBUF_INIT")
             self.regs.set_bits(RCV_STATUS, RCV_STATUS_RX_RBUF_INIT_DONE_SMASK)
+
+    # -- counters ----------------------------------------------------------------
+    def count32(self, index: int, n: int = 1) -> None:
+        offset = RCV_COUNTER_ARRAY32 + 8 * index
+        self.regs.set(offset, self.regs.get(offset) + n)
+
+    def _drop(self, why: str, counter: int | None = None) -> None:
+        first = why not in self.dropped
+        self.dropped[why] = self.dropped.get(why, 0) + 1
+        if counter is not None:
+            self.count32(counter)
+        if first:
+            self.log.info("RXE: dropped a packet: %s (counted in stats, logged once)", why)
 
     # -- RcvArray ------------------------------------------------------------------
     def rcv_array_span(self) -> tuple[int, int]:
@@ -98,3 +166,138 @@ class Receive(Block):
         lanes = ((1 << (8 * size)) - 1) << (8 * shift)
         old = int(self.rcv_array[index])
         self.rcv_array[index] = (old & ~lanes) | ((value << (8 * shift)) & lanes)
+
+    def rcv_array_entry(self, index: int) -> int:
+        return int(self.rcv_array[index]) if 0 <= index < len(self.rcv_array) else 0
+
+    # -- a packet from the link ----------------------------------------------------------
+    def receive_packet(self, packet: Packet) -> None:
+        """A chip event: one packet arrived from the link."""
+        self.received += 1
+        regs = self.regs
+        if self.chip.cce.frozen or not regs.get(RCV_CTRL) & RCV_CTRL_RCV_PORT_ENABLE_SMASK:
+            self._drop("port not enabled (RCV_CTRL.PORT_ENABLE) or SPC frozen")
+            return
+        state = self.chip.dcc.logical_state
+        if state is LogicalState.DOWN:
+            self._drop("logical link state Down")
+            return
+        if packet.sc == opa.SC_VL15:
+            pass
+        elif state is LogicalState.INIT:
+            self._drop("data packet while the port is in Init (only VL15 passes)")
+            return
+        arrival = self.classify(packet)
+        if arrival is None:
+            return
+        for index, n in ((RCV_DATA_PKT_CNT, 1), (RCV_DWORD_CNT, len(packet.data) // 4)):
+            offset = RCV_COUNTER_ARRAY64 + 8 * index
+            regs.set(offset, regs.get(offset) + n)
+        self.chip.dcc.count_received(packet, arrival.vl15)
+        ctxt = self.steer(arrival)
+        if ctxt >= len(self.contexts):
+            self._drop(f"steered to context {ctxt}, which does not exist")
+            return
+        self.contexts[ctxt].deliver(arrival)
+
+    def classify(self, packet: Packet) -> Arrival | None:
+        """Check a packet and decide its receive type and header split; None if dropped."""
+        data = packet.data
+        if packet.bypass:
+            return self._classify_16b(packet)
+        if len(data) < opa.LRH_BYTES + opa.BTH_BYTES + opa.ICRC_BYTES or len(data) % 4:
+            self._drop("runt or ragged 9B packet", RCV_SHORT_ERR_CNT)
+            return None
+        lrh = int.from_bytes(data[:8], "big")
+        lnh = (lrh >> 48) & 3
+        dlid = (lrh >> 32) & 0xFFFF
+        if not self._dlid_accepted(dlid):
+            self._drop("DLID is neither this port's LID, multicast nor permissive")
+            return None
+        if lnh == opa.LNH_GRH:
+            bth = opa.LRH_BYTES + opa.GRH_BYTES
+        elif lnh == opa.LNH_BTH:
+            bth = opa.LRH_BYTES
+        else:
+            self._drop(f"raw packet (LNH {lnh}): no IB transport header")
+            return None
+        if len(data) < bth + opa.BTH_BYTES + opa.ICRC_BYTES:
+            self._drop("packet shorter than its headers", RCV_SHORT_ERR_CNT)
+            return None
+        opcode = data[bth]
+        dest_qp = int.from_bytes(data[bth + 5:bth + 8], "big")
+        kdeth_prefix = (self.regs.get(RCV_BTH_QP) >> RCV_BTH_QP_KDETH_QP_SHIFT) & RCV_BTH_QP_KDETH_QP_MASK
+        rcv_type, tid_ctrl = RcvType.IB, 0
+        if dest_qp >> 16 == kdeth_prefix and kdeth_prefix:
+            hdr_len = bth - opa.LRH_BYTES + opa.KDETH_HEADER_BYTES
+            if len(data) >= bth + opa.BTH_BYTES + 4:
+                tid_ctrl = (int.from_bytes(data[bth + 12:bth + 16], "little") >> 26) & 3
+            rcv_type = RcvType.EXPECTED if tid_ctrl in (1, 2) else RcvType.EAGER
+        else:
+            hdr_len = (opa.HEADER_BYTES_BY_OPCODE[opcode] or opa.LRH_BYTES + opa.BTH_BYTES) + bth - opa.LRH_BYTES
+        errors = 0
+        pkt_len = (lrh >> 16) & 0xFFF
+        if pkt_len * 4 != len(data) or hdr_len + opa.ICRC_BYTES > len(data):
+            errors |= ReceiveContext.RHF_LEN_ERR
+            self.count32(RCV_LENGTH_ERR_CNT)
+        if not opa.icrc_ok(data):
+            errors |= ReceiveContext.RHF_ICRC_ERR
+            self.count32(RCV_ICRC_ERR_CNT)
+        return Arrival(packet, rcv_type, min(hdr_len, len(data)), errors, dest_qp, tid_ctrl,
+                       vl15=packet.sc == opa.SC_VL15)
+
+    def _classify_16b(self, packet: Packet) -> Arrival | None:
+        """A 16B (bypass) packet: RCV_BYPASS.HDR_SIZE dwords of it go to the
+        header queue, the rest (with its ICRC and LT byte) to eager."""
+        hdr_dws = (self.regs.get(RCV_BYPASS) >> RCV_BYPASS_HDR_SIZE_SHIFT) & RCV_BYPASS_HDR_SIZE_MASK
+        return Arrival(packet, RcvType.BYPASS, min(4 * hdr_dws or opa.LRH_16B_BYTES, len(packet.data)), 0, 0, 0)
+
+    def _dlid_accepted(self, dlid: int) -> bool:
+        if dlid >= opa.MULTICAST_LID_BASE:  # multicast and permissive
+            return True
+        config1 = self.regs.get(DCC_CFG_PORT_CONFIG1)
+        target, mask = config1 & 0xFFFF, (config1 >> 16) & 0xFFFF
+        return target != 0 and (dlid & mask) == (target & mask)
+
+    def steer(self, arrival: Arrival) -> int:
+        regs = self.regs
+        if arrival.vl15:
+            return regs.get(RCV_VL15) & 0xFF
+        ctrl = regs.get(RCV_CTRL)
+        if ctrl & RCV_CTRL_RCV_RSM_ENABLE_SMASK:
+            ctxt = self._rsm(arrival)
+            if ctxt is not None:
+                return ctxt
+        if arrival.rcv_type in (RcvType.EXPECTED, RcvType.EAGER):
+            return arrival.dest_qp & 0xFF
+        if arrival.rcv_type is RcvType.BYPASS:
+            if ctrl & RCV_CTRL_RCV_BYPASS_ENABLE_SMASK:
+                return regs.get(RCV_BYPASS) & RCV_BYPASS_BYPASS_CONTEXT_MASK
+            return 0
+        if ctrl & RCV_CTRL_RCV_QP_MAP_ENABLE_SMASK:
+            return self._table_byte(RCV_QP_MAP_TABLE, (arrival.dest_qp >> 1) & 0xFF)
+        return 0
+
+    def _table_byte(self, base: int, index: int) -> int:
+        return (self.regs.get(base + 8 * (index >> 3)) >> (8 * (index & 7))) & 0xFF
+
+    def _rsm(self, arrival: Arrival) -> int | None:
+        regs, data = self.regs, arrival.packet.data
+        kind = RSM_TYPE.get(arrival.rcv_type)
+        for rule in range(4):
+            cfg = regs.get(RCV_RSM_CFG + 8 * rule)
+            if not cfg >> rule & 1 or (cfg >> RCV_RSM_CFG_PACKET_TYPE_SHIFT) & 7 != kind:
+                continue
+            select = regs.get(RCV_RSM_SELECT + 8 * rule)
+            match = regs.get(RCV_RSM_MATCH + 8 * rule)
+            field1 = packet_bits(data, select & 0x1FF, 8)
+            field2 = packet_bits(data, (select >> 16) & 0x1FF, 8)
+            if field1 & (match & 0xFF) != (match >> 8) & 0xFF or field2 & ((match >> 16) & 0xFF) != match >> 24 & 0xFF:
+                continue
+            index1 = packet_bits(data, (select >> 32) & 0x1FF, (select >> 44) & 0xF)
+            index2 = packet_bits(data, (select >> 48) & 0x1FF, (select >> 60) & 0xF)
+            index = (((cfg >> RCV_RSM_CFG_OFFSET_SHIFT) & 0xFF) + (index1 ^ index2)) & 0xFF
+            ctxt = self._table_byte(RCV_RSM_MAP_TABLE, index)
+            if ctxt != NO_CONTEXT:
+                return ctxt
+        return None

@@ -21,21 +21,46 @@
     SEND_EGRESS_ERR_INFO     0x1800F00 W1C; SEND_EGRESS_ERR_SOURCE 0x1800F08 RO
 
 `__cm_reset` sets CM_RESET and spins until it reads back clear, with no
-timeout, on every link down: the bit clears as soon as the write lands. With no
-packets in flight, egress occupancy and credits-in-use read 0, so disabling a
-context or changing credit limits completes at once.
+timeout, on every link down: the bit clears as soon as the write lands.
+Egress hands a packet to the link the moment it is launched, so egress
+occupancy and credits-in-use always read 0 and disabling a context or
+changing credit limits completes at once.
+
+Egress (`egress`, a chip event): a launched packet (PIO or SDMA) arrives as
+PBC + packet. The chip strips the PBC, takes SC[3:0] from the LRH and SC[4]
+from PBC.DcInfo, appends the ICRC (9B; a 16B packet's ICRC space is filled
+in place), checks it may go, counts it and queues it for the link:
+
+    SEND_CTRL.SEND_ENABLE clear          dropped (SEND_DROPPED_PKT_CNT)
+    logical state Down                   dropped, TxLinkdownErr (source 6)
+    Init or Armed and not VL15           dropped, TxIncorrectLinkStateErr
+    LRH.PktLen beyond SEND_LEN_CHECK[vl] dropped, SEND_EGRESS_ERR_INFO.TooLongIbPacket
+    LRH.PktLen != PBC length - 1         dropped, SEND_EGRESS_ERR_INFO.BadPktLen
 """
 from __future__ import annotations
 
+from devmodel.fabric import Packet
 from devmodel.regs import Access, Register
+from devmodel.wire import opa
 
 from .chip_registers import (
-    SEND_CM_CTRL_RESETCSR, SEND_CM_GLOBAL_CREDIT_RESETCSR, SEND_CTRL_CM_RESET_SMASK,
+    SEND_CM_CTRL_RESETCSR, SEND_CM_GLOBAL_CREDIT_RESETCSR, SEND_COUNTER_ARRAY32, SEND_COUNTER_ARRAY64, SEND_CTRL,
+    SEND_CTRL_CM_RESET_SMASK, SEND_CTRL_SEND_ENABLE_SMASK, SEND_EGRESS_ERR_INFO,
+    SEND_EGRESS_ERR_INFO_BAD_PKT_LEN_ERR_SMASK, SEND_EGRESS_ERR_INFO_TOO_LONG_IB_PACKET_ERR_SMASK,
+    SEND_EGRESS_ERR_STATUS_TX_INCORRECT_LINK_STATE_ERR_SMASK, SEND_EGRESS_ERR_STATUS_TX_LINKDOWN_ERR_SMASK,
+    SEND_LEN_CHECK0, SEND_LEN_CHECK1,
 )
 from .csr import Block, csr, csr_array, csrs
+from .dcc import LogicalState
+from .formats import PBC
 from .intr import EGRESS_ERR_INT, TXE_ERR_INT, ErrorFlags
 
 NUM_CONTEXTS_PER_SET = 8
+SEND_DATA_PKT_CNT, SEND_DWORD_CNT = 0, 1  # SEND_COUNTER_ARRAY64
+SEND_DROPPED_PKT_CNT = 5  # SEND_COUNTER_ARRAY32
+_DC_INFO = 1 << PBC.shift["dc_info"]
+_BYPASS = 1 << PBC.shift["packet_bypass"]
+_TEST_BAD_ICRC = 1 << PBC.shift["test_bad_icrc"]
 
 
 class Send(Block):
@@ -77,8 +102,78 @@ class Send(Block):
 
     def reset(self) -> None:
         self.cm_resets = 0
+        self.sent = 0
+        self.dropped: dict[str, int] = {}
+
+    def counters(self) -> dict:
+        return {"sent": self.sent, "dropped": dict(self.dropped)}
 
     def _control(self, _old: int, new: int) -> None:
         if new & SEND_CTRL_CM_RESET_SMASK:
             self.cm_resets += 1
             self.log.info("SEND_CTRL: CM_RESET (credit manager reset)")
+
+    # -- egress ----------------------------------------------------------------------
+    def _drop(self, why: str, status: int = 0, info: int = 0) -> None:
+        first = why not in self.dropped
+        self.dropped[why] = self.dropped.get(why, 0) + 1
+        offset = SEND_COUNTER_ARRAY32 + 8 * SEND_DROPPED_PKT_CNT
+        self.regs.set(offset, self.regs.get(offset) + 1)
+        if info:
+            self.regs.set_bits(SEND_EGRESS_ERR_INFO, info)
+        if status:
+            self.egress_errors.set(status)
+        if first:
+            self.log.info("egress: dropped a packet: %s (counted in stats, logged once)", why)
+
+    def _max_dwords(self, vl: int) -> int:
+        if vl == 15:
+            return (self.regs.get(SEND_LEN_CHECK1) >> 48) & 0xFFF
+        if vl < 4:
+            return (self.regs.get(SEND_LEN_CHECK0) >> (12 * vl)) & 0xFFF
+        return (self.regs.get(SEND_LEN_CHECK1) >> (12 * (vl - 4))) & 0xFFF
+
+    def egress(self, frame: bytes, source: int, from_pio: bool) -> None:
+        """A launched packet (PBC first) leaves for the link; see the module docstring."""
+        pbc = int.from_bytes(frame[:8], "little")
+        data = frame[8:]
+        if not self.regs.get(SEND_CTRL) & SEND_CTRL_SEND_ENABLE_SMASK:
+            self._drop("SEND_CTRL.SEND_ENABLE is clear")
+            return
+        bypass = bool(pbc & _BYPASS)
+        if bypass:
+            sc = (int.from_bytes(data[:16], "little") >> opa.LRH_16B.shift["sc"]) & 0x1F if len(data) >= 16 else 0
+            packet = Packet(data, sc, bypass=True)
+        else:
+            if len(data) < opa.LRH_BYTES:
+                self._drop("packet shorter than an LRH", info=SEND_EGRESS_ERR_INFO_BAD_PKT_LEN_ERR_SMASK)
+                return
+            sc = data[0] >> 4 | (1 if pbc & _DC_INFO else 0) << 4
+            pkt_len = int.from_bytes(data[4:6], "big") & 0xFFF
+            if pkt_len != len(data) // 4 + 1:
+                self._drop("LRH.PktLen disagrees with the PBC length", info=SEND_EGRESS_ERR_INFO_BAD_PKT_LEN_ERR_SMASK)
+                return
+            vl = (pbc >> PBC.shift["vl"]) & 0xF
+            limit = self._max_dwords(vl)
+            if limit and pkt_len > limit:
+                self._drop(f"packet longer than VL {vl}'s SEND_LEN_CHECK",
+                           info=SEND_EGRESS_ERR_INFO_TOO_LONG_IB_PACKET_ERR_SMASK)
+                return
+            icrc = opa.icrc(data)
+            if pbc & _TEST_BAD_ICRC:
+                icrc ^= 0xFFFFFFFF
+            packet = Packet(data + icrc.to_bytes(opa.ICRC_BYTES, "little"), sc)
+        state = self.chip.dcc.logical_state
+        if state is LogicalState.DOWN or not self.chip.dc8051.link_is_up:
+            self._drop("link down", status=SEND_EGRESS_ERR_STATUS_TX_LINKDOWN_ERR_SMASK)
+            return
+        if state is not LogicalState.ACTIVE and sc != opa.SC_VL15:
+            self._drop(f"data packet while the port is {state.name}",
+                       status=SEND_EGRESS_ERR_STATUS_TX_INCORRECT_LINK_STATE_ERR_SMASK)
+            return
+        for index, n in ((SEND_DATA_PKT_CNT, 1), (SEND_DWORD_CNT, len(packet.data) // 4)):
+            offset = SEND_COUNTER_ARRAY64 + 8 * index
+            self.regs.set(offset, (self.regs.get(offset) + n) & ((1 << 64) - 1))
+        self.chip.dcc.count_transmitted(packet)
+        self.sent += 1
+        self.chip.outbox.append(packet)

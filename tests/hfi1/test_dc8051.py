@@ -151,7 +151,7 @@ def test_losing_the_neighbour_posts_link_going_down(running, host, device):
 
 
 def test_without_a_neighbour_polling_lasts(driver, device, host):
-    device.dc8051.neighbour = None
+    device.port.unplug()  # no cable
     driver.read_guid()
     driver.start_link()
     assert device.settle(), "the training event ran"

@@ -51,15 +51,6 @@ def test_pio_init_engine_never_reports_busy_or_error(driver):
     assert driver.read_csr(cr.SEND_PIO_INIT_CTXT) & 0xC == 0, "IN_PROGRESS and ERR are the engine's"
 
 
-def test_pio_send_space_accepts_writes_for_both_aliases(device):
-    hw = 159
-    device.bar_write(0, 0x3000000 + (hw << 16), 8, 0x1234)  # SOP block: the PBC
-    device.bar_write(0, 0x2000000 + (hw << 16) + 8, 8, 0x5678)
-    assert device.pio.bytes_written[hw] == 16
-    assert device.bar_read(0, 0x2000000 + (hw << 16), 8) == 0
-    assert device.stats()["undeclared_csr_accesses"] == 0
-
-
 def test_rcv_array_is_storage_behind_its_own_window(device):
     entry = cr.RCV_ARRAY + 8 * 4095
     device.bar_write(0, entry, 8, 1 << 63 | 0xABC)

@@ -1,0 +1,131 @@
+"""The HFI's end of its cable: where the chip meets the fabric.
+
+    chip (under the model lock)            Hfi1Port                 Link
+    8051 CHANGE_PHY_STATE(Polling) --> start_polling(identity) --> polling
+    8051 goes offline              --> stop()                  --> offline
+    egress (outbox, after unlock)  --> transmit(packet)        --> transmit
+                          linked / unlinked / receive  <-- any thread
+                          (queued on the chip's worker, never run inline)
+
+The link calls `linked`, `unlinked` and `receive` from whatever thread the
+other end runs on; each only queues a chip event (`Hfi1Device.post`), so no
+device ever runs another device's code or takes its lock. Received packets
+wait in `inbound` and are handed to the receive block in bounded batches,
+so a flood from the peer cannot starve this chip's other work.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from typing import TYPE_CHECKING
+
+from devmodel.fabric import BuiltInPartner, Link, LinkDownReason, Packet, PortIdentity
+
+if TYPE_CHECKING:
+    from .device import Hfi1Device
+
+#: packets handed to the receive block per worker step
+INGRESS_BATCH = 32
+
+
+class Hfi1Port:
+    def __init__(self, chip: "Hfi1Device", name: str):
+        self.chip = chip
+        self.name = name
+        self.log = logging.getLogger(f"vfnic.hfi1.port.{name}")
+        self.link: Link | None = None
+        self.partner: BuiltInPartner | None = None
+        self.inbound: deque[Packet] = deque()
+        self._ingress_posted = False
+        self._lock = threading.Lock()
+        self.sent = 0
+        self.dropped_link_down = 0
+
+    # -- cabling (set-up, tests, fault injection) --------------------------------
+    def plug(self, link: Link) -> None:
+        if self.link is not None:
+            self.unplug()
+        link.attach(self)
+        self.link = link
+
+    def plug_partner(self, identity: PortIdentity) -> None:
+        """A cable to a built-in link partner (`BuiltInPartner`)."""
+        link = Link(f"{self.name}<->partner")
+        self.plug(link)
+        self.partner = BuiltInPartner(identity, name=f"{self.name}-partner")
+        self.partner.plug_into(link)
+        self.chip.post(self.chip.dc8051.cable_plugged)
+
+    def unplug(self) -> None:
+        """Pull the cable: an up link goes down at both ends."""
+        link, self.link, self.partner = self.link, None, None
+        if link is None:
+            return
+        epoch = link.epoch
+        was_up = link.is_up(epoch)
+        link.offline(self, LinkDownReason.CABLE_PULLED)
+        if was_up:
+            self.unlinked(LinkDownReason.CABLE_PULLED, epoch)
+
+    # -- the 8051's side (under the chip lock) -------------------------------------
+    def start_polling(self, identity: PortIdentity) -> bool:
+        """Offer the link; False if there is no cable to offer it on."""
+        if self.link is None:
+            return False
+        self.link.polling(self, identity)
+        return True
+
+    def stop(self) -> None:
+        if self.link is not None:
+            self.link.offline(self)
+
+    def link_is_up(self, epoch: int) -> bool:
+        return self.link is not None and self.link.is_up(epoch)
+
+    # -- egress (after the chip lock is released) -------------------------------------
+    def transmit(self, packet: Packet) -> None:
+        link = self.link
+        if link is not None and link.transmit(self, packet):
+            self.sent += 1
+        else:
+            self.dropped_link_down += 1
+
+    # -- LinkEnd: called by the link from any thread; only queues work -----------------
+    def linked(self, peer: PortIdentity, epoch: int) -> None:
+        self.chip.post(lambda: self.chip.dc8051.partner_linked(peer, epoch))
+
+    def unlinked(self, reason: LinkDownReason, epoch: int) -> None:
+        self.chip.post(lambda: self.chip.dc8051.partner_lost(reason, epoch))
+
+    def receive(self, packet: Packet) -> None:
+        with self._lock:
+            self.inbound.append(packet)
+            if self._ingress_posted:
+                return
+            self._ingress_posted = True
+        self.chip.post(self._ingress)
+
+    def _ingress(self) -> None:
+        """Chip event: hand a batch of inbound packets to the receive block."""
+        with self._lock:
+            self._ingress_posted = False
+        receive = self.chip.rcv.receive_packet
+        for _ in range(INGRESS_BATCH):
+            try:
+                packet = self.inbound.popleft()
+            except IndexError:
+                return
+            receive(packet)
+        with self._lock:
+            if not self.inbound or self._ingress_posted:
+                return
+            self._ingress_posted = True
+        self.chip.post(self._ingress)
+
+    def discard_inbound(self) -> int:
+        """Reset: packets in flight to this chip are lost."""
+        with self._lock:
+            count = len(self.inbound)
+            self.inbound.clear()
+        return count

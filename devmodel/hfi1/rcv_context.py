@@ -1,0 +1,374 @@
+"""One receive context: its header queue, eager buffers, tail and interrupts.
+
+    kernel page 0x1100000 + 0x100c
+      RCV_CTXT_CTRL     RW  [0] ENABLE [1] ONE_PACKET_PER_EGR_BUFFER [2] DONT_DROP_EGR_FULL
+                            [3] DONT_DROP_RHQ_FULL [4] TID_FLOW_ENABLE [5] INTR_AVAIL
+                            [6] TAIL_UPD [10:8] EGR_BUF_SIZE (1 = 4 KiB .. 7 = 256 KiB)
+      RCV_EGR_CTRL      RW  [12:0] eager base / 8, [40:32] eager buffers / 8
+      RCV_TID_CTRL      RW  [12:0] expected base / 8, [40:32] expected entries / 8
+      RCV_HDR_ADDR      RW  header queue (host memory)
+      RCV_HDR_CNT       RW  [8:0] entries / 32
+      RCV_HDR_ENT_SIZE  RW  1: 2 dwords, 2: 16, 4: 32 (the RHF is the entry's last qword)
+      RCV_HDR_TAIL_ADDR RW  where TAIL_UPD writes the tail (u64, dwords)
+      RCV_AVAIL_TIME_OUT RW [7:0] interrupt coalescing timer, 64 core clocks a tick
+      RCV_HDR_OVFL_CNT  RW  packets dropped on a full header queue
+    user page 0x1300000 + 0x1000c
+      RCV_HDR_TAIL      RO  the tail, in dwords
+      RCV_HDR_HEAD      RW  [18:0] HEAD (dwords): first entry software still owns;
+                            [39:32] COUNTER: packets per interrupt
+      RCV_EGR_INDEX_HEAD RW [10:0] first eager buffer software still owns
+
+Delivering a packet (the order the driver relies on):
+
+    1. eager part (payload, pad, ICRC) at buffer[index] + offset * 64; or, for a
+       KDETH packet with a TID, the payload at the expected buffer
+    2. header, right-justified against the RHF: HdrqOffset = entsize - 2 - header dwords
+    3. the RHF, one 8-byte write (RcvSeq 1..13, the driver's "new entry" mark)
+    4. the tail to RCV_HDR_TAIL_ADDR when TAIL_UPD (context 0)
+    5. RcvAvail (source 256 + c) once COUNTER packets wait since the last
+       head write, or when the coalescing timer runs out
+
+Eager buffers are filled several packets each (multi-packet mode) at 64-byte
+offsets; moving to the next buffer is refused while software still owns it
+(next index == RcvEgrIndexHead). A header queue is full when the next tail
+would reach the head. A full context holds the packet if its DONT_DROP bit is
+set (and retries when software moves a head), else drops and counts it --
+never overwriting an entry software owns. Memory the context was given that
+is not guest memory (a bad RCV_HDR_ADDR, an invalid RcvArray entry) loses
+the packet, with a log line and a count, as a write blocked by an IOMMU
+would.
+"""
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from devmodel.base import DmaError
+from devmodel.fabric import Packet
+from devmodel.wire import opa
+
+from .chip_registers import (
+    RCV_AVAIL_TIME_OUT, RCV_CTXT_CTRL, RCV_CTXT_CTRL_DONT_DROP_EGR_FULL_SMASK,
+    RCV_CTXT_CTRL_DONT_DROP_RHQ_FULL_SMASK, RCV_CTXT_CTRL_EGR_BUF_SIZE_MASK, RCV_CTXT_CTRL_EGR_BUF_SIZE_SHIFT,
+    RCV_CTXT_CTRL_ENABLE_SMASK, RCV_CTXT_CTRL_INTR_AVAIL_SMASK, RCV_CTXT_CTRL_ONE_PACKET_PER_EGR_BUFFER_SMASK,
+    RCV_CTXT_CTRL_TAIL_UPD_SMASK, RCV_EGR_CTRL, RCV_EGR_INDEX_HEAD, RCV_EGR_INDEX_HEAD_HEAD_MASK, RCV_HDR_ADDR,
+    RCV_HDR_CNT, RCV_HDR_ENT_SIZE, RCV_HDR_HEAD, RCV_HDR_HEAD_COUNTER_MASK, RCV_HDR_HEAD_COUNTER_SHIFT,
+    RCV_HDR_HEAD_HEAD_MASK, RCV_HDR_OVFL_CNT, RCV_HDR_TAIL_ADDR, RCV_TID_CTRL,
+)
+from .csr import KCTXT_STRIDE, UCTXT_STRIDE
+from .formats import RCV_ARRAY_ENTRY, RHF, RHF_MAX_SEQ, RcvType, rcv_array_buffer_bytes
+from .intr import IS_RCVAVAIL_START
+
+if TYPE_CHECKING:
+    from .rcv import Receive
+
+KERNEL_CONTEXT_CSRS = ("RCV_EGR_CTRL", "RCV_TID_CTRL", "RCV_KEY_CTRL", "RCV_HDR_ADDR", "RCV_HDR_CNT",
+                       "RCV_HDR_ENT_SIZE", "RCV_HDR_SIZE", "RCV_HDR_TAIL_ADDR", "RCV_AVAIL_TIME_OUT",
+                       "RCV_HDR_OVFL_CNT")
+RXE_NUM_TID_FLOWS = 32
+ENTRY_DWORDS = {1: 2, 2: 16, 4: 32}  # RCV_HDR_ENT_SIZE encodings
+#: packets a full DONT_DROP context holds before it drops
+HOLD_LIMIT = 1024
+#: RCV_AVAIL_TIME_OUT ticks: 64 core clocks of 1.242 ns (ASIC_CCLOCK_PS)
+TIMEOUT_TICK_S = 64 * 1.242e-9
+RCV_BUF_OVFL_CNT = 10
+
+
+@dataclass
+class Arrival:
+    """A packet the RXE has checked and classified, on its way to a context."""
+
+    packet: Packet
+    rcv_type: RcvType
+    hdr_len: int  # bytes that go to the header queue
+    errors: int  # RHF error bits found on arrival (ICRC, length)
+    dest_qp: int
+    tid_ctrl: int
+    vl15: bool = False
+
+
+class ReceiveContext:
+    RHF_ICRC_ERR = 1 << RHF.shift["icrc_err"]
+    RHF_LEN_ERR = 1 << RHF.shift["len_err"]
+    RHF_TID_ERR = 1 << RHF.shift["tid_err"]
+    RHF_KHDR_LEN_ERR = 1 << RHF.shift["khdr_len_err"]
+
+    def __init__(self, block: "Receive", index: int):
+        self.block = block
+        self.chip = block.chip
+        self.regs = block.regs
+        self.index = index
+        self.k = KCTXT_STRIDE * index
+        self.u = UCTXT_STRIDE * index
+        self.held: deque[Arrival] = deque()
+        self._timer = None
+        self._retry_posted = False
+        self.reset()
+
+    def reset(self) -> None:
+        self.enabled = False
+        self.tail = 0  # dwords
+        self.seq = 1
+        self.egr_index = 0
+        self.egr_offset = 0  # 64-byte units
+        self.since_head = 0
+        self.held.clear()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._retry_posted = False
+        self.delivered = 0
+        self.drops = {"disabled": 0, "hdrq_full": 0, "eager_full": 0, "held_overflow": 0, "dma_error": 0,
+                      "too_large": 0}
+        # geometry, latched at enable
+        self.hdr_addr = 0
+        self.entry_dw = 32
+        self.queue_dw = 0
+        self.egr_base = 0
+        self.egr_count = 0
+        self.egr_buf_bytes = 0
+
+    def counters(self) -> dict:
+        return {"delivered": self.delivered, "held": len(self.held),
+                **{k: v for k, v in self.drops.items() if v}}
+
+    def any_drops(self) -> bool:
+        return any(self.drops.values())
+
+    # -- the driver's writes (transport thread: record, then return) ------------------
+    def control(self, old: int, new: int) -> None:
+        """RCV_CTXT_CTRL."""
+        if new & ~old & RCV_CTXT_CTRL_ENABLE_SMASK:
+            self._enable(new)
+        elif old & ~new & RCV_CTXT_CTRL_ENABLE_SMASK:
+            self.enabled = False
+            self.discard_held("the context was disabled")
+            self.block.log.debug("RCV_CTXT_CTRL[%d]: disabled", self.index)
+        if new & ~old & RCV_CTXT_CTRL_INTR_AVAIL_SMASK and self.enabled and self._unread():
+            # interrupts turned on over packets already waiting: do not lose the wake-up
+            self.chip.intr.raise_source(IS_RCVAVAIL_START + self.index)
+
+    def _enable(self, ctrl: int) -> None:
+        regs, k = self.regs, self.k
+        self.enabled = True
+        self.tail, self.seq, self.egr_index, self.egr_offset, self.since_head = 0, 1, 0, 0, 0
+        self.hdr_addr = regs.get(RCV_HDR_ADDR + k)
+        self.entry_dw = ENTRY_DWORDS.get(regs.get(RCV_HDR_ENT_SIZE + k) & 7, 0)
+        self.queue_dw = 32 * (regs.get(RCV_HDR_CNT + k) & 0x1FF) * self.entry_dw
+        egr = regs.get(RCV_EGR_CTRL + k)
+        self.egr_base = 8 * (egr & 0x1FFF)
+        self.egr_count = 8 * ((egr >> 32) & 0x1FF)
+        code = (ctrl >> RCV_CTXT_CTRL_EGR_BUF_SIZE_SHIFT) & RCV_CTXT_CTRL_EGR_BUF_SIZE_MASK
+        self.egr_buf_bytes = rcv_array_buffer_bytes(code)
+        if self.entry_dw == 0 or self.queue_dw == 0:
+            self.block.log.warning("RCV_CTXT_CTRL[%d]: enabled with an invalid header queue "
+                                   "(RCV_HDR_ENT_SIZE %#x, RCV_HDR_CNT %#x): its packets will be dropped",
+                                   self.index, regs.get(RCV_HDR_ENT_SIZE + k), regs.get(RCV_HDR_CNT + k))
+        if ctrl & RCV_CTXT_CTRL_TAIL_UPD_SMASK:
+            self._write_tail()
+        self.block.log.debug("RCV_CTXT_CTRL[%d]: enabled, hdrq %#x %d dwords (%d per entry), %d eager "
+                             "buffers from RcvArray %d", self.index, self.hdr_addr, self.queue_dw,
+                             self.entry_dw, self.egr_count, self.egr_base)
+
+    def head_written(self, _old: int, _new: int) -> None:
+        """RCV_HDR_HEAD: software consumed entries (and reset the count)."""
+        self.since_head = 0
+        self._post_retry()
+
+    def egr_head_written(self, _old: int, _new: int) -> None:
+        self._post_retry()
+
+    def _post_retry(self) -> None:
+        if self.held and not self._retry_posted:
+            self._retry_posted = True
+            self.chip.post(self._retry_held)
+
+    def _retry_held(self) -> None:
+        self._retry_posted = False
+        while self.held and self.enabled:
+            if not self._place(self.held[0]):
+                return
+            self.held.popleft()
+
+    def discard_held(self, why: str) -> None:
+        if self.held:
+            self.block.log.info("receive context %d: %d held packet(s) lost: %s", self.index, len(self.held), why)
+            self.drops["held_overflow"] += len(self.held)
+            self.held.clear()
+
+    # -- state ------------------------------------------------------------------------
+    def _head(self) -> int:
+        return (self.regs.get(RCV_HDR_HEAD + self.u) & RCV_HDR_HEAD_HEAD_MASK) % max(self.queue_dw, 1)
+
+    def _unread(self) -> bool:
+        return self.tail != self._head()
+
+    # -- a packet for this context (a chip event) ---------------------------------------------
+    def deliver(self, arrival: Arrival) -> None:
+        if not self.enabled:
+            self.drops["disabled"] += 1
+            return
+        if self.held:  # keep order behind packets already waiting
+            self._hold(arrival)
+            return
+        if not self._place(arrival):
+            self._hold(arrival)
+
+    def _hold(self, arrival: Arrival) -> None:
+        if len(self.held) >= HOLD_LIMIT:
+            self.drops["held_overflow"] += 1
+            self.block.count32(RCV_BUF_OVFL_CNT)
+            return
+        self.held.append(arrival)
+
+    def _place(self, arrival: Arrival) -> bool:
+        """Write one packet into host memory; False if the context is full and
+        the packet should wait (DONT_DROP) -- it was dropped and counted
+        otherwise. True when the packet is done with (delivered or lost)."""
+        if self.queue_dw == 0:
+            self.drops["dma_error"] += 1
+            return True
+        regs, ctrl = self.regs, self.regs.get(RCV_CTXT_CTRL + self.k)
+        next_tail = (self.tail + self.entry_dw) % self.queue_dw
+        if next_tail == self._head():
+            if ctrl & RCV_CTXT_CTRL_DONT_DROP_RHQ_FULL_SMASK:
+                return False
+            self.drops["hdrq_full"] += 1
+            offset = RCV_HDR_OVFL_CNT + self.k
+            regs.set(offset, regs.get(offset) + 1)
+            return True
+        data = arrival.packet.data
+        hdr_len = arrival.hdr_len
+        rhf = arrival.errors
+        egr_index = egr_offset = 0
+        use_egr = False
+        dma = self.chip.dma
+        if dma is None:
+            self.drops["dma_error"] += 1
+            return True
+        try:
+            if arrival.rcv_type is RcvType.EXPECTED:
+                rhf |= self._place_expected(arrival)
+            elif len(data) - hdr_len > (0 if arrival.rcv_type is RcvType.BYPASS else opa.ICRC_BYTES):
+                placed = self._place_eager(data, hdr_len, ctrl)
+                if placed is None:
+                    if ctrl & RCV_CTXT_CTRL_DONT_DROP_EGR_FULL_SMASK:
+                        return False
+                    self.drops["eager_full"] += 1
+                    self.block.count32(RCV_BUF_OVFL_CNT)
+                    return True
+                if placed is False:
+                    return True  # lost (counted)
+                egr_index, egr_offset = placed
+                use_egr = True
+            hdr_dw = hdr_len // 4
+            room = self.entry_dw - 2
+            if hdr_dw > room:
+                rhf |= self.RHF_KHDR_LEN_ERR
+                hdr_dw = room
+            entry = self.hdr_addr + 4 * self.tail
+            hdrq_offset = room - hdr_dw
+            if hdr_dw:
+                dma.write(entry + 4 * hdrq_offset, data[:4 * hdr_dw])
+            rhf |= ((len(data) // 4) & 0xFFF
+                    | int(arrival.rcv_type) << 12
+                    | int(use_egr) << 15
+                    | (egr_index & 0x7FF) << 16
+                    | (arrival.packet.sc >> 4 & 1) << 27
+                    | self.seq << 28
+                    | (egr_offset & 0xFFF) << 32
+                    | (hdrq_offset & 0x1FF) << 44)
+            dma.write(entry + 4 * room, rhf.to_bytes(8, "little"))
+        except DmaError as err:
+            self.drops["dma_error"] += 1
+            if self.drops["dma_error"] == 1:
+                self.block.log.warning("receive context %d: packet lost, host memory refused the write: %s "
+                                       "(RCV_HDR_ADDR %#x)", self.index, err, self.hdr_addr)
+            return True
+        self.tail = next_tail
+        self.seq = self.seq % RHF_MAX_SEQ + 1
+        self.delivered += 1
+        if ctrl & RCV_CTXT_CTRL_TAIL_UPD_SMASK:
+            self._write_tail()
+        self._interrupt(ctrl)
+        return True
+
+    def _place_eager(self, data: bytes, hdr_len: int, ctrl: int):
+        """Eager bytes into the buffers: (index, offset) used, None if full,
+        False if the packet was lost (counted)."""
+        nbytes = len(data) - hdr_len
+        if self.egr_count == 0:
+            self.drops["dma_error"] += 1
+            return False
+        index, offset = self.egr_index, self.egr_offset
+        entry = self.block.rcv_array_entry(self.egr_base + index)
+        size = rcv_array_buffer_bytes(RCV_ARRAY_ENTRY.get(entry, "size_code"))
+        if self.egr_buf_bytes:
+            size = min(size, self.egr_buf_bytes) if size else self.egr_buf_bytes
+        one_per_buffer = ctrl & RCV_CTXT_CTRL_ONE_PACKET_PER_EGR_BUFFER_SMASK
+        if offset and (one_per_buffer or 64 * offset + nbytes > size):
+            nxt = (index + 1) % self.egr_count
+            egr_head = (self.regs.get(RCV_EGR_INDEX_HEAD + self.u) & RCV_EGR_INDEX_HEAD_HEAD_MASK) % self.egr_count
+            if nxt == egr_head:
+                return None
+            index, offset = nxt, 0
+            entry = self.block.rcv_array_entry(self.egr_base + index)
+            size = rcv_array_buffer_bytes(RCV_ARRAY_ENTRY.get(entry, "size_code"))
+        if size == 0 or nbytes > size:
+            self.drops["too_large" if size else "dma_error"] += 1
+            if self.drops["too_large"] + self.drops["dma_error"] == 1:
+                self.block.log.warning("receive context %d: %d eager bytes do not fit RcvArray entry %d "
+                                       "(%#x): packet dropped", self.index, nbytes, self.egr_base + index, entry)
+            return False
+        address = (RCV_ARRAY_ENTRY.get(entry, "address_4k") << 12) + 64 * offset
+        self.chip.dma.write(address, data[hdr_len:])
+        self.egr_index, self.egr_offset = index, offset + (nbytes + 63) // 64
+        return index, offset
+
+    def _place_expected(self, arrival: Arrival) -> int:
+        """A KDETH packet with a TID: payload into the expected buffer the
+        RcvArray names. Returns RHF error bits (TidErr when it does not fit)."""
+        data, hdr_len = arrival.packet.data, arrival.hdr_len
+        bth = hdr_len - opa.KDETH_HEADER_BYTES + opa.LRH_BYTES
+        kdeth0 = int.from_bytes(data[bth + opa.BTH_BYTES:bth + opa.BTH_BYTES + 4], "little")
+        pad = (data[bth + 1] >> 4) & 3
+        tid, offset, om = (kdeth0 >> 16) & 0x3FF, kdeth0 & 0x7FFF, (kdeth0 >> 15) & 1
+        tid_ctrl = self.regs.get(RCV_TID_CTRL + self.k)
+        base, count = 8 * (tid_ctrl & 0x1FFF), 8 * ((tid_ctrl >> 32) & 0x1FF)
+        index = 2 * tid + arrival.tid_ctrl - 1
+        payload = data[hdr_len:len(data) - opa.ICRC_BYTES - pad]
+        entry = self.block.rcv_array_entry(base + index) if index < count else 0
+        size = rcv_array_buffer_bytes(RCV_ARRAY_ENTRY.get(entry, "size_code"))
+        start = offset * (64 if om else 4)
+        if size == 0 or start + len(payload) > size:
+            return self.RHF_TID_ERR
+        self.chip.dma.write((RCV_ARRAY_ENTRY.get(entry, "address_4k") << 12) + start, payload)
+        return 0
+
+    def _write_tail(self) -> None:
+        address = self.regs.get(RCV_HDR_TAIL_ADDR + self.k)
+        try:
+            self.chip.dma.write(address, self.tail.to_bytes(8, "little"))
+        except (DmaError, AttributeError) as err:
+            self.drops["dma_error"] += 1
+            self.block.log.warning("receive context %d: tail write to RCV_HDR_TAIL_ADDR %#x failed: %s",
+                                   self.index, address, err)
+
+    # -- RcvAvail ---------------------------------------------------------------------
+    def _interrupt(self, ctrl: int) -> None:
+        if not ctrl & RCV_CTXT_CTRL_INTR_AVAIL_SMASK:
+            return
+        self.since_head += 1
+        wanted = (self.regs.get(RCV_HDR_HEAD + self.u) >> RCV_HDR_HEAD_COUNTER_SHIFT) & RCV_HDR_HEAD_COUNTER_MASK
+        reload = self.regs.get(RCV_AVAIL_TIME_OUT + self.k) & 0xFF
+        if self.since_head >= max(wanted, 1) or reload == 0:
+            self.chip.intr.raise_source(IS_RCVAVAIL_START + self.index)
+        elif self._timer is None:
+            self._timer = self.chip.after(reload * TIMEOUT_TICK_S, self._timeout)
+
+    def _timeout(self) -> None:
+        self._timer = None
+        ctrl = self.regs.get(RCV_CTXT_CTRL + self.k)
+        if self.enabled and ctrl & RCV_CTXT_CTRL_INTR_AVAIL_SMASK and self._unread():
+            self.chip.intr.raise_source(IS_RCVAVAIL_START + self.index)

@@ -1,0 +1,1 @@
+"""Wire formats shared by device models: OPA packets, MADs (later: UET)."""
