@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from devmodel.testdev import DEVICE_ID, VENDOR_ID
+from images.fabric import rdma_device
 from images.guest import build, installed_kernel_version, provision_rootfs
 from images.initrd import INITRD_MODULES, ModuleTree, module_name
 from images.lspci import lspci
@@ -85,14 +86,15 @@ def test_an_image_for_a_custom_kernel_boots_with_its_modules(tmp_path, boot_gues
     assert guest.run("ls /lib/modules/*/kernel/drivers/infiniband 2>/dev/null | wc -l").stdout.strip() == "0"
 
 
-def test_an_hfi_autoloads_hfi1_then_rdma_core_modules_and_keeps_its_kernel_name(vfnic_server, boot_guest):
+def test_an_hfi_autoloads_hfi1_then_rdma_core_modules_and_rdma_core_names_it(vfnic_server, boot_guest):
     """What the image's udev set-up promises without systemd: hfi1 binds to
-    8086:24f0 at boot, rdma-core's module lists follow the RDMA device, the
-    device keeps the name hfi1_0, and it sits in NUMA node 0."""
+    8086:24f0 at boot, rdma-core's module lists follow the RDMA device,
+    rdma-core's naming rule renames hfi1_0 as in a stock guest, and the
+    device sits in NUMA node 0."""
     guest = boot_guest(vfnic_server("hfi1"))
-    guest.settle()
+    name = rdma_device(guest)
     loaded = set(guest.run("cut -d' ' -f1 /proc/modules", check=True).stdout.split())
     assert {"hfi1", "rdmavt", "ib_uverbs", "ib_umad", "ib_ipoib", "rdma_ucm"} <= loaded
-    assert guest.run("ls /sys/class/infiniband", check=True).stdout.split() == ["hfi1_0"]
+    assert name.startswith("opap"), f"rdma-core's persistent naming gives OPA devices opap names, not {name}"
     (device,) = lspci(guest, "-d", "8086:24f0")
     assert guest.run(f"cat /sys/bus/pci/devices/{device.address}/numa_node").stdout.strip() == "0"

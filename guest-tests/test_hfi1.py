@@ -10,20 +10,17 @@ boot with `modprobe.blacklist=hfi1` so that the test loads it and times it.
 """
 from __future__ import annotations
 
-import json
-import os
 import re
-import signal
 import time
 
 import pytest
 
+from images.fabric import rdma_device, wait_port_state
 from images.vm import AgentError
 from images.wait import wait_until
 
 pytestmark = pytest.mark.guest
 
-PORT = "/sys/class/infiniband/hfi1_0/ports/1"
 NO_AUTOLOAD = ("modprobe.blacklist=hfi1",)
 
 #: hfi1 lines at warning level or above that the driver prints on every
@@ -35,18 +32,15 @@ DMESG_ALLOWLIST = {
 }
 
 
-def server_stats(server, stats_path) -> dict:
-    """Ask the running server for its statistics (SIGUSR1) and read them."""
-    before = os.stat(stats_path).st_mtime_ns if os.path.exists(stats_path) else 0
-    server.process.send_signal(signal.SIGUSR1)
-    wait_until(lambda: os.path.exists(stats_path) and os.stat(stats_path).st_mtime_ns != before, 10.0,
-               "the server to write its statistics")
-    (stats,) = json.loads(open(stats_path).read()).values()
+def server_stats(server, _stats_path=None) -> dict:
+    """The statistics of the server's one device."""
+    (stats,) = server.stats().values()
     return stats
 
 
 def read_port(guest) -> tuple[str, str]:
-    result = guest.run(f"cat {PORT}/state {PORT}/phys_state", check=True)
+    port = f"/sys/class/infiniband/{rdma_device(guest)}/ports/1"
+    result = guest.run(f"cat {port}/state {port}/phys_state", check=True)
     state, phys = result.stdout.splitlines()
     return state.strip(), phys.strip()
 
@@ -61,15 +55,9 @@ def load_hfi1(guest, want_state: str, timeout: float = 120.0) -> float:
     """modprobe hfi1 and wait until port 1 reads `want_state`; seconds it took."""
     start = time.monotonic()
     guest.run("modprobe hfi1", timeout=timeout, check=True)
-    guest.settle()  # udev: the kernel's hfi1_0 name kept, ib_umad & co loaded by rdma-core's rules
-    deadline = start + timeout
-    while True:
-        result = guest.run(f"cat {PORT}/state 2>/dev/null")
-        if result.stdout.strip() == want_state:
-            return time.monotonic() - start
-        if time.monotonic() > deadline:
-            raise AssertionError(f"port 1 did not reach {want_state!r} within {timeout} s (reads {result.stdout!r})")
-        time.sleep(0.2)
+    device = rdma_device(guest, timeout)  # udev: rdma-core renames it, loads ib_umad & co
+    wait_port_state(guest, device, want_state, max(1.0, start + timeout - time.monotonic()))
+    return time.monotonic() - start
 
 
 @pytest.fixture(scope="module")
@@ -97,10 +85,11 @@ def test_dmesg_has_no_hfi1_warning_or_error(linked):
     assert hfi1_dmesg_problems(guest) == []
 
 
-def test_ibv_devinfo_shows_hfi1_0_port_init_linkup(linked):
+def test_ibv_devinfo_shows_the_device_port_init_linkup(linked):
     guest, *_ = linked
-    out = guest.run("ibv_devinfo -v -d hfi1_0", check=True).stdout
-    assert re.search(r"^hca_id:\s+hfi1_0$", out, re.M)
+    name = rdma_device(guest)
+    out = guest.run(f"ibv_devinfo -v -d {name}", check=True).stdout
+    assert re.search(rf"^hca_id:\s+{name}$", out, re.M)
     port = out.split("port:\t1", 1)[1]
     assert re.search(r"^\s+state:\s+PORT_INIT \(2\)$", port, re.M), port[:400]
     assert re.search(r"^\s+phys_state:\s+LINK_UP \(5\)$", port, re.M), port[:400]
@@ -110,7 +99,7 @@ def test_ibv_devinfo_shows_hfi1_0_port_init_linkup(linked):
 def test_opainfo_shows_the_port(linked):
     guest, *_ = linked
     out = guest.run("opainfo", check=True).stdout
-    assert re.search(r"^hfi1_0:1\s+PortGUID:0x0011750000000001$", out, re.M), out
+    assert re.search(rf"^{rdma_device(guest)}:1\s+PortGUID:0x0011750000000001$", out, re.M), out
     assert re.search(r"PortState:\s+Init \(LinkUp\)", out), out
     assert re.search(r"LinkWidth\s+Act: 4", out), out
 

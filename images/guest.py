@@ -86,7 +86,6 @@ GUEST_FILES = [
     ("init", "usr/lib/vfnic/init", 0o755),
     ("agent.py", "usr/lib/vfnic/agent.py", 0o644),
     ("vfnic-agent.service", "etc/systemd/system/vfnic-agent.service", 0o644),
-    ("60-rdma-persistent-naming.rules", "etc/udev/rules.d/60-rdma-persistent-naming.rules", 0o644),
     ("90-vfnic-rdma-modules.rules", "etc/udev/rules.d/90-vfnic-rdma-modules.rules", 0o644),
     ("modprobe-vfnic.conf", "etc/modprobe.d/vfnic.conf", 0o644),
 ]

@@ -11,6 +11,8 @@ does not exit in time.
 """
 from __future__ import annotations
 
+import json
+import signal
 import stat
 import subprocess
 import sys
@@ -72,6 +74,18 @@ class VfnicServer:
             raise ServerError(f"`vfnic {' '.join(self.command_line()[3:])}` exited with status "
                               f"{self.process.returncode}; its log ({self.log}):\n{log_tail(self.log)}")
         return all(is_socket(path) for path in self.sockets)
+
+    def stats(self, timeout: float = 10.0) -> dict:
+        """The running server's statistics (SIGUSR1 writes its `--stats`
+        file), by socket path."""
+        if "--stats" not in self.args:
+            raise ValueError("the server was not started with --stats FILE")
+        path = Path(self.args[self.args.index("--stats") + 1])
+        before = path.stat().st_mtime_ns if path.exists() else 0
+        self.process.send_signal(signal.SIGUSR1)
+        wait_until(lambda: path.exists() and path.stat().st_mtime_ns != before, timeout,
+                   "the server to write its statistics (SIGUSR1)")
+        return json.loads(path.read_text())
 
     def stop(self, grace: float = 10.0) -> int | None:
         """SIGTERM, then SIGKILL after `grace` seconds; returns the exit status."""

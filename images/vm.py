@@ -121,6 +121,36 @@ class VfioUserDevice:
     properties: dict = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class ManagementPort:
+    """One end of a private Ethernet cable between two guests (a virtio-net
+    NIC on a QEMU datagram socket pair), for what cluster tools do out of
+    band: perftest's and rdma-core's examples exchange their QP numbers over
+    TCP before any RDMA traffic flows. `ManagementPort.pair(directory)`
+    makes both ends; the guest configures `address` on the NIC whose MAC is
+    `mac` once it is up."""
+
+    local: Path
+    remote: Path
+    mac: str
+    address: str  # with its prefix length, e.g. 10.77.0.1/24
+
+    @property
+    def ip(self) -> str:
+        return self.address.split("/")[0]
+
+    @classmethod
+    def pair(cls, directory: Path, subnet: str = "10.77.0") -> tuple["ManagementPort", "ManagementPort"]:
+        a, b = Path(directory) / "mgmt-a.net", Path(directory) / "mgmt-b.net"
+        return (cls(a, b, "52:54:00:76:66:01", f"{subnet}.1/24"),
+                cls(b, a, "52:54:00:76:66:02", f"{subnet}.2/24"))
+
+    def qemu_args(self) -> list[str]:
+        return ["-netdev", f"dgram,id=mgmt,local.type=unix,local.path={self.local},"
+                           f"remote.type=unix,remote.path={self.remote}",
+                "-device", f"virtio-net-pci,netdev=mgmt,mac={self.mac},bus=pcie.0"]
+
+
 class AgentConnection:
     """The host end of the agent's port: requests go out tagged with an id,
     a reader thread hands each reply to whoever waits for that id."""
@@ -244,6 +274,7 @@ class Guest:
         workdir: Path | None = None,
         name: str = "guest",
         boot_timeout: float = 180.0,
+        management: ManagementPort | None = None,
     ):
         if init not in INITS:
             raise ValueError(f"init must be one of {sorted(INITS)}, not {init!r}")
@@ -264,6 +295,7 @@ class Guest:
         self.qemu_args = list(qemu_args)
         self.name = name
         self.boot_timeout = boot_timeout
+        self.management = management
         self._own_workdir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix=f"vfnic-{name}-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -313,7 +345,7 @@ class Guest:
             "-device", "virtio-serial-pci,id=agent-serial",
             "-chardev", f"socket,id=agent,path={self.agent_socket()}",
             "-device", f"virtserialport,bus=agent-serial.0,chardev=agent,name={AGENT_PORT_NAME}",
-            *self._device_args(), *self.qemu_args,
+            *self._device_args(), *(self.management.qemu_args() if self.management else []), *self.qemu_args,
         ]
 
     def _device_args(self) -> list[str]:
@@ -365,7 +397,24 @@ class Guest:
                            explain=self._progress)
         if self.boot_seconds is None:
             self.boot_seconds = time.monotonic() - self._started_at
+            if self.management:
+                self._configure_management(deadline)
         return hello
+
+    def _configure_management(self, deadline) -> None:
+        """Address the management NIC (found by its MAC: its name is udev's choice)."""
+        port = self.management
+        # udev may still be renaming the NIC (eth0 -> enp0s4 under systemd):
+        # find it by MAC after udev settles, and retry if it moved meanwhile.
+        script = (f"for i in $(seq 50); do udevadm settle --timeout=10; n=; "
+                  f"for d in /sys/class/net/*; do [ \"$(cat $d/address)\" = {port.mac} ] && n=${{d##*/}}; done; "
+                  f"[ -n \"$n\" ] && ip addr replace {port.address} dev $n 2>/dev/null "
+                  f"&& ip link set $n up 2>/dev/null && echo $n && exit 0; sleep 0.2; done; "
+                  f"echo no NIC with MAC {port.mac} could be configured >&2; exit 1")
+        result = self.run(script, timeout=max(5.0, deadline.remaining()))
+        if not result.ok:
+            raise AgentError(f"{self.name}: cannot configure the management network: {result.stderr.strip()}")
+        self.management_nic = result.stdout.strip()
 
     def _accept_agent(self) -> socket.socket | None:
         self._check_running()

@@ -335,6 +335,6 @@ def _block_of(exc: BaseException) -> str:
     block = "device"
     for frame in traceback.extract_tb(exc.__traceback__):
         parts = frame.filename.replace("\\", "/").split("/")
-        if len(parts) >= 2 and parts[-2] == "hfi1" and parts[-1].endswith(".py"):
+        if parts[-3:-1] == ["devmodel", "hfi1"] and parts[-1].endswith(".py"):
             block = parts[-1][:-3]
     return block

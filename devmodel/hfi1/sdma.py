@@ -11,7 +11,8 @@
       SEND_DMA_HEAD        RO  index of the next descriptor the engine will process
       SEND_DMA_HEAD_ADDR   RW  where HEAD_TO_HOST writes the head (u64)
       SEND_DMA_RELOAD_CNT  RW  idle time before the Idle interrupt, core clocks (0: none)
-      SEND_DMA_DESC_CNT    RW  [15:0] descriptors per Progress interrupt (0: none)
+      SEND_DMA_DESC_CNT    RW  [15:0] descriptors per Progress interrupt (0: none); a write
+                               restarts the count
       SEND_DMA_PRIORITY_THLD, MEMORY, CHECK_*  RW (storage)
       SEND_DMA_IDLE_CNT, SEND_DMA_DESC_FETCHED_CNT  RO counters
       SEND_DMA_ENG_ERR_STATUS/MASK/CLEAR  second tier of source 16 + e
@@ -76,7 +77,7 @@ from .intr import IS_SDMA_IDLE_START, IS_SDMA_PROGRESS_START, IS_SDMA_START, IS_
     ErrorFlags
 
 ENGINE_CSRS = ("SEND_DMA_BASE_ADDR", "SEND_DMA_HEAD_ADDR", "SEND_DMA_PRIORITY_THLD",
-               "SEND_DMA_RELOAD_CNT", "SEND_DMA_DESC_CNT", "SEND_DMA_MEMORY", "SEND_DMA_CHECK_ENABLE",
+               "SEND_DMA_RELOAD_CNT", "SEND_DMA_MEMORY", "SEND_DMA_CHECK_ENABLE",
                "SEND_DMA_CHECK_VL", "SEND_DMA_CHECK_JOB_KEY", "SEND_DMA_CHECK_PARTITION_KEY",
                "SEND_DMA_CHECK_SLID", "SEND_DMA_CHECK_OPCODE")
 MAX_DESCRIPTORS_PER_PACKET = 64
@@ -181,6 +182,11 @@ class SendDmaEngine:
         if new & _GEN_CHECK and not old & _GEN_CHECK:
             self.gen_check = True
             self.lap = 0
+
+    def desc_cnt(self, _old: int, _new: int) -> None:
+        """SEND_DMA_DESC_CNT: the driver rewrites it in every engine interrupt;
+        the count toward the next Progress interrupt starts again [inferred]."""
+        self.since_progress = 0
 
     def tail_written(self, _old: int, new: int) -> None:
         self.tail_writes += 1
@@ -381,6 +387,7 @@ class Sdma(Block):
             *csr_array("SEND_DMA_CTRL", count, KCTXT_STRIDE, per_index=engine_hook("control")),
             *csr_array("SEND_DMA_TAIL", count, KCTXT_STRIDE, per_index=engine_hook("tail_written")),
             *csr_array("SEND_DMA_LEN_GEN", count, KCTXT_STRIDE, per_index=engine_hook("len_gen")),
+            *csr_array("SEND_DMA_DESC_CNT", count, KCTXT_STRIDE, per_index=engine_hook("desc_cnt")),
             *csr_array("SEND_DMA_STATUS", count, KCTXT_STRIDE, access=Access.RO),
             *csr_array("SEND_DMA_HEAD", count, KCTXT_STRIDE, access=Access.RO,
                        per_index=lambda e: {"on_read": lambda _v, e=e: self.engines[e].head}),

@@ -57,7 +57,7 @@ EAGER_BUFFERS = 8
 EAGER_BUFFER_BYTES = 64 << 10
 SDMA_RING = 2048
 READ_COST_S = 1e-6  # simulated time one MMIO read takes
-FAST = dict(link_training_s=0.002, sdma_halt_s=0.0005, sdma_cleanup_s=0.0005, freeze_s=0.0005)
+FAST = dict(link_training_s=0.001, sdma_halt_s=2e-6, sdma_cleanup_s=2e-6, freeze_s=2e-6)
 
 
 # -- guest memory and interrupts -----------------------------------------------------------
@@ -162,6 +162,9 @@ class DataPathDriver(GuestDriver):
         if scheduler is not None:
             scheduler.advance(READ_COST_S)
         return value
+
+    def read_uctxt_csr(self, ctxt: int, offset: int) -> int:
+        return self.read_csr(offset + 0x1000 * ctxt)
 
     # -- receive (chip.c hfi1_rcvctrl, init.c) ------------------------------------------------
     def hfi1_put_tid(self, index: int, address: int, size: int) -> None:
@@ -367,6 +370,9 @@ class DirectAccess:
 
     def bar_write(self, bar, offset, size, value):
         self.model.bar_write(bar, offset, size, value)
+
+    def reset(self) -> None:
+        self.model.reset()
 
     def settle(self, timeout_s: float = 1.0) -> bool:
         return self.model.settle(timeout_s)

@@ -1,0 +1,116 @@
+"""Two guests, one emulated HFI each, cabled back to back inside one
+`vfnic serve --device hfi1 --socket A --socket B`: Debian's opafm brings both
+ports Active, GSI answers across the link, and rdma-core's and perftest's
+tools move checked data between the guests. Judged by software no one here
+wrote; every check parses what the tools print.
+
+Acceptance of the data-path issue. hfi1 autoloads in both guests as on real
+hardware; the guests also share a private management Ethernet link for the
+tools' out-of-band exchange (images/fabric.py).
+"""
+from __future__ import annotations
+
+import re
+import time
+
+import pytest
+from test_hfi1 import hfi1_dmesg_problems
+
+from images.fabric import ACTIVE, INIT, Fabric, parse_perftest, parse_pingpong
+
+pytestmark = pytest.mark.guest
+
+
+@pytest.fixture(scope="module")
+def fabric(module_lab, tmp_path_factory, report_figure):
+    stats = tmp_path_factory.mktemp("fabric-stats") / "stats.json"
+    server = module_lab.server("hfi1", count=2, args=("--stats", str(stats)))
+    started = time.monotonic()
+    fabric = Fabric.boot(server, lambda devices, **options: module_lab.guest(*devices, wait=False, **options),
+                         module_lab.socket_dir)
+    fabric.wait_ports(INIT)
+    report_figure(f"fabric: two guests booted, both hfi1 ports Init {time.monotonic() - started:.1f} s after "
+                  f"QEMU started (TCG, 1 vCPU each)")
+    fabric.start_subnet_manager()
+    fabric.wait_ports(ACTIVE)
+    report_figure(f"fabric: opafm to both ports Active: {time.monotonic() - fabric.sm_started_at:.1f} s")
+    return fabric
+
+
+def opainfo(guest) -> dict:
+    out = guest.run("opainfo", check=True).stdout
+    lids = re.search(r"LID: (0x[0-9a-f]+)-(0x[0-9a-f]+)\s+SM LID: (0x[0-9a-f]+)", out)
+    state = re.search(r"PortState:\s+(\w+)", out)
+    assert lids and state, out
+    return {"state": state[1], "lid": int(lids[1], 16), "sm_lid": int(lids[3], 16), "text": out}
+
+
+def test_opafm_brings_both_ports_active_with_their_own_lids_and_one_sm(fabric):
+    a, b = (opainfo(g) for g in fabric.guests)
+    assert a["state"] == b["state"] == "Active", (a["text"], b["text"])
+    assert a["lid"] and b["lid"] and a["lid"] != b["lid"]
+    assert a["sm_lid"] == b["sm_lid"] == a["lid"], "the SM runs in guest 0, and both ports know its LID"
+    assert fabric.port_states() == [ACTIVE, ACTIVE]
+
+
+def test_the_sa_answers_over_gsi_from_the_guest_without_the_sm(fabric):
+    """opasaquery in guest 1 asks guest 0's SA across the link (QP1, data VLs)."""
+    out = fabric.guests[1].run("opasaquery -o node", timeout=120, check=True).stdout
+    guids = set(re.findall(r"NodeGuid:\s*(0x[0-9a-f]+)", out))
+    assert guids == {"0x0011750000000001", "0x0011750000000002"}, out
+
+
+@pytest.mark.parametrize("tool", ["ibv_rc_pingpong", "ibv_uc_pingpong", "ibv_ud_pingpong", "ibv_srq_pingpong"])
+def test_pingpong_with_data_checks_passes_between_the_guests(fabric, tool, report_figure):
+    run = fabric.run_pair(f"{tool} -c -n 50")
+    assert run.ok, run.explain()
+    for side in (run.server, run.client):
+        summary = parse_pingpong(side.stdout + side.stderr)
+        assert summary and summary["iters"] == 50 and summary["bytes"] > 0, run.explain()
+    report_figure(f"fabric: {tool} -c: {parse_pingpong(run.client.stdout + run.client.stderr)['usec_per_iter']:.0f} "
+                  f"us/iter")
+
+
+PERFTESTS = {
+    "ib_send_bw": "ib_send_bw -F -n 200",
+    "ib_write_bw": "ib_write_bw -F -s 65536 -n 200",
+    "ib_read_bw": "ib_read_bw -F -n 100",
+    "ib_atomic_bw": "ib_atomic_bw -F -n 100",
+    "ib_send_lat": "ib_send_lat -F -s 2 -n 100",
+    "ib_write_lat": "ib_write_lat -F -s 2 -n 100",
+    "ib_read_lat": "ib_read_lat -F -s 2 -n 100",
+    "ib_send_bw -c UD": "ib_send_bw -F -c UD -n 100",
+}
+
+
+@pytest.mark.parametrize("name", list(PERFTESTS))
+def test_perftest_reports_a_result_between_the_guests(fabric, name, report_figure):
+    run = fabric.run_pair(PERFTESTS[name])
+    assert run.ok, run.explain()
+    rows = parse_perftest(run.client.stdout)
+    assert len(rows) == 1, run.explain()
+    (row,) = rows
+    if "bw_avg_mib_s" in row:
+        assert row["bw_avg_mib_s"] > 0 and row["iterations"] > 0, row
+        report_figure(f"fabric: {name}: {row['bw_avg_mib_s']:.2f} MiB/s at {row['bytes']} B")
+    else:
+        assert 0 < row["t_min_us"] <= row["t_typical_us"], row
+        report_figure(f"fabric: {name}: {row['t_typical_us']:.0f} us typical at {row['bytes']} B")
+
+
+def test_no_undeclared_csr_access_and_no_hfi1_warning_in_either_guest(fabric):
+    for path, stats in fabric.server.stats().items():
+        assert stats["undeclared_csr_accesses"] == 0, (path, stats["undeclared_offsets"])
+        assert stats["internal_errors"] == [], (path, stats["internal_errors"])
+        assert stats["port"]["link"]["state"] == "up"
+    for guest in fabric.guests:
+        assert hfi1_dmesg_problems(guest) == [], guest.name
+
+
+def test_the_link_counts_packets_and_bytes_in_both_directions(fabric):
+    links = [stats["port"]["link"] for stats in fabric.server.stats().values()]
+    assert links[0] == links[1], "one cable, seen from both of its HFIs"
+    directions = {name: counts for name, counts in links[0].items() if "->" in name}
+    assert len(directions) == 2, links[0]
+    for name, counts in directions.items():
+        assert counts["packets"] > 100 and counts["bytes"] > 24 * counts["packets"], (name, counts)

@@ -1,0 +1,90 @@
+"""A link between two ports: link-up is a handshake, down goes both ways,
+packets are counted per direction and dropped while the link is down."""
+from __future__ import annotations
+
+from devmodel.fabric import BuiltInPartner, Link, LinkDownReason, NodeType, Packet, PortIdentity
+
+
+class Port:
+    """A LinkEnd that records what the link tells it."""
+
+    def __init__(self, name: str, guid: int):
+        self.name = name
+        self.identity = PortIdentity(guid=guid)
+        self.events: list[tuple] = []
+        self.received: list[Packet] = []
+
+    def linked(self, peer, epoch):
+        self.events.append(("linked", peer.guid, epoch))
+
+    def unlinked(self, reason, epoch):
+        self.events.append(("unlinked", reason, epoch))
+
+    def receive(self, packet):
+        self.received.append(packet)
+
+
+def cabled() -> tuple[Link, Port, Port]:
+    link = Link("a<->b")
+    a, b = Port("a", 0x11), Port("b", 0x22)
+    link.attach(a)
+    link.attach(b)
+    return link, a, b
+
+
+def test_the_link_comes_up_only_once_both_ends_poll_and_each_learns_the_other():
+    link, a, b = cabled()
+    link.polling(a, a.identity)
+    assert not a.events and link.state.value == "down"
+    link.polling(b, b.identity)
+    assert a.events == [("linked", 0x22, 0)] and b.events == [("linked", 0x11, 0)]
+    assert link.is_up(0) and link.ups == 1
+
+
+def test_one_end_going_offline_takes_the_other_down_and_old_news_is_recognisable():
+    link, a, b = cabled()
+    link.polling(a, a.identity)
+    link.polling(b, b.identity)
+    link.offline(a)
+    assert b.events[-1] == ("unlinked", LinkDownReason.REMOTE_OFFLINE, 0)
+    assert not link.is_up(0), "epoch 0 is over"
+    link.polling(a, a.identity)  # b never stopped polling: the link trains again
+    assert a.events[-1] == ("linked", 0x22, 1) and link.is_up(1)
+
+
+def test_packets_cross_only_an_up_link_and_each_direction_is_counted():
+    link, a, b = cabled()
+    assert not link.transmit(a, Packet(b"x" * 40, 0))
+    link.polling(a, a.identity)
+    link.polling(b, b.identity)
+    assert link.transmit(a, Packet(b"x" * 40, 0)) and link.transmit(a, Packet(b"y" * 60, 15))
+    assert link.transmit(b, Packet(b"z" * 28, 0))
+    assert [p.data[:1] for p in b.received] == [b"x", b"y"] and len(a.received) == 1
+    counters = link.counters()
+    assert counters["a->b"] == {"packets": 2, "bytes": 100, "dropped_link_down": 1}
+    assert counters["b->a"] == {"packets": 1, "bytes": 28, "dropped_link_down": 0}
+
+
+def test_a_link_joins_exactly_two_ends():
+    link, a, b = cabled()
+    try:
+        link.attach(Port("c", 0x33))
+    except ValueError as error:
+        assert "already joins a and b" in str(error)
+    else:
+        raise AssertionError("a third end was attached")
+
+
+def test_a_built_in_partner_always_polls_answers_and_absorbs_what_it_is_sent():
+    link = Link("a<->partner")
+    a = Port("a", 0x11)
+    link.attach(a)
+    partner = BuiltInPartner(PortIdentity(guid=0x99, node_type=NodeType.SWITCH))
+    partner.plug_into(link)
+    link.polling(a, a.identity)
+    assert a.events == [("linked", 0x99, 0)]
+    link.transmit(a, Packet(b"smp", 15))
+    assert partner.absorbed == 1
+    link.offline(a)
+    link.polling(a, a.identity)
+    assert a.events[-1] == ("linked", 0x99, 1), "the partner retrained at once"
