@@ -144,13 +144,32 @@ class DmaSpace:
             yield region, region.delta + pos - region.address, n
             pos += n
 
+    def _within_one(self, addr: int, length: int) -> DmaRegion | None:
+        """The one reachable map that holds all of [addr, addr+length), if any
+        (the common case: a packet or a descriptor in one guest RAM map)."""
+        i = bisect.bisect_right(self._starts, addr) - 1
+        if i >= 0 and 0 <= length:
+            region = self._regions[i]
+            if addr + length <= region.address + region.size and region.mapping is not None:
+                return region
+        return None
+
     def read(self, addr: int, length: int) -> bytes:
         with self._lock:
+            region = self._within_one(addr, length)
+            if region is not None:
+                start = region.delta + addr - region.address
+                return region.mapping[start:start + length]
             parts = [r.mapping[o:o + n] for r, o, n in self._pieces(addr, length, False)]
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def write(self, addr: int, data: bytes) -> None:
         with self._lock:
+            region = self._within_one(addr, len(data))
+            if region is not None and region.writable:
+                start = region.delta + addr - region.address
+                region.mapping[start:start + len(data)] = data
+                return
             pos = 0
             for r, o, n in self._pieces(addr, len(data), True):
                 r.mapping[o:o + n] = data[pos:pos + n]

@@ -105,6 +105,8 @@ def test_no_undeclared_csr_access_and_no_hfi1_warning_in_either_guest(fabric):
         assert stats["port"]["link"]["state"] == "up"
     for guest in fabric.guests:
         assert hfi1_dmesg_problems(guest) == [], guest.name
+        spurious = guest.run("dmesg | grep -c 'interrupt, but no status bits set'").stdout.strip()
+        assert spurious == "0", f"{guest.name}: the chip raised an SDMA interrupt with nothing pending"
 
 
 def test_the_link_counts_packets_and_bytes_in_both_directions(fabric):

@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import IntEnum
 
-from devmodel.fabric import NodeType, PortIdentity
+from devmodel.fabric import PortIdentity
 
 INTEL_OPA_OUI = 0x001175
 PCI_VENDOR_ID_INTEL = 0x8086

@@ -42,6 +42,7 @@ class LogicalState(IntEnum):
     ACTIVE = 4
 
 
+_STATES = {int(state): state for state in LogicalState}
 _DRIVER_MOVES = {(LogicalState.INIT, LogicalState.ARMED), (LogicalState.ARMED, LogicalState.ACTIVE)}
 
 
@@ -77,9 +78,9 @@ class Dcc(Block):
 
     @property
     def logical_state(self) -> LogicalState:
-        raw = field(self.regs.get(DCC_CFG_PORT_CONFIG), DCC_CFG_PORT_CONFIG_LINK_STATE_SHIFT,
-                    DCC_CFG_PORT_CONFIG_LINK_STATE_MASK)
-        return LogicalState(raw) if raw in LogicalState._value2member_map_ else LogicalState.DOWN
+        raw = (self.regs.get(DCC_CFG_PORT_CONFIG) >> DCC_CFG_PORT_CONFIG_LINK_STATE_SHIFT) \
+            & DCC_CFG_PORT_CONFIG_LINK_STATE_MASK
+        return _STATES.get(raw, LogicalState.DOWN)
 
     def set_logical_state(self, state: LogicalState) -> None:
         """The DC's own move (link up -> Init, link down -> Down)."""

@@ -323,7 +323,8 @@ class Pio(Block):
 
     def _force(self, ctxt: int, old: int, new: int) -> None:
         if new & ~old & SEND_CTXT_CREDIT_FORCE_FORCE_RETURN_SMASK:
-            self.contexts[ctxt].return_credits(CR_DUE_TO_FORCE)
+            context = self.contexts[ctxt]
+            self.chip.post(lambda: context.return_credits(CR_DUE_TO_FORCE))
 
     def return_credits(self, ctxt: int, reason: int) -> None:
         self.contexts[ctxt].return_credits(reason)

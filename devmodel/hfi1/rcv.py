@@ -240,7 +240,7 @@ class Receive(Block):
         if pkt_len * 4 != len(data) or hdr_len + opa.ICRC_BYTES > len(data):
             errors |= ReceiveContext.RHF_LEN_ERR
             self.count32(RCV_LENGTH_ERR_CNT)
-        if not opa.icrc_ok(data):
+        if not packet.sealed and not opa.icrc_ok(data):
             errors |= ReceiveContext.RHF_ICRC_ERR
             self.count32(RCV_ICRC_ERR_CNT)
         return Arrival(packet, rcv_type, min(hdr_len, len(data)), errors, dest_qp, tid_ctrl,

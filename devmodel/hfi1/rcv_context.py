@@ -166,7 +166,7 @@ class ReceiveContext:
                                    "(RCV_HDR_ENT_SIZE %#x, RCV_HDR_CNT %#x): its packets will be dropped",
                                    self.index, regs.get(RCV_HDR_ENT_SIZE + k), regs.get(RCV_HDR_CNT + k))
         if ctrl & RCV_CTXT_CTRL_TAIL_UPD_SMASK:
-            self._write_tail()
+            self.chip.post(self._write_tail)
         self.block.log.debug("RCV_CTXT_CTRL[%d]: enabled, hdrq %#x %d dwords (%d per entry), %d eager "
                              "buffers from RcvArray %d", self.index, self.hdr_addr, self.queue_dw,
                              self.entry_dw, self.egr_count, self.egr_base)

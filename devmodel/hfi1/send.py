@@ -162,7 +162,7 @@ class Send(Block):
             icrc = opa.icrc(data)
             if pbc & _TEST_BAD_ICRC:
                 icrc ^= 0xFFFFFFFF
-            packet = Packet(data + icrc.to_bytes(opa.ICRC_BYTES, "little"), sc)
+            packet = Packet(data + icrc.to_bytes(opa.ICRC_BYTES, "little"), sc, sealed=not pbc & _TEST_BAD_ICRC)
         state = self.chip.dcc.logical_state
         if state is LogicalState.DOWN or not self.chip.dc8051.link_is_up:
             self._drop("link down", status=SEND_EGRESS_ERR_STATUS_TX_LINKDOWN_ERR_SMASK)

@@ -17,6 +17,7 @@ def test_forced_credit_return_is_written_to_the_contexts_slot(driver, host):
     driver.sc_alloc(hw, 32, 0, base)
     driver.sc_enable(hw)
     driver.sc_return_credits(hw)
+    driver.dev.settle()  # the chip writes the credit word on its own time
     assert credit_slot(host, hw, base) == CR_DUE_TO_FORCE, "free counter 0, reason: forced"
     assert host.dma.read(base + 8 * ((hw & 7) - 1), 8) == bytes(8), "the neighbours' slots untouched"
     assert host.irq.triggered == []
@@ -30,8 +31,10 @@ def test_credit_return_interrupts_only_when_asked(driver, host):
     credit_ctrl = driver.read_kctxt_csr(hw, cr.SEND_CTXT_CREDIT_CTRL)
     driver.write_kctxt_csr(hw, cr.SEND_CTXT_CREDIT_CTRL, credit_ctrl | cr.SEND_CTXT_CREDIT_CTRL_CREDIT_INTR_SMASK)
     driver.sc_return_credits(hw)  # hfi1_sc_wantpiobuf_intr(sc, 1)
+    driver.dev.settle()
     assert host.irq.triggered == [5]
     driver.sc_return_credits(hw)
+    driver.dev.settle()  # the chip writes the credit word on its own time
     assert host.irq.triggered == [5], "source still pending: no second message"
 
 
@@ -39,10 +42,12 @@ def test_credit_return_to_unmapped_memory_is_dropped_not_fatal(driver, host):
     hw = 150
     driver.sc_alloc(hw, 32, 0, 0x4000_0000)  # outside the fake guest RAM: the access must not raise
     driver.sc_return_credits(hw)
+    driver.dev.settle()  # the chip writes the credit word on its own time
     base = host.dma.base + 0x400
     driver.write_kctxt_csr(hw, cr.SEND_CTXT_CREDIT_RETURN_ADDR, base)
     host.dma.write(base + 8 * (hw & 7), b"\xee" * 8)
     driver.sc_return_credits(hw)
+    driver.dev.settle()  # the chip writes the credit word on its own time
     assert credit_slot(host, hw, base) == CR_DUE_TO_FORCE, "the context still returns credits afterwards"
 
 
