@@ -79,7 +79,7 @@ class _Scheduler:
     def _push(self, job: Job) -> None:
         with self._cond:
             heapq.heappush(self._queue, (job.deadline, next(self._seq), job))
-            self._cond.notify()
+            self._cond.notify_all()  # the engine thread, whatever settle() waiters also wait
 
     def _cancel_owner(self, owner: object) -> None:
         with self._cond:
@@ -116,10 +116,11 @@ class ThreadScheduler(_Scheduler):
         self._thread.start()
 
     def _push(self, job: Job) -> None:
-        if self._stopped:
-            job.cancel()
-            return
-        super()._push(job)
+        with self._cond:
+            if self._stopped:
+                job.cancel()
+                return
+            super()._push(job)
 
     def _attach(self, handle: "ScheduledWorker") -> None:
         with self._cond:

@@ -23,6 +23,12 @@ class Port:
     def receive(self, packet):
         self.received.append(packet)
 
+    def has_room(self):
+        return len(self.received) < 3
+
+    def room(self):
+        self.events.append(("room",))
+
 
 def cabled() -> tuple[Link, Port, Port]:
     link = Link("a<->b")
@@ -88,3 +94,16 @@ def test_a_built_in_partner_always_polls_answers_and_absorbs_what_it_is_sent():
     link.offline(a)
     link.polling(a, a.identity)
     assert a.events[-1] == ("linked", 0x99, 1), "the partner retrained at once"
+
+
+def test_a_sender_asks_for_room_and_hears_when_the_receiver_drained():
+    link, a, b = cabled()
+    link.polling(a, a.identity)
+    link.polling(b, b.identity)
+    for _ in range(3):
+        assert link.peer_has_room(a)
+        link.transmit(a, Packet(b"x" * 40, 0))
+    assert not link.peer_has_room(a), "b's buffer is full"
+    b.received.clear()
+    link.room_freed(b)
+    assert a.events[-1] == ("room",) and link.peer_has_room(a)

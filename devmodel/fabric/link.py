@@ -11,7 +11,8 @@ Link-up is a handshake: the link comes up only once both ends poll, and
 each end learns the other's identity (GUID, node type, port number) as the
 neighbour registers of a real HFI do after link negotiation. One end going
 offline takes the other down. A packet sent while the link is down is
-dropped and counted.
+dropped and counted. While the link is up it is lossless: a sender asks
+`peer_has_room` first and waits for `room` (the receiver's buffer credits).
 
 Threading: a link is called from its ends' worker threads. It keeps its own
 small lock and never calls back into an end while holding it; ends only
@@ -80,13 +81,16 @@ class Packet:
 
 class LinkEnd(Protocol):
     """What a link calls on the port at each end. Each call only queues work
-    for that port's device; none may block or take the device's lock."""
+    for that port's device (or reads a length); none may block or take the
+    device's lock."""
 
     name: str
 
     def linked(self, peer: PortIdentity, epoch: int) -> None: ...
     def unlinked(self, reason: LinkDownReason, epoch: int) -> None: ...
     def receive(self, packet: Packet) -> None: ...
+    def has_room(self) -> bool: ...  # may the other end send now (its buffer credits)?
+    def room(self) -> None: ...  # the other end drained: senders waiting may go on
 
 
 class LinkState(Enum):
@@ -194,6 +198,21 @@ class Link:
         target.receive(packet)
         return True
 
+    def peer_has_room(self, end: LinkEnd) -> bool:
+        """Flow control: does the other end take packets now? (A real link
+        stops a sender when the receiver's buffer credits run out; the
+        sender waits, nothing is dropped.)"""
+        with self._lock:
+            _, other = self._pair(end)
+        return other is None or other.end.has_room()
+
+    def room_freed(self, end: LinkEnd) -> None:
+        """`end` drained its receive buffer: tell the other end."""
+        with self._lock:
+            _, other = self._pair(end)
+        if other is not None:
+            other.end.room()
+
     def counters(self) -> dict:
         """Per direction ("A->B"): packets, bytes, drops; and the link's state."""
         with self._lock:
@@ -230,3 +249,9 @@ class BuiltInPartner:
 
     def receive(self, packet: Packet) -> None:
         self.absorbed += 1
+
+    def has_room(self) -> bool:
+        return True
+
+    def room(self) -> None:
+        pass

@@ -39,6 +39,7 @@ from __future__ import annotations
 import logging
 import threading
 import traceback
+from collections import deque
 from typing import Callable
 
 from devmodel.base import DeviceHost, DeviceModel
@@ -68,6 +69,7 @@ from .sdma import Sdma
 from .send import Send
 
 BAR0_SIZE = TXE_PIO_SEND + TXE_PIO_SIZE  # 64 MiB: hfi1_pcie_ddinit refuses anything else
+MAX_FAULTS = 32  # internal errors kept (and logged in full) per device
 
 
 class Hfi1Device(DeviceModel):
@@ -107,8 +109,9 @@ class Hfi1Device(DeviceModel):
         self.worker = worker or Worker(name)
         #: packets for the link, handed over once the lock is released
         self.outbox: list[Packet] = []
-        #: internal errors contained so far: (block, message)
-        self.faults: list[tuple[str, str]] = []
+        #: internal errors contained so far: (block, message), the latest MAX_FAULTS
+        self.faults: deque[tuple[str, str]] = deque(maxlen=MAX_FAULTS)
+        self.fault_count = 0
         self.port = Hfi1Port(self, name)
         self.regs = RegisterFile("hfi1.bar0", log=self.log)
         self.intr = InterruptController(self)
@@ -233,12 +236,14 @@ class Hfi1Device(DeviceModel):
                 "logical_state": self.dcc.logical_state.name,
                 "sdma_engines": [engine.state.value for engine in self.sdma.engines],
                 "pio": self.pio.counters(),
+                "send": self.send.counters(),
                 "sdma": self.sdma.counters(),
                 "rcv": self.rcv.counters(),
                 "port": {"guid": f"{self.config.guid:#018x}", "sent": self.port.sent,
                          "dropped_link_down": self.port.dropped_link_down,
                          "link": self.port.link.counters() if self.port.link else None},
                 "internal_errors": [f"{block}: {message}" for block, message in self.faults],
+                "internal_error_count": self.fault_count,
             }
 
     # -- services for the blocks -------------------------------------------------------
@@ -249,8 +254,10 @@ class Hfi1Device(DeviceModel):
         return self.worker.after(delay_s, lambda: self.hardware_event(fn, generation))
 
     def post(self, fn: Callable[[], None]) -> Job:
-        """Run `fn` as a chip event soon (news from the link, a doorbell's work)."""
-        return self.worker.submit(lambda: self.hardware_event(fn))
+        """Run `fn` as a chip event soon (news from the link, a doorbell's
+        work), unless a reset comes first."""
+        generation = self._generation
+        return self.worker.submit(lambda: self.hardware_event(fn, generation))
 
     def now(self) -> float:
         return self.worker.clock.now()
@@ -279,9 +286,12 @@ class Hfi1Device(DeviceModel):
         block = _block_of(exc)
         message = f"{type(exc).__name__}: {exc}"
         self.faults.append((block, message))
-        self.log.error("internal error in block %s during %s: %s; the chip enters SPC freeze "
-                       "(RCV_ERR_STATUS.RxRcvFsmEncodingErr)", block, during, message)
-        self.log.debug("traceback:\n%s", "".join(traceback.format_exception(exc)))
+        self.fault_count += 1
+        if self.fault_count <= MAX_FAULTS or self.fault_count % 1000 == 0:
+            self.log.error("internal error in block %s during %s: %s; the chip enters SPC freeze "
+                           "(RCV_ERR_STATUS.RxRcvFsmEncodingErr) [%d so far]", block, during, message,
+                           self.fault_count)
+            self.log.debug("traceback:\n%s", "".join(traceback.format_exception(exc)))
         try:
             self.cce.hardware_freeze()
             self.rcv.errors.set(RCV_ERR_STATUS_RX_RCV_FSM_ENCODING_ERR_SMASK)

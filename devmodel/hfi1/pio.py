@@ -150,18 +150,23 @@ class PioSendContext:
         self.written[index] = written
         if sop:
             self.sop[index] = True
-        if written == FULL_BLOCK and not self.launch_posted:
-            self.launch_posted = True
-            self.block.chip.post(self.launch)
+        if written == FULL_BLOCK:
+            self._post_launch()
 
     # -- the launcher (chip event) ---------------------------------------------------
     def launch(self) -> None:
+        """Send what the ring holds, in order (see the module docstring);
+        waits for link credits when the peer's buffer is full."""
         self.launch_posted = False
         launched = freed = 0
         due = 0
-        while self.enabled and not self.halted and launched < LAUNCH_BATCH:
+        port = self.block.chip.port
+        while self.enabled and not self.halted and launched < LAUNCH_BATCH and self.launch_at < self.depth:
             first = self.launch_at
             if self.written[first] != FULL_BLOCK:
+                break
+            if not port.peer_has_room():
+                port.wait_for_room(self._post_launch)  # the link's credits ran out: wait, drop nothing
                 break
             if not self.sop[first]:
                 self.halt(SEND_CTXT_ERR_STATUS_PIO_INCONSISTENT_SOP_ERR_SMASK,
@@ -204,7 +209,11 @@ class PioSendContext:
             if (self.free_counter - self.last_returned) & CR_COUNTER_MASK > threshold:
                 due |= CR_DUE_TO_THRESHOLD
             self.return_credits(due)
-        if launched == LAUNCH_BATCH and not self.launch_posted:
+        if launched == LAUNCH_BATCH:
+            self._post_launch()
+
+    def _post_launch(self) -> None:
+        if not self.launch_posted:
             self.launch_posted = True
             self.block.chip.post(self.launch)
 
@@ -217,7 +226,7 @@ class PioSendContext:
         self.block.regs.set_bits(_kctxt("SEND_CTXT_STATUS", self.hw), SEND_CTXT_STATUS_CTXT_HALTED_SMASK)
         self.block.log.warning("SEND_CTXT_STATUS[%d]: halted: %s", self.hw, why)
         self.block.context_errors.set(error, self.hw)
-        self.return_credits(CR_DUE_TO_ERROR)
+        self.block.chip.post(lambda: self.return_credits(CR_DUE_TO_ERROR))
 
     def return_credits(self, reason: int) -> None:
         block = self.block

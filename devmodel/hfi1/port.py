@@ -11,7 +11,9 @@ The link calls `linked`, `unlinked` and `receive` from whatever thread the
 other end runs on; each only queues a chip event (`Hfi1Device.post`), so no
 device ever runs another device's code or takes its lock. Received packets
 wait in `inbound` and are handed to the receive block in bounded batches,
-so a flood from the peer cannot starve this chip's other work.
+so a flood from the peer cannot starve this chip's other work; a full
+`inbound` makes the peer's engines wait (`has_room`, `wait_for_room`), as
+link credits do on silicon, so the queue stays bounded and nothing is lost.
 """
 from __future__ import annotations
 
@@ -26,7 +28,11 @@ if TYPE_CHECKING:
     from .device import Hfi1Device
 
 #: packets handed to the receive block per worker step
-INGRESS_BATCH = 32
+INGRESS_BATCH = 64
+#: packets a port buffers from the link before its peer must wait (the link's
+#: credits: senders stall, nothing is dropped), and where they may go on
+INBOUND_LIMIT = 512
+INBOUND_RESUME = INBOUND_LIMIT // 2
 
 
 class Hfi1Port:
@@ -38,6 +44,7 @@ class Hfi1Port:
         self.partner: BuiltInPartner | None = None
         self.inbound: deque[Packet] = deque()
         self._ingress_posted = False
+        self._waiting: list = []  # engines waiting for room at the peer
         self._lock = threading.Lock()
         self.sent = 0
         self.dropped_link_down = 0
@@ -107,25 +114,53 @@ class Hfi1Port:
         self.chip.post(self._ingress)
 
     def _ingress(self) -> None:
-        """Chip event: hand a batch of inbound packets to the receive block."""
+        """Chip event: hand a batch of inbound packets to the receive block
+        (as many as were waiting when it started, at most INGRESS_BATCH)."""
         with self._lock:
             self._ingress_posted = False
+            batch = min(len(self.inbound), INGRESS_BATCH)
         receive = self.chip.rcv.receive_packet
-        for _ in range(INGRESS_BATCH):
-            try:
-                packet = self.inbound.popleft()
-            except IndexError:
-                return
-            receive(packet)
-        with self._lock:
-            if not self.inbound or self._ingress_posted:
-                return
-            self._ingress_posted = True
-        self.chip.post(self._ingress)
+        try:
+            for _ in range(batch):
+                receive(self.inbound.popleft())
+        finally:
+            with self._lock:
+                repost = bool(self.inbound) and not self._ingress_posted
+                self._ingress_posted |= repost
+                drained = len(self.inbound) <= INBOUND_RESUME
+            if repost:
+                self.chip.post(self._ingress)
+            if drained and self.link is not None:
+                self.link.room_freed(self)
 
     def discard_inbound(self) -> int:
         """Reset: packets in flight to this chip are lost."""
         with self._lock:
             count = len(self.inbound)
             self.inbound.clear()
+            self._ingress_posted = False
         return count
+
+    # -- flow control: a link is lossless, a sender waits for room ---------------------
+    def has_room(self) -> bool:
+        """May the other end send to us (LinkEnd)? Like a link's buffer credits."""
+        return len(self.inbound) < INBOUND_LIMIT
+
+    def peer_has_room(self) -> bool:
+        return self.link is None or self.link.peer_has_room(self)
+
+    def wait_for_room(self, resume) -> None:
+        """An engine found the peer's buffer full: run `resume` (a chip event)
+        once the peer has drained."""
+        with self._lock:
+            if resume not in self._waiting:
+                self._waiting.append(resume)
+        if self.peer_has_room():  # drained meanwhile
+            self.room()
+
+    def room(self) -> None:
+        """LinkEnd: the other end drained its buffer; waiting engines go on."""
+        with self._lock:
+            waiting, self._waiting = self._waiting, []
+        for resume in waiting:
+            self.chip.post(resume)

@@ -81,6 +81,7 @@ class Receive(Block):
         contexts = config.rcv_contexts
         self.errors = ErrorFlags(self.chip, RXE_ERR_INT, "RCV_ERR_STATUS", "RCV_ERR_CLEAR", "RCV_ERR_MASK")
         self.rcv_array = np.zeros(config.rcv_array_count, dtype=np.uint64)
+        self.held_bytes = 0  # packets all contexts hold for full queues (bounded)
         self.contexts = [ReceiveContext(self, c) for c in range(contexts)]
         self.dropped: dict[str, int] = {}
         self.received = 0

@@ -68,8 +68,10 @@ KERNEL_CONTEXT_CSRS = ("RCV_EGR_CTRL", "RCV_TID_CTRL", "RCV_KEY_CTRL", "RCV_HDR_
                        "RCV_HDR_OVFL_CNT")
 RXE_NUM_TID_FLOWS = 32
 ENTRY_DWORDS = {1: 2, 2: 16, 4: 32}  # RCV_HDR_ENT_SIZE encodings
-#: packets a full DONT_DROP context holds before it drops
+#: packets a full DONT_DROP context holds before it drops, and the bytes
+#: all contexts of a chip may hold together
 HOLD_LIMIT = 1024
+HOLD_BYTES_LIMIT = 64 << 20
 #: RCV_AVAIL_TIME_OUT ticks: 64 core clocks of 1.242 ns (ASIC_CCLOCK_PS)
 TIMEOUT_TICK_S = 64 * 1.242e-9
 RCV_BUF_OVFL_CNT = 10
@@ -113,6 +115,8 @@ class ReceiveContext:
         self.egr_index = 0
         self.egr_offset = 0  # 64-byte units
         self.since_head = 0
+        if self.held:
+            self.block.held_bytes -= sum(len(a.packet.data) for a in self.held)
         self.held.clear()
         if self._timer is not None:
             self._timer.cancel()
@@ -189,12 +193,13 @@ class ReceiveContext:
         while self.held and self.enabled:
             if not self._place(self.held[0]):
                 return
-            self.held.popleft()
+            self.block.held_bytes -= len(self.held.popleft().packet.data)
 
     def discard_held(self, why: str) -> None:
         if self.held:
             self.block.log.info("receive context %d: %d held packet(s) lost: %s", self.index, len(self.held), why)
             self.drops["held_overflow"] += len(self.held)
+            self.block.held_bytes -= sum(len(a.packet.data) for a in self.held)
             self.held.clear()
 
     # -- state ------------------------------------------------------------------------
@@ -216,11 +221,13 @@ class ReceiveContext:
             self._hold(arrival)
 
     def _hold(self, arrival: Arrival) -> None:
-        if len(self.held) >= HOLD_LIMIT:
+        size = len(arrival.packet.data)
+        if len(self.held) >= HOLD_LIMIT or self.block.held_bytes + size > HOLD_BYTES_LIMIT:
             self.drops["held_overflow"] += 1
             self.block.count32(RCV_BUF_OVFL_CNT)
             return
         self.held.append(arrival)
+        self.block.held_bytes += size
 
     def _place(self, arrival: Arrival) -> bool:
         """Write one packet into host memory; False if the context is full and
@@ -302,10 +309,7 @@ class ReceiveContext:
             self.drops["dma_error"] += 1
             return False
         index, offset = self.egr_index, self.egr_offset
-        entry = self.block.rcv_array_entry(self.egr_base + index)
-        size = rcv_array_buffer_bytes(RCV_ARRAY_ENTRY.get(entry, "size_code"))
-        if self.egr_buf_bytes:
-            size = min(size, self.egr_buf_bytes) if size else self.egr_buf_bytes
+        size = self._eager_size(index)
         one_per_buffer = ctrl & RCV_CTXT_CTRL_ONE_PACKET_PER_EGR_BUFFER_SMASK
         if offset and (one_per_buffer or 64 * offset + nbytes > size):
             nxt = (index + 1) % self.egr_count
@@ -313,8 +317,8 @@ class ReceiveContext:
             if nxt == egr_head:
                 return None
             index, offset = nxt, 0
-            entry = self.block.rcv_array_entry(self.egr_base + index)
-            size = rcv_array_buffer_bytes(RCV_ARRAY_ENTRY.get(entry, "size_code"))
+            size = self._eager_size(index)
+        entry = self.block.rcv_array_entry(self.egr_base + index)
         if size == 0 or nbytes > size:
             self.drops["too_large" if size else "dma_error"] += 1
             if self.drops["too_large"] + self.drops["dma_error"] == 1:
@@ -325,6 +329,13 @@ class ReceiveContext:
         self.chip.dma.write(address, data[hdr_len:])
         self.egr_index, self.egr_offset = index, offset + (nbytes + 63) // 64
         return index, offset
+
+    def _eager_size(self, index: int) -> int:
+        """Bytes eager buffer `index` holds: its RcvArray entry's size (0 for
+        an invalid entry: never written), no more than EGR_BUF_SIZE says."""
+        entry = self.block.rcv_array_entry(self.egr_base + index)
+        size = rcv_array_buffer_bytes(RCV_ARRAY_ENTRY.get(entry, "size_code"))
+        return min(size, self.egr_buf_bytes) if size and self.egr_buf_bytes else size
 
     def _place_expected(self, arrival: Arrival) -> int:
         """A KDETH packet with a TID: payload into the expected buffer the

@@ -41,6 +41,9 @@ ENGINE_BATCH packets a step:
 (all three only with CTRL.INT_ENABLE). The head passes a packet only after all
 its data was read, so the driver may free its buffers when it sees the head.
 
+When the peer's receive buffer is full the engine waits for room (link
+credits) before its next packet; nothing is dropped.
+
 A bad descriptor halts the engine with its SEND_DMA_ENG_ERR_STATUS bit and
 source 16+e, the head left at the packet that failed: a tail beyond the ring
 (TailOutOfBounds), a ring or buffer address outside guest memory (MemRead), a
@@ -249,12 +252,18 @@ class SendDmaEngine:
         if self.state is not EngineState.RUNNING or self.head == self.tail:
             return
         base, count = self.ring()
+        port = self.chip.port
         try:
-            if self.tail >= count:
+            if self.tail >= count or self.head >= count:
                 raise DescriptorError(SEND_DMA_ENG_ERR_STATUS_SDMA_TAIL_OUT_OF_BOUNDS_ERR_SMASK,
-                                      f"tail {self.tail} beyond a ring of {count}")
+                                      f"tail {self.tail} (head {self.head}) beyond a ring of {count}")
             for _ in range(ENGINE_BATCH):
-                if self.head == self.tail or not self._one_packet(base, count):
+                if self.head == self.tail:
+                    break
+                if not port.peer_has_room():
+                    port.wait_for_room(self._post_step)  # the link's credits ran out: wait, drop nothing
+                    return
+                if not self._one_packet(base, count):
                     break
             else:
                 self._post_step()

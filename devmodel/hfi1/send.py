@@ -145,8 +145,11 @@ class Send(Block):
             sc = (int.from_bytes(data[:16], "little") >> opa.LRH_16B.shift["sc"]) & 0x1F if len(data) >= 16 else 0
             packet = Packet(data, sc, bypass=True)
         else:
-            if len(data) < opa.LRH_BYTES:
-                self._drop("packet shorter than an LRH", info=SEND_EGRESS_ERR_INFO_BAD_PKT_LEN_ERR_SMASK)
+            lnh = data[1] & 3 if len(data) >= 2 else 0
+            headers = opa.LRH_BYTES + (opa.GRH_BYTES if lnh == opa.LNH_GRH else 0) + opa.BTH_BYTES
+            if len(data) < headers:
+                self._drop("packet shorter than its LRH, GRH and BTH",
+                           info=SEND_EGRESS_ERR_INFO_BAD_PKT_LEN_ERR_SMASK)
                 return
             sc = data[0] >> 4 | (1 if pbc & _DC_INFO else 0) << 4
             pkt_len = int.from_bytes(data[4:6], "big") & 0xFFF

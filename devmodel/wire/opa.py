@@ -234,20 +234,23 @@ _ONES8 = b"\xff" * 8
 
 def icrc(packet: bytes | memoryview, lnh: int | None = None) -> int:
     """The IB invariant CRC of a 9B packet without its ICRC (LRH included)."""
+    if len(packet) < 2:
+        return zlib.crc32(bytes(packet))
     if lnh is None:
         lnh = packet[1] & 3
     # LRH: SC (the VL field) is variant.
     crc = zlib.crc32(bytes((packet[0] | 0xF0,)) + bytes(packet[1:LRH_BYTES]))
     pos = LRH_BYTES
     if lnh == LNH_GRH:
-        grh = bytearray(packet[pos:pos + GRH_BYTES])
+        grh = bytearray(packet[pos:pos + GRH_BYTES].ljust(GRH_BYTES, b"\0"))
         grh[0] |= 0x0F  # traffic class low nibble
         grh[1:4] = b"\xff\xff\xff"  # traffic class high nibble, flow label
         grh[7] = 0xFF  # hop limit
-        crc = zlib.crc32(grh, crc)
+        crc = zlib.crc32(grh[:max(0, len(packet) - pos)], crc)
         pos += GRH_BYTES
     bth = bytearray(packet[pos:pos + BTH_BYTES])
-    bth[4] = 0xFF  # FECN, BECN, reserved
+    if len(bth) > 4:
+        bth[4] = 0xFF  # FECN, BECN, reserved
     crc = zlib.crc32(bth, crc)
     return zlib.crc32(packet[pos + BTH_BYTES:], crc)
 

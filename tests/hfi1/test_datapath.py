@@ -380,3 +380,67 @@ def test_an_exception_inside_the_model_freezes_the_chip_and_names_the_block(fabr
     b.driver.write_csr(cr.CCE_CTRL, cr.CCE_CTRL_SPC_UNFREEZE_SMASK)
     b.driver.wait_for_freeze_status(False)
     assert b.driver.read_csr(cr.CCE_REVISION) == b.device.config.revision
+
+
+# -- review findings, kept as regressions --------------------------------------------------
+
+def test_receive_works_again_after_a_reset_with_packets_in_flight(fabric):
+    _, a, b = fabric
+    inject(b, ud_packet(b.lid, a.lid, UD_QP, bytes(8)))  # queued, its ingress event pending
+    b.device.reset()
+    assert not b.device.port.inbound
+    for n in range(3):
+        inject(b, ud_packet(b.lid, a.lid, UD_QP, bytes(8)))
+    settle(b)
+    assert b.stats()["rcv"]["received"] == 3, "the port posts ingress again after the reset"
+
+
+def test_a_packet_too_short_for_its_headers_is_dropped_at_egress_not_a_chip_error(fabric):
+    _, a, b = fabric
+    short = opa.LRH.build(sc=0, lnh=opa.LNH_GRH, dlid=b.lid, slid=a.lid, pkt_len=(20 - 8) // 4 + 1) + bytes(12)
+    a.driver.pio_copy(a.kernel_contexts[0], pbc_for(short), short)
+    settle(a, b)
+    assert a.stats()["internal_errors"] == []
+    assert "shorter than its LRH, GRH and BTH" in str(a.stats()["send"]["dropped"])
+    assert a.driver.read_csr(cr.SEND_EGRESS_ERR_INFO) & cr.SEND_EGRESS_ERR_INFO_BAD_PKT_LEN_ERR_SMASK
+
+
+def test_shrinking_a_send_context_under_a_pending_launch_is_harmless(fabric):
+    _, a, b = fabric
+    hw = a.kernel_contexts[0]
+    a.driver.pio_copy(hw, pbc_for(ud_packet(b.lid, a.lid, UD_QP, bytes(8))), ud_packet(b.lid, a.lid, UD_QP, bytes(8)))
+    a.driver.write_kctxt_csr(hw, cr.SEND_CTXT_CTRL, 1)  # depth 0, still enabled
+    a.driver.write_csr(cr.SEND_PIO_INIT_CTXT, hw << 8 | cr.SEND_PIO_INIT_CTXT_PIO_SINGLE_CTXT_INIT_SMASK)
+    settle(a, b)
+    assert a.stats()["internal_errors"] == []
+
+
+def test_an_invalid_eager_entry_is_never_written_to(fabric):
+    _, a, b = fabric
+    b.driver.hfi1_put_tid(64 * 2 + 0, 0, 0)  # context 2's first eager buffer: invalid (address 0, size 0)
+    b.memory.write(GUEST_BASE, bytes(64))
+    inject(b, ud_packet(b.lid, a.lid, UD_QP, b"\xaa" * 64))
+    settle(b)
+    assert b.memory.read(GUEST_BASE, 64) == bytes(64)
+    assert b.stats()["rcv"]["contexts"][2]["dma_error"] == 1
+
+
+def test_a_flooding_sender_waits_for_link_credits_and_nothing_is_dropped(fabric, monkeypatch):
+    _, a, b = fabric
+    from devmodel.hfi1.port import INBOUND_LIMIT
+    packet = ud_packet(b.lid, a.lid, 0x800002, bytes(16))  # KDETH: context 2, eager 16 bytes each
+    b.driver.write_kctxt_csr(2, cr.RCV_CTXT_CTRL, 0)
+    b.driver.rcvctrl_enable(2)
+    port, receive, high = b.device.port, b.device.port.receive, [0]
+
+    def watched(packet):
+        receive(packet)
+        high[0] = max(high[0], len(port.inbound))
+    monkeypatch.setattr(port, "receive", watched)
+    for engine in range(8):
+        for _ in range(120):
+            a.driver.sdma_send(engine, pbc_for(packet), packet, flags1=0)
+    settle(a, b)
+    high = high[0]
+    assert INBOUND_LIMIT // 2 < high <= INBOUND_LIMIT + 64, f"the peer's buffer peaked at {high} packets"
+    assert b.stats()["rcv"]["received"] == 960, "every packet arrived"
