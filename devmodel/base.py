@@ -1,4 +1,6 @@
-"""The contract between a device model and the PCI function that hosts it.
+"""The contract between a device model and the PCI function that hosts it
+(with `devmodel/pci_layout.py`; the transport imports these, device models
+never import the transport).
 
 The hosting layer calls `attach(host)` once before any access, then the
 bar_read/bar_write callbacks for trapped BAR accesses (naturally aligned, 1, 2,
@@ -12,7 +14,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Protocol
 
-from emulator.pci.layout import PciLayout
+from devmodel.pci_layout import PciLayout
 
 
 class DmaError(Exception):

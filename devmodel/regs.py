@@ -33,6 +33,23 @@ from typing import Callable, Iterable
 ALL_ONES = (1 << 64) - 1
 
 
+def lanes(byte: int, size: int) -> int:
+    """The bit mask of `size` bytes starting at byte `byte` of a word."""
+    return ((1 << (8 * size)) - 1) << (8 * byte)
+
+
+def extract_lanes(word: int, byte: int, size: int) -> int:
+    """A sub-word access's value: `size` bytes of `word` from byte `byte`."""
+    return (word >> (8 * byte)) & ((1 << (8 * size)) - 1)
+
+
+def merge_lanes(word: int, byte: int, size: int, value: int, writable: int = ALL_ONES) -> int:
+    """`word` with a sub-word write of `value` merged in: only the written
+    bytes (and of those only the `writable` bits) change."""
+    mask = lanes(byte, size) & writable
+    return (word & ~mask) | ((value << (8 * byte)) & mask)
+
+
 class Access(Enum):
     RW = "RW"
     RO = "RO"
@@ -55,13 +72,15 @@ class Register:
     on_read: Callable[[int], int] | None = None
     doc: str = ""
 
-    def at(self, index: int, stride: int) -> "Register":
-        """The same register repeated at `offset + index * stride` (per-context CSRs)."""
-        return replace(self, name=f"{self.name}[{index}]", offset=self.offset + index * stride)
 
-
-def register_array(template: Register, count: int, stride: int) -> list[Register]:
-    return [template.at(i, stride) for i in range(count)]
+def register_array(template: Register, count: int, stride: int,
+                   per_index: Callable[[int], dict] | None = None) -> list[Register]:
+    """`count` copies of `template` (per-context, per-engine CSRs), named
+    NAME[i], at `offset + i * stride`. `per_index(i)` returns the fields
+    (usually hooks bound to `i`) that differ between copies."""
+    return [replace(template, name=f"{template.name}[{i}]", offset=template.offset + i * stride,
+                    **(per_index(i) if per_index else {}))
+            for i in range(count)]
 
 
 class RegisterFile:
@@ -146,7 +165,7 @@ class RegisterFile:
         reg = self._covering.get(offset)
         if reg is None or offset + size > reg.offset + reg.width:
             self._note_undeclared(offset, "read")
-            return (self._extra.get(offset & ~7, 0) >> (8 * (offset & 7))) & ((1 << (8 * size)) - 1)
+            return extract_lanes(self._extra.get(offset & ~7, 0), offset & 7, size)
         value = self._values[reg.offset]
         if reg.on_read is not None:
             value = reg.on_read(value)
@@ -154,30 +173,26 @@ class RegisterFile:
             value = 0
         if size == 8:
             return value
-        return (value >> (8 * (offset - reg.offset))) & ((1 << (8 * size)) - 1)
+        return extract_lanes(value, offset - reg.offset, size)
 
     def write(self, offset: int, size: int, value: int) -> None:
         reg = self._find(offset, size)
         if reg is None:
             self._note_undeclared(offset, "write")
-            key, shift = offset & ~7, 8 * (offset & 7)
-            lanes = ((1 << (8 * size)) - 1) << shift
-            self._extra[key] = (self._extra.get(key, 0) & ~lanes) | ((value << shift) & lanes)
+            key = offset & ~7
+            self._extra[key] = merge_lanes(self._extra.get(key, 0), offset & 7, size, value)
             return
-        shift = 8 * (offset - reg.offset)
-        lanes = ((1 << (8 * size)) - 1) << shift
-        v = (value << shift) & lanes
+        byte = offset - reg.offset
         old = self._values[reg.offset]
         access = reg.access
         if access is Access.RO:
             return
         if access is Access.W1C:
-            new = old & ~v
+            new = old & ~merge_lanes(0, byte, size, value)
         elif access is Access.W1S:
-            new = old | (v & reg.writable)
+            new = old | merge_lanes(0, byte, size, value, reg.writable)
         else:
-            wr = lanes & reg.writable
-            new = (old & ~wr) | (v & wr)
+            new = merge_lanes(old, byte, size, value, reg.writable)
         self._values[reg.offset] = new
         if reg.on_write is not None:
             reg.on_write(old, new)

@@ -26,11 +26,11 @@ import numpy as np
 
 from devmodel.base import DmaError
 
+from .errors import ErrnoError
 
-class DmaMapError(Exception):
-    def __init__(self, errno_: int, message: str):
-        super().__init__(message)
-        self.errno = errno_
+
+class DmaMapError(ErrnoError):
+    """A DMA_MAP or DMA_UNMAP the map set refuses."""
 
 
 @dataclass

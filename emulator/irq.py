@@ -20,15 +20,14 @@ import logging
 import os
 import threading
 
+from .errors import ErrnoError
 from .protocol import IRQ_ACTION_MASK, IRQ_DATA_MASK, IrqIndex, IrqSetFlags
 
 log = logging.getLogger("vfnic.irq")
 
 
-class IrqSetError(Exception):
-    def __init__(self, errno_: int, message: str):
-        super().__init__(message)
-        self.errno = errno_
+class IrqSetError(ErrnoError):
+    """A SET_IRQS the interrupt lines refuse."""
 
 
 class InterruptLines:

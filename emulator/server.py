@@ -24,8 +24,7 @@ import threading
 from dataclasses import dataclass
 from enum import Enum
 
-from .dma import DmaMapError
-from .irq import IrqSetError
+from .errors import ErrnoError
 from .pci.function import NUM_REGIONS, PciFunction, RegionAccessError
 from .protocol import (
     DEVICE_INFO, DMA_MAP, DMA_UNMAP, HEADER, HEADER_SIZE, IRQ_INFO, IRQ_SET, MSG_TYPE_MASK, NUM_IRQS,
@@ -54,12 +53,8 @@ class RunState(Enum):
     CLOSED = "closed"
 
 
-class ProtocolError(Exception):
+class ProtocolError(ErrnoError):
     """A command the server refuses; answered with an error reply."""
-
-    def __init__(self, errno_: int, message: str):
-        super().__init__(message)
-        self.errno = errno_
 
 
 class StateError(ProtocolError):
@@ -226,7 +221,7 @@ class Connection:
             reply = handler(msg)
             if msg.wants_reply:
                 self.send(msg.msg_id, msg.command, reply or Reply())
-        except ProtocolError as e:
+        except ErrnoError as e:  # ProtocolError, and the DMA map's and IRQ lines' refusals
             self.counts["errors"] += 1
             self.log.warning("%s refused: %s (%s)", _name(msg.command), e, errno.errorcode.get(e.errno, e.errno))
             if msg.wants_reply:
@@ -291,10 +286,7 @@ class Connection:
             if fd is not None:
                 os.close(fd)
             raise ProtocolError(errno.EINVAL, f"DMA_MAP argsz {argsz} flags {flags:#x}")
-        try:
-            self.function.dma.add(address, size, bool(flags & DmaMapFlags.WRITE), fd, offset)
-        except DmaMapError as e:
-            raise ProtocolError(e.errno, str(e)) from None
+        self.function.dma.add(address, size, bool(flags & DmaMapFlags.WRITE), fd, offset)  # DmaMapError: its errno
         self.log.debug("DMA_MAP [%#x, +%#x) %s%s", address, size, "rw" if flags & DmaMapFlags.WRITE else "ro", "" if fd is not None else " (no fd)")
         return Reply()
 
@@ -310,10 +302,7 @@ class Connection:
                 raise ProtocolError(errno.EINVAL, "DMA_UNMAP ALL with an address or size")
             self.function.dma.clear()
         else:
-            try:
-                self.function.dma.remove(address, size)
-            except DmaMapError as e:
-                raise ProtocolError(e.errno, str(e)) from None
+            self.function.dma.remove(address, size)
         return Reply(msg.payload[:DMA_UNMAP.size])
 
     def get_info(self, msg: Message) -> Reply:
@@ -364,10 +353,7 @@ class Connection:
             for fd in fds:
                 os.close(fd)
             raise
-        try:
-            self.function.irq.set_irqs(flags, index, start, count, fds, msg.payload[IRQ_SET.size:])
-        except IrqSetError as e:
-            raise ProtocolError(e.errno, str(e)) from None
+        self.function.irq.set_irqs(flags, index, start, count, fds, msg.payload[IRQ_SET.size:])  # IrqSetError
         return Reply()
 
     def _access(self, msg: Message) -> tuple[int, int, int]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Callable
 
-from devmodel.regs import Register
+from devmodel.regs import Register, register_array
 
 from .chip_registers import CSR_OFFSETS
 
@@ -36,14 +36,15 @@ def csrs(*names: str, **fields) -> list[Register]:
 
 def csr_array(name: str, count: int, stride: int = 8, base: int | None = None,
               per_index: Callable[[int], dict] | None = None, **fields) -> list[Register]:
-    """`count` copies of `name`, `stride` bytes apart. `per_index(i)` returns the
-    fields (usually hooks bound to `i`) that differ between copies."""
+    """`count` copies of `name`, `stride` bytes apart (`register_array`)."""
     start = CSR_OFFSETS[name] if base is None else base
-    out = []
-    for i in range(count):
-        extra = per_index(i) if per_index else {}
-        out.append(Register(f"{name}[{i}]", start + i * stride, **{**fields, **extra}))
-    return out
+    return register_array(Register(name, start, **fields), count, stride, per_index)
+
+
+def kctxt(name: str, index: int) -> int:
+    """The offset of context or engine `index`'s copy of a K-stride CSR
+    (`write_kctxt_csr`)."""
+    return CSR_OFFSETS[name] + KCTXT_STRIDE * index
 
 
 def named(prefix: str, exclude: tuple[str, ...] = ()) -> list[str]:

@@ -46,7 +46,7 @@ from devmodel.base import DeviceHost, DeviceModel
 from devmodel.fabric import Packet, cable
 from devmodel.regs import RegisterFile
 from devmodel.worker import Job, ScheduledWorker, ThreadScheduler, Worker
-from emulator.pci.layout import Bar, BarKind, MsixLayout, PciIdentity, PciLayout, PcieLink
+from devmodel.pci_layout import Bar, BarKind, MsixLayout, PciIdentity, PciLayout, PcieLink
 
 from .asic import Asic
 from .cce import Cce

@@ -52,7 +52,7 @@ from devmodel.base import DmaError
 from devmodel.regs import Access, Register
 
 from .chip_registers import (
-    CSR_OFFSETS, SEND_CTXT_CREDIT_CTRL_CREDIT_INTR_SMASK, SEND_CTXT_CREDIT_FORCE_FORCE_RETURN_SMASK,
+    SEND_CTXT_CREDIT_CTRL_CREDIT_INTR_SMASK, SEND_CTXT_CREDIT_FORCE_FORCE_RETURN_SMASK,
     SEND_CTXT_CREDIT_RETURN_ADDR_ADDRESS_SMASK, SEND_CTXT_CREDIT_STATUS_CURRENT_FREE_COUNTER_SHIFT,
     SEND_CTXT_CTRL_CTXT_DEPTH_MASK, SEND_CTXT_CTRL_CTXT_DEPTH_SHIFT, SEND_CTXT_CTRL_CTXT_ENABLE_SMASK,
     SEND_CTXT_ERR_STATUS_PIO_DISALLOWED_PACKET_ERR_SMASK, SEND_CTXT_ERR_STATUS_PIO_INCONSISTENT_SOP_ERR_SMASK,
@@ -61,7 +61,7 @@ from .chip_registers import (
     SEND_PIO_INIT_CTXT_PIO_CTXT_NUM_MASK, SEND_PIO_INIT_CTXT_PIO_CTXT_NUM_SHIFT,
     SEND_PIO_INIT_CTXT_PIO_SINGLE_CTXT_INIT_SMASK, TXE, TXE_PIO_SEND_OFFSET,
 )
-from .csr import KCTXT_STRIDE, Block, csr, csr_array, field
+from .csr import KCTXT_STRIDE, Block, csr, csr_array, field, kctxt
 from .formats import CREDIT_RETURN, PBC
 from .intr import IS_SENDCREDIT_START, IS_SENDCTXT_ERR_START, PIO_ERR_INT, ErrorFlags
 
@@ -87,10 +87,6 @@ CONTEXT_CSRS = ("SEND_CTXT_CREDIT_CTRL", "SEND_CTXT_CREDIT_RETURN_ADDR", "SEND_C
                 "SEND_CTXT_CHECK_VL", "SEND_CTXT_CHECK_JOB_KEY", "SEND_CTXT_CHECK_PARTITION_KEY",
                 "SEND_CTXT_CHECK_SLID", "SEND_CTXT_CHECK_OPCODE")
 _PBC_LENGTH_MASK = PBC.mask["length_dws"]
-
-
-def _kctxt(name: str, ctxt: int) -> int:
-    return CSR_OFFSETS[name] + KCTXT_STRIDE * ctxt
 
 
 class PioSendContext:
@@ -122,12 +118,12 @@ class PioSendContext:
     def init(self) -> None:
         """The PIO init engine: an empty ring, counters from 0, not halted."""
         regs = self.block.regs
-        depth = field(regs.get(_kctxt("SEND_CTXT_CTRL", self.hw)), SEND_CTXT_CTRL_CTXT_DEPTH_SHIFT,
+        depth = field(regs.get(kctxt("SEND_CTXT_CTRL", self.hw)), SEND_CTXT_CTRL_CTXT_DEPTH_SHIFT,
                       SEND_CTXT_CTRL_CTXT_DEPTH_MASK)
         self._empty(depth)
         self.free_counter = self.last_returned = 0
         self.halted = False
-        regs.clear_bits(_kctxt("SEND_CTXT_STATUS", self.hw), SEND_CTXT_STATUS_CTXT_HALTED_SMASK)
+        regs.clear_bits(kctxt("SEND_CTXT_STATUS", self.hw), SEND_CTXT_STATUS_CTXT_HALTED_SMASK)
 
     # -- the guest's stores (transport thread) -----------------------------------
     def write(self, offset: int, size: int, value: int, sop: bool) -> None:
@@ -205,7 +201,7 @@ class PioSendContext:
                 due |= CR_DUE_TO_PBC
             self.block.chip.send.egress(frame, self.hw, from_pio=True)
         if freed:
-            threshold = self.block.regs.get(_kctxt("SEND_CTXT_CREDIT_CTRL", self.hw)) & 0x7FF
+            threshold = self.block.regs.get(kctxt("SEND_CTXT_CREDIT_CTRL", self.hw)) & 0x7FF
             if (self.free_counter - self.last_returned) & CR_COUNTER_MASK > threshold:
                 due |= CR_DUE_TO_THRESHOLD
             self.return_credits(due)
@@ -223,14 +219,14 @@ class PioSendContext:
         if self.halted:
             return
         self.halted = True
-        self.block.regs.set_bits(_kctxt("SEND_CTXT_STATUS", self.hw), SEND_CTXT_STATUS_CTXT_HALTED_SMASK)
+        self.block.regs.set_bits(kctxt("SEND_CTXT_STATUS", self.hw), SEND_CTXT_STATUS_CTXT_HALTED_SMASK)
         self.block.log.warning("SEND_CTXT_STATUS[%d]: halted: %s", self.hw, why)
         self.block.context_errors.set(error, self.hw)
         self.block.chip.post(lambda: self.return_credits(CR_DUE_TO_ERROR))
 
     def return_credits(self, reason: int) -> None:
         block = self.block
-        base = block.regs.get(_kctxt("SEND_CTXT_CREDIT_RETURN_ADDR", self.hw)) & \
+        base = block.regs.get(kctxt("SEND_CTXT_CREDIT_RETURN_ADDR", self.hw)) & \
             SEND_CTXT_CREDIT_RETURN_ADDR_ADDRESS_SMASK
         counter = self.free_counter & CR_COUNTER_MASK
         value = counter | (CR_STATUS if self.halted else 0) | reason
@@ -244,7 +240,7 @@ class PioSendContext:
             block.log.warning("SEND_CTXT_CREDIT_RETURN_ADDR[%d]: credit return to %#x failed: %s", self.hw, base, err)
             return
         self.last_returned = counter
-        if block.regs.get(_kctxt("SEND_CTXT_CREDIT_CTRL", self.hw)) & SEND_CTXT_CREDIT_CTRL_CREDIT_INTR_SMASK:
+        if block.regs.get(kctxt("SEND_CTXT_CREDIT_CTRL", self.hw)) & SEND_CTXT_CREDIT_CTRL_CREDIT_INTR_SMASK:
             block.chip.intr.raise_source(IS_SENDCREDIT_START + self.hw)
 
 
@@ -322,7 +318,7 @@ class Pio(Block):
         for context in self.contexts:
             if context.enabled and not context.halted:
                 context.halted = True
-                self.regs.set_bits(_kctxt("SEND_CTXT_STATUS", context.hw), SEND_CTXT_STATUS_CTXT_HALTED_SMASK)
+                self.regs.set_bits(kctxt("SEND_CTXT_STATUS", context.hw), SEND_CTXT_STATUS_CTXT_HALTED_SMASK)
 
     # -- credit return ---------------------------------------------------------------
     def _credit_status(self, ctxt: int) -> int:

@@ -41,7 +41,7 @@ from __future__ import annotations
 import numpy as np
 
 from devmodel.fabric import Packet
-from devmodel.regs import Access, Register
+from devmodel.regs import Access, Register, extract_lanes, merge_lanes
 from devmodel.wire import opa
 
 from .chip_registers import (
@@ -159,14 +159,12 @@ class Receive(Block):
         return RCV_ARRAY, RCV_ARRAY + 8 * len(self.rcv_array)
 
     def rcv_array_read(self, offset: int, size: int) -> int:
-        index, shift = divmod(offset - RCV_ARRAY, 8)
-        return (int(self.rcv_array[index]) >> (8 * shift)) & ((1 << (8 * size)) - 1)
+        index, byte = divmod(offset - RCV_ARRAY, 8)
+        return extract_lanes(int(self.rcv_array[index]), byte, size)
 
     def rcv_array_write(self, offset: int, size: int, value: int) -> None:
-        index, shift = divmod(offset - RCV_ARRAY, 8)
-        lanes = ((1 << (8 * size)) - 1) << (8 * shift)
-        old = int(self.rcv_array[index])
-        self.rcv_array[index] = (old & ~lanes) | ((value << (8 * shift)) & lanes)
+        index, byte = divmod(offset - RCV_ARRAY, 8)
+        self.rcv_array[index] = merge_lanes(int(self.rcv_array[index]), byte, size, value)
 
     def rcv_array_entry(self, index: int) -> int:
         return int(self.rcv_array[index]) if 0 <= index < len(self.rcv_array) else 0

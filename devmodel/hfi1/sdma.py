@@ -65,7 +65,7 @@ from devmodel.base import DmaError
 from devmodel.regs import Access, Register
 
 from .chip_registers import (
-    CSR_OFFSETS, SEND_DMA_CTRL_SDMA_CLEANUP_SMASK, SEND_DMA_CTRL_SDMA_ENABLE_SMASK, SEND_DMA_CTRL_SDMA_HALT_SMASK,
+    SEND_DMA_CTRL_SDMA_CLEANUP_SMASK, SEND_DMA_CTRL_SDMA_ENABLE_SMASK, SEND_DMA_CTRL_SDMA_HALT_SMASK,
     SEND_DMA_CTRL_SDMA_INT_ENABLE_SMASK, SEND_DMA_ENG_ERR_STATUS_SDMA_FIRST_DESC_ERR_SMASK,
     SEND_DMA_ENG_ERR_STATUS_SDMA_GEN_MISMATCH_ERR_SMASK, SEND_DMA_ENG_ERR_STATUS_SDMA_HALT_ERR_SMASK,
     SEND_DMA_ENG_ERR_STATUS_SDMA_HEADER_SELECT_ERR_SMASK, SEND_DMA_ENG_ERR_STATUS_SDMA_LENGTH_MISMATCH_ERR_SMASK,
@@ -74,7 +74,7 @@ from .chip_registers import (
     SEND_DMA_LEN_GEN_GENERATION_SHIFT, SEND_DMA_LEN_GEN_LENGTH_SHIFT, SEND_DMA_STATUS_ENG_CLEANED_UP_SMASK,
     SEND_DMA_STATUS_ENG_HALTED_SMASK,
 )
-from .csr import KCTXT_STRIDE, Block, csr_array
+from .csr import KCTXT_STRIDE, Block, csr_array, kctxt
 from .formats import PBC, SDMA_DESC0, SDMA_DESC1, SDMA_DESCRIPTOR_BYTES
 from .intr import IS_SDMA_IDLE_START, IS_SDMA_PROGRESS_START, IS_SDMA_START, IS_SDMAENG_ERR_START, SDMA_ERR_INT, \
     ErrorFlags
@@ -126,7 +126,7 @@ class SendDmaEngine:
         self.reset()
 
     def offset(self, name: str) -> int:
-        return CSR_OFFSETS[name] + KCTXT_STRIDE * self.index
+        return kctxt(name, self.index)
 
     def reset(self) -> None:
         self._cancel()

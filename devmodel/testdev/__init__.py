@@ -25,7 +25,7 @@ import threading
 from devmodel.base import DeviceModel, DmaError
 from devmodel.regs import Access, Register, RegisterFile
 from devmodel.worker import Worker
-from emulator.pci.layout import Bar, BarKind, MsixLayout, PciIdentity, PciLayout
+from devmodel.pci_layout import Bar, BarKind, MsixLayout, PciIdentity, PciLayout
 
 log = logging.getLogger("vfnic.testdev")
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import struct
 from typing import Callable
 
-from .layout import Bar, BarKind, MsixLayout, PciIdentity, PcieLink
+from devmodel.pci_layout import Bar, BarKind, MsixLayout, PciIdentity, PcieLink
 
 CONFIG_SIZE = 4096
 CAP_START = 0x40

@@ -26,12 +26,13 @@ from dataclasses import dataclass
 from typing import Callable
 
 from devmodel.base import DeviceModel
+from devmodel.regs import extract_lanes
 
 from ..dma import DmaSpace
 from ..irq import InterruptLines
 from ..protocol import IrqIndex
 from .config import CONFIG_SIZE, ConfigSpace, MsiX, PciExpress, PowerManagement
-from .layout import Bar
+from devmodel.pci_layout import Bar
 
 log = logging.getLogger("vfnic.pci")
 
@@ -160,7 +161,7 @@ class PciFunction:
         self.msix_table[rel:rel + size] = value.to_bytes(size, "little")
 
     def _pba_read(self, rel: int, size: int) -> int:
-        return (self.pending_bits() >> (8 * rel)) & ((1 << (8 * size)) - 1)
+        return extract_lanes(self.pending_bits(), rel, size)
 
     def _shared_reader(self, index: int, start: int) -> Callable[[int, int], int]:
         def read(rel: int, size: int) -> int:

@@ -5,7 +5,7 @@ import pytest
 
 from devmodel.hfi1 import ChipConfig, Hfi1Device
 from devmodel.hfi1 import chip_registers as cr
-from emulator.pci.layout import BarKind
+from devmodel.pci_layout import BarKind
 
 NUM_VLS = 8
 

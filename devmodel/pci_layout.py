@@ -2,7 +2,9 @@
 
 A device model describes itself with these values; the PCI function layer
 (`emulator.pci.function`) turns them into config space, vfio-user regions and
-interrupt tables. Device models import this module, never the transport.
+interrupt tables. With `devmodel/base.py` this is the contract between device
+models and the layer that hosts them: the transport imports both, device
+models never import the transport (tests/test_layering.py).
 """
 from __future__ import annotations
 
