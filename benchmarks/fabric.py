@@ -123,7 +123,7 @@ def main() -> int:
     print("\nRDMA between two TCG guests (1 vCPU each), vfnic against Soft-RoCE, same run")
     print(f"{'test':<20}{'vfnic':>12}{'rxe':>12}{'unit':>7}{'ratio':>9}  {'vfnic CPU/packet':>17}")
     verdicts = []
-    for name, (_command, _key, unit, higher) in TOOLS.items():
+    for name, (_command, _key, unit, _higher) in TOOLS.items():
         a, b = ours[name]["value"], theirs[name]["value"]
         ratio = a / b if b else float("inf")
         cpu = ours[name].get("cpu_us_per_packet")

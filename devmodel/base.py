@@ -66,7 +66,7 @@ class DeviceModel(ABC):
     def reset(self) -> None:
         """Return every register to its reset value (device reset, FLR)."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 -- optional: a model without workers has nothing to stop
         """Stop workers; called once when the server stops."""
 
     def stats(self) -> dict:

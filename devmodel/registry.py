@@ -4,8 +4,8 @@ the hfi1 model."""
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from devmodel.base import DeviceModel
 

@@ -26,9 +26,9 @@ from __future__ import annotations
 import bisect
 import logging
 from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from enum import Enum
-from typing import Callable, Iterable
 
 ALL_ONES = (1 << 64) - 1
 

@@ -35,7 +35,7 @@ import itertools
 import logging
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from devmodel.clock import Clock, ManualClock, MonotonicClock
 

@@ -22,9 +22,27 @@ import time
 from dataclasses import dataclass
 
 from .protocol import (
-    DEVICE_INFO, DMA_MAP, DMA_UNMAP, HEADER, HEADER_SIZE, IRQ_INFO, IRQ_SET, REGION_ACCESS, REGION_INFO,
-    WRITE_MULTI_ENTRY, Command, DmaMapFlags, IrqIndex, IrqSetFlags, MsgFlags, SparseMmapCap, Version, fds_ancillary,
-    fds_received, header,
+    DEVICE_INFO,
+    DMA_MAP,
+    DMA_UNMAP,
+    HEADER,
+    HEADER_SIZE,
+    IRQ_INFO,
+    IRQ_SET,
+    REGION_ACCESS,
+    REGION_INFO,
+    WRITE_MULTI_COUNT,
+    WRITE_MULTI_ENTRY,
+    Command,
+    DmaMapFlags,
+    IrqIndex,
+    IrqSetFlags,
+    MsgFlags,
+    SparseMmapCap,
+    Version,
+    fds_ancillary,
+    fds_received,
+    header,
 )
 
 QEMU_CAPABILITIES = {
@@ -196,8 +214,10 @@ class Client:
     def irq_info(self, index: int) -> dict:
         return IRQ_INFO.parse(self.request(Command.DEVICE_GET_IRQ_INFO, IRQ_INFO.build(argsz=16, index=index)).payload)
 
-    def set_irqs(self, index: int, flags: int, start: int = 0, count: int = 0, fds: tuple[int, ...] = (), data: bytes = b"") -> None:
-        self.request(Command.DEVICE_SET_IRQS, IRQ_SET.build(argsz=20, flags=flags, index=index, start=start, count=count) + data, fds)
+    def set_irqs(self, index: int, flags: int, start: int = 0, count: int = 0, fds: tuple[int, ...] = (),
+                 data: bytes = b"") -> None:
+        body = IRQ_SET.build(argsz=20, flags=flags, index=index, start=start, count=count) + data
+        self.request(Command.DEVICE_SET_IRQS, body, fds)
 
     def enable_msix(self, vector: int) -> int:
         """Give the server an eventfd for one MSI-X vector, as QEMU does when the guest unmasks it."""
@@ -234,8 +254,8 @@ class Client:
 
     def write_multi(self, writes: list[tuple[int, int, bytes]]) -> None:
         """Posted, like QEMU's."""
-        body = len(writes).to_bytes(8, "little") + b"".join(
-            WRITE_MULTI_ENTRY.pack(off, region, len(d)) + d.ljust(8, b"\0") for region, off, d in writes)
+        body = WRITE_MULTI_COUNT.pack(len(writes)) + b"".join(
+            WRITE_MULTI_ENTRY.pack(off, region, len(d), d) for region, off, d in writes)
         self.send(Command.REGION_WRITE_MULTI, body, no_reply=True)
 
     def reset(self) -> None:

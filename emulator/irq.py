@@ -37,7 +37,6 @@ class InterruptLines:
         self._enabled: dict[IrqIndex, bool] = {i: False for i in IrqIndex}
         self._masked: dict[IrqIndex, list[bool]] = {i: [False] * n for i, n in self.counts.items()}
         self.pending: list[bool] = [False] * self.counts[IrqIndex.MSIX]
-        self.fired: list[int] = [0] * max(1, self.counts[IrqIndex.MSIX])
         self._lock = threading.Lock()
 
     # -- SET_IRQS ----------------------------------------------------------------
@@ -134,7 +133,6 @@ class InterruptLines:
                 if not 0 <= vector < self.counts[IrqIndex.MSIX]:
                     log.warning("MSI-X vector %d does not exist (%d vectors)", vector, self.counts[IrqIndex.MSIX])
                     return
-                self.fired[vector] += 1
                 if not self._signal(IrqIndex.MSIX, vector):
                     self.pending[vector] = True
             elif self._enabled[IrqIndex.MSI] and self.counts[IrqIndex.MSI]:

@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import array
 import socket
-import struct
 from enum import IntEnum, IntFlag
 
 import construct as c
+
+from devmodel.wire.fixed import Fixed
 
 HEADER_SIZE = 16
 
@@ -223,45 +224,7 @@ WriteMulti = c.Struct(
     "writes" / c.Array(c.this.wr_cnt, WriteMultiEntry),
 )
 
-DmaAccess = c.Struct(
-    "address" / c.Int64ul,
-    "count" / c.Int64ul,
-)
-
-DeviceFeature = c.Struct(
-    "argsz" / c.Int32ul,
-    "flags" / c.Int32ul,
-)
-
 WRITE_MULTI_MAX = 200
-
-
-class Fixed:
-    """A fixed-size construct Struct of plain integer fields, with a
-    `struct.Struct` derived from it for the hot path."""
-
-    def __init__(self, declaration: c.Struct):
-        formats, names = [], []
-        for sub in declaration.subcons:
-            field = sub.subcon
-            if not isinstance(field, c.FormatField):
-                raise TypeError(f"{sub.name} is not a fixed integer field")
-            formats.append(field.fmtstr[1:])
-            names.append(sub.name)
-        self.declaration = declaration
-        self.names = tuple(names)
-        self.struct = struct.Struct("<" + "".join(formats))
-        self.size = self.struct.size
-        if self.size != declaration.sizeof():
-            raise AssertionError(f"derived layout of {names} disagrees with its declaration")
-        self.unpack_from = self.struct.unpack_from
-        self.pack = self.struct.pack
-
-    def parse(self, data: bytes, offset: int = 0) -> dict:
-        return dict(zip(self.names, self.struct.unpack_from(data, offset)))
-
-    def build(self, **fields: int) -> bytes:
-        return self.struct.pack(*(fields.get(n, 0) for n in self.names))
 
 
 HEADER = Fixed(Header)
@@ -272,9 +235,8 @@ REGION_INFO = Fixed(RegionInfo)
 IRQ_INFO = Fixed(IrqInfo)
 IRQ_SET = Fixed(IrqSet)
 REGION_ACCESS = Fixed(RegionAccess)
-DMA_ACCESS = Fixed(DmaAccess)
-DEVICE_FEATURE = Fixed(DeviceFeature)
-WRITE_MULTI_ENTRY = Fixed(c.Struct(*[s for s in WriteMultiEntry.subcons if s.name != "data"]))
+WRITE_MULTI_COUNT = Fixed(c.Struct(WriteMulti.subcons[0]))
+WRITE_MULTI_ENTRY = Fixed(WriteMultiEntry)
 assert HEADER.size == HEADER_SIZE
 
 

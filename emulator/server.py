@@ -27,10 +27,34 @@ from enum import Enum
 from .errors import ErrnoError
 from .pci.function import NUM_REGIONS, PciFunction, RegionAccessError
 from .protocol import (
-    DEVICE_INFO, DMA_MAP, DMA_UNMAP, HEADER, HEADER_SIZE, IRQ_INFO, IRQ_SET, MSG_TYPE_MASK, NUM_IRQS,
-    REGION_ACCESS, REGION_INFO, WRITE_MULTI_ENTRY, WRITE_MULTI_MAX, Command, DeviceFlags,
-    DmaMapFlags, DmaUnmapFlags, IrqInfoFlags, IrqIndex, MsgFlags, RegionCap, RegionFlags,
-    SparseMmapCap, Version, fds_ancillary, fds_received, header,
+    DEVICE_INFO,
+    DMA_MAP,
+    DMA_UNMAP,
+    HEADER,
+    HEADER_SIZE,
+    IRQ_INFO,
+    IRQ_SET,
+    MSG_TYPE_MASK,
+    NUM_IRQS,
+    REGION_ACCESS,
+    REGION_INFO,
+    WRITE_MULTI_COUNT,
+    WRITE_MULTI_ENTRY,
+    WRITE_MULTI_MAX,
+    Command,
+    DeviceFlags,
+    DmaMapFlags,
+    DmaUnmapFlags,
+    IrqIndex,
+    IrqInfoFlags,
+    MsgFlags,
+    RegionCap,
+    RegionFlags,
+    SparseMmapCap,
+    Version,
+    fds_ancillary,
+    fds_received,
+    header,
 )
 
 MAX_MSG_FDS = 8
@@ -241,7 +265,8 @@ class Connection:
     @staticmethod
     def _fixed(msg: Message, layout, what: str = "") -> tuple:
         if len(msg.payload) < layout.size:
-            raise ProtocolError(errno.EINVAL, f"{what or _name(msg.command)}: payload of {len(msg.payload)} bytes, need {layout.size}")
+            raise ProtocolError(errno.EINVAL,
+                                f"{what or _name(msg.command)}: payload of {len(msg.payload)} bytes, need {layout.size}")
         return layout.unpack_from(msg.payload)
 
     def _no_fds(self, msg: Message) -> None:
@@ -287,7 +312,8 @@ class Connection:
                 os.close(fd)
             raise ProtocolError(errno.EINVAL, f"DMA_MAP argsz {argsz} flags {flags:#x}")
         self.function.dma.add(address, size, bool(flags & DmaMapFlags.WRITE), fd, offset)  # DmaMapError: its errno
-        self.log.debug("DMA_MAP [%#x, +%#x) %s%s", address, size, "rw" if flags & DmaMapFlags.WRITE else "ro", "" if fd is not None else " (no fd)")
+        self.log.debug("DMA_MAP [%#x, +%#x) %s%s", address, size, "rw" if flags & DmaMapFlags.WRITE else "ro",
+                       "" if fd is not None else " (no fd)")
         return Reply()
 
     def dma_unmap(self, msg: Message) -> Reply:
@@ -384,19 +410,17 @@ class Connection:
 
     def region_write_multi(self, msg: Message) -> Reply:
         self._no_fds(msg)
-        if len(msg.payload) < 8:
+        if len(msg.payload) < WRITE_MULTI_COUNT.size:
             raise ProtocolError(errno.EINVAL, "REGION_WRITE_MULTI without a count")
-        wr_cnt = int.from_bytes(msg.payload[:8], "little")
-        entry = WRITE_MULTI_ENTRY.size + 8
-        if wr_cnt > WRITE_MULTI_MAX or len(msg.payload) != 8 + entry * wr_cnt:
+        (wr_cnt,) = WRITE_MULTI_COUNT.unpack_from(msg.payload)
+        entries = msg.payload[WRITE_MULTI_COUNT.size:]
+        if wr_cnt > WRITE_MULTI_MAX or len(entries) != WRITE_MULTI_ENTRY.size * wr_cnt:
             raise ProtocolError(errno.EINVAL, f"REGION_WRITE_MULTI of {wr_cnt} writes in {len(msg.payload)} bytes")
         writes = []
-        for i in range(wr_cnt):
-            pos = 8 + entry * i
-            offset, region, count = WRITE_MULTI_ENTRY.unpack_from(msg.payload, pos)
-            if not 0 < count <= 8:
+        for i, (offset, region, count, data) in enumerate(WRITE_MULTI_ENTRY.iter_unpack(entries)):
+            if not 0 < count <= len(data):
                 raise ProtocolError(errno.EINVAL, f"write {i} of REGION_WRITE_MULTI has {count} bytes")
-            writes.append((region, offset, msg.payload[pos + 16:pos + 16 + count]))
+            writes.append((region, offset, data[:count]))
         for i, (region, offset, data) in enumerate(writes):
             try:
                 self.function.region_write(region, offset, data)

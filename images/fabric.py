@@ -20,10 +20,10 @@ import re
 import shlex
 import threading
 import time
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 from images.server import VfnicServer
 from images.vm import Guest, ManagementPort, Result, VfioUserDevice

@@ -26,15 +26,14 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from images import GUEST_FILES_DIR
 from images.cache import build_once, downloads_dir, file_hash, recipe_hash, tree_hash
-from images.debian import (ARCHIVE_KEYRING, PrivateApt, ProvisionError, debian_mirror, fetch_debootstrap,
-                           run_logged)
+from images.debian import ARCHIVE_KEYRING, PrivateApt, ProvisionError, debian_mirror, fetch_debootstrap, run_logged
 from images.helpers import compile_static
 from images.initrd import INITRD_MODULES, ModuleTree, build_initrd
 from images.kernel import pvh_kernel

@@ -16,8 +16,8 @@ import signal
 import stat
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from images.process import log_tail, stop_process
 from images.wait import wait_until

@@ -23,9 +23,9 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 from images import GUEST_FILES_DIR
 from images.guest import GuestImage, build

@@ -8,7 +8,7 @@ import random
 import pytest
 
 from emulator.client import GuestMemory
-from emulator.protocol import Command, REGION_ACCESS
+from emulator.protocol import REGION_ACCESS, Command
 
 BAR0 = 0
 
@@ -32,7 +32,7 @@ def test_random_bar0_accesses_never_crash_or_hang_the_server(serve, device, acce
     offsets = declared_offsets(served.model)
     bar_size = served.function.region_size(BAR0)
     reads = 0
-    for i in range(accesses):
+    for _ in range(accesses):
         size = rng.choice((8, 8, 8, 4, 2, 1))
         if rng.random() < 0.7:
             offset = rng.choice(offsets) + rng.randrange(0, 8, size)

@@ -6,11 +6,19 @@ from __future__ import annotations
 import os
 import random
 
+from devmodel.testdev import TESTDEV_ID
 from emulator.client import GuestMemory
 from emulator.protocol import (
-    DMA_MAP, DMA_UNMAP, IRQ_INFO, IRQ_SET, REGION_ACCESS, REGION_INFO, Command, MsgFlags, header,
+    DMA_MAP,
+    DMA_UNMAP,
+    IRQ_INFO,
+    IRQ_SET,
+    REGION_ACCESS,
+    REGION_INFO,
+    Command,
+    MsgFlags,
+    header,
 )
-from devmodel.testdev import TESTDEV_ID
 
 MESSAGES = 10_000
 COMMANDS = [int(c) for c in Command] + [0, 14, 19, 0xFFFF]

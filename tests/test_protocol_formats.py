@@ -40,12 +40,28 @@ def test_layout_builds_golden_bytes_and_parses_them_back(layout, value, golden):
 
 
 @pytest.mark.parametrize("fixed,size", [(p.HEADER, 16), (p.DMA_MAP, 32), (p.DMA_UNMAP, 24), (p.DEVICE_INFO, 16),
-                                        (p.REGION_INFO, 32), (p.IRQ_INFO, 16), (p.IRQ_SET, 20), (p.REGION_ACCESS, 16)])
+                                        (p.REGION_INFO, 32), (p.IRQ_INFO, 16), (p.IRQ_SET, 20), (p.REGION_ACCESS, 16),
+                                        (p.WRITE_MULTI_ENTRY, 24)])
 def test_fast_codec_agrees_with_its_declaration(fixed, size):
-    values = {name: (i + 1) * 3 for i, name in enumerate(fixed.names)}
+    values = {name: bytes(range(i, i + 8)) if fmt.endswith("s") else (i + 1) * 3
+              for i, (name, fmt) in enumerate(zip(fixed.names, _formats(fixed)))}
     assert fixed.size == size
     assert fixed.build(**values) == fixed.declaration.build(values)
     assert fixed.parse(fixed.declaration.build(values)) == values
+
+
+def test_write_multi_is_parsed_by_codecs_derived_from_its_declaration():
+    entries = [dict(offset=8 * i, region=i % 2, count=i + 1, data=bytes(range(i, i + 8))) for i in range(3)]
+    message = p.WriteMulti.build(dict(writes=entries))
+    (count,) = p.WRITE_MULTI_COUNT.unpack_from(message)
+    body = message[p.WRITE_MULTI_COUNT.size:]
+    assert count == 3 and len(body) == 3 * p.WRITE_MULTI_ENTRY.size
+    assert [dict(zip(p.WRITE_MULTI_ENTRY.names, e)) for e in p.WRITE_MULTI_ENTRY.iter_unpack(body)] == entries
+
+
+def _formats(fixed):
+    import re
+    return re.findall(r"\d*[a-zA-Z]", fixed.struct.format[1:])
 
 
 def test_header_helper_counts_the_header_in_msg_size():

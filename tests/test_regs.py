@@ -38,6 +38,13 @@ def test_w1c_clears_only_the_bits_written_as_one():
     assert regs.read(0x10, 8) == 0xC0
 
 
+def test_w1s_sets_the_bits_written_as_one_and_keeps_the_others():
+    regs, _ = make()
+    regs.write(0x18, 8, 0x01)
+    regs.write(0x18, 8, 0x30)
+    assert regs.read(0x18, 8) == 0x31
+
+
 def test_w1s_sets_only_writable_bits():
     regs, _ = make()
     regs.write(0x18, 8, 0x1F0)

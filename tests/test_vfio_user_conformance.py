@@ -13,11 +13,32 @@ import os
 
 import pytest
 
-from devmodel.testdev import DMA_CMD, DMA_DST, DMA_LEN, DMA_SRC, DMA_STATUS, IRQ_VECTOR, SCRATCH, STATUS_DONE, TESTDEV_ID
+from devmodel.testdev import (
+    DMA_CMD,
+    DMA_DST,
+    DMA_LEN,
+    DMA_SRC,
+    DMA_STATUS,
+    IRQ_VECTOR,
+    SCRATCH,
+    STATUS_DONE,
+    TESTDEV_ID,
+)
 from emulator.client import Client, VfioUserError, wait_eventfd
 from emulator.protocol import (
-    DMA_MAP, DMA_UNMAP, IRQ_SET, REGION_ACCESS, REGION_INFO, Command, DmaUnmapFlags, IrqIndex, IrqSetFlags, MsgFlags,
-    RegionFlags, Version, header,
+    DMA_MAP,
+    DMA_UNMAP,
+    IRQ_SET,
+    REGION_ACCESS,
+    REGION_INFO,
+    Command,
+    DmaUnmapFlags,
+    IrqIndex,
+    IrqSetFlags,
+    MsgFlags,
+    RegionFlags,
+    Version,
+    header,
 )
 
 BAR0, CONFIG = 0, 7
@@ -332,7 +353,8 @@ MALFORMED = [
      DMA_MAP.build(argsz=32, flags=3, address=(1 << 64) - 0x1000, size=0x2000), errno.EINVAL),
     ("dma_map argsz too small", Command.DMA_MAP, DMA_MAP.build(argsz=8, flags=3, address=0x1000, size=0x1000), errno.EINVAL),
     ("dma_unmap truncated", Command.DMA_UNMAP, bytes(8), errno.EINVAL),
-    ("dma_unmap ALL with an address", Command.DMA_UNMAP, DMA_UNMAP.build(argsz=24, flags=2, address=0x1000, size=0x1000), errno.EINVAL),
+    ("dma_unmap ALL with an address", Command.DMA_UNMAP,
+     DMA_UNMAP.build(argsz=24, flags=2, address=0x1000, size=0x1000), errno.EINVAL),
     ("dma_unmap unknown flag", Command.DMA_UNMAP, DMA_UNMAP.build(argsz=24, flags=0x40), errno.EINVAL),
     ("reset carrying a payload is fine but an unknown command is not", 0x7FFF, b"", errno.ENOSYS),
 ]

@@ -7,8 +7,17 @@ A device's port implements `LinkEnd`; `cable(a, b)` joins two of them. The
 transport of a link is in-process for now; the `LinkEnd` contract (post,
 never block) is what lets a later transport carry it across processes.
 """
-from .link import (BuiltInPartner, DirectionCounters, Link, LinkDownReason, LinkEnd, LinkState, NodeType,
-                   Packet, PortIdentity)
+from .link import (
+    BuiltInPartner,
+    DirectionCounters,
+    Link,
+    LinkDownReason,
+    LinkEnd,
+    LinkState,
+    NodeType,
+    Packet,
+    PortIdentity,
+)
 
 __all__ = ["BuiltInPartner", "DirectionCounters", "Link", "LinkDownReason", "LinkEnd", "LinkState", "NodeType",
            "Packet", "PortIdentity", "cable"]

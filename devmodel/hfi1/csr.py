@@ -13,7 +13,8 @@ its own model state beyond register values.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from devmodel.regs import Register, register_array
 

@@ -31,21 +31,8 @@ field f of lane l at 4*0x17 + 0x20*l + 4f (the address formula of
 there too [inferred: the real firmware's placement is not documented, this is
 the one the driver reads back].
 
-Physical link, through the port's cable (`port.py`, `devmodel/fabric`):
-
-    Offline --CHANGE_PHY_STATE(Polling)--> Polling: the port offers the link
-    Polling --both ends polling, then `link_training_s`--> LinkUp: logical
-            state Init, the other end's identity in the STS_REMOTE_*
-            registers and its VerifyCap offer in the remote fields, HOST_MSG
-            LINKUP_ACHIEVED through ERR_FLG.SET_BY_8051 (source 250, an MSI-X
-            interrupt through CCE_INT_MAP)
-    any --CHANGE_PHY_STATE(Offline)--> Offline (logical Down) at once; the
-            other end's link goes down with it
-    LinkUp --the other end goes offline / the cable is pulled--> Offline,
-            LINK_DOWN_REASON "received linkdown idle message" / "link
-            transfer active low", HOST_MSG LINK_GOING_DOWN
-
-With no cable, or nobody polling at the other end, Polling lasts.
+The physical link (Offline, Polling, LinkUp) is the firmware's state machine in
+`lni.py`; `self.link` is that machine.
 
 The 8051 clears its HOST_MSG word at the start of a host command once the host
 has acknowledged it (cleared ERR_FLG.SET_BY_8051) [inferred]; each command
@@ -54,62 +41,70 @@ leaves HOST_REQ_DONE behind, which the driver treats as informational.
 from __future__ import annotations
 
 from collections import deque
-from enum import Enum, IntEnum, IntFlag
+from enum import Enum
 
+from devmodel.fabric import PortIdentity
 from devmodel.regs import Access, Register
 
 from .chip_registers import (
-    DC_DC8051_CFG_CSR_ACCESS_SEL_DCC_SMASK, DC_DC8051_CFG_CSR_ACCESS_SEL_LCB_SMASK, DC_DC8051_CFG_EXT_DEV_0,
-    DC_DC8051_CFG_EXT_DEV_0_RETURN_CODE_SHIFT, DC_DC8051_CFG_EXT_DEV_0_RSP_DATA_SHIFT, DC_DC8051_CFG_EXT_DEV_1,
-    DC_DC8051_CFG_EXT_DEV_1_REQ_DATA_SHIFT, DC_DC8051_CFG_HOST_CMD_0_REQ_DATA_MASK,
-    DC_DC8051_CFG_HOST_CMD_0_REQ_DATA_SHIFT, DC_DC8051_CFG_HOST_CMD_0_REQ_NEW_SMASK,
-    DC_DC8051_CFG_HOST_CMD_0_REQ_TYPE_MASK, DC_DC8051_CFG_HOST_CMD_0_REQ_TYPE_SHIFT, DC_DC8051_CFG_HOST_CMD_1,
-    DC_DC8051_CFG_HOST_CMD_1_COMPLETED_SMASK, DC_DC8051_CFG_HOST_CMD_1_RETURN_CODE_SHIFT,
-    DC_DC8051_CFG_HOST_CMD_1_RSP_DATA_MASK, DC_DC8051_CFG_HOST_CMD_1_RSP_DATA_SHIFT, DC_DC8051_CFG_LOCAL_GUID,
-    DC_DC8051_CFG_RAM_ACCESS_CTRL, DC_DC8051_CFG_RAM_ACCESS_CTRL_ADDRESS_MASK, DC_DC8051_CFG_RAM_ACCESS_CTRL_READ_ENA_SMASK,
-    DC_DC8051_CFG_RAM_ACCESS_CTRL_WRITE_ENA_SMASK, DC_DC8051_CFG_RAM_ACCESS_RD_DATA,
-    DC_DC8051_CFG_RAM_ACCESS_SETUP, DC_DC8051_CFG_RAM_ACCESS_SETUP_AUTO_INCR_ADDR_SMASK,
-    DC_DC8051_CFG_RAM_ACCESS_SETUP_RAM_SEL_SMASK, DC_DC8051_CFG_RAM_ACCESS_STATUS,
-    DC_DC8051_CFG_RAM_ACCESS_STATUS_ACCESS_COMPLETED_SMASK, DC_DC8051_CFG_RST, DC_DC8051_CFG_RST_M8051W_SMASK,
-    DC_DC8051_DBG_ERR_INFO_SET_BY_8051, DC_DC8051_DBG_ERR_INFO_SET_BY_8051_ERROR_SHIFT,
-    DC_DC8051_ERR_FLG_SET_BY_8051_SMASK, DC_DC8051_STS_CUR_STATE_FIRMWARE_SHIFT, DC_DC8051_STS_REMOTE_FM_SECURITY,
-    DC_DC8051_STS_REMOTE_GUID, DC_DC8051_STS_REMOTE_NODE_TYPE, DC_DC8051_STS_REMOTE_PORT_NO, DC_LCB_CFG_RUN,
+    DC_DC8051_CFG_CSR_ACCESS_SEL_DCC_SMASK,
+    DC_DC8051_CFG_CSR_ACCESS_SEL_LCB_SMASK,
+    DC_DC8051_CFG_EXT_DEV_0,
+    DC_DC8051_CFG_EXT_DEV_0_RETURN_CODE_SHIFT,
+    DC_DC8051_CFG_EXT_DEV_0_RSP_DATA_SHIFT,
+    DC_DC8051_CFG_EXT_DEV_1,
+    DC_DC8051_CFG_EXT_DEV_1_REQ_DATA_SHIFT,
+    DC_DC8051_CFG_HOST_CMD_0_REQ_DATA_MASK,
+    DC_DC8051_CFG_HOST_CMD_0_REQ_DATA_SHIFT,
+    DC_DC8051_CFG_HOST_CMD_0_REQ_NEW_SMASK,
+    DC_DC8051_CFG_HOST_CMD_0_REQ_TYPE_MASK,
+    DC_DC8051_CFG_HOST_CMD_0_REQ_TYPE_SHIFT,
+    DC_DC8051_CFG_HOST_CMD_1,
+    DC_DC8051_CFG_HOST_CMD_1_COMPLETED_SMASK,
+    DC_DC8051_CFG_HOST_CMD_1_RETURN_CODE_SHIFT,
+    DC_DC8051_CFG_HOST_CMD_1_RSP_DATA_MASK,
+    DC_DC8051_CFG_HOST_CMD_1_RSP_DATA_SHIFT,
+    DC_DC8051_CFG_RAM_ACCESS_CTRL,
+    DC_DC8051_CFG_RAM_ACCESS_CTRL_ADDRESS_MASK,
+    DC_DC8051_CFG_RAM_ACCESS_CTRL_READ_ENA_SMASK,
+    DC_DC8051_CFG_RAM_ACCESS_CTRL_WRITE_ENA_SMASK,
+    DC_DC8051_CFG_RAM_ACCESS_RD_DATA,
+    DC_DC8051_CFG_RAM_ACCESS_SETUP,
+    DC_DC8051_CFG_RAM_ACCESS_SETUP_AUTO_INCR_ADDR_SMASK,
+    DC_DC8051_CFG_RAM_ACCESS_SETUP_RAM_SEL_SMASK,
+    DC_DC8051_CFG_RAM_ACCESS_STATUS,
+    DC_DC8051_CFG_RAM_ACCESS_STATUS_ACCESS_COMPLETED_SMASK,
+    DC_DC8051_CFG_RST,
+    DC_DC8051_CFG_RST_M8051W_SMASK,
+    DC_DC8051_DBG_ERR_INFO_SET_BY_8051,
+    DC_DC8051_DBG_ERR_INFO_SET_BY_8051_ERROR_SHIFT,
+    DC_DC8051_ERR_FLG_SET_BY_8051_SMASK,
+    DC_DC8051_STS_CUR_STATE_FIRMWARE_SHIFT,
+    DC_LCB_CFG_RUN,
 )
-from devmodel.fabric import LinkDownReason, NodeType, PortIdentity
-
 from .csr import Block, csr, csrs, field
-from .dcc import LogicalState
+from .dc8051_interface import (
+    GENERAL_CONFIG,
+    LANES,
+    NUM_GENERAL_FIELDS,
+    NUM_LANE_FIELDS,
+    ConfigField,
+    HostCommand,
+    HostMessage,
+    PhysicalState,
+    ReturnCode,
+    config_address,
+)
 from .intr import DC8051_INT, ErrorFlags
+from .lni import PhysicalLink
 
 DATA_RAM_SIZE = 0x1000  # chip.h DC8051_DATA_MEM_SIZE
 CODE_RAM_SIZE = 0x8000  # RAM_ACCESS_CTRL.ADDRESS is 15 bits
 FIRMWARE_READY = 0xA0
-NUM_GENERAL_FIELDS = 0x17
-NUM_LANE_FIELDS = 0x8
-GENERAL_CONFIG = 4  # lane id of the general fields
 LOAD_DATA_FIELD_ID_SHIFT = 40
 LOAD_DATA_LANE_ID_SHIFT = 32
 HCMD_MISC_REQUEST_LCB_ACCESS = 0x1
 HCMD_MISC_GRANT_LCB_ACCESS = 0x2
-#: chip.h LDR_* (LINK_DOWN_REASON byte 0)
-LDR_LINK_TRANSFER_ACTIVE_LOW = 0xA
-LDR_RECEIVED_LINKDOWN_IDLE_MSG = 0xB
-LDR_RECEIVED_HOST_OFFLINE_REQ = 0xC
-LINK_QUALITY_EXCELLENT = 5
-LANES = 4
-
-
-class PhysicalState(IntEnum):
-    """DC_DC8051_STS_CUR_STATE.PORT (chip.h PLS_*)."""
-
-    POLLING = 0x20
-    DISABLED = 0x30
-    CONFIGPHY = 0x40
-    LINKUP = 0x50
-    OFFLINE = 0x90
-    PHYTEST = 0xB0
-    INTERNAL_SERDES_LOOPBACK = 0xE1
-    QUICK_LINKUP = 0xE2  # a request, never a state
 
 
 class McuState(Enum):
@@ -124,68 +119,6 @@ class LcbOwner(Enum):
     DC8051 = "8051"
 
 
-class HostCommand(IntEnum):
-    LOAD_CONFIG_DATA = 0x01
-    READ_CONFIG_DATA = 0x02
-    CHANGE_PHY_STATE = 0x03
-    SEND_LCB_IDLE_MSG = 0x04
-    MISC = 0x05
-    READ_LCB_IDLE_MSG = 0x06
-    READ_LCB_CSR = 0x07
-    WRITE_LCB_CSR = 0x08
-    INTERFACE_TEST = 0xFF
-
-
-class ReturnCode(IntEnum):
-    INVALID = 0x01  # [inferred] the driver only tests for SUCCESS
-    SUCCESS = 0x02
-    NOT_SUPPORTED = 0x03
-
-
-class HostMessage(IntFlag):
-    """DC_DC8051_DBG_ERR_INFO_SET_BY_8051.HOST_MSG."""
-
-    HOST_REQ_DONE = 1 << 0
-    BC_PWR_MGM_MSG = 1 << 1
-    BC_SMA_MSG = 1 << 2
-    BC_BCC_UNKNOWN_MSG = 1 << 3
-    BC_IDLE_UNKNOWN_MSG = 1 << 4
-    EXT_DEVICE_CFG_REQ = 1 << 5
-    VERIFY_CAP_FRAME = 1 << 6
-    LINKUP_ACHIEVED = 1 << 7
-    LINK_GOING_DOWN = 1 << 8
-    LINK_WIDTH_DOWNGRADED = 1 << 9
-
-
-class ConfigField(IntEnum):
-    """8051 general "firmware register" field ids (chip.h)."""
-
-    TX_SETTINGS = 0x06
-    VERIFY_CAP_LOCAL_PHY = 0x07
-    VERIFY_CAP_LOCAL_FABRIC = 0x08
-    VERIFY_CAP_LOCAL_LINK_MODE = 0x09
-    LOCAL_DEVICE_ID = 0x0A
-    RESERVED_REGISTERS = 0x0B
-    LOCAL_LNI_INFO = 0x0C
-    REMOTE_LNI_INFO = 0x0D
-    MISC_STATUS = 0x0E
-    VERIFY_CAP_REMOTE_PHY = 0x0F
-    VERIFY_CAP_REMOTE_FABRIC = 0x10
-    VERIFY_CAP_REMOTE_LINK_WIDTH = 0x11
-    LAST_LOCAL_STATE_COMPLETE = 0x12
-    LAST_REMOTE_STATE_COMPLETE = 0x13
-    LINK_QUALITY_INFO = 0x14
-    REMOTE_DEVICE_ID = 0x15
-    LINK_DOWN_REASON = 0x16  # byte 0; VERSION_PATCH is byte 3 of the same word
-
-
-def config_address(field_id: int, lane_id: int) -> int:
-    """Byte address of a firmware register in data RAM (`read_8051_config`)."""
-    if lane_id < LANES:
-        return 4 * NUM_GENERAL_FIELDS + lane_id * 4 * NUM_LANE_FIELDS + 4 * field_id
-    return 4 * field_id
-
-
 class Dc8051(Block):
     name = "dc8051"
 
@@ -194,13 +127,10 @@ class Dc8051(Block):
         self.data_ram = bytearray(DATA_RAM_SIZE)
         self.code_ram = bytearray(CODE_RAM_SIZE)
         self.mcu = McuState.HELD
-        self.phys = PhysicalState.OFFLINE
-        self.peer: PortIdentity | None = None  # the other end, once the link is up
-        self._epoch = -1  # which link-up `peer` came with
+        self.link = PhysicalLink(self)
         self.lcb_owner = LcbOwner.HOST
         self.idle_messages_sent: list[int] = []
         self.idle_messages_received: deque[int] = deque()
-        self._training = None
         self._ram_address = 0
         return [
             csr("DC_DC8051_CFG_RAM_ACCESS_SETUP"),
@@ -227,13 +157,9 @@ class Dc8051(Block):
 
     # -- power, reset ----------------------------------------------------------
     def reset(self) -> None:
-        self._stop_training()
-        if self.phys is not PhysicalState.OFFLINE:
-            self.chip.port.stop()
+        self.link.reset()
         self.data_ram[:] = bytes(DATA_RAM_SIZE)
         self.mcu = McuState.HELD
-        self.phys = PhysicalState.OFFLINE
-        self.peer, self._epoch = None, -1
         self.lcb_owner = LcbOwner.HOST
         self.idle_messages_sent.clear()
         self.idle_messages_received.clear()
@@ -243,13 +169,8 @@ class Dc8051(Block):
         """DC reset asserted or CFG_RST.M8051W set: the 8051 stops."""
         if self.mcu is McuState.HELD:
             return
-        self._stop_training()
-        if self.phys is PhysicalState.LINKUP:
-            self.chip.dcc.set_logical_state(LogicalState.DOWN)
-        if self.phys is not PhysicalState.OFFLINE:
-            self.chip.port.stop()
+        self.link.halt()
         self.mcu = McuState.HELD
-        self.phys = PhysicalState.OFFLINE
         self.log.info("8051 held in reset")
 
     def release(self) -> None:
@@ -259,7 +180,7 @@ class Dc8051(Block):
         if self.regs.get(DC_DC8051_CFG_RST) & DC_DC8051_CFG_RST_M8051W_SMASK:
             return
         self.mcu = McuState.RUNNING
-        self.phys = PhysicalState.OFFLINE
+        self.link.state = PhysicalState.OFFLINE
         self.log.info("8051 running, physical state OFFLINE")
 
     def _cfg_rst(self, old: int, new: int) -> None:
@@ -274,12 +195,12 @@ class Dc8051(Block):
 
     @property
     def link_is_up(self) -> bool:
-        return self.running and self.phys is PhysicalState.LINKUP
+        return self.link.is_up
 
     def cur_state(self) -> int:
         if not self.running:
             return 0
-        return self.phys | FIRMWARE_READY << DC_DC8051_STS_CUR_STATE_FIRMWARE_SHIFT
+        return self.link.state | FIRMWARE_READY << DC_DC8051_STS_CUR_STATE_FIRMWARE_SHIFT
 
     # -- RAM window ------------------------------------------------------------
     def _ram(self) -> bytearray:
@@ -388,7 +309,7 @@ class Dc8051(Block):
         return ReturnCode.SUCCESS, self.read_config(slot[0], slot[1])
 
     def _cmd_change_phy_state(self, data: int) -> tuple[int, int]:
-        return self.request_state(data & 0xFF, (data >> 8) & 0xFF), 0
+        return self.link.request_state(data & 0xFF, (data >> 8) & 0xFF), 0
 
     def _cmd_send_lcb_idle_msg(self, data: int) -> tuple[int, int]:
         if not self.link_is_up:
@@ -430,136 +351,6 @@ class Dc8051(Block):
 
     def _cmd_interface_test(self, data: int) -> tuple[int, int]:
         return ReturnCode.SUCCESS, data
-
-    # -- physical link state machine ---------------------------------------------
-    def request_state(self, wanted: int, remote_reason: int = 0) -> int:
-        """CHANGE_PHY_STATE: the host's request; returns the command's return code."""
-        phys = self.phys
-        if wanted == PhysicalState.OFFLINE:
-            self._go_offline(LDR_RECEIVED_HOST_OFFLINE_REQ, remote_reason)
-            return ReturnCode.SUCCESS
-        if wanted == PhysicalState.POLLING and phys in (PhysicalState.OFFLINE, PhysicalState.POLLING):
-            self._set_phys(PhysicalState.POLLING)
-            self._start_training()
-            return ReturnCode.SUCCESS
-        if wanted == PhysicalState.DISABLED and phys in (PhysicalState.OFFLINE, PhysicalState.DISABLED):
-            self._set_phys(PhysicalState.DISABLED)
-            return ReturnCode.SUCCESS
-        if (wanted == PhysicalState.LINKUP and phys in (PhysicalState.POLLING, PhysicalState.CONFIGPHY)
-                or wanted == PhysicalState.QUICK_LINKUP and phys in (PhysicalState.OFFLINE, PhysicalState.POLLING)):
-            if self.phys is PhysicalState.OFFLINE:
-                self._set_phys(PhysicalState.POLLING)
-                self._start_training()
-            if self.peer is not None and self.chip.port.link_is_up(self._epoch):
-                self._link_up()
-                return ReturnCode.SUCCESS
-            return ReturnCode.INVALID
-        if wanted not in PhysicalState._value2member_map_:
-            return ReturnCode.NOT_SUPPORTED
-        self.log.warning("CHANGE_PHY_STATE: %s -> %#x refused", phys.name, wanted)
-        return ReturnCode.INVALID
-
-    def _set_phys(self, state: PhysicalState) -> None:
-        if state is not self.phys:
-            self.log.info("DC_DC8051_STS_CUR_STATE: physical state %s -> %s", self.phys.name, state.name)
-        self.phys = state
-
-    def identity(self) -> PortIdentity:
-        """What link negotiation tells the other end about this port."""
-        config = self.chip.config
-        return PortIdentity(
-            guid=self.regs.get(DC_DC8051_CFG_LOCAL_GUID), node_type=NodeType.HFI, port_no=1,
-            device_id=config.device_id, device_rev=config.device_rev, fm_security_disabled=True,
-            mgmt_allowed=True,
-            verify_cap=tuple(self.read_config(f) for f in (ConfigField.VERIFY_CAP_LOCAL_PHY,
-                                                          ConfigField.VERIFY_CAP_LOCAL_FABRIC,
-                                                          ConfigField.VERIFY_CAP_LOCAL_LINK_MODE)))
-
-    def _start_training(self) -> None:
-        """Polling: offer the link on the cable. Training completes once the
-        other end polls too (`partner_linked`)."""
-        if not self.chip.port.start_polling(self.identity()):
-            self.log.info("link training: no cable, still POLLING")
-        elif self.peer is not None and self.chip.port.link_is_up(self._epoch) and self._training is None:
-            # polling again on a link that is already up: finish training
-            self._training = self.chip.after(self.chip.config.link_training_s, self._training_done)
-
-    def _stop_training(self) -> None:
-        if self._training is not None:
-            self._training.cancel()
-            self._training = None
-
-    def partner_linked(self, peer: PortIdentity, epoch: int) -> None:
-        """Both ends are polling: the link trains for `link_training_s`."""
-        self.peer, self._epoch = peer, epoch
-        if self.running and self.phys is PhysicalState.POLLING:
-            self._stop_training()
-            self._training = self.chip.after(self.chip.config.link_training_s, self._training_done)
-
-    def _training_done(self) -> None:
-        self._training = None
-        if self.phys is not PhysicalState.POLLING:
-            return
-        if self.peer is None or not self.chip.port.link_is_up(self._epoch):
-            self.log.info("link training: the other end left, still POLLING")
-            return
-        self._link_up()
-
-    def partner_lost(self, reason: LinkDownReason, epoch: int) -> None:
-        """The link went down from the other end (or the cable was pulled)."""
-        if epoch != self._epoch:
-            return  # news about a link-up this end never completed
-        self.peer = None
-        self._stop_training()
-        if self.link_is_up:
-            code = LDR_LINK_TRANSFER_ACTIVE_LOW if reason is LinkDownReason.CABLE_PULLED \
-                else LDR_RECEIVED_LINKDOWN_IDLE_MSG
-            self._go_offline(code)
-            self.post(HostMessage.LINK_GOING_DOWN)
-
-    def cable_plugged(self) -> None:
-        """A new cable: a port still polling offers the link on it."""
-        if self.running and self.phys is PhysicalState.POLLING:
-            self._start_training()
-
-    def _link_up(self) -> None:
-        self._stop_training()
-        peer = self.peer
-        if peer is None:
-            return
-        self.regs.set(DC_DC8051_STS_REMOTE_GUID, peer.guid)
-        self.regs.set(DC_DC8051_STS_REMOTE_NODE_TYPE, int(peer.node_type))
-        self.regs.set(DC_DC8051_STS_REMOTE_PORT_NO, peer.port_no)
-        self.regs.set(DC_DC8051_STS_REMOTE_FM_SECURITY, int(peer.fm_security_disabled))
-        self.write_config(ConfigField.LOCAL_LNI_INFO, 0xF << 16)  # all four rx lanes enabled
-        self.write_config(ConfigField.REMOTE_LNI_INFO, int(peer.mgmt_allowed) << 23)
-        self.write_config(ConfigField.LINK_QUALITY_INFO, LINK_QUALITY_EXCELLENT << 24)
-        self.write_config(ConfigField.REMOTE_DEVICE_ID, peer.device_id << 8 | peer.device_rev)
-        offered = peer.verify_cap or tuple(self.read_config(f) for f in (
-            ConfigField.VERIFY_CAP_LOCAL_PHY, ConfigField.VERIFY_CAP_LOCAL_FABRIC,
-            ConfigField.VERIFY_CAP_LOCAL_LINK_MODE))
-        for remote, value in zip((ConfigField.VERIFY_CAP_REMOTE_PHY, ConfigField.VERIFY_CAP_REMOTE_FABRIC,
-                                  ConfigField.VERIFY_CAP_REMOTE_LINK_WIDTH), offered):
-            self.write_config(remote, value)
-        mode = self.read_config(ConfigField.VERIFY_CAP_LOCAL_LINK_MODE) & ~0xFF00
-        self.write_config(ConfigField.VERIFY_CAP_LOCAL_LINK_MODE, mode | LANES << 12 | LANES << 8)
-        self.write_config(ConfigField.LINK_DOWN_REASON, self.read_config(ConfigField.LINK_DOWN_REASON) & ~0xFF)
-        self._set_phys(PhysicalState.LINKUP)
-        self.chip.dcc.set_logical_state(LogicalState.INIT)
-        self.post(HostMessage.LINKUP_ACHIEVED)
-
-    def _go_offline(self, reason: int, remote_reason: int = 0) -> None:
-        self._stop_training()
-        was_up = self.phys is PhysicalState.LINKUP
-        was_offline = self.phys is PhysicalState.OFFLINE
-        self._set_phys(PhysicalState.OFFLINE)
-        self.chip.dcc.set_logical_state(LogicalState.DOWN)
-        if not was_offline:
-            self.chip.port.stop()
-        if was_up:
-            down = self.read_config(ConfigField.LINK_DOWN_REASON) & ~0xFF
-            self.write_config(ConfigField.LINK_DOWN_REASON, down | reason)
-            self.log.info("link down, reason %#x (sent remote reason %#x)", reason, remote_reason)
 
     # -- the other end of the cable (tests, fault injection) ----------------------------
     def unplug(self) -> None:

@@ -40,20 +40,27 @@ import logging
 import threading
 import traceback
 from collections import deque
-from typing import Callable
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from devmodel.base import DeviceHost, DeviceModel
 from devmodel.fabric import Packet, cable
+from devmodel.pci_layout import Bar, BarKind, MsixLayout, PcieLink, PciIdentity, PciLayout
 from devmodel.regs import RegisterFile
 from devmodel.worker import Job, ScheduledWorker, ThreadScheduler, Worker
-from devmodel.pci_layout import Bar, BarKind, MsixLayout, PciIdentity, PciLayout, PcieLink
 
 from .asic import Asic
 from .cce import Cce
 from .chip_registers import CCE_MSIX_PBA_OFFSET, CCE_MSIX_TABLE_LOWER, RCV_ERR_STATUS_RX_RCV_FSM_ENCODING_ERR_SMASK
 from .config import (
-    PCI_CLASS_FABRIC_CONTROLLER, PCI_DEVICE_ID_INTEL0, PCI_REVISION_B1, PCI_SUBSYSTEM_ID_ADAPTER_X16,
-    PCI_VENDOR_ID_INTEL, ChipConfig, Neighbour, make_guid,
+    PCI_CLASS_FABRIC_CONTROLLER,
+    PCI_DEVICE_ID_INTEL0,
+    PCI_REVISION_B1,
+    PCI_SUBSYSTEM_ID_ADAPTER_X16,
+    PCI_VENDOR_ID_INTEL,
+    ChipConfig,
+    Neighbour,
+    make_guid,
 )
 from .dc8051 import Dc8051
 from .dcc import Dcc
@@ -70,6 +77,20 @@ from .send import Send
 
 BAR0_SIZE = TXE_PIO_SEND + TXE_PIO_SIZE  # 64 MiB: hfi1_pcie_ddinit refuses anything else
 MAX_FAULTS = 32  # internal errors kept (and logged in full) per device
+
+
+@dataclass(frozen=True)
+class BarWindow:
+    """A range of BAR0 and the block that serves it."""
+    name: str
+    start: int
+    end: int
+    read: Callable[[int, int], int]
+    write: Callable[[int, int, int], None]
+
+
+def _write_only(_offset: int, _size: int) -> int:
+    return 0
 
 
 class Hfi1Device(DeviceModel):
@@ -131,6 +152,13 @@ class Hfi1Device(DeviceModel):
                        self.dc8051, self.rcv, self.send, self.pio, self.sdma)
         for block in self.blocks:
             self.regs.declare(block.registers)
+        rcv_array_start, rcv_array_end = self.rcv.rcv_array_span()
+        #: BAR0 decode, first match wins (the module docstring draws the map)
+        self.windows = (
+            BarWindow("PIO send buffers", TXE_PIO_SEND, BAR0_SIZE, _write_only, self.pio.space_write),
+            BarWindow("RcvArray", rcv_array_start, rcv_array_end, self.rcv.rcv_array_read, self.rcv.rcv_array_write),
+            BarWindow("CSRs", 0, BAR0_SIZE, self.regs.read, self.regs.write),
+        )
         for block in self.blocks:
             block.reset()
         if self.config.neighbour is not None:
@@ -163,13 +191,7 @@ class Hfi1Device(DeviceModel):
         value = 0
         with self._lock:
             try:
-                lo, hi = self.rcv.rcv_array_span()
-                if lo <= offset < hi:
-                    value = self.rcv.rcv_array_read(offset, size)
-                elif offset >= TXE_PIO_SEND:
-                    value = 0  # the send buffers are write-only
-                else:
-                    value = self.regs.read(offset, size)
+                value = self._window(offset).read(offset, size)
             except Exception as exc:
                 self.internal_error(exc, f"read of {self.regs.nearest(offset)}")
             vectors = self.intr.take_pending()
@@ -186,14 +208,7 @@ class Hfi1Device(DeviceModel):
             self.log.debug("write %s (%d) <- %#x", self.regs.nearest(offset), size, value)
         with self._lock:
             try:
-                if offset >= TXE_PIO_SEND:
-                    self.pio.space_write(offset, size, value)
-                else:
-                    lo, hi = self.rcv.rcv_array_span()
-                    if lo <= offset < hi:
-                        self.rcv.rcv_array_write(offset, size, value)
-                    else:
-                        self.regs.write(offset, size, value)
+                self._window(offset).write(offset, size, value)
             except Exception as exc:
                 self.internal_error(exc, f"write of {self.regs.nearest(offset)}")
             vectors = self.intr.take_pending()
@@ -232,7 +247,7 @@ class Hfi1Device(DeviceModel):
                 "undeclared_offsets": {f"{off:#x}": self.regs.nearest(off) for off in sorted(undeclared)},
                 "declared_csrs": sum(len(block.registers) for block in self.blocks),
                 "msix_raised": self.intr.delivered,
-                "physical_state": self.dc8051.phys.name if self.dc8051.running else "HELD",
+                "physical_state": self.dc8051.link.state.name if self.dc8051.running else "HELD",
                 "logical_state": self.dcc.logical_state.name,
                 "sdma_engines": [engine.state.value for engine in self.sdma.engines],
                 "pio": self.pio.counters(),
@@ -331,6 +346,12 @@ class Hfi1Device(DeviceModel):
                 self.log.warning("CCE_INT_MAP names MSI-X vector %d beyond the table", vector)
                 continue
             self.host.irq.trigger(vector)
+
+    def _window(self, offset: int) -> "BarWindow":
+        for window in self.windows:
+            if window.start <= offset < window.end:
+                return window
+        raise AssertionError(f"{offset:#x} is in no BAR0 window")  # _in_bar0 checked the range
 
     def _in_bar0(self, bar: int, offset: int, size: int) -> bool:
         if bar != 0 or offset < 0 or offset + size > BAR0_SIZE or size not in (1, 2, 4, 8) or offset % size:

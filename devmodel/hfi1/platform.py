@@ -34,8 +34,19 @@ import zlib
 from enum import IntEnum
 
 from construct import (
-    Array, BitsInteger, BitStruct, ByteSwapped, Checksum, Const, FixedSized, GreedyRange,
-    Int32ul, Padding, Rebuild, Struct, this,
+    Array,
+    BitsInteger,
+    BitStruct,
+    ByteSwapped,
+    Checksum,
+    Const,
+    FixedSized,
+    GreedyRange,
+    Int32ul,
+    Padding,
+    Rebuild,
+    Struct,
+    this,
 )
 
 from .config import PortType

@@ -62,7 +62,7 @@ class Hfi1Port:
         self.plug(link)
         self.partner = BuiltInPartner(identity, name=f"{self.name}-partner")
         self.partner.plug_into(link)
-        self.chip.post(self.chip.dc8051.cable_plugged)
+        self.chip.post(self.chip.dc8051.link.cable_plugged)
 
     def unplug(self) -> None:
         """Pull the cable: an up link goes down at both ends."""
@@ -100,10 +100,10 @@ class Hfi1Port:
 
     # -- LinkEnd: called by the link from any thread; only queues work -----------------
     def linked(self, peer: PortIdentity, epoch: int) -> None:
-        self.chip.post(lambda: self.chip.dc8051.partner_linked(peer, epoch))
+        self.chip.post(lambda: self.chip.dc8051.link.partner_linked(peer, epoch))
 
     def unlinked(self, reason: LinkDownReason, epoch: int) -> None:
-        self.chip.post(lambda: self.chip.dc8051.partner_lost(reason, epoch))
+        self.chip.post(lambda: self.chip.dc8051.link.partner_lost(reason, epoch))
 
     def receive(self, packet: Packet) -> None:
         with self._lock:

@@ -23,9 +23,9 @@ import logging
 import threading
 
 from devmodel.base import DeviceModel, DmaError
+from devmodel.pci_layout import Bar, BarKind, MsixLayout, PciIdentity, PciLayout
 from devmodel.regs import Access, Register, RegisterFile
 from devmodel.worker import Worker
-from devmodel.pci_layout import Bar, BarKind, MsixLayout, PciIdentity, PciLayout
 
 log = logging.getLogger("vfnic.testdev")
 

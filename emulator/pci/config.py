@@ -20,9 +20,9 @@ sees when tests talk to a function without QEMU in between.
 from __future__ import annotations
 
 import struct
-from typing import Callable
+from collections.abc import Callable
 
-from devmodel.pci_layout import Bar, BarKind, MsixLayout, PciIdentity, PcieLink
+from devmodel.pci_layout import Bar, BarKind, MsixLayout, PcieLink, PciIdentity
 
 CONFIG_SIZE = 4096
 CAP_START = 0x40
@@ -227,13 +227,3 @@ class ConfigSpace:
                 touched.add(cap)
         for cap in touched:
             cap.written(self, offset, len(data))
-
-    def bar_address(self, index: int) -> int:
-        low = self.get32(BAR0 + 4 * index) & ~0xF
-        bar = next(b for b in self.bars if b.index == index)
-        high = self.get32(BAR0 + 4 * index + 4) if bar.kind is BarKind.MEM64 else 0
-        return (high << 32) | low
-
-    @property
-    def memory_enabled(self) -> bool:
-        return bool(self.get16(COMMAND) & 0x2)

@@ -22,17 +22,17 @@ from __future__ import annotations
 import logging
 import mmap
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from devmodel.base import DeviceModel
+from devmodel.pci_layout import Bar
 from devmodel.regs import extract_lanes
 
 from ..dma import DmaSpace
 from ..irq import InterruptLines
 from ..protocol import IrqIndex
 from .config import CONFIG_SIZE, ConfigSpace, MsiX, PciExpress, PowerManagement
-from devmodel.pci_layout import Bar
 
 log = logging.getLogger("vfnic.pci")
 
@@ -96,7 +96,8 @@ class PciFunction:
 
     def _reset_msix_table(self) -> None:
         for v in range(len(self.msix_table) // MSIX_ENTRY_SIZE):
-            self.msix_table[v * MSIX_ENTRY_SIZE:(v + 1) * MSIX_ENTRY_SIZE] = bytes(12) + (1).to_bytes(4, "little")  # vector control: masked
+            masked = bytes(12) + (1).to_bytes(4, "little")  # vector control: masked
+            self.msix_table[v * MSIX_ENTRY_SIZE:(v + 1) * MSIX_ENTRY_SIZE] = masked
 
     # -- region geometry ----------------------------------------------------
     def region_size(self, index: int) -> int:

@@ -7,8 +7,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from hfi1_guest import GuestDriver  # noqa: E402
-from hfi1_fakes import make_device  # noqa: E402
+from hfi1_fakes import make_device
+from hfi1_guest import GuestDriver
 
 
 @pytest.fixture

@@ -472,10 +472,11 @@ def _serve(stack, model, irq, scheduler):
     """Serve `model` on a socket and reach it with the project's client."""
     import tempfile
 
+    from test_over_vfio_user import DeviceOverTheWire
+
     from emulator.client import Client, GuestMemory
     from emulator.pci.function import PciFunction
     from emulator.server import Server
-    from test_over_vfio_user import DeviceOverTheWire
 
     directory = tempfile.mkdtemp(prefix="vfnic-pair-", dir="/tmp")
     function = PciFunction(model)

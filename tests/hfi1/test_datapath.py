@@ -6,8 +6,17 @@ from __future__ import annotations
 import logging
 
 import pytest
-from hfi1_datapath import (GUEST_BASE, HDRQ_ENTRY_DWORDS, PAYLOADS, RCV_TAIL_DMA, SDMA_RING, pair, pbc_for,
-                           settle, ud_packet)
+from hfi1_datapath import (
+    GUEST_BASE,
+    HDRQ_ENTRY_DWORDS,
+    PAYLOADS,
+    RCV_TAIL_DMA,
+    SDMA_RING,
+    pair,
+    pbc_for,
+    settle,
+    ud_packet,
+)
 
 from devmodel.fabric import Packet
 from devmodel.hfi1 import chip_registers as cr
@@ -205,7 +214,8 @@ def test_a_bad_descriptor_halts_the_engine_and_the_drivers_recovery_restarts_it(
     ring = a.driver.sdma_ring(engine)
     from devmodel.hfi1.formats import SDMA_DESC0, SDMA_DESC1
 
-    def descriptor(index, first=1, last=1, count=len(frame), address=buffer, gen=0, ahg=0):
+    def descriptor(index, first=1, last=1, count=None, address=buffer, gen=0, ahg=0):
+        count = len(frame) if count is None else count
         qw0 = SDMA_DESC0.encode(first=first, last=last, byte_count=count, address=address)
         qw1 = SDMA_DESC1.encode(generation=gen, ahg_mode=ahg)
         a.memory.write(ring + 16 * index, qw0.to_bytes(8, "little") + qw1.to_bytes(8, "little"))
@@ -389,7 +399,7 @@ def test_receive_works_again_after_a_reset_with_packets_in_flight(fabric):
     inject(b, ud_packet(b.lid, a.lid, UD_QP, bytes(8)))  # queued, its ingress event pending
     b.device.reset()
     assert not b.device.port.inbound
-    for n in range(3):
+    for _ in range(3):
         inject(b, ud_packet(b.lid, a.lid, UD_QP, bytes(8)))
     settle(b)
     assert b.stats()["rcv"]["received"] == 3, "the port posts ingress again after the reset"

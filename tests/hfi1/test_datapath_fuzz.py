@@ -21,9 +21,27 @@ from __future__ import annotations
 import os
 import random
 
-from hfi1_datapath import (CREDIT_RETURN, EAGER, EAGER_BUFFER_BYTES, EAGER_BUFFERS, GUEST_BASE, GUEST_SIZE,
-                           HDRQ_ENTRIES, HDRQ_ENTRY_DWORDS, HDRQS, PAYLOADS, RCV_TAIL_DMA, SDMA_HEAD_DMA, SDMA_RING,
-                           FakeMemory, Host, pair, pbc_for, settle, ud_packet)
+from hfi1_datapath import (
+    CREDIT_RETURN,
+    EAGER,
+    EAGER_BUFFER_BYTES,
+    EAGER_BUFFERS,
+    GUEST_BASE,
+    GUEST_SIZE,
+    HDRQ_ENTRIES,
+    HDRQ_ENTRY_DWORDS,
+    HDRQS,
+    PAYLOADS,
+    RCV_TAIL_DMA,
+    SDMA_HEAD_DMA,
+    SDMA_RING,
+    FakeMemory,
+    Host,
+    pair,
+    pbc_for,
+    settle,
+    ud_packet,
+)
 
 from devmodel.hfi1 import chip_registers as cr
 from devmodel.hfi1.formats import PBC, RCV_ARRAY_ENTRY, SDMA_DESC0, SDMA_DESC1

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 from hfi1_guest import HCMD_SUCCESS
 
-from devmodel.hfi1 import chip_registers as cr
 from devmodel.fabric import NodeType
+from devmodel.hfi1 import chip_registers as cr
 from devmodel.hfi1.config import Neighbour, make_guid
 
 LOAD_CONFIG_DATA, READ_CONFIG_DATA, CHANGE_PHY_STATE, SEND_LCB_IDLE_MSG = 0x01, 0x02, 0x03, 0x04

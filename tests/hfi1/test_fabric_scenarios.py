@@ -6,8 +6,7 @@ both devices, so every run takes the same steps."""
 from __future__ import annotations
 
 import pytest
-from hfi1_datapath import (EAGER_BUFFER_BYTES, HDRQ_ENTRY_DWORDS, IS_RCVAVAIL_START, pair, pbc_for, settle,
-                           ud_packet)
+from hfi1_datapath import EAGER_BUFFER_BYTES, HDRQ_ENTRY_DWORDS, IS_RCVAVAIL_START, pair, pbc_for, settle, ud_packet
 
 from devmodel.hfi1 import chip_registers as cr
 from devmodel.hfi1.formats import RcvType

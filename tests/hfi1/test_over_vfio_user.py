@@ -99,10 +99,11 @@ class Host:
 
 @pytest.fixture
 def wire(tmp_path):
+    import threading
+
     from hfi1_fakes import FAST
 
     from devmodel.hfi1 import ChipConfig, Hfi1Device
-    import threading
     model = Hfi1Device(ChipConfig(**FAST))
     function = PciFunction(model)
     server = Server(str(tmp_path / "hfi1.sock"), function)

@@ -6,8 +6,15 @@ from construct import ChecksumError
 
 from devmodel.hfi1.config import PortType
 from devmodel.hfi1.platform import (
-    IMAGE_TRAIL_MAGIC, P1_START, MetadataEntry, PlatformConfigFile, Record, TableType, default_platform_config,
-    eprom_image, field_layout,
+    IMAGE_TRAIL_MAGIC,
+    P1_START,
+    MetadataEntry,
+    PlatformConfigFile,
+    Record,
+    TableType,
+    default_platform_config,
+    eprom_image,
+    field_layout,
 )
 
 # QSFP attenuation metadata: reserved, TX_PRESET_IDX at bit 0 (8 bits), RX_PRESET_IDX at bit 8 (8 bits)
