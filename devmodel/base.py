@@ -72,3 +72,12 @@ class DeviceModel(ABC):
     def stats(self) -> dict:
         """Counters worth showing (e.g. undeclared register accesses)."""
         return {}
+
+    def register_name(self, bar: int, offset: int) -> str:
+        """What the driver calls the register at `offset` of `bar` (for traces)."""
+        return f"BAR{bar}+{offset:#x}"
+
+    def ports(self) -> list:
+        """The device's fabric ports (devmodel/fabric): objects with a `name`,
+        the `link` they are cabled to (or None) and `status() -> dict`."""
+        return []

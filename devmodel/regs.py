@@ -145,6 +145,16 @@ class RegisterFile:
             return reg
         return None
 
+    def name_of(self, offset: int) -> str:
+        """The kernel name of the register at `offset` ("NAME", "NAME+0x4"
+        inside it), or "undeclared:NEAREST" when none is declared there."""
+        i = bisect.bisect_right(self._sorted, offset) - 1
+        if i >= 0:
+            reg = self._regs[self._sorted[i]]
+            if offset < reg.offset + 8:
+                return reg.name if offset == reg.offset else f"{reg.name}+{offset - reg.offset:#x}"
+        return f"undeclared:{self.nearest(offset).replace(' ', '_')}"
+
     def nearest(self, offset: int) -> str:
         if not self._sorted:
             return "nothing declared"

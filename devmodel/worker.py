@@ -70,6 +70,12 @@ class _Scheduler:
         self._attach(handle)
         return handle
 
+    def timer(self, name: str) -> "ScheduledWorker":
+        """A handle for something that lives only as long as the devices do
+        (a link's delayed deliveries): it does not keep the scheduler's
+        thread alive, and its jobs are dropped once that thread stops."""
+        return ScheduledWorker(self, name)
+
     def _attach(self, handle: "ScheduledWorker") -> None:
         pass
 

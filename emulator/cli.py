@@ -1,12 +1,18 @@
 """`vfnic` command line.
 
-    vfnic serve --device NAME --socket PATH [--socket PATH ...] [--option KEY=VALUE ...] [--stats FILE] [-v]
+    vfnic serve --device NAME --socket PATH [--socket PATH ...] [--option KEY=VALUE ...]
+                [--control PATH] [--trace FILE] [--stats FILE] [-v]
+    vfnic ctl PATH COMMAND [KEY=VALUE ...]
 
-Serves one device per socket, in the foreground, until SIGINT or SIGTERM,
-then removes its sockets. Devices with ports share one fabric in this
-process: two hfi1 sockets are two HFIs cabled back to back; a lone hfi1
-trains with its built-in link partner. Bad arguments exit with status 2 and
-one line.
+`serve` serves one device per socket, in the foreground, until SIGINT or
+SIGTERM, then removes its sockets. Devices with ports share one fabric in
+this process: two hfi1 sockets are two HFIs cabled back to back; a lone hfi1
+trains with its built-in link partner. `--control` opens the control socket
+(emulator/control.py) that `ctl` talks to: `vfnic ctl C query`, `vfnic ctl C
+fault-set link=0 from=hfi1_0 kind=drop rate=0.01`, `vfnic ctl C help`.
+
+Bad arguments exit with status 2 and one line; a command the control socket
+refuses exits with status 1 and one line saying why.
 """
 from __future__ import annotations
 
@@ -20,8 +26,10 @@ import threading
 
 from devmodel import registry
 
+from . import control
 from .pci.function import PciFunction
 from .server import Server, ServerError
+from .trace import MmioTrace
 
 
 class UsageError(Exception):
@@ -42,8 +50,14 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                        help="a device option, e.g. hfi1's link-partner=none; repeat for more")
     serve.add_argument("--stats", help="write device statistics as JSON here on exit and on SIGUSR1")
+    serve.add_argument("--control", metavar="PATH", help="open a control socket here (see vfnic ctl)")
+    serve.add_argument("--trace", metavar="FILE", help="write every MMIO access, with the register's name, here")
     serve.add_argument("--no-write-multiple", action="store_true", help="do not offer REGION_WRITE_MULTI to clients")
     serve.add_argument("-v", "--verbose", action="count", default=0, help="-v info, -vv debug")
+    ctl = sub.add_parser("ctl", help="send a command to a running vfnic serve's control socket")
+    ctl.add_argument("path", help="the control socket (vfnic serve --control PATH)")
+    ctl.add_argument("name", metavar="COMMAND", help="query, stats, fault-set, ..., help")
+    ctl.add_argument("arguments", nargs="*", metavar="KEY=VALUE", help="the command's arguments")
     return parser
 
 
@@ -72,19 +86,32 @@ def serve(args: argparse.Namespace) -> int:
         raise UsageError(str(e)) from None
     logging.basicConfig(level=(logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)],
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        trace = MmioTrace(args.trace) if args.trace else None
+    except OSError as e:
+        raise UsageError(f"cannot write the trace {args.trace}: {e.strerror}") from None
     servers = []
     models = registry.create_fabric(args.device, len(args.socket), args.option)
     try:
         for path, model in zip(args.socket, models):
-            server = Server(path, PciFunction(model), write_multiple=not args.no_write_multiple)
+            ports = model.ports()
+            function = PciFunction(model, name=ports[0].name if ports else os.path.basename(path))
+            function.trace = trace
+            server = Server(path, function, write_multiple=not args.no_write_multiple)
             servers.append(server)
             server.bind()
+        controller = None
+        if args.control:
+            controller = control.ControlServer(args.control, control.Controller(servers, lambda: _stats(servers)))
+            controller.bind()
     except ServerError as e:
         for s in servers:
             s.close()
             s.function.close()
         for model in models[len(servers):]:
             model.close()
+        if trace is not None:
+            trace.close()
         raise UsageError(str(e)) from None
 
     def stop(signum, frame):
@@ -98,10 +125,17 @@ def serve(args: argparse.Namespace) -> int:
     threads = [threading.Thread(target=s.serve_forever, name=f"serve-{i}", daemon=True) for i, s in enumerate(servers)]
     for t in threads:
         t.start()
-    print(f"vfnic: serving {args.device} on {', '.join(args.socket)}", file=sys.stderr, flush=True)
+    if controller is not None:
+        controller.start()
+    control_note = f", control socket {args.control}" if args.control else ""
+    print(f"vfnic: serving {args.device} on {', '.join(args.socket)}{control_note}", file=sys.stderr, flush=True)
     while any(t.is_alive() for t in threads):
         for t in threads:
             t.join(timeout=0.5)
+    if controller is not None:
+        controller.stop()
+    if trace is not None:
+        trace.close()
     for s in servers:
         s.close()
         s.function.close()
@@ -112,10 +146,32 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def ctl(args: argparse.Namespace) -> int:
+    arguments = {}
+    for pair in args.arguments:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise UsageError(f"argument {pair!r} is not KEY=VALUE")
+        try:
+            arguments[key] = json.loads(value)
+        except json.JSONDecodeError:
+            arguments[key] = value  # a plain string: a link name, a file
+    try:
+        reply = control.request(args.path, args.name, arguments)
+    except (OSError, ValueError) as e:
+        print(f"vfnic ctl: cannot talk to {args.path}: {e}", file=sys.stderr)
+        return 1
+    if "error" in reply:
+        print(f"vfnic ctl: {args.name}: {reply['error']['desc']}", file=sys.stderr)
+        return 1
+    print(json.dumps(reply.get("return"), indent=2))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args = _parser().parse_args(argv)
-        return serve(args)
+        return ctl(args) if args.command == "ctl" else serve(args)
     except UsageError as e:
         print(f"vfnic: error: {e}", file=sys.stderr)
         return 2

@@ -9,9 +9,11 @@ not use them.
 
 Every device access is bounds-checked against the maps; an address outside
 them raises `DmaError` (the device model turns that into a device error, as
-silicon would raise a PCIe completion error). Python's mmap refuses to close
-while a view is exported, so an unmap that races a numpy view leaves the
-mapping alive until the view dies: stale data, never a host crash.
+silicon would raise a PCIe completion error). No buffer of a mapping is ever
+exported: reads copy out and writes copy in under the map set's lock, so
+DMA_UNMAP closes the mapping at once. A `DmaView` (a window a model keeps on
+one map) dies with its map: used after the unmap it raises `DmaError`, and it
+never reaches a map added later at the same address.
 """
 from __future__ import annotations
 
@@ -21,8 +23,6 @@ import mmap
 import os
 import threading
 from dataclasses import dataclass
-
-import numpy as np
 
 from devmodel.base import DmaError
 
@@ -40,17 +40,17 @@ class DmaRegion:
     writable: bool
     mapping: mmap.mmap | None
     delta: int  # where `address` sits inside `mapping` (offset aligned down to a page)
+    alive: bool = True  # until DMA_UNMAP (or the client's departure) removes it
 
     @property
     def end(self) -> int:
         return self.address + self.size
 
     def release(self) -> None:
+        """Called under the map set's lock: no access is in flight."""
+        self.alive = False
         if self.mapping is not None:
-            try:
-                self.mapping.close()
-            except BufferError:
-                pass  # a view is still exported: the mapping dies with it
+            self.mapping.close()
 
 
 class DmaSpace:
@@ -109,13 +109,13 @@ class DmaSpace:
                 raise DmaMapError(errno.ENOENT, f"no DMA map is exactly [{address:#x}, +{size:#x})")
             region = self._regions.pop(i)
             self._starts.pop(i)
-        region.release()
+            region.release()
 
     def clear(self) -> None:
         with self._lock:
             regions, self._regions, self._starts = self._regions, [], []
-        for region in regions:
-            region.release()
+            for region in regions:
+                region.release()
 
     def __len__(self) -> int:
         return len(self._regions)
@@ -175,15 +175,48 @@ class DmaSpace:
                 r.mapping[o:o + n] = data[pos:pos + n]
                 pos += n
 
-    def view(self, addr: int, length: int, writable: bool = False) -> np.ndarray:
-        """A zero-copy uint8 view of guest memory that lies in one map."""
+    def view(self, addr: int, length: int, writable: bool = False) -> DmaView:
+        """A window on [addr, addr+length), which must lie in one map; it dies
+        when that map is removed."""
         with self._lock:
             pieces = list(self._pieces(addr, length, writable))
             if len(pieces) != 1:
                 raise DmaError(f"[{addr:#x}, +{length:#x}) spans several DMA maps; use read/write")
-            r, o, n = pieces[0]
-            arr = np.frombuffer(r.mapping, dtype=np.uint8, count=n, offset=o)
-            if not (writable and r.writable):
-                arr = arr.view()
-                arr.flags.writeable = False
-            return arr
+            region, _, _ = pieces[0]
+            return DmaView(self, region, addr, length, writable and region.writable)
+
+
+class DmaView:
+    """A window of guest memory inside one DMA map, for a model that keeps
+    going back to the same buffer (a ring, a status block). Offsets are
+    relative to the window. After the map's DMA_UNMAP every access raises
+    `DmaError`: the model never sees the old pages or whatever is mapped at
+    that address next."""
+
+    def __init__(self, space: DmaSpace, region: DmaRegion, address: int, length: int, writable: bool):
+        self._space, self._region = space, region
+        self.address, self.length, self.writable = address, length, writable
+
+    @property
+    def alive(self) -> bool:
+        return self._region.alive
+
+    def _start(self, offset: int, n: int, write: bool) -> int:
+        if not self._region.alive:
+            raise DmaError(f"DMA view [{self.address:#x}, +{self.length:#x}) used after its map was removed")
+        if offset < 0 or n < 0 or offset + n > self.length:
+            raise DmaError(f"[{offset:#x}, +{n:#x}) is outside the DMA view of {self.length:#x} bytes")
+        if write and not self.writable:
+            raise DmaError(f"DMA view [{self.address:#x}, +{self.length:#x}) is read-only")
+        return self._region.delta + self.address - self._region.address + offset
+
+    def read(self, offset: int = 0, length: int | None = None) -> bytes:
+        n = self.length - offset if length is None else length
+        with self._space._lock:
+            start = self._start(offset, n, False)
+            return self._region.mapping[start:start + n]
+
+    def write(self, offset: int, data: bytes) -> None:
+        with self._space._lock:
+            start = self._start(offset, len(data), True)
+            self._region.mapping[start:start + len(data)] = data

@@ -435,8 +435,50 @@ class Connection:
         return Reply()
 
 
+#: accept() errors that say "not now" (out of descriptors, buffers, memory)
+ACCEPT_RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+ACCEPT_BACKOFF_MIN_S = 0.01
+ACCEPT_BACKOFF_MAX_S = 1.0
+
+
 class ServerError(Exception):
     """A reason `vfnic serve` cannot start, said in one line."""
+
+
+def listen_unix(path: str, backlog: int) -> socket.socket:
+    """A listening AF_UNIX socket at `path`, mode 0600 (its owner's alone).
+    A stale socket file left by a process that died is replaced; one that
+    another process serves is not. Raises ServerError with the reason."""
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise ServerError(f"socket directory {directory} does not exist")
+    if os.path.exists(path):
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(path)
+        except (ConnectionRefusedError, FileNotFoundError):
+            os.unlink(path)  # a stale socket left by a process that died
+        except OSError as e:
+            raise ServerError(f"{path} exists and is not a socket we can replace: {e}") from None
+        else:
+            raise ServerError(f"{path} is already being served by another process")
+        finally:
+            probe.close()
+    # Bind under a temporary name and rename once listening, so that a
+    # client (QEMU) that sees the socket file can always connect.
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    staging = f"{path}.{os.getpid()}.tmp"
+    try:
+        listener.bind(staging)
+        os.chmod(staging, 0o600)
+        listener.listen(backlog)
+        os.rename(staging, path)
+    except OSError as e:
+        listener.close()
+        if os.path.exists(staging):
+            os.unlink(staging)
+        raise ServerError(f"cannot create socket {path}: {e.strerror}") from None
+    return listener
 
 
 class Server:
@@ -447,6 +489,7 @@ class Server:
         self.log = logging.getLogger(f"vfnic.server.{name or os.path.basename(path)}")
         self.state = RunState.CLOSED
         self.clients = 0
+        self.accept_failures = 0
         self.connection: Connection | None = None
         self._listener: socket.socket | None = None
         self._conn_sock: socket.socket | None = None
@@ -454,48 +497,33 @@ class Server:
         self._wake_r, self._wake_w = os.pipe()
 
     def bind(self) -> None:
-        directory = os.path.dirname(os.path.abspath(self.path))
-        if not os.path.isdir(directory):
-            raise ServerError(f"socket directory {directory} does not exist")
-        if os.path.exists(self.path):
-            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                probe.connect(self.path)
-            except (ConnectionRefusedError, FileNotFoundError):
-                os.unlink(self.path)  # a stale socket left by a process that died
-            except OSError as e:
-                raise ServerError(f"{self.path} exists and is not a socket we can replace: {e}") from None
-            else:
-                raise ServerError(f"{self.path} is already being served by another process")
-            finally:
-                probe.close()
-        # Bind under a temporary name and rename once listening, so that a
-        # client (QEMU) that sees the socket file can always connect.
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        staging = f"{self.path}.{os.getpid()}.tmp"
-        try:
-            listener.bind(staging)
-            listener.listen(1)
-            os.rename(staging, self.path)
-        except OSError as e:
-            listener.close()
-            if os.path.exists(staging):
-                os.unlink(staging)
-            raise ServerError(f"cannot create socket {self.path}: {e.strerror}") from None
-        self._listener = listener
+        self._listener = listen_unix(self.path, backlog=1)
         self.state = RunState.LISTENING
 
     def serve_forever(self) -> None:
         if self._listener is None:
             self.bind()
+        backoff = 0.0
         while not self._stopping.is_set():
             readable, _, _ = select.select([self._listener, self._wake_r], [], [])
             if self._wake_r in readable or self._stopping.is_set():
                 break
             try:
                 sock, _ = self._listener.accept()
-            except OSError:
+            except OSError as e:
+                if e.errno not in ACCEPT_RESOURCE_ERRNOS:
+                    self.log.warning("accept failed: %s", e)
+                    continue
+                # Out of file descriptors (or memory): the pending client stays
+                # queued and the listener stays readable, so retrying at once
+                # would spin. Wait, longer each time, and try again.
+                backoff = min(ACCEPT_BACKOFF_MAX_S, backoff * 2 or ACCEPT_BACKOFF_MIN_S)
+                self.accept_failures += 1
+                if self.accept_failures == 1 or backoff == ACCEPT_BACKOFF_MAX_S:
+                    self.log.warning("accept failed: %s; retrying in %.2f s", e, backoff)
+                select.select([self._wake_r], [], [], backoff)
                 continue
+            backoff = 0.0
             self.clients += 1
             self._conn_sock = sock
             self.state = RunState.NEGOTIATING

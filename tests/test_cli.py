@@ -87,3 +87,28 @@ def _listening(path):
         return False
     finally:
         s.close()
+
+
+def test_the_mmio_trace_names_each_register_the_driver_touches(tmp_path):
+    from devmodel.hfi1 import chip_registers as cr
+    sock, trace = str(tmp_path / "h.sock"), tmp_path / "mmio.trace"
+    proc = subprocess.Popen([sys.executable, "-m", "emulator.cli", "serve", "--device", "hfi1", "--socket", sock,
+                             "--trace", str(trace)], stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: os.path.exists(sock) or proc.poll() is not None, 20.0, "the socket to appear")
+        with Client(sock) as client:
+            client.connect()
+            revision = client.read64(0, cr.CCE_REVISION2)
+            client.write64(0, cr.CCE_SCRATCH, 0x1234)
+            client.read(0, cr.CCE_SCRATCH + 4, 4)
+            client.write64(0, 0x2000000, 7)  # a PIO store
+            client.read64(0, 0x58)  # nothing declared there
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=10) == 0
+    lines = [line.split() for line in trace.read_text().splitlines()[1:]]
+    assert [(op, name, value) for _, device, op, _, _, _, name, value in lines[:3]] == [
+        ("R", "CCE_REVISION2", f"{revision:#018x}"), ("W", "CCE_SCRATCH[0]", "0x0000000000001234"),
+        ("R", "CCE_SCRATCH[0]+0x4", "0x00000000")]
+    assert lines[0][1] == "hfi1" and float(lines[0][0]) >= 0
+    assert lines[3][6] == "PIO_SEND_BUFFER[0]+0x0" and lines[4][6].startswith("undeclared:")

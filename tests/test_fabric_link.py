@@ -67,8 +67,8 @@ def test_packets_cross_only_an_up_link_and_each_direction_is_counted():
     assert link.transmit(b, Packet(b"z" * 28, 0))
     assert [p.data[:1] for p in b.received] == [b"x", b"y"] and len(a.received) == 1
     counters = link.counters()
-    assert counters["a->b"] == {"packets": 2, "bytes": 100, "dropped_link_down": 1}
-    assert counters["b->a"] == {"packets": 1, "bytes": 28, "dropped_link_down": 0}
+    assert counters["a->b"] == {"packets": 2, "bytes": 100, "dropped_link_down": 1, "faults_injected": {}}
+    assert counters["b->a"] == {"packets": 1, "bytes": 28, "dropped_link_down": 0, "faults_injected": {}}
 
 
 def test_a_link_joins_exactly_two_ends():

@@ -1,31 +1,39 @@
 """The fabric between emulated devices: ports joined by links.
 
-    devmodel/fabric/link.py   Link (handshake, down propagation, counters),
-                              Packet, PortIdentity, BuiltInPartner
+    devmodel/fabric/link.py     Link (handshake, down propagation, counters,
+                                faults, take-down, capture), PortIdentity,
+                                BuiltInPartner
+    devmodel/fabric/packet.py   Packet
+    devmodel/fabric/faults.py   Fault: drop, corrupt, delay, duplicate, reorder
+    devmodel/fabric/capture.py  LinkCapture: pcap files Wireshark reads as OPA
 
 A device's port implements `LinkEnd`; `cable(a, b)` joins two of them. The
 transport of a link is in-process for now; the `LinkEnd` contract (post,
 never block) is what lets a later transport carry it across processes.
 """
+from .capture import LinkCapture
+from .faults import Fault, FaultError, FaultKind
 from .link import (
     BuiltInPartner,
     DirectionCounters,
     Link,
     LinkDownReason,
     LinkEnd,
+    LinkError,
     LinkState,
     NodeType,
-    Packet,
     PortIdentity,
 )
+from .packet import Packet
 
-__all__ = ["BuiltInPartner", "DirectionCounters", "Link", "LinkDownReason", "LinkEnd", "LinkState", "NodeType",
-           "Packet", "PortIdentity", "cable"]
+__all__ = ["BuiltInPartner", "DirectionCounters", "Fault", "FaultError", "FaultKind", "Link", "LinkCapture",
+           "LinkDownReason", "LinkEnd", "LinkError", "LinkState", "NodeType", "Packet", "PortIdentity", "cable"]
 
 
-def cable(a, b, name: str | None = None) -> Link:
-    """Join two device ports (objects with `plug(link)`) with a new link."""
-    link = Link(name or f"{a.name}<->{b.name}")
+def cable(a, b, name: str | None = None, timer=None) -> Link:
+    """Join two device ports (objects with `plug(link)`) with a new link;
+    `timer` (a worker's `after`) runs its delayed deliveries."""
+    link = Link(name or f"{a.name}<->{b.name}", timer=timer)
     a.plug(link)
     b.plug(link)
     return link

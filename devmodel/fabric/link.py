@@ -14,6 +14,18 @@ offline takes the other down. A packet sent while the link is down is
 dropped and counted. While the link is up it is lossless: a sender asks
 `peer_has_room` first and waits for `room` (the receiver's buffer credits).
 
+What tests and operators do to a link (`vfnic ctl`, pytest):
+
+    set_fault(sender, Fault)  per direction: drop, corrupt, delay, duplicate,
+                              reorder (faults.py); counted per direction
+    take_down(seconds=None)   the cable goes dark: both ends see the link drop
+                              (as when the far end's transmitter dies); it
+                              stays down until bring_up(), or for `seconds`
+    start_capture(path)       a pcap of what arrives (capture.py)
+
+Delays need a clock: `timer` (a worker handle's `after`) runs deferred
+deliveries and timed link-downs.
+
 Threading: a link is called from its ends' worker threads. It keeps its own
 small lock and never calls back into an end while holding it; ends only
 post work to their own queues in `linked`, `unlinked` and `receive`, so two
@@ -23,9 +35,14 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Protocol
+
+from .capture import LinkCapture
+from .faults import Fault, apply_faults
+from .packet import Packet
 
 
 class NodeType(int, Enum):
@@ -54,29 +71,7 @@ class PortIdentity:
 class LinkDownReason(Enum):
     REMOTE_OFFLINE = "the other end went offline"
     CABLE_PULLED = "the cable was pulled"
-
-
-class Packet:
-    """One packet on a link: the bytes from the first header byte through
-    the ICRC, its service channel (5 bits; an OPA 9B header holds only
-    SC[3:0], bit 4 travels out of band) and its format (`bypass`: a 16B
-    packet; the link layer tells the formats apart, not the header bytes).
-
-    `sealed`: the sender computed the ICRC over exactly these bytes and
-    nothing on the way touched them, so a receiver may skip checking it (a
-    CRC-32 over every packet is a good part of a Python receive path).
-    Anything that alters a packet in flight (fault injection) must clear it."""
-
-    __slots__ = ("data", "sc", "bypass", "sealed")
-
-    def __init__(self, data: bytes, sc: int, bypass: bool = False, sealed: bool = False):
-        self.data = data
-        self.sc = sc
-        self.bypass = bypass
-        self.sealed = sealed
-
-    def __repr__(self) -> str:
-        return f"Packet({len(self.data)} bytes, SC {self.sc}{', 16B' if self.bypass else ''})"
+    TAKEN_DOWN = "the link was taken down from the host"
 
 
 class LinkEnd(Protocol):
@@ -98,6 +93,10 @@ class LinkState(Enum):
     UP = "up"
 
 
+class LinkError(ValueError):
+    """A request about a link that names no end of it, or cannot be done."""
+
+
 @dataclass
 class DirectionCounters:
     """One direction of a link (from the named end)."""
@@ -105,9 +104,12 @@ class DirectionCounters:
     packets: int = 0
     bytes: int = 0
     dropped_link_down: int = 0
+    #: packets the direction's faults dropped, corrupted, ... (by fault kind)
+    injected: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict:
-        return {"packets": self.packets, "bytes": self.bytes, "dropped_link_down": self.dropped_link_down}
+        return {"packets": self.packets, "bytes": self.bytes, "dropped_link_down": self.dropped_link_down,
+                "faults_injected": dict(self.injected)}
 
 
 @dataclass
@@ -116,20 +118,27 @@ class _EndState:
     polling: bool = False
     identity: PortIdentity | None = None
     sent: DirectionCounters = field(default_factory=DirectionCounters)
+    faults: list[Fault] = field(default_factory=list)
 
 
 class Link:
     """A cable joining two ends (`attach` each, then they may poll)."""
 
-    def __init__(self, name: str = "link"):
+    def __init__(self, name: str = "link", timer: Callable[[float, Callable[[], None]], object] | None = None):
         self.name = name
         self.log = logging.getLogger(f"vfnic.fabric.{name}")
+        self.timer = timer
         self._lock = threading.Lock()
         self._ends: list[_EndState] = []
         self.state = LinkState.DOWN
         #: bumps on every UP -> DOWN, so late news about an old link-up is recognised
         self.epoch = 0
         self.ups = 0
+        #: False while taken down from the host: the ends may poll, the link stays dark
+        self.enabled = True
+        self.downs_injected = 0
+        self._bring_up_job = None
+        self.capture: LinkCapture | None = None
 
     def attach(self, end: LinkEnd) -> None:
         with self._lock:
@@ -155,15 +164,23 @@ class Link:
     def polling(self, end: LinkEnd, identity: PortIdentity) -> None:
         """`end` is ready to train (its physical state is Polling)."""
         with self._lock:
-            mine, other = self._pair(end)
+            mine, _ = self._pair(end)
             mine.polling, mine.identity = True, identity
-            if self.state is LinkState.UP or other is None or not other.polling:
+        self._train()
+
+    def _train(self) -> None:
+        """Bring the link up if both ends poll and nothing holds it down."""
+        with self._lock:
+            if self.state is LinkState.UP or not self.enabled or len(self._ends) < 2:
+                return
+            a, b = self._ends
+            if not (a.polling and b.polling):
                 return
             self.state = LinkState.UP
             self.ups += 1
             epoch = self.epoch
-            notify = [(mine.end, other.identity), (other.end, identity)]
-        self.log.info("%s: link up between %s and %s", self.name, end.name, other.end.name)
+            notify = [(a.end, b.identity), (b.end, a.identity)]
+        self.log.info("%s: link up between %s and %s", self.name, a.end.name, b.end.name)
         for target, peer in notify:
             target.linked(peer, epoch)
 
@@ -184,9 +201,80 @@ class Link:
     def is_up(self, epoch: int) -> bool:
         return self.state is LinkState.UP and self.epoch == epoch
 
+    # -- the host's hand on the cable (fault injection, link flaps) -------------------
+    def take_down(self, seconds: float | None = None) -> None:
+        """The link goes dark: both ends see it drop and it stays down until
+        `bring_up()` (or for `seconds`, if given)."""
+        if seconds is not None and (seconds <= 0 or self.timer is None):
+            raise LinkError("a timed link-down needs seconds > 0 and a link with a clock")
+        with self._lock:
+            self.enabled = False
+            self.downs_injected += 1
+            if self._bring_up_job is not None:
+                self._bring_up_job.cancel()
+                self._bring_up_job = None
+            was_up = self.state is LinkState.UP
+            if was_up:
+                self.state = LinkState.DOWN
+                epoch = self.epoch
+                self.epoch += 1
+            ends = [s.end for s in self._ends]
+        self.log.info("%s: taken down%s", self.name, f" for {seconds} s" if seconds else "")
+        if was_up:
+            for end in ends:
+                end.unlinked(LinkDownReason.TAKEN_DOWN, epoch)
+        if seconds is not None:
+            self._bring_up_job = self.timer(seconds, self.bring_up)
+
+    def bring_up(self) -> None:
+        """Undo `take_down`: the link trains again once both ends poll."""
+        with self._lock:
+            self.enabled = True
+            self._bring_up_job = None
+        self.log.info("%s: brought back up", self.name)
+        self._train()
+
+    def _end_named(self, sender: str) -> _EndState:
+        for state in self._ends:
+            if state.end.name == sender:
+                return state
+        raise LinkError(f"{self.name} has no end named {sender!r} (ends: {', '.join(self.end_names())})")
+
+    def end_names(self) -> list[str]:
+        return [s.end.name for s in self._ends]
+
+    def set_fault(self, sender: str, fault: Fault) -> None:
+        """Add `fault` to the packets `sender` sends on this link."""
+        if fault.delay_ms and self.timer is None:
+            raise LinkError(f"{self.name} has no clock for delayed packets")
+        with self._lock:
+            self._end_named(sender).faults.append(fault)
+        self.log.info("%s: fault on packets from %s: %s", self.name, sender, fault.describe())
+
+    def clear_faults(self, sender: str | None = None) -> None:
+        with self._lock:
+            for state in [self._end_named(sender)] if sender is not None else self._ends:
+                state.faults.clear()
+
+    def start_capture(self, path: str) -> LinkCapture:
+        with self._lock:
+            if self.capture is not None:
+                raise LinkError(f"{self.name} is already captured to {self.capture.path}")
+            names = [s.end.name for s in self._ends] + ["-", "-"]
+            self.capture = LinkCapture(path, (names[0], names[1]))
+            return self.capture
+
+    def stop_capture(self) -> dict:
+        with self._lock:
+            capture, self.capture = self.capture, None
+        if capture is None:
+            raise LinkError(f"{self.name} is not being captured")
+        return capture.stop()
+
     # -- packets -------------------------------------------------------------
     def transmit(self, end: LinkEnd, packet: Packet) -> bool:
-        """Carry `packet` from `end` to the other end; False if it was dropped."""
+        """Carry `packet` from `end` to the other end; False if it was dropped
+        (the link is down; a fault's drops count as sent)."""
         with self._lock:
             mine, other = self._pair(end)
             if self.state is not LinkState.UP or other is None:
@@ -195,7 +283,27 @@ class Link:
             mine.sent.packets += 1
             mine.sent.bytes += len(packet.data)
             target = other.end
-        target.receive(packet)
+            deliveries = None
+            if mine.faults:
+                before = [f.injected for f in mine.faults]
+                deliveries = apply_faults(mine.faults, packet)
+                for fault, n in zip(mine.faults, before):
+                    if fault.injected != n:
+                        kind = fault.kind.value
+                        mine.sent.injected[kind] = mine.sent.injected.get(kind, 0) + fault.injected - n
+            capture = self.capture
+        if deliveries is None:
+            if capture is not None:
+                capture.record(end.name, packet)
+            target.receive(packet)
+            return True
+        for delay, arriving in deliveries:
+            if capture is not None:
+                capture.record(end.name, arriving)
+            if delay:
+                self.timer(delay, lambda p=arriving: target.receive(p))
+            else:
+                target.receive(arriving)
         return True
 
     def peer_has_room(self, end: LinkEnd) -> bool:
@@ -214,13 +322,25 @@ class Link:
             other.end.room()
 
     def counters(self) -> dict:
-        """Per direction ("A->B"): packets, bytes, drops; and the link's state."""
+        """Per direction ("A->B"): packets, bytes, drops, faults injected; and
+        the link's state."""
         with self._lock:
-            out = {"state": self.state.value, "ups": self.ups}
+            out = {"state": self.state.value, "ups": self.ups, "taken_down": not self.enabled,
+                   "downs_injected": self.downs_injected}
             for mine in self._ends:
                 other = next((s for s in self._ends if s is not mine), None)
                 out[f"{mine.end.name}->{other.end.name if other else '-'}"] = mine.sent.as_dict()
             return out
+
+    def describe(self) -> dict:
+        """Counters, plus the faults set on each direction and the capture."""
+        out = self.counters()
+        with self._lock:
+            out["name"] = self.name
+            out["ends"] = [s.end.name for s in self._ends]
+            out["faults"] = {s.end.name: [f.describe() for f in s.faults] for s in self._ends}
+            out["capture"] = self.capture.describe() if self.capture is not None else None
+        return out
 
 
 class BuiltInPartner:

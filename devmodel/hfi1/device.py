@@ -51,7 +51,13 @@ from devmodel.worker import Job, ScheduledWorker, ThreadScheduler, Worker
 
 from .asic import Asic
 from .cce import Cce
-from .chip_registers import CCE_MSIX_PBA_OFFSET, CCE_MSIX_TABLE_LOWER, RCV_ERR_STATUS_RX_RCV_FSM_ENCODING_ERR_SMASK
+from .chip_registers import (
+    CCE_MSIX_PBA_OFFSET,
+    CCE_MSIX_TABLE_LOWER,
+    DC_DC8051_STS_REMOTE_GUID,
+    DCC_CFG_PORT_CONFIG1,
+    RCV_ERR_STATUS_RX_RCV_FSM_ENCODING_ERR_SMASK,
+)
 from .config import (
     PCI_CLASS_FABRIC_CONTROLLER,
     PCI_DEVICE_ID_INTEL0,
@@ -116,7 +122,8 @@ class Hfi1Device(DeviceModel):
             name = f"hfi1_{i}" if count > 1 else "hfi1"
             devices.append(cls(config, worker=engines.worker(name), name=name))
         for a, b in zip(devices[0::2], devices[1::2]):
-            cable(a.port, b.port, name=f"{a.device_name}<->{b.device_name}")
+            name = f"{a.device_name}<->{b.device_name}"
+            cable(a.port, b.port, name=name, timer=engines.timer(name).after)
         return devices
 
     def __init__(self, config: ChipConfig | None = None, worker: Worker | ScheduledWorker | None = None,
@@ -259,6 +266,37 @@ class Hfi1Device(DeviceModel):
                          "link": self.port.link.counters() if self.port.link else None},
                 "internal_errors": [f"{block}: {message}" for block, message in self.faults],
                 "internal_error_count": self.fault_count,
+            }
+
+    def register_name(self, bar: int, offset: int) -> str:
+        if bar != 0 or not 0 <= offset < BAR0_SIZE:
+            return f"BAR{bar}+{offset:#x}"
+        window = self._window(offset)
+        if window.name == "CSRs":
+            return self.regs.name_of(offset)
+        if window.name == "RcvArray":
+            return f"RcvArray[{(offset - window.start) // 8}]"
+        context, within = divmod(offset - TXE_PIO_SEND, 1 << 16)
+        sop = "_SOP" if context >= 256 else ""
+        return f"PIO_SEND_BUFFER{sop}[{context % 256}]+{within:#x}"
+
+    def ports(self) -> list[Hfi1Port]:
+        return [self.port]
+
+    def port_status(self) -> dict:
+        """The port as `vfnic ctl query` shows it."""
+        with self._lock:
+            config1 = self.regs.get(DCC_CFG_PORT_CONFIG1)
+            return {
+                "name": self.port.name,
+                "guid": f"{self.config.guid:#018x}",
+                "physical_state": self.dc8051.link.state.name if self.dc8051.running else "HELD",
+                "logical_state": self.dcc.logical_state.name,
+                "lid": config1 & 0xFFFF,
+                "neighbour_guid": f"{self.regs.get(DC_DC8051_STS_REMOTE_GUID):#018x}" if self.dc8051.link_is_up else None,
+                "link": self.port.link.name if self.port.link else None,
+                "sent": self.port.sent,
+                "dropped_link_down": self.port.dropped_link_down,
             }
 
     # -- services for the blocks -------------------------------------------------------

@@ -49,6 +49,9 @@ class Hfi1Port:
         self.sent = 0
         self.dropped_link_down = 0
 
+    def status(self) -> dict:
+        return self.chip.port_status()
+
     # -- cabling (set-up, tests, fault injection) --------------------------------
     def plug(self, link: Link) -> None:
         if self.link is not None:

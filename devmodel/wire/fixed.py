@@ -11,7 +11,8 @@ declaration's fields and checks that the two agree on the size:
 
 Fields may be fixed integers (`c.Int32ul`, ...), fixed byte strings
 (`c.Bytes(8)`), or either wrapped in `c.Rebuild` (the rebuild is the
-declaration's business; the fast codec packs what it is given).
+declaration's business; the fast codec packs what it is given). All
+multi-byte integers must share one byte order.
 """
 from __future__ import annotations
 
@@ -20,13 +21,15 @@ import struct
 import construct as c
 
 
-def _format_of(name: str, field: c.Construct) -> str:
+def _format_of(name: str, field: c.Construct) -> tuple[str, str | None]:
+    """(struct format, byte order "<" or ">", None where order does not matter)."""
     if isinstance(field, c.Rebuild):
         field = field.subcon
     if isinstance(field, c.FormatField):
-        return field.fmtstr[1:]
+        order, code = field.fmtstr[0], field.fmtstr[1:]
+        return code, (">" if order in ">!" else "<") if field.sizeof() > 1 else None
     if isinstance(field, c.Bytes) and isinstance(field.length, int):
-        return f"{field.length}s"
+        return f"{field.length}s", None
     raise TypeError(f"{name} is neither a fixed integer nor a fixed byte string")
 
 
@@ -34,13 +37,19 @@ class Fixed:
     """A fixed-size construct Struct with a `struct.Struct` derived from it."""
 
     def __init__(self, declaration: c.Struct):
-        formats, names = [], []
+        formats, names, orders = [], [], set()
         for sub in declaration.subcons:
-            formats.append(_format_of(sub.name, sub.subcon))
+            code, order = _format_of(sub.name, sub.subcon)
+            formats.append(code)
             names.append(sub.name)
+            orders.discard(None)
+            orders.add(order)
+        orders.discard(None)
+        if len(orders) > 1:
+            raise TypeError(f"{names} mixes byte orders; one struct cannot hold them")
         self.declaration = declaration
         self.names = tuple(names)
-        self.struct = struct.Struct("<" + "".join(formats))
+        self.struct = struct.Struct((orders.pop() if orders else "<") + "".join(formats))
         self.size = self.struct.size
         if self.size != declaration.sizeof():
             raise AssertionError(f"derived layout of {names} disagrees with its declaration")

@@ -16,6 +16,12 @@ also what an FLR (PCIe Device Control, Initiate FLR) does.
 The function is the model's `DeviceHost`: its `dma` and `irq` live as long as
 the device; a client disconnect empties them (unmaps, closes eventfds) but
 keeps the device's state, as the vfio-user spec asks.
+
+A model that raises out of a BAR access or a reset is contained here, the last
+line of the fault policy (docs/execution-model.md; hfi1 contains its own
+errors first): the error is logged and counted (`model_errors`), the read
+returns all ones -- what a PCIe read of a failed function returns -- the write
+is dropped, and the transport keeps serving.
 """
 from __future__ import annotations
 
@@ -64,9 +70,15 @@ def split_access(offset: int, length: int):
         offset += size
 
 
+MAX_LOGGED_MODEL_ERRORS = 32
+
+
 class PciFunction:
-    def __init__(self, model: DeviceModel):
+    def __init__(self, model: DeviceModel, name: str = ""):
         self.model = model
+        self.name = name or model.name
+        #: an MmioTrace (emulator/trace.py) recording every BAR access, or None
+        self.trace = None
         self.layout = layout = model.layout()
         self.bars: dict[int, Bar] = {bar.index: bar for bar in layout.bars}
         self.msix = layout.msix
@@ -78,6 +90,7 @@ class PciFunction:
         self._reset_msix_table()
         self.shared: dict[int, SharedMemory] = {i: self._make_shared(b) for i, b in self.bars.items() if b.shared}
         self.resets = 0
+        self.model_errors = 0
         self._special = self._special_ranges()
         self.dma = DmaSpace()
         self.irq = InterruptLines({
@@ -177,17 +190,48 @@ class PciFunction:
         return write
 
     def _bar_read(self, index: int, offset: int, size: int) -> int:
+        value = self._served_read(index, offset, size)
+        if self.trace is not None:
+            self.trace.record(self.name, "R", index, offset, size, self._name_of(index, offset), value)
+        return value
+
+    def _served_read(self, index: int, offset: int, size: int) -> int:
         for start, end, read, _write in self._special.get(index, ()):
             if start <= offset < end:
                 return read(offset - start, size)
-        return self.model.bar_read(index, offset, size)
+        try:
+            return self.model.bar_read(index, offset, size)
+        except Exception as exc:
+            self._model_failed(exc, f"read of BAR{index} {offset:#x} ({size} bytes)")
+            return (1 << 8 * size) - 1
 
     def _bar_write(self, index: int, offset: int, size: int, value: int) -> None:
+        if self.trace is not None:
+            self.trace.record(self.name, "W", index, offset, size, self._name_of(index, offset), value)
         for start, end, _read, write in self._special.get(index, ()):
             if start <= offset < end:
                 write(offset - start, size, value)
                 return
-        self.model.bar_write(index, offset, size, value)
+        try:
+            self.model.bar_write(index, offset, size, value)
+        except Exception as exc:
+            self._model_failed(exc, f"write of BAR{index} {offset:#x} ({size} bytes)")
+
+    def _name_of(self, index: int, offset: int) -> str:
+        m = self.msix
+        if m is not None and index == m.table_bar and m.table_offset <= offset < m.table_offset + len(self.msix_table):
+            vector, field = divmod(offset - m.table_offset, MSIX_ENTRY_SIZE)
+            return f"MSI-X_TABLE[{vector}]+{field:#x}"
+        try:
+            return self.model.register_name(index, offset)
+        except Exception as exc:  # a name is never worth an error
+            return f"BAR{index}+{offset:#x}({type(exc).__name__})"
+
+    def _model_failed(self, exc: Exception, during: str) -> None:
+        self.model_errors += 1
+        if self.model_errors <= MAX_LOGGED_MODEL_ERRORS or self.model_errors % 1000 == 0:
+            log.error("device model %s raised during the %s: %s: %s [%d so far]", self.model.name or "?", during,
+                      type(exc).__name__, exc, self.model_errors, exc_info=self.model_errors == 1)
 
     def pending_bits(self) -> int:
         return sum(1 << v for v, pending in enumerate(self.irq.pending) if pending)
@@ -199,7 +243,10 @@ class PciFunction:
         self._reset_msix_table()
         for shared in self.shared.values():
             shared.mapping[:] = bytes(len(shared.mapping))
-        self.model.reset()
+        try:
+            self.model.reset()
+        except Exception as exc:
+            self._model_failed(exc, "reset")
 
     def function_level_reset(self) -> None:
         log.info("PCIe Device Control: Initiate Function Level Reset")

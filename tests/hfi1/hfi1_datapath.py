@@ -452,7 +452,7 @@ def pair(over_the_wire: bool = False, up: bool = True):
             model = Hfi1Device(small_config(i + 1), worker=scheduler.worker(name), name=f"hfi1_{name}")
             stack.callback(model.close)
             models.append(model)
-        cable(models[0].port, models[1].port)
+        cable(models[0].port, models[1].port, timer=scheduler.timer("link").after)
         for i, (name, model) in enumerate(zip(("a", "b"), models)):
             irq = Msix(scheduler)
             if over_the_wire:

@@ -454,3 +454,35 @@ def test_a_flooding_sender_waits_for_link_credits_and_nothing_is_dropped(fabric,
     high = high[0]
     assert INBOUND_LIMIT // 2 < high <= INBOUND_LIMIT + 64, f"the peer's buffer peaked at {high} packets"
     assert b.stats()["rcv"]["received"] == 960, "every packet arrived"
+
+
+# -- faults on the cable ------------------------------------------------------------------
+
+def test_a_packet_the_link_corrupts_reaches_the_driver_with_the_chips_icrc_verdict(fabric):
+    from devmodel.fabric import Fault, FaultKind
+    _, a, b = fabric
+    a.device.port.link.set_fault(a.device.port.name, Fault(FaultKind.CORRUPT, count=1, seed=1))
+    hw = a.kernel_contexts[0]
+    for _ in range(2):
+        packet = ud_packet(b.lid, a.lid, UD_QP, bytes(64))
+        a.driver.pio_copy(hw, pbc_for(packet), packet)
+        settle(a, b)
+    counters = a.device.port.link.counters()[f"{a.device.port.name}->{b.device.port.name}"]
+    assert counters["faults_injected"] == {"corrupt": 1}
+    # seed 1 flips a payload bit: the ICRC catches it (a flip in the LRH would be a DLID or length drop)
+    assert delivered(b, 2) == 2 and not b.stats()["internal_errors"]
+    first, _ = b.driver.hdrq_entry(2, 0)
+    second, _ = b.driver.hdrq_entry(2, 1)
+    assert (first["icrc_err"], second["icrc_err"]) == (1, 0), "the driver sees the chip's verdict in the RHF"
+    assert b.driver.read_csr(cr.RCV_COUNTER_ARRAY32 + 8 * 6) == 1, "RCV_ICRC_ERR_CNT"
+
+
+def test_a_link_taken_down_from_the_host_drops_both_ports_to_polling(fabric):
+    scheduler, a, b = fabric
+    link = a.device.port.link
+    link.take_down()
+    settle(a, b)
+    for node in (a, b):
+        assert node.stats()["logical_state"] == "DOWN"
+        assert node.driver.read_csr(cr.DC_DC8051_DBG_ERR_INFO_SET_BY_8051) & (1 << 8), "HOST_MSG LINK_GOING_DOWN"
+    assert link.counters()["state"] == "down" and link.counters()["downs_injected"] == 1

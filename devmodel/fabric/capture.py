@@ -1,0 +1,95 @@
+"""What crossed a link, written as a pcap file Wireshark decodes as Omni-Path.
+
+    capture = LinkCapture("/tmp/ab.pcap", directions=("hfi1_0", "hfi1_1"))
+    link.start_capture(capture) ... link.stop_capture()
+    tshark -r /tmp/ab.pcap -V        # Omni-Path 9B headers, MADs (opa, opa.mad)
+
+Each packet is recorded as it arrives at the far end (after any injected
+fault: a corrupted packet is recorded corrupted, a dropped one not at all), in
+an ERF record of type OPA 9B (`devmodel/wire/pcap.py`) whose capture
+interface says the direction: 0 for packets sent by the first end named, 1
+for the other. 16B (bypass) packets are recorded too, but Wireshark's OPA
+dissectors read only the 9B format. Thread-safe; a write error stops the
+capture with a log line, never the link.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from devmodel.wire.pcap import (
+    ERF_FLAG_VLEN,
+    ERF_HEADER_BYTES,
+    ERF_TYPE_OPA_9B,
+    LINKTYPE_ERF,
+    PCAP_FILE_HEADER,
+    PCAP_MAGIC_NS,
+    PCAP_RECORD_HEADER,
+    ErfHeader,
+    erf_timestamp,
+)
+
+from .packet import Packet
+
+SNAPLEN = 65535
+log = logging.getLogger("vfnic.fabric.capture")
+
+
+class LinkCapture:
+    def __init__(self, path: str, directions: tuple[str, str]):
+        self.path = path
+        self.directions = directions
+        self.packets = 0
+        self.bytes = 0
+        self._lock = threading.Lock()
+        self._file = open(path, "wb")  # open until stop()
+        self._file.write(PCAP_FILE_HEADER.build(magic=PCAP_MAGIC_NS, version_major=2, version_minor=4,
+                                                snaplen=SNAPLEN, linktype=LINKTYPE_ERF))
+        self._file.flush()
+
+    @property
+    def active(self) -> bool:
+        return self._file is not None
+
+    def record(self, sender: str, packet: Packet) -> None:
+        now = time.time_ns()
+        seconds, nanoseconds = divmod(now, 1_000_000_000)
+        data = packet.data[:SNAPLEN - ERF_HEADER_BYTES]
+        interface = 0 if sender == self.directions[0] else 1
+        erf = ErfHeader.build(dict(ts=erf_timestamp(seconds, nanoseconds), type=ERF_TYPE_OPA_9B,
+                                   flags=ERF_FLAG_VLEN | interface, rlen=ERF_HEADER_BYTES + len(data), lctr=0,
+                                   wlen=min(len(packet.data), 0xFFFF)))
+        length = len(erf) + len(data)
+        with self._lock:
+            if self._file is None:
+                return
+            try:
+                self._file.write(PCAP_RECORD_HEADER.pack(seconds, nanoseconds, length, length) + erf + data)
+            except OSError as e:
+                log.error("capture to %s stopped: %s", self.path, e)
+                self._close()
+                return
+            self.packets += 1
+            self.bytes += len(packet.data)
+
+    def flush(self) -> None:
+        with self._lock:
+            if self._file is not None:
+                self._file.flush()
+
+    def stop(self) -> dict:
+        with self._lock:
+            self._close()
+        return self.describe()
+
+    def _close(self) -> None:
+        if self._file is not None:
+            try:
+                self._file.close()
+            except OSError as e:
+                log.error("closing capture %s: %s", self.path, e)
+            self._file = None
+
+    def describe(self) -> dict:
+        return {"file": self.path, "packets": self.packets, "bytes": self.bytes, "active": self.active}
