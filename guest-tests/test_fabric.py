@@ -23,8 +23,9 @@ pytestmark = pytest.mark.guest
 
 @pytest.fixture(scope="module")
 def fabric(module_lab, tmp_path_factory, report_figure):
-    stats = tmp_path_factory.mktemp("fabric-stats") / "stats.json"
-    server = module_lab.server("hfi1", count=2, args=("--stats", str(stats)))
+    work = tmp_path_factory.mktemp("fabric-server")
+    server = module_lab.server("hfi1", count=2, args=("--stats", str(work / "stats.json"),
+                                                      "--control", str(work / "control.sock")))
     started = time.monotonic()
     fabric = Fabric.boot(server, lambda devices, **options: module_lab.guest(*devices, wait=False, **options),
                          module_lab.socket_dir)
@@ -118,3 +119,51 @@ def test_the_link_counts_packets_and_bytes_in_both_directions(fabric):
     assert len(directions) == 2, links[0]
     for name, counts in directions.items():
         assert counts["packets"] > 100 and counts["bytes"] > 24 * counts["packets"], (name, counts)
+
+
+# -- what an operator does to the cable: capture, faults (issue: fault injection) -------------
+
+def test_a_capture_of_live_traffic_decodes_as_omni_path_smps_and_verbs(fabric, tmp_path):
+    from images.tshark import provision_tshark
+    tshark = provision_tshark()
+    pcap = str(tmp_path / "live.pcap")
+    fabric.server.ctl("capture-start", link=0, file=pcap)
+    try:
+        peer_lid = opainfo(fabric.guests[0])["lid"]
+        smp = fabric.guests[1].run(f"opasmaquery -o nodeinfo -l {peer_lid}", timeout=120)
+        assert smp.rc == 0, smp.stdout + smp.stderr
+        run = fabric.run_pair("ibv_ud_pingpong -c -n 20")
+        assert run.ok, run.explain()
+    finally:
+        captured = fabric.server.ctl("capture-stop", link=0)
+    assert captured["packets"] > 40, captured
+    classes = {row[0] for row in tshark.fields(pcap, "opa.mad.mgmtclass") if row[0]}
+    assert "0x01" in classes, f"a LID-routed SMP (opasmaquery) decoded as opa.mad; classes seen: {classes}"
+    opcodes = {row[0] for row in tshark.fields(pcap, "opa.bth.opcode") if row[0]}
+    assert "0x64" in opcodes, f"UD SEND_ONLY (the pingpong) decoded as opa; opcodes seen: {opcodes}"
+
+
+def test_rc_traffic_survives_drop_and_corruption_and_the_link_counts_the_faults(fabric, report_figure):
+    """1 % drop and 0.5 % corruption each way: RC retransmits until every
+    byte arrives, checked by the tools themselves (-c, ib_write_bw's run)."""
+    for seed, sender in enumerate(("hfi1_0", "hfi1_1")):
+        fabric.server.ctl("fault-set", link=0, **{"from": sender}, kind="drop", rate=0.01, seed=seed)
+        fabric.server.ctl("fault-set", link=0, **{"from": sender}, kind="corrupt", rate=0.005, seed=10 + seed)
+    try:
+        started = time.monotonic()
+        pingpong = fabric.run_pair("ibv_rc_pingpong -c -n 500 -s 4096", timeout=600)
+        assert pingpong.ok, pingpong.explain()
+        bw = fabric.run_pair("ib_write_bw -F -s 65536 -n 200", timeout=600)
+        assert bw.ok, bw.explain()
+        rows = parse_perftest(bw.client.stdout)
+        assert rows and rows[0]["bw_avg_mib_s"] > 0, bw.explain()
+        elapsed = time.monotonic() - started
+    finally:
+        link = fabric.server.ctl("query")["links"][0]
+        fabric.server.ctl("fault-clear", link=0)
+    injected = {name: counts["faults_injected"] for name, counts in link.items() if "->" in name}
+    for direction, faults in injected.items():
+        assert faults.get("drop", 0) > 0, (direction, injected)
+    assert sum(f.get("corrupt", 0) for f in injected.values()) > 0, injected
+    report_figure(f"fabric: rc_pingpong -c (500 x 4 KiB) and ib_write_bw (200 x 64 KiB) through 1 % drop and 0.5 % "
+                  f"corruption: {elapsed:.0f} s, faults injected {injected}, write bw {rows[0]['bw_avg_mib_s']:.1f} MiB/s")

@@ -19,6 +19,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from emulator.control import request
 from images.process import log_tail, stop_process
 from images.wait import wait_until
 
@@ -73,7 +74,8 @@ class VfnicServer:
         if self.process.poll() is not None:
             raise ServerError(f"`vfnic {' '.join(self.command_line()[3:])}` exited with status "
                               f"{self.process.returncode}; its log ({self.log}):\n{log_tail(self.log)}")
-        return all(is_socket(path) for path in self.sockets)
+        control = [self.control_path] if self.control_path is not None else []
+        return all(is_socket(path) for path in [*self.sockets, *control])
 
     def stats(self, timeout: float = 10.0) -> dict:
         """The running server's statistics (SIGUSR1 writes its `--stats`
@@ -86,6 +88,21 @@ class VfnicServer:
         wait_until(lambda: path.exists() and path.stat().st_mtime_ns != before, timeout,
                    "the server to write its statistics (SIGUSR1)")
         return json.loads(path.read_text())
+
+    @property
+    def control_path(self) -> Path | None:
+        return Path(self.args[self.args.index("--control") + 1]) if "--control" in self.args else None
+
+    def ctl(self, command: str, **arguments) -> object:
+        """A command on the server's control socket (`--control PATH`), as
+        `vfnic ctl` sends it; the reply's value, or ServerError with the
+        server's reason."""
+        if self.control_path is None:
+            raise ValueError("the server was not started with --control PATH")
+        reply = request(str(self.control_path), command, arguments)
+        if "error" in reply:
+            raise ServerError(f"vfnic ctl {command}: {reply['error']['desc']}")
+        return reply["return"]
 
     def stop(self, grace: float = 10.0) -> int | None:
         """SIGTERM, then SIGKILL after `grace` seconds; returns the exit status."""
