@@ -32,6 +32,11 @@ DEVICES = {
         "link-partner": (("present", "none"), "present",
                          "for an HFI with no second HFI to cable it to: present, a built-in neighbour "
                          "HFI answers and the link trains to LinkUp; none, no cable, the port stays in Polling"),
+        "icode": (("silicon", "simulator"), "silicon",
+                  "the implementation code the chip reports: silicon (0, RTL silicon), the driver loads and "
+                  "the chip authenticates signed firmware (the guest needs the files of `vfnic firmware` in "
+                  "/lib/firmware, or probe fails), negotiates the link with VerifyCap "
+                  "and relays SMA idle messages; simulator (3, functional simulator), none of that"),
     }, fabric="Hfi1Device.fabric"),
 }
 

@@ -3,6 +3,7 @@
     vfnic serve --device NAME --socket PATH [--socket PATH ...] [--option KEY=VALUE ...]
                 [--control PATH] [--trace FILE] [--stats FILE] [-v]
     vfnic ctl PATH COMMAND [KEY=VALUE ...]
+    vfnic firmware --output DIR
 
 `serve` serves one device per socket, in the foreground, until SIGINT or
 SIGTERM, then removes its sockets. Devices with ports share one fabric in
@@ -10,6 +11,11 @@ this process: two hfi1 sockets are two HFIs cabled back to back; a lone hfi1
 trains with its built-in link partner. `--control` opens the control socket
 (emulator/control.py) that `ctl` talks to: `vfnic ctl C query`, `vfnic ctl C
 fault-set link=0 from=hfi1_0 kind=drop rate=0.01`, `vfnic ctl C help`.
+
+`firmware` writes the four firmware files hfi1 requests on RTL silicon
+(`--option icode=silicon`): vfnic's own, signed with the project's test key
+that the emulated chip trusts (devmodel/hfi1/firmware.py). Copy them into a
+guest's /lib/firmware.
 
 Bad arguments exit with status 2 and one line; a command the control socket
 refuses exits with status 1 and one line saying why.
@@ -58,6 +64,8 @@ def _parser() -> argparse.ArgumentParser:
     ctl.add_argument("path", help="the control socket (vfnic serve --control PATH)")
     ctl.add_argument("name", metavar="COMMAND", help="query, stats, fault-set, ..., help")
     ctl.add_argument("arguments", nargs="*", metavar="KEY=VALUE", help="the command's arguments")
+    fw = sub.add_parser("firmware", help="write the hfi1 firmware files (vfnic's own, signed with its test key)")
+    fw.add_argument("--output", required=True, metavar="DIR", help="where to write them (e.g. a guest's /lib/firmware)")
     return parser
 
 
@@ -168,10 +176,25 @@ def ctl(args: argparse.Namespace) -> int:
     return 0
 
 
+def write_firmware(args: argparse.Namespace) -> int:
+    import hashlib
+
+    from devmodel.hfi1.firmware import write_firmware as write
+
+    try:
+        paths = write(args.output)
+    except OSError as e:
+        raise UsageError(f"cannot write firmware into {args.output}: {e.strerror}") from None
+    for path in paths:
+        print(f"{path}  {path.stat().st_size} bytes  sha256 {hashlib.sha256(path.read_bytes()).hexdigest()}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args = _parser().parse_args(argv)
-        return ctl(args) if args.command == "ctl" else serve(args)
+        commands = {"ctl": ctl, "serve": serve, "firmware": write_firmware}
+        return commands[args.command](args)
     except UsageError as e:
         print(f"vfnic: error: {e}", file=sys.stderr)
         return 2

@@ -8,6 +8,8 @@
 - `guest_platform` (session): QEMU and the guest image, provisioned once per
   run; if that is impossible every guest test fails with the reason (and,
   under CI=true, any skipped guest test is a failure too).
+  VFNIC_GUEST_KERNEL=sid boots every guest on Debian sid's kernel instead
+  of trixie's; test_kernel_matrix.py runs its checks on sid in every run.
 - `vfnic_server(device, count=1)`: starts `vfnic serve` with `count`
   sockets and waits for them.
 - `boot_guest(*servers_or_sockets)`: boots a guest with those devices, waits
@@ -31,7 +33,8 @@ from pathlib import Path
 import pytest
 
 from images.debian import ProvisionError
-from images.guest import GuestImage, build
+from images.guest import GuestImage
+from images.kernels import build_guest_image, guest_kernel_choice
 from images.qemu import Qemu, QemuError
 from images.server import VfnicServer
 from images.vm import Guest, VfioUserDevice
@@ -84,14 +87,24 @@ class GuestPlatform:
     image: GuestImage
 
 
-@pytest.fixture(scope="session")
-def guest_platform() -> GuestPlatform:
+def provision_platform(suite: str) -> GuestPlatform:
     try:
-        return GuestPlatform(Qemu.locate(), build())
+        return GuestPlatform(Qemu.locate(), build_guest_image(suite))
     except (ProvisionError, QemuError) as error:
         # A failure, not a skip: guest tests that silently do not run prove
         # nothing. Leave them out on purpose with `-m 'not guest'`.
-        pytest.fail(f"cannot provision guests: {error}", pytrace=False)
+        pytest.fail(f"cannot provision guests ({suite} kernel): {error}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def guest_platform() -> GuestPlatform:
+    """The guest image with the kernel VFNIC_GUEST_KERNEL names (trixie, the
+    image's own, by default; sid: Debian sid's current linux-image-amd64)."""
+    try:
+        suite = guest_kernel_choice()
+    except ProvisionError as error:
+        pytest.fail(str(error), pytrace=False)
+    return provision_platform(suite)
 
 
 class Lab:

@@ -10,7 +10,9 @@ debootstrap:
    modules and the setup script; ~1.5 min cold.
 2. **image** (`cache/image/HASH/`): a hard-linked copy of the rootfs tree
    plus vfnic's guest files (init, agent, systemd unit, udev rule), the
-   custom kernel's modules if one is given, packed into `root.ext4` with
+   hfi1 firmware files of `vfnic firmware` in /usr/lib/firmware (hfi1
+   requests them on RTL silicon), the custom kernel's modules if one is
+   given, packed into `root.ext4` with
    `mkfs.ext4 -d` (no loop device, no mount). Next to it: `vmlinux` (the
    kernel decompressed for PVH boot, images/kernel.py), `vmlinuz`,
    `initrd.img` (vfnic's, images/initrd.py), `initrd-debian.img` and
@@ -22,6 +24,7 @@ with `snapshot=on`, so any number of guests share one read-only image.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -31,6 +34,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from devmodel.hfi1.firmware import firmware_files
 from images import GUEST_FILES_DIR
 from images.cache import build_once, downloads_dir, file_hash, recipe_hash, tree_hash
 from images.debian import ARCHIVE_KEYRING, PrivateApt, ProvisionError, debian_mirror, fetch_debootstrap, run_logged
@@ -53,11 +57,14 @@ GUEST_PACKAGES = [
     "rdma-core", "ibverbs-utils", "ibverbs-providers", "rdmacm-utils", "perftest", "qperf",
     "infiniband-diags",
     "opa-basic-tools", "opa-fm", "libpsm2-2", "libfabric-bin",
-    "iperf3",
+    # the upper-layer protocols' tools: IP over the fabric, NVMe over Fabrics, SRP and LIO
+    "iperf3", "netcat-openbsd", "nvme-cli", "fio", "targetcli-fb", "srptools",
 ]
 
 #: Modules the stock kernel must ship for vfnic's devices to be usable.
-REQUIRED_MODULES = ["hfi1", "rdmavt", "ib_uverbs", "ib_ipoib", "ib_umad", "rdma_ucm"]
+REQUIRED_MODULES = ["hfi1", "rdmavt", "ib_uverbs", "ib_ipoib", "ib_umad", "rdma_ucm",
+                    # the ULPs' targets and hosts, and RAM disks to export
+                    "nvmet_rdma", "nvme_rdma", "nvmet_tcp", "nvme_tcp", "ib_srpt", "ib_srp", "brd"]
 
 #: Units that cost boot time and do nothing in a test guest (see
 #: guest-facts.md); masked for the systemd init.
@@ -150,6 +157,7 @@ def build(kernel: Path | None = None, modules: Path | None = None) -> GuestImage
         "masked_units": MASKED_UNITS,
         "custom_kernel": custom.recipe() if custom else None,
         "initrd_init": file_hash(GUEST_FILES_DIR / INITRD_INIT_SOURCE),
+        "hfi1_firmware": {name: hashlib.sha256(data).hexdigest() for name, data in firmware_files().items()},
         # The code that assembles the image: editing it rebuilds the image
         # (seconds), never the rootfs.
         "builders": {name: file_hash(Path(__file__).parent / name)
@@ -290,6 +298,7 @@ def assemble_image(work: Path, rootfs: Path, custom: CustomKernel | None) -> Non
     # unlinked first rather than written through a shared inode.
     run_logged(["cp", "-a", "--link", str(rootfs), str(stage)], "copying the root tree")
     install_guest_files(stage)
+    install_hfi1_firmware(stage)
     mask_units(stage)
     if custom:
         kernel_version = install_custom_kernel(stage, custom, work)
@@ -333,6 +342,13 @@ def install_guest_files(stage: Path) -> None:
     wants = stage / "etc/systemd/system/multi-user.target.wants/vfnic-agent.service"
     wants.parent.mkdir(parents=True, exist_ok=True)
     wants.symlink_to("../vfnic-agent.service")
+
+
+def install_hfi1_firmware(stage: Path) -> None:
+    """`vfnic firmware`'s four files where request_firmware looks (hfi1 on
+    RTL silicon, `--option icode=silicon`, refuses to probe without them)."""
+    for name, data in firmware_files().items():
+        replace_file(stage / "usr/lib/firmware" / name, data, 0o644)
 
 
 def mask_units(stage: Path) -> None:

@@ -23,6 +23,9 @@ from images.debian import ProvisionError
 #: their dependencies, found in modules.dep). Built-in ones are skipped; in
 #: Debian's 6.12, virtio_pci and virtio_console are built in, these are not.
 INITRD_MODULES = ["virtio_pci", "virtio_blk", "crc32c_generic", "ext4"]
+#: Needed where they exist: 6.12's ext4 reaches crc32c through the crypto API
+#: (crc32c_generic); newer kernels (sid's 7.x) link the crc32c library in.
+OPTIONAL_INITRD_MODULES = {"crc32c_generic"}
 
 _CONSOLE_DEVICE = (5, 1)
 
@@ -64,7 +67,7 @@ class ModuleTree:
 
         for name in names:
             name = name.replace("-", "_")
-            if name in self.builtin:
+            if name in self.builtin or (name in OPTIONAL_INITRD_MODULES and name not in self.dependencies):
                 continue
             if name not in self.dependencies:
                 raise ProvisionError(f"kernel modules in {self.directory} have no {name} "

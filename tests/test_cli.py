@@ -24,6 +24,9 @@ def vfnic(*args, **kw):
     (["serve", "--device", "hfi1", "--socket", "x.sock", "--option", "colour=blue"], "hfi1 has no option 'colour'"),
     (["serve", "--device", "hfi1", "--socket", "x.sock", "--option", "link-partner=maybe"],
      "link-partner takes present or none"),
+    (["serve", "--device", "hfi1", "--socket", "x.sock", "--option", "icode=fpga"],
+     "icode takes silicon or simulator"),
+    (["firmware"], "required: --output"),
 ])
 def test_bad_arguments_exit_2_with_one_line(tmp_path, args, message):
     result = vfnic(*args, cwd=tmp_path)

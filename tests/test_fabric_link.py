@@ -2,7 +2,16 @@
 packets are counted per direction and dropped while the link is down."""
 from __future__ import annotations
 
-from devmodel.fabric import BuiltInPartner, Link, LinkDownReason, NodeType, Packet, PortIdentity
+from devmodel.fabric import (
+    BuiltInPartner,
+    Link,
+    LinkDownReason,
+    LinkMessage,
+    MessageKind,
+    NodeType,
+    Packet,
+    PortIdentity,
+)
 
 
 class Port:
@@ -22,6 +31,9 @@ class Port:
 
     def receive(self, packet):
         self.received.append(packet)
+
+    def link_message(self, message, epoch):
+        self.events.append(("message", message.kind, message.data, epoch))
 
     def has_room(self):
         return len(self.received) < 3
@@ -107,3 +119,34 @@ def test_a_sender_asks_for_room_and_hears_when_the_receiver_drained():
     b.received.clear()
     link.room_freed(b)
     assert a.events[-1] == ("room",) and link.peer_has_room(a)
+
+
+def test_a_link_layer_message_reaches_the_other_end_only_during_its_link_up():
+    link, a, b = cabled()
+    idle = LinkMessage(MessageKind.IDLE, 1 << 8 | 3)
+    assert not link.message(a, idle, 0), "the link is down"
+    link.polling(a, a.identity)
+    link.polling(b, b.identity)
+    assert link.message(a, idle, 0)
+    assert b.events[-1] == ("message", MessageKind.IDLE, 0x103, 0) and not [e for e in a.events if e[0] == "message"]
+    link.offline(b)
+    link.polling(b, b.identity)
+    assert not link.message(a, idle, 0), "news of link-up 0 is lost once link-up 1 has begun"
+    assert link.message(a, LinkMessage(MessageKind.CONFIGLT_READY), 1)
+    assert link.describe()["link_messages"] == {"idle message": 1, "ConfigLT ready": 1}
+
+
+def test_the_built_in_partner_agrees_to_linkup_and_echoes_idle_messages():
+    link = Link("hfi<->partner")
+    hfi = Port("hfi", 0x11)
+    link.attach(hfi)
+    partner = BuiltInPartner(PortIdentity(guid=0x22), name="partner")
+    partner.plug_into(link)
+    link.polling(hfi, hfi.identity)
+    link.message(hfi, LinkMessage(MessageKind.CONFIGLT_READY), 0)
+    link.message(hfi, LinkMessage(MessageKind.IDLE, 1 << 8 | 3), 0)
+    link.message(hfi, LinkMessage(MessageKind.PLANNED_DOWN, 35), 0)
+    assert [e for e in hfi.events if e[0] == "message"] == [
+        ("message", MessageKind.CONFIGLT_READY, 0, 0), ("message", MessageKind.IDLE, 0x103, 0)]
+    assert [m.kind for m in partner.messages_received] == [
+        MessageKind.CONFIGLT_READY, MessageKind.IDLE, MessageKind.PLANNED_DOWN]

@@ -57,6 +57,12 @@ GOLDEN = [
      (0x123 | 1 << 11 | 1 << 15).to_bytes(8, LE).hex()),
     ("RcvArray entry", f.RcvArrayEntry, f.RCV_ARRAY_ENTRY, dict(write_enable=1, size_code=7, address_4k=0x100400),
      (1 << 63 | 7 << 36 | 0x100400).to_bytes(8, LE).hex()),
+    # -- a firmware file's CSS header (firmware.c struct css_header, u32 LE): a 64-byte payload
+    ("CSS header", f.CssHeader, None, dict(module_type=6, header_len=0xA1, header_version=0x10000, module_id=4,
+                                           module_vendor=0x8086, date=0x20261130, size=(644 + 64) // 4,
+                                           key_size=64, modulus_size=64, exponent_size=1),
+     "06000000" "a1000000" "00000100" "04000000" "86800000" "30112620" "b1000000" "40000000" "40000000" "01000000"
+     + "00" * 88),
 ]
 
 

@@ -1,8 +1,8 @@
 """The fabric between emulated devices: ports joined by links.
 
-    devmodel/fabric/link.py     Link (handshake, down propagation, counters,
-                                faults, take-down, capture), PortIdentity,
-                                BuiltInPartner
+    devmodel/fabric/link.py     Link (handshake, down propagation, link-layer
+                                messages, counters, faults, take-down,
+                                capture), PortIdentity, BuiltInPartner
     devmodel/fabric/packet.py   Packet
     devmodel/fabric/faults.py   Fault: drop, corrupt, delay, duplicate, reorder
     devmodel/fabric/capture.py  LinkCapture: pcap files Wireshark reads as OPA
@@ -20,14 +20,17 @@ from .link import (
     LinkDownReason,
     LinkEnd,
     LinkError,
+    LinkMessage,
     LinkState,
+    MessageKind,
     NodeType,
     PortIdentity,
 )
 from .packet import Packet
 
 __all__ = ["BuiltInPartner", "DirectionCounters", "Fault", "FaultError", "FaultKind", "Link", "LinkCapture",
-           "LinkDownReason", "LinkEnd", "LinkError", "LinkState", "NodeType", "Packet", "PortIdentity", "cable"]
+           "LinkDownReason", "LinkEnd", "LinkError", "LinkMessage", "LinkState", "MessageKind", "NodeType", "Packet",
+           "PortIdentity", "cable"]
 
 
 def cable(a, b, name: str | None = None, timer=None) -> Link:

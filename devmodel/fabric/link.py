@@ -5,6 +5,7 @@
                            both ends polling: UP, epoch n
     linked(B's identity) <---                 ---> linked(A's identity)
     transmit(packet)  ---> counters A->B  ---> receive(packet)
+    message(m, n)     ---> (epoch n only)  ---> link_message(m, n)
     offline()         ---> DOWN, epoch n+1 ---> unlinked(REMOTE_OFFLINE)
 
 Link-up is a handshake: the link comes up only once both ends poll, and
@@ -13,6 +14,14 @@ neighbour registers of a real HFI do after link negotiation. One end going
 offline takes the other down. A packet sent while the link is down is
 dropped and counted. While the link is up it is lossless: a sender asks
 `peer_has_room` first and waits for `room` (the receiver's buffer credits).
+
+Besides packets, the two ends' link layers talk to each other (`message`):
+what a real cable carries in its link-layer flits rather than in packets
+-- the ConfigLT handshake that ends link negotiation, idle messages (the
+SMA's Armed/Active news for the neighbour), the reason an end gives when it
+takes the link down on purpose. A message belongs to one link-up (its
+epoch) and is delivered only while that link-up lasts; packet faults do not
+touch it.
 
 What tests and operators do to a link (`vfnic ctl`, pytest):
 
@@ -52,6 +61,25 @@ class NodeType(int, Enum):
     SWITCH = 1
 
 
+class MessageKind(Enum):
+    """What one end's link layer tells the other's (`LinkMessage`)."""
+
+    #: the end's host has agreed to LinkUp (8051 ConfigLT); the link is up
+    #: once both ends have said it
+    CONFIGLT_READY = "ConfigLT ready"
+    #: an idle message: `data` is the 48-bit message, type in [3:0]
+    IDLE = "idle message"
+    #: the end is going offline on purpose; `data` is its reason (OPA
+    #: LinkDownReason, e.g. 35 reboot, 39 FM bounce)
+    PLANNED_DOWN = "planned down"
+
+
+@dataclass(frozen=True)
+class LinkMessage:
+    kind: MessageKind
+    data: int = 0
+
+
 @dataclass(frozen=True)
 class PortIdentity:
     """What link negotiation tells the other end about a port."""
@@ -63,8 +91,10 @@ class PortIdentity:
     device_rev: int = 0x11
     fm_security_disabled: bool = True
     mgmt_allowed: bool = True
-    #: the port's VerifyCap offer (8051 fields VERIFY_CAP_LOCAL_PHY, _FABRIC,
-    #: _LINK_MODE); None: whatever the receiving end offered itself
+    #: the port's VerifyCap frames, as the other end's 8051 stores them in
+    #: VERIFY_CAP_REMOTE_PHY, _FABRIC and _LINK_WIDTH (the last: tx rate in
+    #: [23:16], link widths in [15:0]); None: whatever the receiving end
+    #: offers itself
     verify_cap: tuple[int, int, int] | None = None
 
 
@@ -83,6 +113,7 @@ class LinkEnd(Protocol):
 
     def linked(self, peer: PortIdentity, epoch: int) -> None: ...
     def unlinked(self, reason: LinkDownReason, epoch: int) -> None: ...
+    def link_message(self, message: LinkMessage, epoch: int) -> None: ...
     def receive(self, packet: Packet) -> None: ...
     def has_room(self) -> bool: ...  # may the other end send now (its buffer credits)?
     def room(self) -> None: ...  # the other end drained: senders waiting may go on
@@ -139,6 +170,8 @@ class Link:
         self.downs_injected = 0
         self._bring_up_job = None
         self.capture: LinkCapture | None = None
+        #: link-layer messages carried, by kind (`message`)
+        self.messages: dict[str, int] = {}
 
     def attach(self, end: LinkEnd) -> None:
         with self._lock:
@@ -200,6 +233,18 @@ class Link:
 
     def is_up(self, epoch: int) -> bool:
         return self.state is LinkState.UP and self.epoch == epoch
+
+    def message(self, end: LinkEnd, message: LinkMessage, epoch: int) -> bool:
+        """Carry a link-layer message from `end` to the other end, if the
+        link is still up in `epoch`; False if it was lost with the link."""
+        with self._lock:
+            _, other = self._pair(end)
+            if self.state is not LinkState.UP or self.epoch != epoch or other is None:
+                return False
+            self.messages[message.kind.value] = self.messages.get(message.kind.value, 0) + 1
+            target = other.end
+        target.link_message(message, epoch)
+        return True
 
     # -- the host's hand on the cable (fault injection, link flaps) -------------------
     def take_down(self, seconds: float | None = None) -> None:
@@ -333,26 +378,34 @@ class Link:
             return out
 
     def describe(self) -> dict:
-        """Counters, plus the faults set on each direction and the capture."""
+        """Counters, plus the faults set on each direction, the capture, and
+        the link-layer messages carried (by kind)."""
         out = self.counters()
         with self._lock:
             out["name"] = self.name
             out["ends"] = [s.end.name for s in self._ends]
             out["faults"] = {s.end.name: [f.describe() for f in s.faults] for s in self._ends}
             out["capture"] = self.capture.describe() if self.capture is not None else None
+            out["link_messages"] = dict(self.messages)
         return out
 
 
 class BuiltInPartner:
     """The far end of a cable with nothing behind it but a port that trains:
     it always polls, presents `identity`, and absorbs whatever it is sent.
-    This is how a lone HFI reaches LinkUp/Init with no second device."""
+    This is how a lone HFI reaches LinkUp/Init with no second device.
+
+    Its link layer answers as a peer's would: it agrees to LinkUp as soon as
+    the other end does (ConfigLT), and echoes each idle message, so an SMA
+    Armed message comes back as the neighbour's Armed (NeighborNormal) and
+    a lone port can be taken to Active."""
 
     def __init__(self, identity: PortIdentity, name: str = "partner"):
         self.name = name
         self.identity = identity
         self.absorbed = 0
         self.link: Link | None = None
+        self.messages_received: list[LinkMessage] = []
 
     def plug_into(self, link: Link) -> None:
         self.link = link
@@ -366,6 +419,11 @@ class BuiltInPartner:
         # A real partner would retrain: poll again at once.
         if self.link is not None:
             self.link.polling(self, self.identity)
+
+    def link_message(self, message: LinkMessage, epoch: int) -> None:
+        self.messages_received = [*self.messages_received[-63:], message]
+        if self.link is not None and message.kind in (MessageKind.CONFIGLT_READY, MessageKind.IDLE):
+            self.link.message(self, message, epoch)  # the answer only queues work at the other end
 
     def receive(self, packet: Packet) -> None:
         self.absorbed += 1

@@ -1,8 +1,14 @@
 """What one emulated HFI is: identity, capacities, neighbour, timings.
 
-Defaults describe a discrete WFR B1 part (8086:24f0, ChipRev 7.17, board id 1)
-reporting implementation code 3, "functional simulator", which makes the driver
-skip firmware loads and treat the 8051 as always ready. Capacities are the
+Defaults describe a discrete WFR B1 part (8086:24f0, ChipRev 7.17, board id 1).
+The implementation code (CCE_REVISION2) decides how much of the chip the
+driver brings up: 0, "RTL silicon", runs the whole ASIC bring-up (signed
+firmware for the fabric SerDes and the 8051, checked by the MISC block
+against the fused key; SerDes tuning; link negotiation with VerifyCap; SMA
+idle messages to the peer); 3, "functional simulator", makes the driver skip
+firmware loads, treat the 8051 as always ready and skip VerifyCap (and
+deadlocks the 6.12 driver on any link-down with the port up, docs/hfi1.md).
+`vfnic serve --option icode=silicon|simulator` chooses. Capacities are the
 real chip's where known (160 receive and send contexts, 16 SDMA engines); the
 rest are chosen to satisfy the driver's arithmetic ([uncertain] on silicon):
 
@@ -23,6 +29,8 @@ from enum import IntEnum
 
 from devmodel.fabric import PortIdentity
 
+from . import firmware_key
+
 INTEL_OPA_OUI = 0x001175
 PCI_VENDOR_ID_INTEL = 0x8086
 PCI_DEVICE_ID_INTEL0 = 0x24F0  # discrete WFR (the driver's HFI0 id)
@@ -32,6 +40,8 @@ PCI_REVISION_B1 = 0x11
 
 ICODE_RTL_SILICON = 0
 ICODE_FUNCTIONAL_SIMULATOR = 3
+#: `vfnic serve --option icode=...`
+ICODES = {"silicon": ICODE_RTL_SILICON, "simulator": ICODE_FUNCTIONAL_SIMULATOR}
 
 
 class PortType(IntEnum):
@@ -64,7 +74,7 @@ class ChipConfig:
     chip_rev_minor: int = 0x11  # 0x1X = B-step; 0x0X would select the A0 workarounds
     sw_compat: int = 3
     board_id: int = 1
-    icode: int = ICODE_FUNCTIONAL_SIMULATOR
+    icode: int = ICODE_RTL_SILICON
     impl_revision: int = 0
     hfi1_id: int = 0
     guid: int = make_guid(0x000001)
@@ -88,6 +98,19 @@ class ChipConfig:
     sdma_halt_s: float = 50e-6
     sdma_cleanup_s: float = 50e-6
     freeze_s: float = 100e-6
+    # silicon mode (icode 0)
+    #: the firmware signing key's modulus fused into the chip (MISC RSA
+    #: engine); None accepts any key
+    fw_key_modulus: int | None = firmware_key.N
+    fw_exponent: int = firmware_key.E
+    #: from the 8051's reset release to "ready" (DC_DC8051_STS_CUR_STATE.FIRMWARE 0xA0)
+    dc8051_boot_s: float = 0.005
+    #: the 8051 firmware version when the code RAM names none
+    dc8051_default_version: tuple[int, int, int] = (1, 27, 0)
+    #: ConfigLT: from both ends agreeing to LinkUp to LinkUp
+    link_up_handshake_s: float = 0.002
+    #: what the thermal sensor reads (ASIC_STS_THERM), degrees C
+    asic_temp_c: int = 45
 
     def __post_init__(self) -> None:
         if not 3 <= self.rcv_contexts <= 160 or not 12 <= self.send_contexts <= 160:
@@ -99,6 +122,13 @@ class ChipConfig:
             raise ValueError("RcvArray must be a multiple of 8 entries and end before 0x1300000")
         if not 1 <= self.msix_vectors <= 256:
             raise ValueError("WFR has 256 MSI-X vectors")
+        if self.icode not in ICODES.values():
+            raise ValueError(f"implementation code {self.icode} is not modelled (0 RTL silicon, 3 functional simulator)")
+
+    @property
+    def silicon(self) -> bool:
+        """Implementation code 0: the driver does the whole ASIC bring-up."""
+        return self.icode == ICODE_RTL_SILICON
 
     @property
     def revision(self) -> int:

@@ -11,7 +11,8 @@
     DC_DC8051_STS_REMOTE_GUID/NODE_TYPE/FM_SECURITY/PORT_NO  RO  neighbour, from LNI
     DC_DC8051_STS_LOCAL_FM_SECURITY  0x602050 RO  [0] disabled
     DC_DC8051_STS_CUR_STATE          0x602060 RO  [7:0] physical state, [23:16] firmware (0xA0 ready)
-    DC_DC8051_CFG_RST                0x602068 RW  [0] M8051W: hold the 8051 in reset
+    DC_DC8051_CFG_RST                0x602068 RW  [0] M8051W: hold the 8051 in reset, [1] CRAM,
+                                                 [2] DRAM, [3] IRAM, [4] SFR: reset that memory
     DC_DC8051_CFG_MODE               0x602070 RW
     DC_DC8051_DBG_ERR_INFO_SET_BY_8051 0x6020D8 RO [15:0] HOST_MSG, [47:16] ERROR
     DC_DC8051_ERR_FLG/CLR/EN         0x6020E0/E8/F0  second tier of source 250;
@@ -31,8 +32,32 @@ field f of lane l at 4*0x17 + 0x20*l + 4f (the address formula of
 there too [inferred: the real firmware's placement is not documented, this is
 the one the driver reads back].
 
-The physical link (Offline, Polling, LinkUp) is the firmware's state machine in
-`lni.py`; `self.link` is that machine.
+The physical link (Offline, Polling, VerifyCap, ConfigLT, LinkUp) is the
+firmware's state machine in `lni.py`; `self.link` is that machine.
+
+The microcontroller itself (`McuState`):
+
+    HELD --reset released (CCE_DC_CTRL.DC_RESET and CFG_RST.M8051W both 0)-->
+        functional simulator: RUNNING at once (the driver loads no firmware and
+            treats the 8051 as always ready)
+        RTL silicon, code RAM authenticated (`misc.dc8051_authorized`): BOOTING,
+            then after `dc8051_boot_s` RUNNING: the firmware version (from the
+            code's descriptor, `firmware.dc8051_version`) in MISC_STATUS and
+            VERSION_PATCH, physical state Offline, CUR_STATE.FIRMWARE 0xA0
+        RTL silicon, nothing authenticated: NO_FIRMWARE: CUR_STATE reads 0 and
+            no host command completes, as a core with no code would
+    any --DC reset or CFG_RST.M8051W--> HELD (the link drops without a word)
+
+On silicon the driver loads the code RAM through the RAM window (SETUP.RAM_SEL
+1, WRITE_ENA) with the core held; each qword also goes to the MISC block's
+hasher (`misc.capture`), and any write, a CFG_RST.CRAM reset or a DC reset
+revokes the code's authorization. A CFG_RST.M8051W pulse alone
+(`_dc_shutdown`/`_dc_start`) reboots the same, still authorized code.
+
+Idle messages (silicon): SEND_LCB_IDLE_MSG sends one across the link while it
+is up (`lni.py`); one arriving is queued (at most IDLE_QUEUE) for
+READ_LCB_IDLE_MSG and announced with HOST_MSG BC_SMA_MSG (type 3, SMA) or
+BC_IDLE_UNKNOWN_MSG.
 
 The 8051 clears its HOST_MSG word at the start of a host command once the host
 has acknowledged it (cleared ERR_FLG.SET_BY_8051) [inferred]; each command
@@ -46,6 +71,7 @@ from enum import Enum
 from devmodel.fabric import PortIdentity
 from devmodel.regs import Access, Register
 
+from . import firmware
 from .chip_registers import (
     DC_DC8051_CFG_CSR_ACCESS_SEL_DCC_SMASK,
     DC_DC8051_CFG_CSR_ACCESS_SEL_LCB_SMASK,
@@ -75,6 +101,8 @@ from .chip_registers import (
     DC_DC8051_CFG_RAM_ACCESS_STATUS,
     DC_DC8051_CFG_RAM_ACCESS_STATUS_ACCESS_COMPLETED_SMASK,
     DC_DC8051_CFG_RST,
+    DC_DC8051_CFG_RST_CRAM_SMASK,
+    DC_DC8051_CFG_RST_DRAM_SMASK,
     DC_DC8051_CFG_RST_M8051W_SMASK,
     DC_DC8051_DBG_ERR_INFO_SET_BY_8051,
     DC_DC8051_DBG_ERR_INFO_SET_BY_8051_ERROR_SHIFT,
@@ -85,9 +113,14 @@ from .chip_registers import (
 from .csr import Block, csr, csrs, field
 from .dc8051_interface import (
     GENERAL_CONFIG,
+    IDLE_MSG_TYPE_MASK,
+    IDLE_SMA,
     LANES,
     NUM_GENERAL_FIELDS,
     NUM_LANE_FIELDS,
+    STS_FM_VERSION_MAJOR_SHIFT,
+    STS_FM_VERSION_MINOR_SHIFT,
+    STS_FM_VERSION_PATCH_SHIFT,
     ConfigField,
     HostCommand,
     HostMessage,
@@ -97,6 +130,7 @@ from .dc8051_interface import (
 )
 from .intr import DC8051_INT, ErrorFlags
 from .lni import PhysicalLink
+from .misc import Download
 
 DATA_RAM_SIZE = 0x1000  # chip.h DC8051_DATA_MEM_SIZE
 CODE_RAM_SIZE = 0x8000  # RAM_ACCESS_CTRL.ADDRESS is 15 bits
@@ -105,10 +139,14 @@ LOAD_DATA_FIELD_ID_SHIFT = 40
 LOAD_DATA_LANE_ID_SHIFT = 32
 HCMD_MISC_REQUEST_LCB_ACCESS = 0x1
 HCMD_MISC_GRANT_LCB_ACCESS = 0x2
+#: idle messages from the other end waiting for READ_LCB_IDLE_MSG
+IDLE_QUEUE = 64
 
 
 class McuState(Enum):
     HELD = "held in reset"
+    NO_FIRMWARE = "out of reset with no authenticated code"
+    BOOTING = "booting"
     RUNNING = "running"
 
 
@@ -129,8 +167,10 @@ class Dc8051(Block):
         self.mcu = McuState.HELD
         self.link = PhysicalLink(self)
         self.lcb_owner = LcbOwner.HOST
-        self.idle_messages_sent: list[int] = []
-        self.idle_messages_received: deque[int] = deque()
+        self.idle_messages_sent: deque[int] = deque(maxlen=IDLE_QUEUE)
+        self.idle_messages_received: deque[int] = deque(maxlen=IDLE_QUEUE)
+        self.version = (0, 0, 0)
+        self._boot = None
         self._ram_address = 0
         return [
             csr("DC_DC8051_CFG_RAM_ACCESS_SETUP"),
@@ -157,41 +197,94 @@ class Dc8051(Block):
 
     # -- power, reset ----------------------------------------------------------
     def reset(self) -> None:
+        """FLR or DC reset: the core held, its memories cleared, its code no
+        longer authorized."""
         self.link.reset()
+        self._cancel_boot()
         self.data_ram[:] = bytes(DATA_RAM_SIZE)
+        self._clear_code_ram("DC reset")
         self.mcu = McuState.HELD
         self.lcb_owner = LcbOwner.HOST
         self.idle_messages_sent.clear()
         self.idle_messages_received.clear()
+        self.version = (0, 0, 0)
         self._ram_address = 0
+
+    def _clear_code_ram(self, why: str) -> None:
+        self.code_ram[:] = bytes(CODE_RAM_SIZE)
+        self.chip.misc.revoke_8051(why)
+
+    def _cancel_boot(self) -> None:
+        if self._boot is not None:
+            self._boot.cancel()
+            self._boot = None
+
+    def _set_mcu(self, state: McuState) -> None:
+        if state is not self.mcu:
+            self.log.info("DC_DC8051_STS_CUR_STATE: 8051 core %s -> %s", self.mcu.value, state.value)
+        self.mcu = state
 
     def hold(self) -> None:
         """DC reset asserted or CFG_RST.M8051W set: the 8051 stops."""
+        self._cancel_boot()
         if self.mcu is McuState.HELD:
             return
-        self.link.halt()
-        self.mcu = McuState.HELD
-        self.log.info("8051 held in reset")
+        if self.mcu is McuState.RUNNING:
+            self.link.halt()
+        self._set_mcu(McuState.HELD)
 
     def release(self) -> None:
-        """Leave reset: the firmware boots into Offline and is ready at once."""
-        if self.mcu is McuState.RUNNING or self.chip.cce.dc_in_reset:
+        """Leave reset: the firmware boots into Offline -- at once in
+        functional-simulator mode, after `dc8051_boot_s` on silicon if its
+        code is authenticated, never if it is not."""
+        if self.mcu is not McuState.HELD or self.chip.cce.dc_in_reset:
             return
         if self.regs.get(DC_DC8051_CFG_RST) & DC_DC8051_CFG_RST_M8051W_SMASK:
             return
-        self.mcu = McuState.RUNNING
+        if not self.chip.config.silicon:
+            self._set_mcu(McuState.RUNNING)
+            self.link.state = PhysicalState.OFFLINE
+            return
+        if not self.chip.misc.dc8051_authorized:
+            self._set_mcu(McuState.NO_FIRMWARE)
+            return
+        self._set_mcu(McuState.BOOTING)
+        self._boot = self.chip.after(self.chip.config.dc8051_boot_s, self._booted)
+
+    def _booted(self) -> None:
+        """The firmware is up: its version where `read_misc_status` reads it,
+        the link Offline, ready for host commands."""
+        self._boot = None
+        if self.mcu is not McuState.BOOTING:
+            return
+        self.version = firmware.dc8051_version(bytes(self.code_ram)) or self.chip.config.dc8051_default_version
+        major, minor, patch = self.version
+        status = self.read_config(ConfigField.MISC_STATUS) & 0xFFFF
+        self.write_config(ConfigField.MISC_STATUS,
+                          status | major << STS_FM_VERSION_MAJOR_SHIFT | minor << STS_FM_VERSION_MINOR_SHIFT)
+        down = self.read_config(ConfigField.LINK_DOWN_REASON) & 0x00FFFFFF
+        self.write_config(ConfigField.LINK_DOWN_REASON, down | patch << STS_FM_VERSION_PATCH_SHIFT)
         self.link.state = PhysicalState.OFFLINE
-        self.log.info("8051 running, physical state OFFLINE")
+        self._set_mcu(McuState.RUNNING)
+        self.log.info("8051 firmware %d.%d.%d ready, physical state OFFLINE", major, minor, patch)
 
     def _cfg_rst(self, old: int, new: int) -> None:
         if new & DC_DC8051_CFG_RST_M8051W_SMASK:
             self.hold()
-        elif old & DC_DC8051_CFG_RST_M8051W_SMASK:
+        if new & DC_DC8051_CFG_RST_CRAM_SMASK:
+            self._clear_code_ram("DC_DC8051_CFG_RST.CRAM")
+        if new & DC_DC8051_CFG_RST_DRAM_SMASK:
+            self.data_ram[:] = bytes(DATA_RAM_SIZE)
+        if old & DC_DC8051_CFG_RST_M8051W_SMASK and not new & DC_DC8051_CFG_RST_M8051W_SMASK:
             self.release()
 
     @property
     def running(self) -> bool:
         return self.mcu is McuState.RUNNING
+
+    def state_name(self) -> str:
+        """The physical state while the firmware runs, else the core's state."""
+        return self.link.state.name if self.running else self.mcu.name
 
     @property
     def link_is_up(self) -> bool:
@@ -230,7 +323,11 @@ class Dc8051(Block):
             return
         ram = self._ram()
         start = self._ram_address % len(ram)
-        ram[start:start + 8] = new.to_bytes(8, "little")
+        data = new.to_bytes(8, "little")
+        ram[start:start + 8] = data
+        if ram is self.code_ram:
+            self.chip.misc.revoke_8051("code RAM written")
+            self.chip.misc.capture(Download.DC8051, data)
         self._ram_advance()
         self.regs.set_bits(DC_DC8051_CFG_RAM_ACCESS_STATUS, DC_DC8051_CFG_RAM_ACCESS_STATUS_ACCESS_COMPLETED_SMASK)
 
@@ -246,9 +343,10 @@ class Dc8051(Block):
     def post(self, message: HostMessage, error: int = 0) -> None:
         """Tell the host something: HOST_MSG/ERROR bits, then ERR_FLG.SET_BY_8051."""
         info = self.regs.get(DC_DC8051_DBG_ERR_INFO_SET_BY_8051)
-        info |= int(message) | error << DC_DC8051_DBG_ERR_INFO_SET_BY_8051_ERROR_SHIFT
+        info |= int(message) | int(error) << DC_DC8051_DBG_ERR_INFO_SET_BY_8051_ERROR_SHIFT
         self.regs.set(DC_DC8051_DBG_ERR_INFO_SET_BY_8051, info)
-        self.log.info("DC_DC8051_DBG_ERR_INFO_SET_BY_8051: post %s", message.name or hex(message))
+        self.log.info("DC_DC8051_DBG_ERR_INFO_SET_BY_8051: post %s%s", message.name or hex(message),
+                      f", error {getattr(error, 'name', None) or hex(error)}" if error else "")
         self.errors.set(DC_DC8051_ERR_FLG_SET_BY_8051_SMASK)
 
     def _retire_acknowledged_messages(self) -> None:
@@ -315,7 +413,16 @@ class Dc8051(Block):
         if not self.link_is_up:
             return ReturnCode.INVALID, 0
         self.idle_messages_sent.append(data)
+        if self.chip.config.silicon:
+            self.link.send_idle_message(data)
         return ReturnCode.SUCCESS, 0
+
+    def idle_message_arrived(self, data: int) -> None:
+        """An idle message from the other end (the link is up)."""
+        self.idle_messages_received.append(data)
+        kind = data & IDLE_MSG_TYPE_MASK
+        self.log.info("idle message %#x from the other end", data)
+        self.post(HostMessage.BC_SMA_MSG if kind == IDLE_SMA else HostMessage.BC_IDLE_UNKNOWN_MSG)
 
     def _cmd_read_lcb_idle_msg(self, data: int) -> tuple[int, int]:
         wanted = data & 0xF

@@ -17,19 +17,65 @@ LDR_LINK_TRANSFER_ACTIVE_LOW = 0xA
 LDR_RECEIVED_LINKDOWN_IDLE_MSG = 0xB
 LDR_RECEIVED_HOST_OFFLINE_REQ = 0xC
 LINK_QUALITY_EXCELLENT = 5
+LINK_QUALITY_SHIFT = 24
+DOWN_REMOTE_REASON_SHIFT = 16  # LINK_QUALITY_INFO [23:16]: the neighbour's planned-down reason
+LINK_DOWN_REASON_MASK = 0xFF  # LINK_DOWN_REASON [7:0]; [31:24] is the firmware's patch version
+STS_FM_VERSION_MAJOR_SHIFT = 24  # MISC_STATUS
+STS_FM_VERSION_MINOR_SHIFT = 16  # MISC_STATUS
+STS_FM_VERSION_PATCH_SHIFT = 24  # VERSION_PATCH (the LINK_DOWN_REASON word)
+HOST_INTERFACE_VERSION_SHIFT = 16  # RESERVED_REGISTERS [23:16]
+REMOTE_TX_RATE_SHIFT = 16  # VERIFY_CAP_REMOTE_LINK_WIDTH [23:16]; [15:0] link widths
+MAX_RATE_SHIFT = 24  # TX_SETTINGS [31:24]
+ENABLE_LANE_RX_SHIFT = 16  # LOCAL_LNI_INFO [23:16]
+MGMT_ALLOWED_SHIFT = 23  # REMOTE_LNI_INFO
+ALL_LANES = 0xF
+#: chip.h IDLE_* (the type, [3:0] of an idle message; the payload is [47:8])
+IDLE_SMA = 0x3
+IDLE_MSG_TYPE_MASK = 0xF
+#: chip.h SMA_IDLE_* (the payload's low byte)
+SMA_IDLE_ARM = 1
+SMA_IDLE_ACTIVE = 2
 
 
 class PhysicalState(IntEnum):
-    """DC_DC8051_STS_CUR_STATE.PORT (chip.h PLS_*)."""
+    """DC_DC8051_STS_CUR_STATE.PORT (chip.h PLS_*): the states the model
+    reports (sub-states it passes through at once are not)."""
 
     POLLING = 0x20
     DISABLED = 0x30
     CONFIGPHY = 0x40
+    CONFIGPHY_VERIFYCAP = 0x46  # VerifyCap frames exchanged, waiting for the host
+    CONFIGLT = 0x48  # the host said LinkUp; waiting for the other end to say it too
+    CONFIGLT_LINK_TRANSFER_ACTIVE = 0x49
     LINKUP = 0x50
-    OFFLINE = 0x90
+    OFFLINE = 0x90  # Offline.Quiet
+    OFFLINE_PLANNED_DOWN_INFORM = 0x91
+    OFFLINE_READY_TO_QUIET_LT = 0x92
+    OFFLINE_REPORT_FAILURE = 0x93
+    OFFLINE_READY_TO_QUIET_BCC = 0x94
+    OFFLINE_QUIET_DURATION = 0x95
     PHYTEST = 0xB0
     INTERNAL_SERDES_LOOPBACK = 0xE1
     QUICK_LINKUP = 0xE2  # a request, never a state
+
+
+class LinkError(IntFlag):
+    """DC_DC8051_DBG_ERR_INFO_SET_BY_8051.ERROR (chip.h): what went wrong in LNI."""
+
+    SPICO_ROM_FAILED = 1 << 0
+    UNKNOWN_FRAME = 1 << 1
+    TARGET_BER_NOT_MET = 1 << 2
+    FAILED_SERDES_INTERNAL_LOOPBACK = 1 << 3
+    FAILED_SERDES_INIT = 1 << 4
+    FAILED_LNI_POLLING = 1 << 5
+    FAILED_LNI_DEBOUNCE = 1 << 6
+    FAILED_LNI_ESTBCOMM = 1 << 7
+    FAILED_LNI_OPTEQ = 1 << 8
+    FAILED_LNI_VERIFY_CAP1 = 1 << 9
+    FAILED_LNI_VERIFY_CAP2 = 1 << 10
+    FAILED_LNI_CONFIGLT = 1 << 11
+    HOST_HANDSHAKE_TIMEOUT = 1 << 12
+    EXTERNAL_DEVICE_REQ_TIMEOUT = 1 << 13
 
 
 class HostCommand(IntEnum):
@@ -68,6 +114,7 @@ class HostMessage(IntFlag):
 class ConfigField(IntEnum):
     """8051 general "firmware register" field ids (chip.h)."""
 
+    LINK_TUNING_PARAMETERS = 0x02
     TX_SETTINGS = 0x06
     VERIFY_CAP_LOCAL_PHY = 0x07
     VERIFY_CAP_LOCAL_FABRIC = 0x08

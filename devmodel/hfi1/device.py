@@ -59,6 +59,7 @@ from .chip_registers import (
     RCV_ERR_STATUS_RX_RCV_FSM_ENCODING_ERR_SMASK,
 )
 from .config import (
+    ICODES,
     PCI_CLASS_FABRIC_CONTROLLER,
     PCI_DEVICE_ID_INTEL0,
     PCI_REVISION_B1,
@@ -103,12 +104,13 @@ class Hfi1Device(DeviceModel):
     name = "hfi1"
 
     @classmethod
-    def from_options(cls, link_partner: str = "present") -> "Hfi1Device":
+    def from_options(cls, link_partner: str = "present", icode: str = "silicon") -> "Hfi1Device":
         """Build from `vfnic serve --option` values (see devmodel/registry.py)."""
-        return cls(ChipConfig(neighbour=None) if link_partner == "none" else ChipConfig())
+        neighbour = {"neighbour": None} if link_partner == "none" else {}
+        return cls(ChipConfig(icode=ICODES[icode], **neighbour))
 
     @classmethod
-    def fabric(cls, count: int, link_partner: str = "present") -> list["Hfi1Device"]:
+    def fabric(cls, count: int, link_partner: str = "present", icode: str = "silicon") -> list["Hfi1Device"]:
         """`count` HFIs for one `vfnic serve`: each with its own GUID (serial
         1, 2, ...), cabled back to back in pairs (1-2, 3-4, ...); an odd last
         one keeps its built-in link partner (or none). One engine thread runs
@@ -118,7 +120,7 @@ class Hfi1Device(DeviceModel):
         for i in range(count):
             cabled = i + 1 < count or i % 2 == 1
             neighbour = None if cabled or link_partner == "none" else Neighbour(guid=make_guid(0x800000 | (i + 1)))
-            config = ChipConfig(guid=make_guid(i + 1), neighbour=neighbour)
+            config = ChipConfig(guid=make_guid(i + 1), neighbour=neighbour, icode=ICODES[icode])
             name = f"hfi1_{i}" if count > 1 else "hfi1"
             devices.append(cls(config, worker=engines.worker(name), name=name))
         for a, b in zip(devices[0::2], devices[1::2]):
@@ -254,8 +256,9 @@ class Hfi1Device(DeviceModel):
                 "undeclared_offsets": {f"{off:#x}": self.regs.nearest(off) for off in sorted(undeclared)},
                 "declared_csrs": sum(len(block.registers) for block in self.blocks),
                 "msix_raised": self.intr.delivered,
-                "physical_state": self.dc8051.link.state.name if self.dc8051.running else "HELD",
+                "physical_state": self.dc8051.state_name(),
                 "logical_state": self.dcc.logical_state.name,
+                "dc8051_firmware": ".".join(map(str, self.dc8051.version)),
                 "sdma_engines": [engine.state.value for engine in self.sdma.engines],
                 "pio": self.pio.counters(),
                 "send": self.send.counters(),
@@ -290,7 +293,7 @@ class Hfi1Device(DeviceModel):
             return {
                 "name": self.port.name,
                 "guid": f"{self.config.guid:#018x}",
-                "physical_state": self.dc8051.link.state.name if self.dc8051.running else "HELD",
+                "physical_state": self.dc8051.state_name(),
                 "logical_state": self.dcc.logical_state.name,
                 "lid": config1 & 0xFFFF,
                 "neighbour_guid": f"{self.regs.get(DC_DC8051_STS_REMOTE_GUID):#018x}" if self.dc8051.link_is_up else None,

@@ -28,6 +28,21 @@ common.h):
     RcvArray entry (TID)
       63 WriteEnable  62:40 -  39:36 buffer size code (log2(size / 4 KiB) + 1)
       35:0 address >> 12
+
+And one file format the driver reads and streams to the chip: a firmware
+image (`request_firmware`, firmware.c `struct augmented_firmware_file`),
+little-endian u32s and integers:
+
+    0x000 CSS header (128 bytes, `struct css_header`): module_type (6),
+          header_len (0xa1: dwords of the plain layout's 644-byte prefix),
+          header_version (0x10000), module_id, module_vendor (0x8086),
+          date (BCD yyyymmdd), size (dwords of the plain layout: prefix +
+          payload), key_size, modulus_size (64 dwords), exponent_size (1),
+          22 reserved dwords
+    0x080 modulus (256)  0x180 exponent (4)  0x184 signature (256)
+    0x284 r2 (256)       0x384 mu (8)        0x38C payload
+    (r2 and mu are the "augmentation": a plain file lacks them, and the
+    driver refuses it)
 """
 from __future__ import annotations
 
@@ -137,6 +152,37 @@ class InsertHcrc(IntEnum):
     LOCAL_KDETH = 0
     GLOBAL_KDETH = 1
     NONE = 2
+
+
+CssHeader = c.Struct(
+    "module_type" / c.Int32ul,
+    "header_len" / c.Int32ul,
+    "header_version" / c.Int32ul,
+    "module_id" / c.Int32ul,
+    "module_vendor" / c.Int32ul,
+    "date" / c.Int32ul,
+    "size" / c.Int32ul,
+    "key_size" / c.Int32ul,
+    "modulus_size" / c.Int32ul,
+    "exponent_size" / c.Int32ul,
+    "reserved" / c.Default(c.Bytes(88), bytes(88)),
+)
+CSS_HEADER_BYTES = 128
+RSA_KEY_BYTES = 256  # key_size and modulus_size are 64 dwords: RSA-2048 only
+RSA_MU_BYTES = 8
+
+AugmentedFirmware = c.Struct(
+    "css" / CssHeader,
+    "modulus" / c.BytesInteger(RSA_KEY_BYTES, swapped=True),
+    "exponent" / c.Int32ul,
+    "signature" / c.BytesInteger(RSA_KEY_BYTES, swapped=True),
+    "r2" / c.BytesInteger(RSA_KEY_BYTES, swapped=True),
+    "mu" / c.Int64ul,
+    "payload" / c.GreedyBytes,
+)
+#: sizeof(struct firmware_file) without the payload; the augmented prefix adds r2 and mu
+PLAIN_FIRMWARE_PREFIX = CSS_HEADER_BYTES + 2 * RSA_KEY_BYTES + 4
+AUGMENTED_FIRMWARE_PREFIX = PLAIN_FIRMWARE_PREFIX + RSA_KEY_BYTES + RSA_MU_BYTES
 
 
 def rcv_array_buffer_bytes(size_code: int) -> int:

@@ -1,16 +1,29 @@
 """The 8051 firmware's physical link state machine: link negotiation and
 initialization (LNI) over the port's cable (`port.py`, `devmodel/fabric`).
 
-    Offline --CHANGE_PHY_STATE(Polling)--> Polling: the port offers the link
-    Polling --both ends polling, then `link_training_s`--> LinkUp: logical
-            state Init, the other end's identity in DC_DC8051_STS_REMOTE_*
-            and its VerifyCap offer in the remote fields, HOST_MSG
-            LINKUP_ACHIEVED through DC_DC8051_ERR_FLG.SET_BY_8051 (source 250)
-    any --CHANGE_PHY_STATE(Offline)--> Offline (logical Down) at once; the
-            other end's link goes down with it
-    LinkUp --the other end goes offline / the cable is pulled--> Offline,
-            LINK_DOWN_REASON "received linkdown idle message" / "link
-            transfer active low", HOST_MSG LINK_GOING_DOWN
+On RTL silicon (implementation code 0), the way the driver walks it
+(chip.c `set_link_state`, `handle_verify_cap`, `handle_link_up`):
+
+    OFFLINE 0x90 --CHANGE_PHY_STATE(Polling)--> POLLING 0x20: the port offers the link
+    POLLING --both ends polling, then `link_training_s`--> CONFIGPHY_VERIFYCAP 0x46:
+            the other end's VerifyCap frames in VERIFY_CAP_REMOTE_PHY/_FABRIC/
+            _LINK_WIDTH and REMOTE_DEVICE_ID, HOST_MSG VERIFY_CAP_FRAME
+    VERIFYCAP --CHANGE_PHY_STATE(LinkUp)--> CONFIGLT 0x48: "ConfigLT ready" to the other end
+    CONFIGLT --the other end ready too, then `link_up_handshake_s`--> LINKUP 0x50: logical
+            Init, the neighbour in DC_DC8051_STS_REMOTE_*, HOST_MSG LINKUP_ACHIEVED
+    VERIFYCAP, CONFIGLT --the other end lost--> OFFLINE, ERROR FAILED_LNI_VERIFY_CAP1 /
+            FAILED_LNI_CONFIGLT (the driver restarts the link)
+    LINKUP --SEND_LCB_IDLE_MSG--> the message to the other end; one arriving waits for
+            READ_LCB_IDLE_MSG, HOST_MSG BC_SMA_MSG (an SMA message) or BC_IDLE_UNKNOWN_MSG
+    LINKUP --the other end goes offline--> OFFLINE, LINK_DOWN_REASON "received linkdown
+            idle message", its reason in LINK_QUALITY_INFO[23:16], HOST_MSG LINK_GOING_DOWN
+    LINKUP --the cable is pulled or goes dark--> the same, "link transfer active low"
+    any --CHANGE_PHY_STATE(Offline | reason << 8)--> OFFLINE at once, logical Down; the
+            reason goes to the other end first (planned down)
+
+With implementation code 3, "functional simulator", there is no VerifyCap
+and no link-layer messages: POLLING --training--> LINKUP directly, and the
+remote VerifyCap fields are filled at LinkUp.
 
 With no cable, or nobody polling at the other end, Polling lasts. The state
 is DC_DC8051_STS_CUR_STATE.PORT; the mailbox, data RAM and host messages it
@@ -20,7 +33,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from devmodel.fabric import LinkDownReason, NodeType, PortIdentity
+from devmodel.fabric import LinkDownReason, LinkMessage, MessageKind, NodeType, PortIdentity
 
 from .chip_registers import (
     DC_DC8051_CFG_LOCAL_GUID,
@@ -30,13 +43,22 @@ from .chip_registers import (
     DC_DC8051_STS_REMOTE_PORT_NO,
 )
 from .dc8051_interface import (
+    ALL_LANES,
+    DOWN_REMOTE_REASON_SHIFT,
+    ENABLE_LANE_RX_SHIFT,
     LANES,
     LDR_LINK_TRANSFER_ACTIVE_LOW,
     LDR_RECEIVED_HOST_OFFLINE_REQ,
     LDR_RECEIVED_LINKDOWN_IDLE_MSG,
+    LINK_DOWN_REASON_MASK,
     LINK_QUALITY_EXCELLENT,
+    LINK_QUALITY_SHIFT,
+    MAX_RATE_SHIFT,
+    MGMT_ALLOWED_SHIFT,
+    REMOTE_TX_RATE_SHIFT,
     ConfigField,
     HostMessage,
+    LinkError,
     PhysicalState,
     ReturnCode,
 )
@@ -44,6 +66,12 @@ from .dcc import LogicalState
 
 if TYPE_CHECKING:
     from .dc8051 import Dc8051
+
+#: where the host may ask for LinkUp in functional-simulator mode
+_SIMULATOR_LINKUP_FROM = (PhysicalState.POLLING, PhysicalState.CONFIGPHY)
+#: an LNI that loses the other end in these states fails with this error
+_LNI_FAILURES = {PhysicalState.CONFIGPHY_VERIFYCAP: LinkError.FAILED_LNI_VERIFY_CAP1,
+                 PhysicalState.CONFIGLT: LinkError.FAILED_LNI_CONFIGLT}
 
 
 class PhysicalLink:
@@ -57,6 +85,15 @@ class PhysicalLink:
         self.peer: PortIdentity | None = None  # the other end, once the link is up
         self.epoch = -1  # which link-up `peer` came with
         self._training = None
+        self._handshake = None
+        #: the link-up in which the other end said "ConfigLT ready"
+        self.peer_ready_epoch: int | None = None
+        #: the reason the other end gave for going down on purpose (this link-up)
+        self.peer_down_reason = 0
+
+    @property
+    def silicon(self) -> bool:
+        return self.chip.config.silicon
 
     @property
     def is_up(self) -> bool:
@@ -64,21 +101,23 @@ class PhysicalLink:
 
     def reset(self) -> None:
         """Chip reset: Offline, off the cable, nothing known of the other end."""
-        self._stop_training()
+        self._stop_timers()
         if self.state is not PhysicalState.OFFLINE:
             self.chip.port.stop()
         self.state = PhysicalState.OFFLINE
         self.peer, self.epoch = None, -1
+        self.peer_ready_epoch, self.peer_down_reason = None, 0
 
     def halt(self) -> None:
         """The 8051 stops (held in reset): the link drops without a word to the host."""
-        self._stop_training()
+        self._stop_timers()
         if self.state is PhysicalState.LINKUP:
             self.chip.dcc.set_logical_state(LogicalState.DOWN)
         if self.state is not PhysicalState.OFFLINE:
             self.chip.port.stop()
         self.state = PhysicalState.OFFLINE
 
+    # -- the host's requests (HCMD_CHANGE_PHY_STATE) ---------------------------------
     def request_state(self, wanted: int, remote_reason: int = 0) -> int:
         """CHANGE_PHY_STATE: the host's request; returns the command's return code."""
         state = self.state
@@ -92,8 +131,12 @@ class PhysicalLink:
         if wanted == PhysicalState.DISABLED and state in (PhysicalState.OFFLINE, PhysicalState.DISABLED):
             self._set_phys(PhysicalState.DISABLED)
             return ReturnCode.SUCCESS
-        if (wanted == PhysicalState.LINKUP and state in (PhysicalState.POLLING, PhysicalState.CONFIGPHY)
-                or wanted == PhysicalState.QUICK_LINKUP and state in (PhysicalState.OFFLINE, PhysicalState.POLLING)):
+        if wanted == PhysicalState.LINKUP and self.silicon:
+            if state is PhysicalState.CONFIGPHY_VERIFYCAP:
+                self._config_lt()
+                return ReturnCode.SUCCESS
+        elif (wanted == PhysicalState.LINKUP and state in _SIMULATOR_LINKUP_FROM
+              or wanted == PhysicalState.QUICK_LINKUP and state in (PhysicalState.OFFLINE, PhysicalState.POLLING)):
             if self.state is PhysicalState.OFFLINE:
                 self._set_phys(PhysicalState.POLLING)
                 self._start_training()
@@ -111,16 +154,24 @@ class PhysicalLink:
             self.log.info("DC_DC8051_STS_CUR_STATE: physical state %s -> %s", self.state.name, state.name)
         self.state = state
 
+    # -- Polling: offering the link ----------------------------------------------------
+    def verify_cap_frames(self) -> tuple[int, int, int]:
+        """The VerifyCap frames this port sends, as the other end stores them:
+        its PHY and fabric capabilities, and its tx rate (TX_SETTINGS.MAX_RATE)
+        with its link widths (VERIFY_CAP_LOCAL_LINK_MODE[15:0])."""
+        read = self.mcu.read_config
+        rate = (read(ConfigField.TX_SETTINGS) >> MAX_RATE_SHIFT) & 0xFF
+        widths = read(ConfigField.VERIFY_CAP_LOCAL_LINK_MODE) & 0xFFFF
+        return (read(ConfigField.VERIFY_CAP_LOCAL_PHY), read(ConfigField.VERIFY_CAP_LOCAL_FABRIC),
+                rate << REMOTE_TX_RATE_SHIFT | widths)
+
     def identity(self) -> PortIdentity:
         """What link negotiation tells the other end about this port."""
         config = self.chip.config
         return PortIdentity(
             guid=self.mcu.regs.get(DC_DC8051_CFG_LOCAL_GUID), node_type=NodeType.HFI, port_no=1,
             device_id=config.device_id, device_rev=config.device_rev, fm_security_disabled=True,
-            mgmt_allowed=True,
-            verify_cap=tuple(self.mcu.read_config(f) for f in (ConfigField.VERIFY_CAP_LOCAL_PHY,
-                                                          ConfigField.VERIFY_CAP_LOCAL_FABRIC,
-                                                          ConfigField.VERIFY_CAP_LOCAL_LINK_MODE)))
+            mgmt_allowed=True, verify_cap=self.verify_cap_frames())
 
     def _start_training(self) -> None:
         """Polling: offer the link on the cable. Training completes once the
@@ -131,16 +182,18 @@ class PhysicalLink:
             # polling again on a link that is already up: finish training
             self._training = self.chip.after(self.chip.config.link_training_s, self._training_done)
 
-    def _stop_training(self) -> None:
-        if self._training is not None:
-            self._training.cancel()
-            self._training = None
+    def _stop_timers(self) -> None:
+        for job in (self._training, self._handshake):
+            if job is not None:
+                job.cancel()
+        self._training = self._handshake = None
 
     def partner_linked(self, peer: PortIdentity, epoch: int) -> None:
         """Both ends are polling: the link trains for `link_training_s`."""
         self.peer, self.epoch = peer, epoch
+        self.peer_down_reason = 0
         if self.mcu.running and self.state is PhysicalState.POLLING:
-            self._stop_training()
+            self._stop_timers()
             self._training = self.chip.after(self.chip.config.link_training_s, self._training_done)
 
     def _training_done(self) -> None:
@@ -150,60 +203,122 @@ class PhysicalLink:
         if self.peer is None or not self.chip.port.link_is_up(self.epoch):
             self.log.info("link training: the other end left, still POLLING")
             return
-        self._link_up()
-
-    def partner_lost(self, reason: LinkDownReason, epoch: int) -> None:
-        """The link went down from the other end (or the cable was pulled)."""
-        if epoch != self.epoch:
-            return  # news about a link-up this end never completed
-        self.peer = None
-        self._stop_training()
-        if self.is_up:
-            code = LDR_LINK_TRANSFER_ACTIVE_LOW if reason is LinkDownReason.CABLE_PULLED \
-                else LDR_RECEIVED_LINKDOWN_IDLE_MSG
-            self._go_offline(code)
-            self.mcu.post(HostMessage.LINK_GOING_DOWN)
+        if self.silicon:
+            self._verify_cap()
+        else:
+            self._link_up()
 
     def cable_plugged(self) -> None:
         """A new cable: a port still polling offers the link on it."""
         if self.mcu.running and self.state is PhysicalState.POLLING:
             self._start_training()
 
+    # -- VerifyCap and ConfigLT (silicon) --------------------------------------------------
+    def _write_remote_capabilities(self, peer: PortIdentity) -> None:
+        """What the other end's VerifyCap frames said, where the driver reads it."""
+        offered = peer.verify_cap or self.verify_cap_frames()
+        for remote, value in zip((ConfigField.VERIFY_CAP_REMOTE_PHY, ConfigField.VERIFY_CAP_REMOTE_FABRIC,
+                                  ConfigField.VERIFY_CAP_REMOTE_LINK_WIDTH), offered):
+            self.mcu.write_config(remote, value)
+        self.mcu.write_config(ConfigField.REMOTE_DEVICE_ID, peer.device_id << 8 | peer.device_rev)
+        self.mcu.write_config(ConfigField.LOCAL_LNI_INFO, ALL_LANES << ENABLE_LANE_RX_SHIFT)
+        # the active lanes, tx [15:12] and rx [11:8], valid from the end of VerifyCap
+        mode = self.mcu.read_config(ConfigField.VERIFY_CAP_LOCAL_LINK_MODE) & ~0xFF00
+        self.mcu.write_config(ConfigField.VERIFY_CAP_LOCAL_LINK_MODE, mode | LANES << 12 | LANES << 8)
+
+    def _verify_cap(self) -> None:
+        self._write_remote_capabilities(self.peer)
+        self._set_phys(PhysicalState.CONFIGPHY_VERIFYCAP)
+        self.mcu.post(HostMessage.VERIFY_CAP_FRAME)
+
+    def _config_lt(self) -> None:
+        """The host agreed to LinkUp: tell the other end, and come up once it agrees too."""
+        self._set_phys(PhysicalState.CONFIGLT)
+        if not self.chip.port.send_message(LinkMessage(MessageKind.CONFIGLT_READY), self.epoch):
+            self.log.info("ConfigLT: the link went down before the other end could be told")
+        if self.peer_ready_epoch == self.epoch:
+            self._start_handshake()
+
+    def _start_handshake(self) -> None:
+        if self._handshake is None:
+            self._handshake = self.chip.after(self.chip.config.link_up_handshake_s, self._handshake_done)
+
+    def _handshake_done(self) -> None:
+        self._handshake = None
+        if self.state is PhysicalState.CONFIGLT and self.peer is not None and self.chip.port.link_is_up(self.epoch):
+            self._link_up()
+
+    # -- the other end's link layer ----------------------------------------------------
+    def message_received(self, message: LinkMessage, epoch: int) -> None:
+        if not self.mcu.running:
+            return
+        if message.kind is MessageKind.CONFIGLT_READY:
+            self.peer_ready_epoch = epoch
+            if epoch == self.epoch and self.state is PhysicalState.CONFIGLT:
+                self._start_handshake()
+        elif message.kind is MessageKind.IDLE:
+            if epoch == self.epoch and self.is_up:
+                self.mcu.idle_message_arrived(message.data)
+        elif message.kind is MessageKind.PLANNED_DOWN and epoch == self.epoch:
+            self.peer_down_reason = message.data & 0xFF
+
+    def send_idle_message(self, data: int) -> bool:
+        """SEND_LCB_IDLE_MSG: the message crosses the link (False: link not up)."""
+        if not self.is_up:
+            return False
+        return self.chip.port.send_message(LinkMessage(MessageKind.IDLE, data), self.epoch)
+
+    # -- LinkUp and down ---------------------------------------------------------------
     def _link_up(self) -> None:
-        self._stop_training()
+        self._stop_timers()
         peer = self.peer
         if peer is None:
             return
+        if not self.silicon:
+            self._write_remote_capabilities(peer)
         self.mcu.regs.set(DC_DC8051_STS_REMOTE_GUID, peer.guid)
         self.mcu.regs.set(DC_DC8051_STS_REMOTE_NODE_TYPE, int(peer.node_type))
         self.mcu.regs.set(DC_DC8051_STS_REMOTE_PORT_NO, peer.port_no)
         self.mcu.regs.set(DC_DC8051_STS_REMOTE_FM_SECURITY, int(peer.fm_security_disabled))
-        self.mcu.write_config(ConfigField.LOCAL_LNI_INFO, 0xF << 16)  # all four rx lanes enabled
-        self.mcu.write_config(ConfigField.REMOTE_LNI_INFO, int(peer.mgmt_allowed) << 23)
-        self.mcu.write_config(ConfigField.LINK_QUALITY_INFO, LINK_QUALITY_EXCELLENT << 24)
-        self.mcu.write_config(ConfigField.REMOTE_DEVICE_ID, peer.device_id << 8 | peer.device_rev)
-        offered = peer.verify_cap or tuple(self.mcu.read_config(f) for f in (
-            ConfigField.VERIFY_CAP_LOCAL_PHY, ConfigField.VERIFY_CAP_LOCAL_FABRIC,
-            ConfigField.VERIFY_CAP_LOCAL_LINK_MODE))
-        for remote, value in zip((ConfigField.VERIFY_CAP_REMOTE_PHY, ConfigField.VERIFY_CAP_REMOTE_FABRIC,
-                                  ConfigField.VERIFY_CAP_REMOTE_LINK_WIDTH), offered):
-            self.mcu.write_config(remote, value)
-        mode = self.mcu.read_config(ConfigField.VERIFY_CAP_LOCAL_LINK_MODE) & ~0xFF00
-        self.mcu.write_config(ConfigField.VERIFY_CAP_LOCAL_LINK_MODE, mode | LANES << 12 | LANES << 8)
-        self.mcu.write_config(ConfigField.LINK_DOWN_REASON, self.mcu.read_config(ConfigField.LINK_DOWN_REASON) & ~0xFF)
+        self.mcu.write_config(ConfigField.REMOTE_LNI_INFO, int(peer.mgmt_allowed) << MGMT_ALLOWED_SHIFT)
+        self.mcu.write_config(ConfigField.LINK_QUALITY_INFO, LINK_QUALITY_EXCELLENT << LINK_QUALITY_SHIFT)
+        down = self.mcu.read_config(ConfigField.LINK_DOWN_REASON) & ~LINK_DOWN_REASON_MASK
+        self.mcu.write_config(ConfigField.LINK_DOWN_REASON, down)  # keeps the patch version, [31:24]
         self._set_phys(PhysicalState.LINKUP)
         self.chip.dcc.set_logical_state(LogicalState.INIT)
         self.mcu.post(HostMessage.LINKUP_ACHIEVED)
 
+    def partner_lost(self, reason: LinkDownReason, epoch: int) -> None:
+        """The link went down from the other end (or the cable was pulled or went dark)."""
+        if epoch != self.epoch:
+            return  # news about a link-up this end never completed
+        self.peer = None
+        self._stop_timers()
+        if self.is_up:
+            planned = reason is LinkDownReason.REMOTE_OFFLINE
+            self._go_offline(LDR_RECEIVED_LINKDOWN_IDLE_MSG if planned else LDR_LINK_TRANSFER_ACTIVE_LOW)
+            if planned:
+                quality = self.mcu.read_config(ConfigField.LINK_QUALITY_INFO) & ~(0xFF << DOWN_REMOTE_REASON_SHIFT)
+                self.mcu.write_config(ConfigField.LINK_QUALITY_INFO,
+                                      quality | self.peer_down_reason << DOWN_REMOTE_REASON_SHIFT)
+            self.mcu.post(HostMessage.LINK_GOING_DOWN)
+        elif self.mcu.running and self.state in _LNI_FAILURES:
+            error = _LNI_FAILURES[self.state]
+            self.log.info("LNI failed in %s: the other end left (%s)", self.state.name, reason.value)
+            self._go_offline(0)
+            self.mcu.post(HostMessage(0), error)
+
     def _go_offline(self, reason: int, remote_reason: int = 0) -> None:
-        self._stop_training()
+        self._stop_timers()
         was_up = self.state is PhysicalState.LINKUP
         was_offline = self.state is PhysicalState.OFFLINE
+        if was_up and remote_reason:
+            self.chip.port.send_message(LinkMessage(MessageKind.PLANNED_DOWN, remote_reason), self.epoch)
         self._set_phys(PhysicalState.OFFLINE)
         self.chip.dcc.set_logical_state(LogicalState.DOWN)
         if not was_offline:
             self.chip.port.stop()
         if was_up:
-            down = self.mcu.read_config(ConfigField.LINK_DOWN_REASON) & ~0xFF
+            down = self.mcu.read_config(ConfigField.LINK_DOWN_REASON) & ~LINK_DOWN_REASON_MASK
             self.mcu.write_config(ConfigField.LINK_DOWN_REASON, down | reason)
-            self.log.info("link down, reason %#x (sent remote reason %#x)", reason, remote_reason)
+            self.log.info("link down, reason %#x (sent remote reason %d)", reason, remote_reason)

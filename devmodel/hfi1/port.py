@@ -3,13 +3,16 @@
     chip (under the model lock)            Hfi1Port                 Link
     8051 CHANGE_PHY_STATE(Polling) --> start_polling(identity) --> polling
     8051 goes offline              --> stop()                  --> offline
+    8051 link layer (ConfigLT,     --> send_message(m, epoch)  --> message
+      idle messages, planned down)
     egress (outbox, after unlock)  --> transmit(packet)        --> transmit
-                          linked / unlinked / receive  <-- any thread
+               linked / unlinked / link_message / receive  <-- any thread
                           (queued on the chip's worker, never run inline)
 
-The link calls `linked`, `unlinked` and `receive` from whatever thread the
-other end runs on; each only queues a chip event (`Hfi1Device.post`), so no
-device ever runs another device's code or takes its lock. Received packets
+The link calls `linked`, `unlinked`, `link_message` and `receive` from
+whatever thread the other end runs on; each only queues a chip event
+(`Hfi1Device.post`), so no device ever runs another device's code or takes
+its lock. Received packets
 wait in `inbound` and are handed to the receive block in bounded batches,
 so a flood from the peer cannot starve this chip's other work; a full
 `inbound` makes the peer's engines wait (`has_room`, `wait_for_room`), as
@@ -22,7 +25,7 @@ import threading
 from collections import deque
 from typing import TYPE_CHECKING
 
-from devmodel.fabric import BuiltInPartner, Link, LinkDownReason, Packet, PortIdentity
+from devmodel.fabric import BuiltInPartner, Link, LinkDownReason, LinkMessage, Packet, PortIdentity
 
 if TYPE_CHECKING:
     from .device import Hfi1Device
@@ -93,6 +96,10 @@ class Hfi1Port:
     def link_is_up(self, epoch: int) -> bool:
         return self.link is not None and self.link.is_up(epoch)
 
+    def send_message(self, message: LinkMessage, epoch: int) -> bool:
+        """A link-layer message to the other end (lost if link-up `epoch` is over)."""
+        return self.link is not None and self.link.message(self, message, epoch)
+
     # -- egress (after the chip lock is released) -------------------------------------
     def transmit(self, packet: Packet) -> None:
         link = self.link
@@ -107,6 +114,9 @@ class Hfi1Port:
 
     def unlinked(self, reason: LinkDownReason, epoch: int) -> None:
         self.chip.post(lambda: self.chip.dc8051.link.partner_lost(reason, epoch))
+
+    def link_message(self, message: LinkMessage, epoch: int) -> None:
+        self.chip.post(lambda: self.chip.dc8051.link.message_received(message, epoch))
 
     def receive(self, packet: Packet) -> None:
         with self._lock:

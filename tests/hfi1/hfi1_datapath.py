@@ -35,7 +35,7 @@ from devmodel.base import DmaError
 from devmodel.fabric import cable
 from devmodel.hfi1 import ChipConfig, Hfi1Device
 from devmodel.hfi1 import chip_registers as cr
-from devmodel.hfi1.config import make_guid
+from devmodel.hfi1.config import ICODE_FUNCTIONAL_SIMULATOR, make_guid
 from devmodel.hfi1.formats import PBC, RCV_ARRAY_ENTRY, RHF, SDMA_DESC0, SDMA_DESC1
 from devmodel.wire import opa
 from devmodel.worker import ManualScheduler
@@ -382,9 +382,11 @@ class DirectAccess:
 
 
 def small_config(serial: int) -> ChipConfig:
-    """A WFR with smaller tables (a shorter probe) and fast timings."""
+    """A WFR with smaller tables (a shorter probe) and fast timings, in
+    functional-simulator mode (the data path is the same in both modes; the
+    silicon bring-up has its own scenarios in test_silicon)."""
     return ChipConfig(guid=make_guid(serial), neighbour=None, rcv_contexts=16, rcv_array_count=2048,
-                      send_contexts=160, **FAST)
+                      send_contexts=160, icode=ICODE_FUNCTIONAL_SIMULATOR, **FAST)
 
 
 def bring_up(nodes: list[Node]) -> None:

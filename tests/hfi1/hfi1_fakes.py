@@ -6,9 +6,13 @@ import time
 
 from devmodel.base import DmaError
 from devmodel.hfi1 import ChipConfig, Hfi1Device
+from devmodel.hfi1.config import ICODE_FUNCTIONAL_SIMULATOR
 
 #: silicon-like capacities, faster-than-silicon timings (still asynchronous)
 FAST = dict(link_training_s=0.02, sdma_halt_s=0.0005, sdma_cleanup_s=0.0005, freeze_s=0.0005)
+#: The control-plane scenarios walk the functional-simulator probe (no
+#: firmware loads, the fake 8051); test_silicon passes icode=0 for silicon.
+SIMULATOR = dict(icode=ICODE_FUNCTIONAL_SIMULATOR)
 
 
 class FakeDma:
@@ -69,7 +73,7 @@ class FakeHost:
 
 
 def make_device(**overrides) -> tuple[Hfi1Device, FakeHost]:
-    device = Hfi1Device(ChipConfig(**{**FAST, **overrides}))
+    device = Hfi1Device(ChipConfig(**{**FAST, **SIMULATOR, **overrides}))
     host = FakeHost()
     device.attach(host)
     return device, host

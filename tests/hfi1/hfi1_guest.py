@@ -12,16 +12,24 @@ import time
 import zlib
 
 from devmodel.hfi1 import chip_registers as cr
+from devmodel.hfi1 import firmware
 from devmodel.hfi1.chip_registers import CSR_OFFSETS
 
 ALL_ONES = (1 << 64) - 1
 HCMD_SUCCESS = 2
 HLS_UP = {"INIT", "ARMED", "ACTIVE"}
-CR_SBUS, CR_EPROM = 0x01, 0x02
+CR_SBUS, CR_EPROM, CR_THERM_INIT = 0x01, 0x02, 0x010000
+ICODE_RTL_SILICON, ICODE_FUNCTIONAL_SIMULATOR = 0, 3
+EBUSY, EINVAL, ETIMEDOUT, EIO = 16, 22, 110, 5
+FABRIC_SERDES_BROADCAST, ALL_FABRIC_SERDES_BROADCAST, FABRIC_SERDES = 0xE4, 0xE1, (0x01, 0x02, 0x03, 0x04)
+REASON_REBOOT = 35  # OPA_LINKDOWN_REASON_REBOOT: what rmmod and shutdown tell the neighbour
 ALL_FROZE = 0xF
 IS_SDMAENG_ERR_START, IS_SDMA_START, IS_SDMA_PROGRESS_START, IS_SDMA_IDLE_START = 16, 192, 208, 224
 IS_DC_START, IS_RCVAVAIL_START, IS_SENDCREDIT_START = 248, 256, 576
 QSFP1_INT = 242
+#: HOST_MSG bits (chip.h) and the LNI errors (FAILED_LNI)
+BC_SMA_MSG, VERIFY_CAP_FRAME, LINKUP_ACHIEVED, LINK_GOING_DOWN = 1 << 2, 1 << 6, 1 << 7, 1 << 8
+FAILED_LNI = 0x3FE0
 #: chip.c misc_errs[]: the second tier of sources 0..7
 GENERAL_ERRORS = {0: ("CCE_ERR_STATUS", "CCE_ERR_CLEAR"), 1: ("RCV_ERR_STATUS", "RCV_ERR_CLEAR"),
                   2: ("MISC_ERR_STATUS", "MISC_ERR_CLEAR"), 4: ("SEND_PIO_ERR_STATUS", "SEND_PIO_ERR_CLEAR"),
@@ -46,6 +54,18 @@ def poll(fn, timeout: float, what: str):
         time.sleep(0.0001)
 
 
+def drive(drivers, until, timeout: float = 5.0, what: str = "the drivers to get there") -> None:
+    """Let each driver handle its interrupts and link work, round robin,
+    until `until()` (several devices driven from one thread, as their
+    guests would run side by side)."""
+    deadline = time.monotonic() + timeout
+    while not until():
+        if not [d for d in drivers if d.step()]:
+            if time.monotonic() > deadline:
+                raise DriverTimeout(what)
+            time.sleep(0.0005)
+
+
 class GuestDriver:
     def __init__(self, device, host):
         self.dev = device
@@ -59,6 +79,20 @@ class GuestDriver:
         self.sdma_state: dict[int, str] = {}
         self.p_senddmactrl: dict[int, int] = {}
         self.general_irqs_seen = host.irq.count(0)  # a driver loaded earlier handled those
+        self.icode = ICODE_FUNCTIONAL_SIMULATOR
+        self.dc8051_ver = (0, 0, 0)
+        self.messages: list[str] = []  # what the driver would print (dd_dev_info/warn/err)
+        self.neighbor_normal = False
+        self.remote_link_down_reason = 0
+        self.link_work: list[str] = []  # ppd->link_wq: one worker, in order
+        self.link_errors = 0
+
+    def say(self, message: str) -> None:
+        self.messages.append(message)
+
+    @property
+    def silicon(self) -> bool:
+        return self.icode == ICODE_RTL_SILICON
 
     # -- csr access (chip.c / chip.h) -----------------------------------------------
     def read_csr(self, offset: int) -> int:
@@ -154,13 +188,14 @@ class GuestDriver:
         if self.read_csr(cr.ASIC_CFG_MUTEX) & 0xFF == 1 << self.hfi1_id:
             self.write_csr(cr.ASIC_CFG_MUTEX, 0)
 
-    def acquire_chip_resource(self, resource: int) -> bool:
-        all_bits = resource | resource << 8
+    def acquire_chip_resource(self, resource: int, dynamic: bool = True) -> bool:
+        all_bits = resource | resource << 8 if dynamic else resource
+        mine = resource << (8 * self.hfi1_id) if dynamic else resource
         assert self.acquire_hw_mutex(), "hardware mutex stuck"
         scratch = self.read_csr(cr.ASIC_CFG_SCRATCH)
         free = not scratch & all_bits
         if free:
-            self.write_csr(cr.ASIC_CFG_SCRATCH, scratch | resource << (8 * self.hfi1_id))
+            self.write_csr(cr.ASIC_CFG_SCRATCH, scratch | mine)
             self.read_csr(cr.ASIC_CFG_SCRATCH)
         self.release_hw_mutex()
         return free
@@ -209,14 +244,215 @@ class GuestDriver:
         self.release_chip_resource(CR_SBUS)
         return versions
 
-    def do_8051_command(self, kind: int, in_data: int) -> tuple[int, int]:
+    def sbus_request_slow(self, receiver: int, address: int, command: int, data_in: int) -> int:
+        self.clear_sbus_fast_mode()
+        self.sbus_request(receiver, address, command, data_in)
+        self.write_csr(cr.ASIC_CFG_SBUS_EXECUTE, cr.ASIC_CFG_SBUS_EXECUTE_EXECUTE_SMASK)
+        done = cr.ASIC_STS_SBUS_RESULT_DONE_SMASK | cr.ASIC_STS_SBUS_RESULT_RCV_DATA_VALID_SMASK
+        for _ in range(101):
+            if self.read_csr(cr.ASIC_STS_SBUS_RESULT) & done == done:
+                break
+        else:
+            return -ETIMEDOUT
+        self.write_csr(cr.ASIC_CFG_SBUS_EXECUTE, 0)
+        for _ in range(101):
+            if not self.read_csr(cr.ASIC_STS_SBUS_RESULT) & cr.ASIC_STS_SBUS_RESULT_DONE_SMASK:
+                return 0
+        return -62  # -ETIME
+
+    def clear_sbus_fast_mode(self) -> None:
+        for _ in range(101):
+            counters = self.read_csr(cr.ASIC_STS_SBUS_COUNTERS)
+            if counters & 0xFFFF == (counters >> 16) & 0xFFFF:
+                break
+        self.write_csr(cr.ASIC_CFG_SBUS_EXECUTE, 0)
+
+    # -- firmware.c on RTL silicon: downloads, the RSA engine, the 8051 -------------------------
+    def obtain_firmware(self, files: dict[str, bytes] | None = None) -> None:
+        """__obtain_firmware: the four files (vfnic's by default), each checked
+        as obtain_one_firmware checks it (FirmwareError otherwise)."""
+        files = files or firmware.firmware_files()
+        self.fw = {image: firmware.parse_image(files[image.filename]) for image in firmware.Image}
+
+    def write_rsa_data(self, base: int, value: int, qwords: int = 32) -> None:
+        for i in range(qwords):
+            self.write_csr(base + 8 * i, (value >> (64 * i)) & ALL_ONES)
+
+    def load_security_variables(self, image: firmware.ParsedImage) -> None:
+        self.write_rsa_data(cr.MISC_CFG_RSA_MODULUS, image.modulus)
+        self.write_rsa_data(cr.MISC_CFG_RSA_R2, image.r2)
+        self.write_rsa_data(cr.MISC_CFG_RSA_MU, image.mu, 1)
+        for i in range(0, 128, 8):  # write_streamed_rsa_data: 16 writes to one address
+            self.write_csr(cr.MISC_CFG_SHA_PRELOAD, int.from_bytes(image.header[i:i + 8], "little"))
+
+    def rsa_status(self) -> int:
+        return (self.read_csr(cr.MISC_CFG_FW_CTRL) >> cr.MISC_CFG_FW_CTRL_RSA_STATUS_SHIFT) & 0x3
+
+    def run_rsa(self, who: str, image: firmware.ParsedImage) -> int:
+        self.write_rsa_data(cr.MISC_CFG_RSA_SIGNATURE, image.signature)
+        self.write_csr(cr.MISC_CFG_RSA_CMD, 1)  # RSA_CMD_INIT
+        if self.rsa_status() != 0:
+            self.say(f"{who} security engine not idle - giving up")
+            return -EBUSY
+        self.write_csr(cr.MISC_CFG_RSA_CMD, 2)  # RSA_CMD_START
+        deadline = time.monotonic() + 1.0  # RSA_ENGINE_TIMEOUT is 100 ms; stretched
+        while True:
+            status = self.rsa_status()
+            if status == 0:
+                self.say(f"{who} firmware security bad idle state")
+                ret = -EINVAL
+                break
+            if status in (2, 3):
+                ret = 0 if status == 2 else -EINVAL
+                break
+            if time.monotonic() > deadline:
+                self.say(f"{who} firmware security time out")
+                ret = -ETIMEDOUT
+                break
+        auth_errors = (cr.MISC_ERR_STATUS_MISC_FW_AUTH_FAILED_ERR_SMASK
+                       | cr.MISC_ERR_STATUS_MISC_KEY_MISMATCH_ERR_SMASK)
+        self.write_csr(cr.MISC_ERR_CLEAR, auth_errors)
+        reg = self.read_csr(cr.MISC_ERR_STATUS)
+        if ret:
+            if reg & cr.MISC_ERR_STATUS_MISC_FW_AUTH_FAILED_ERR_SMASK:
+                self.say(f"{who} firmware authorization failed")
+            if reg & cr.MISC_ERR_STATUS_MISC_KEY_MISMATCH_ERR_SMASK:
+                self.say(f"{who} firmware key mismatch")
+        return ret
+
+    def set_serdes_broadcast(self, bg1: int, bg2: int, addrs) -> None:
+        for addr in reversed(addrs):
+            self.sbus_request(addr, 0xFD, 0x21, bg1 << 4 | bg2 << 16)
+
+    def load_fabric_serdes_firmware(self, image: firmware.ParsedImage) -> int:
+        self.say("Downloading fabric firmware")
+        ra = FABRIC_SERDES_BROADCAST
+        self.load_security_variables(image)
+        self.sbus_request(ra, 0x07, 0x21, 0x00000011)
+        self.sbus_request(ra, 0x07, 0x21, 0x00000010)
+        self.sbus_request(ra, 0x00, 0x21, 0x40000000)
+        for i in range(0, len(image.payload), 4):
+            self.sbus_request(ra, 0x0A, 0x21, int.from_bytes(image.payload[i:i + 4], "little"))
+        self.sbus_request(ra, 0x00, 0x21, 0x00000000)
+        self.sbus_request(ra, 0x0B, 0x21, 0x000C0000)
+        err = self.run_rsa("fabric serdes", image)
+        if err:
+            return err
+        self.sbus_request(ra, 0x07, 0x21, 0x00000002)
+        self.sbus_request(ra, 0x08, 0x21, 0x00000000)
+        return 0
+
+    def write_8051(self, code: bool, start: int, data: bytes) -> None:
+        setup = cr.DC_DC8051_CFG_RAM_ACCESS_SETUP_AUTO_INCR_ADDR_SMASK
+        if code:
+            setup |= cr.DC_DC8051_CFG_RAM_ACCESS_SETUP_RAM_SEL_SMASK
+        self.write_csr(cr.DC_DC8051_CFG_RAM_ACCESS_SETUP, setup)
+        self.write_csr(cr.DC_DC8051_CFG_RAM_ACCESS_CTRL,
+                       (start & 0x7FFF) | cr.DC_DC8051_CFG_RAM_ACCESS_CTRL_WRITE_ENA_SMASK)
+        for offset in range(0, len(data), 8):
+            self.write_csr(cr.DC_DC8051_CFG_RAM_ACCESS_WR_DATA, int.from_bytes(data[offset:offset + 8], "little"))
+            for _ in range(101):  # 100 x udelay(1)
+                if self.read_csr(cr.DC_DC8051_CFG_RAM_ACCESS_STATUS) & (1 << 16):
+                    break
+            else:
+                raise DriverTimeout("timeout writing 8051 data")
+        self.write_csr(cr.DC_DC8051_CFG_RAM_ACCESS_CTRL, 0)
+        self.write_csr(cr.DC_DC8051_CFG_RAM_ACCESS_SETUP, 0)
+
+    def wait_fm_ready(self, timeout: float) -> bool:
+        if not self.silicon:
+            return True
+        deadline = time.monotonic() + timeout
+        while (self.read_csr(cr.DC_DC8051_STS_CUR_STATE) >> 16) & 0xFF != 0xA0:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.002)
+        return True
+
+    def read_misc_status(self) -> tuple[int, int, int]:
+        status = self.read_8051_config(0x0E, 4)
+        patch = self.read_8051_config(0x16, 4)
+        return status >> 24 & 0xFF, status >> 16 & 0xFF, patch >> 24 & 0xFF
+
+    def write_host_interface_version(self) -> int:
+        frame = self.read_8051_config(0x0B, 4) & ~(0xFF << 16)
+        return self.load_8051_config(0x0B, 4, frame | 1 << 16)
+
+    def load_8051_firmware(self, image: firmware.ParsedImage) -> int:
+        self.write_csr(cr.DC_DC8051_CFG_RST, 0x1F)  # M8051W | CRAM | DRAM | IRAM | SFR
+        self.write_csr(cr.DC_DC8051_CFG_RST, 0x01)
+        self.load_security_variables(image)
+        self.write_csr(cr.MISC_CFG_FW_CTRL, 0)
+        self.write_8051(True, 0, image.payload)
+        self.write_csr(cr.MISC_CFG_FW_CTRL, cr.MISC_CFG_FW_CTRL_FW_8051_LOADED_SMASK)
+        ret = self.run_rsa("8051", image)
+        if ret:
+            return ret
+        self.write_csr(cr.DC_DC8051_CFG_RST, 0)
+        if not self.wait_fm_ready(5.0):
+            self.say(f"8051 start timeout, current state {self.read_csr(cr.DC_DC8051_STS_CUR_STATE) >> 16 & 0xFF:#x}")
+            return -ETIMEDOUT
+        self.dc8051_ver = self.read_misc_status()
+        self.say("8051 firmware version %d.%d.%d" % self.dc8051_ver)
+        ret = self.write_host_interface_version()
+        if ret != HCMD_SUCCESS:
+            self.say(f"Failed to set host interface version, return {ret:#x}")
+            return -EIO
+        return 0
+
+    def load_firmware(self) -> int:
+        """firmware.c load_firmware on RTL silicon (no alternate files to retry with)."""
+        assert self.acquire_chip_resource(CR_SBUS)
+        self.write_csr(cr.ASIC_CFG_SBUS_EXECUTE, cr.ASIC_CFG_SBUS_EXECUTE_FAST_MODE_SMASK)
+        self.set_serdes_broadcast(ALL_FABRIC_SERDES_BROADCAST, FABRIC_SERDES_BROADCAST, FABRIC_SERDES)
+        ret = self.load_fabric_serdes_firmware(self.fw[firmware.Image.FABRIC])
+        self.clear_sbus_fast_mode()
+        self.release_chip_resource(CR_SBUS)
+        if ret:
+            return ret
+        return self.load_8051_firmware(self.fw[firmware.Image.DC8051])
+
+    def fabric_serdes_reset(self) -> None:
+        assert self.acquire_chip_resource(CR_SBUS)
+        self.write_csr(cr.ASIC_CFG_SBUS_EXECUTE, cr.ASIC_CFG_SBUS_EXECUTE_FAST_MODE_SMASK)
+        self.load_fabric_serdes_firmware(self.fw[firmware.Image.FABRIC])
+        self.clear_sbus_fast_mode()
+        self.release_chip_resource(CR_SBUS)
+
+    def thermal_init(self) -> int:
+        if not self.silicon or self.read_csr(cr.ASIC_CFG_SCRATCH) & CR_THERM_INIT:
+            return 0
+        assert self.acquire_chip_resource(CR_SBUS)
+        self.say("Initializing thermal sensor")
+        self.write_csr(cr.ASIC_CFG_THERM_POLL_EN, 0)
+        ret = 0
+        for address, command, data in ((0x0, 0x20, 0), (0x0, 0x21, 0x1), (0x1, 0x21, 0x32), (0x3, 0x21, 0x1),
+                                       (0x0, 0x21, 0x2)):
+            ret = self.sbus_request_slow(0x4F, address, command, data)
+            if ret:
+                self.say("Thermal sensor initialization failed")
+                break
+        else:
+            self.write_csr(cr.ASIC_CFG_THERM_POLL_EN, 0x1)
+            assert self.acquire_chip_resource(CR_THERM_INIT, dynamic=False)
+        self.release_chip_resource(CR_SBUS)
+        return ret
+
+    def do_8051_command(self, kind: int, in_data: int, lcb_value: int = 0) -> tuple[int, int]:
+        if kind == 0x08:  # HCMD_WRITE_LCB_CSR: bits 63:40 of the value travel in EXT_DEV_0
+            in_data |= (lcb_value & 0xFFFFFFFFFF) << 8
+            ext = self.read_csr(cr.DC_DC8051_CFG_EXT_DEV_0) & cr.DC_DC8051_CFG_EXT_DEV_0_COMPLETED_SMASK
+            self.write_csr(cr.DC_DC8051_CFG_EXT_DEV_0, ext | (lcb_value >> 40 & 0xFF) << 8 | (lcb_value >> 48) << 16)
         reg = kind << 8 | (in_data & 0xFFFFFFFFFFFF) << 16
         self.write_csr(cr.DC_DC8051_CFG_HOST_CMD_0, reg)
         self.write_csr(cr.DC_DC8051_CFG_HOST_CMD_0, reg | cr.DC_DC8051_CFG_HOST_CMD_0_REQ_NEW_SMASK)
         reg = poll(lambda: (r := self.read_csr(cr.DC_DC8051_CFG_HOST_CMD_1)) & 1 and r, 1.0,
                    f"8051 host command {kind} timeout")
+        out = reg >> 16
+        if kind == 0x07:  # HCMD_READ_LCB_CSR: the top 16 bits are in EXT_DEV_1
+            out |= (self.read_csr(cr.DC_DC8051_CFG_EXT_DEV_1) & 0xFFFF0000) << 32
         self.write_csr(cr.DC_DC8051_CFG_HOST_CMD_0, 0)
-        return (reg >> 8) & 0xFF, reg >> 16
+        return (reg >> 8) & 0xFF, out
 
     def load_8051_config(self, field: int, lane: int, data: int) -> int:
         return self.do_8051_command(0x01, field << 40 | lane << 32 | data)[0]
@@ -359,6 +595,19 @@ class GuestDriver:
             self.is_interrupt(source)
         return pending
 
+    def step(self) -> bool:
+        """Handle the general interrupts raised so far, then the link work
+        they queued; False if there was nothing to do."""
+        raised, progressed = self.host.irq.count(0), False
+        while self.general_irqs_seen < raised:
+            self.general_irqs_seen += 1
+            self.general_interrupt()
+            progressed = True
+        if self.link_work:
+            self.run_link_work()
+            progressed = True
+        return progressed
+
     def service_interrupts(self, until, timeout: float = 2.0) -> None:
         """Run the general handler each time MSI-X vector 0 fires, until `until()`."""
         deadline = time.monotonic() + timeout
@@ -381,32 +630,86 @@ class GuestDriver:
             for flags in self.interrupt_clear_down(cr.DC_DC8051_ERR_FLG, cr.DC_DC8051_ERR_CLR):
                 self.events.append((source, flags))
                 if flags & cr.DC_DC8051_ERR_FLG_SET_BY_8051_SMASK:
-                    self.host_messages |= self.read_csr(cr.DC_DC8051_DBG_ERR_INFO_SET_BY_8051) & 0xFFFF
+                    self.handle_8051_interrupt(self.read_csr(cr.DC_DC8051_DBG_ERR_INFO_SET_BY_8051))
         elif source == QSFP1_INT:
             for flags in self.interrupt_clear_down(cr.ASIC_QSFP1_STATUS, cr.ASIC_QSFP1_CLEAR):
                 self.events.append((source, flags))
         else:
             self.events.append((source, 0))
 
+    def handle_8051_interrupt(self, info: int) -> None:
+        """chip.c handle_8051_interrupt: queue the link work the message asks for, in its order."""
+        host_msg, error = info & 0xFFFF, info >> 16 & 0xFFFFFFFF
+        self.host_messages |= host_msg
+        self.link_errors |= error
+        queue_link_down = False
+        if error & FAILED_LNI and self.host_link_state in ("POLL", "VERIFY_CAP", "GOING_UP"):
+            queue_link_down = True
+        if host_msg & BC_SMA_MSG:
+            self.link_work.append("handle_sma_message")
+        if host_msg & LINKUP_ACHIEVED:
+            self.say("8051: Link up")
+            self.link_work.append("handle_link_up")
+        if host_msg & VERIFY_CAP_FRAME:
+            self.link_work.append("handle_verify_cap")
+        if host_msg & LINK_GOING_DOWN:
+            self.say("8051: Link down")
+            queue_link_down = True
+        if queue_link_down and self.host_link_state not in ("GOING_OFFLINE", "LINK_COOLDOWN") \
+                and "handle_link_down" not in self.link_work:
+            self.link_work.append("handle_link_down")
+
     # -- link (chip.c) -----------------------------------------------------------------------
+    def init_lcb(self) -> None:
+        """bringup_serdes -> init_lcb: LCB cclk loopback set-up, not on the simulator."""
+        if not self.silicon:
+            return
+        for name, value in (("DC_LCB_CFG_TX_FIFOS_RESET", 1), ("DC_LCB_CFG_LANE_WIDTH", 0),
+                            ("DC_LCB_CFG_REINIT_AS_SLAVE", 0), ("DC_LCB_CFG_CNT_FOR_SKIP_STALL", 0x110),
+                            ("DC_LCB_CFG_CLK_CNTR", 0x08), ("DC_LCB_CFG_LOOPBACK", 0x02),
+                            ("DC_LCB_CFG_TX_FIFOS_RESET", 0)):
+            self.write_csr(CSR_OFFSETS[name], value)
+
+    def tune_serdes(self, tables: dict | None = None) -> None:
+        """platform.c tune_serdes for a FIXED port: apply_tunings (passive)."""
+        if not self.silicon:
+            return
+        atten = 0
+        if tables is not None:
+            atten = self.get_platform_config_field(tables, 2, 0, 10) + self.get_platform_config_field(tables, 2, 0, 11)
+        tuning = self.read_8051_config(0x02, 4) & ~(0xFF << 24)  # LINK_TUNING_PARAMETERS, passive (0)
+        if self.load_8051_config(0x02, 4, tuning) != HCMD_SUCCESS:
+            self.say("apply_tunings: Failed to set tuning method")
+        for lane in range(4):  # apply_tx_lanes(CHANNEL_LOSS_SETTINGS)
+            if self.load_8051_config(0x05, lane, atten << 16 | atten << 24) != HCMD_SUCCESS:
+                self.say(f"Setting channel loss: apply_tx_lanes for lane {lane} failed")
+
     def set_local_link_attributes(self) -> None:
+        if self.silicon:
+            self.fabric_serdes_reset()
         tx = self.read_8051_config(0x06, 4)  # read_tx_settings
         assert self.load_8051_config(0x06, 4, (tx & ~0xFF & ~(0xFF << 24)) | 0xF | 2 << 24) == HCMD_SUCCESS
         frame = self.read_8051_config(0x0B, 4)  # write_host_interface_version
         assert self.load_8051_config(0x0B, 4, (frame & ~(0xFF << 16)) | 1 << 16) == HCMD_SUCCESS
         assert self.load_8051_config(0x07, 4, 1 << 4) == HCMD_SUCCESS  # VERIFY_CAP_LOCAL_PHY
-        assert self.load_8051_config(0x08, 4, 3 | 1 << 3 | 272 << 8 | 1 << 20) == HCMD_SUCCESS
-        assert self.load_8051_config(0x09, 4, 0x8) == HCMD_SUCCESS  # 4X
+        assert self.load_8051_config(0x08, 4, 3 | 1 << 3 | 272 << 8 | 3 << 20) == HCMD_SUCCESS
+        misc_bits = 1 << 3 if self.dc8051_ver >= (1, 25, 0) else 0  # EXT_CFG_LCB_RESET_SUPPORTED
+        assert self.load_8051_config(0x09, 4, misc_bits << 24 | 0xF) == HCMD_SUCCESS  # widths 1X-4X
         assert self.load_8051_config(0x0A, 4, 0x24F0 << 8 | 0x11) == HCMD_SUCCESS
 
-    def start_link(self) -> None:
-        """set_link_state(HLS_DN_POLL) from Offline."""
+    def start_link(self, tables: dict | None = None) -> None:
+        """start_link: tune_serdes, then set_link_state(HLS_DN_POLL) (from Offline)."""
+        self.tune_serdes(tables)
         self.write_csr(cr.DCC_CFG_LED_CNTRL, 0)
+        if self.host_link_state != "OFFLINE":
+            self.goto_offline()
         self.set_local_link_attributes()
         code, _ = self.do_8051_command(0x03, 0x20)  # CHANGE_PHY_STATE(PLS_POLLING)
         assert code == HCMD_SUCCESS, "Failed to transition to Polling link state"
         self.host_link_state = "POLL"
         self.polling_state_read = self.read_csr(cr.DC_DC8051_STS_CUR_STATE) & 0xFF  # log_physical_state
+        if self.polling_state_read != 0x20:
+            self.say(f"anticipated phy link state 0x20, read {self.polling_state_read:#x}")
 
     def acquire_lcb_access(self) -> None:
         assert self.host_link_state in HLS_UP
@@ -422,17 +725,90 @@ class GuestDriver:
         self.lcb_access_count -= 1
 
     def read_lcb_csr(self, offset: int) -> int:
-        if self.host_link_state in HLS_UP:  # read_lcb_via_8051, simulator flavour
-            self.acquire_lcb_access()
+        if self.host_link_state in HLS_UP:
+            if self.silicon:  # read_lcb_via_8051: HCMD_READ_LCB_CSR
+                code, value = self.do_8051_command(0x07, (offset - cr.DC_LCB_CFG_RUN) >> 3)
+                assert code == HCMD_SUCCESS, "HCMD_READ_LCB_CSR failed"
+                return value
+            self.acquire_lcb_access()  # the simulator flavour (the 6.12 deadlock, see docs/hfi1.md)
             try:
                 return self.read_csr(offset)
             finally:
                 self.release_lcb_access()
         return self.read_csr(offset)
 
+    def write_lcb_csr(self, offset: int, value: int) -> None:
+        if self.host_link_state in HLS_UP:
+            if self.silicon and self.dc8051_ver >= (0, 20, 0):  # write_lcb_via_8051: HCMD_WRITE_LCB_CSR
+                code, _ = self.do_8051_command(0x08, (offset - cr.DC_LCB_CFG_RUN) >> 3, value)
+                assert code == HCMD_SUCCESS, "HCMD_WRITE_LCB_CSR failed"
+                return
+            self.acquire_lcb_access()
+            self.write_csr(offset, value)
+            self.release_lcb_access()
+            return
+        self.write_csr(offset, value)
+
+    def lcb_shutdown(self) -> None:
+        self.write_csr(cr.DC_LCB_CFG_RUN, 0)
+        self.write_csr(cr.DC_LCB_CFG_TX_FIFOS_RESET, 1)
+        err_en = self.read_csr(cr.DC_LCB_ERR_EN)
+        reset = self.read_csr(cr.DCC_CFG_RESET)
+        self.write_csr(cr.DCC_CFG_RESET, reset | cr.DCC_CFG_RESET_RESET_LCB | cr.DCC_CFG_RESET_RESET_RX_FPE)
+        self.read_csr(cr.DCC_CFG_RESET)
+        self.write_csr(cr.DCC_CFG_RESET, reset)
+        self.write_csr(cr.DC_LCB_ERR_EN, err_en)
+
+    def handle_verify_cap(self) -> None:
+        """handle_verify_cap: set_link_state(HLS_VERIFY_CAP), read the peer's
+        frames, set up the LCB and the credits, CHANGE_PHY_STATE(LinkUp)."""
+        assert self.host_link_state == "POLL", f"unexpected state transition from {self.host_link_state} to VERIFY_CAP"
+        self.host_link_state = "VERIFY_CAP"
+        state = self.read_csr(cr.DC_DC8051_STS_CUR_STATE) & 0xFF  # log_physical_state(PLS_CONFIGPHY_VERIFYCAP)
+        if state != 0x46:
+            self.say(f"anticipated phy link state 0x46, read {state:#x}")
+        self.lcb_shutdown()
+        phy, fabric = self.read_8051_config(0x0F, 4), self.read_8051_config(0x10, 4)
+        width = self.read_8051_config(0x11, 4)
+        device = self.read_8051_config(0x15, 4)
+        tx_settings, lni = self.read_8051_config(0x06, 4), self.read_8051_config(0x0C, 4)  # get_link_widths
+        self.peer_capabilities = {"continuous_updates": phy >> 4 & 1, "vau": fabric & 7, "z": fabric >> 3 & 1,
+                                  "vcu": fabric >> 4 & 7, "vl15buf": fabric >> 8 & 0xFFF, "crc": fabric >> 20 & 7,
+                                  "remote_tx_rate": width >> 16 & 0xFF, "widths": width & 0xFFFF,
+                                  "device_id": device >> 8 & 0xFFFF, "device_rev": device & 0xFF,
+                                  "active_tx_lanes": tx_settings & 0xFF, "active_rx_lanes": lni >> 16 & 0xFF}
+        self.say("Peer Fabric: vAU %(vau)d, Z %(z)d, vCU %(vcu)d, vl15 credits %(vl15buf)#x, CRC sizes %(crc)#x"
+                 % self.peer_capabilities)
+        rate = self.peer_capabilities["remote_tx_rate"] & 2  # local tx rate: 25G only
+        if not rate:
+            self.say(f"handle_verify_cap: unexpected remote tx rate {self.peer_capabilities['remote_tx_rate']}, "
+                     "using 25Gb")
+        vau = self.peer_capabilities["vau"] or 1  # set_up_vau
+        credit = self.read_csr(cr.SEND_CM_GLOBAL_CREDIT)
+        self.write_csr(cr.SEND_CM_GLOBAL_CREDIT, (credit & ~cr.SEND_CM_GLOBAL_CREDIT_AU_SMASK) | vau << 16)
+        credit = self.read_csr(cr.SEND_CM_GLOBAL_CREDIT)  # set_up_vl15(dd, 0)
+        credit &= ~(cr.SEND_CM_GLOBAL_CREDIT_TOTAL_CREDIT_LIMIT_SMASK | cr.SEND_CM_GLOBAL_CREDIT_SHARED_LIMIT_SMASK)
+        self.write_csr(cr.SEND_CM_GLOBAL_CREDIT, credit)
+        self.write_csr(cr.SEND_CM_CREDIT_VL15, 0)
+        self.vl15buf_cached = self.peer_capabilities["vl15buf"]
+        self.write_csr(cr.DC_LCB_CFG_CRC_MODE, 0)  # 14b CRC is the lowest in common: LCB_CRC_14B
+        self.write_csr(cr.SEND_CM_CTRL, self.read_csr(cr.SEND_CM_CTRL) & ~cr.SEND_CM_CTRL_FORCE_CREDIT_MODE_SMASK)
+        self.write_csr(cr.SEND_CM_REMOTE_AU_TABLE0_TO3, 0x0000000400020001)  # assign_remote_cm_au_table
+        self.write_csr(cr.SEND_CM_REMOTE_AU_TABLE4_TO7, 0x0000004000200010)
+        self.write_csr(cr.DC_LCB_CFG_TX_FIFOS_RESET, 0)
+        self.write_csr(cr.DC_LCB_ERR_EN, 0)
+        self.write_csr(cr.DC_DC8051_CFG_CSR_ACCESS_SEL, cr.DC_DC8051_CFG_CSR_ACCESS_SEL_DCC_SMASK)  # set_8051_lcb_access
+        code, _ = self.do_8051_command(0x03, 0x50)  # set_link_state(HLS_GOING_UP)
+        if code != HCMD_SUCCESS:
+            self.say(f"Failed to transition to link up state, return {code:#x}")
+            return
+        self.host_link_state = "GOING_UP"
+
     def handle_link_up(self) -> None:
         """set_link_state(HLS_UP_INIT), then read_ltp_rtt and clear_linkup_counters."""
-        assert self.host_link_state == "POLL"
+        wanted = "GOING_UP" if self.silicon else "POLL"
+        assert self.host_link_state == wanted, \
+            f"unexpected state transition from {self.host_link_state} to INIT"
         poll(lambda: self.read_csr(cr.DC_DC8051_STS_CUR_STATE) & 0xFF == 0x50, 1.0,
              "physical state did not change to LINK-UP")
         poll(lambda: (self.read_csr(cr.DCC_CFG_PORT_CONFIG) >> 48) & 7 == 2, 1.0,
@@ -442,22 +818,28 @@ class GuestDriver:
         self.host_link_state = "INIT"
         self.ltp_rtt = self.read_lcb_csr(cr.DC_LCB_STS_ROUND_TRIP_LTP_CNT)
         for name in ("DC_LCB_ERR_INFO_SEQ_CRC_CNT", "DC_LCB_ERR_INFO_REINIT_FROM_PEER_CNT",
-                     "DC_LCB_ERR_INFO_RX_REPLAY_CNT"):
-            self.acquire_lcb_access()
-            self.write_csr(CSR_OFFSETS[name], 0)
-            self.release_lcb_access()
+                     "DC_LCB_ERR_INFO_RX_REPLAY_CNT"):  # clear_linkup_counters
+            self.write_lcb_csr(CSR_OFFSETS[name], 0)
         self.write_csr(cr.DCC_ERR_PORTRCV_ERR_CNT, 0)
         self.write_csr(cr.RCV_COUNTER_ARRAY32 + 8 * cr.RCV_BUF_OVFL_CNT, 0)
+        if self.silicon:  # set_up_vl15(dd, vl15buf_cached)
+            credit = self.read_csr(cr.SEND_CM_GLOBAL_CREDIT)
+            credit &= ~(cr.SEND_CM_GLOBAL_CREDIT_TOTAL_CREDIT_LIMIT_SMASK
+                        | cr.SEND_CM_GLOBAL_CREDIT_SHARED_LIMIT_SMASK)
+            self.write_csr(cr.SEND_CM_GLOBAL_CREDIT, credit | self.vl15buf_cached << 32)
+            self.write_csr(cr.SEND_CM_CREDIT_VL15, self.vl15buf_cached)
 
     def handle_linkup_change_up(self) -> None:
-        credit = self.read_csr(cr.SEND_CM_GLOBAL_CREDIT)  # set_up_vau
-        self.write_csr(cr.SEND_CM_GLOBAL_CREDIT, (credit & ~cr.SEND_CM_GLOBAL_CREDIT_AU_SMASK) | 3 << 16)
-        credit = self.read_csr(cr.SEND_CM_GLOBAL_CREDIT)  # set_up_vl15
-        credit &= ~(cr.SEND_CM_GLOBAL_CREDIT_TOTAL_CREDIT_LIMIT_SMASK | cr.SEND_CM_GLOBAL_CREDIT_SHARED_LIMIT_SMASK)
-        self.write_csr(cr.SEND_CM_GLOBAL_CREDIT, credit | 272 << 32)
-        self.write_csr(cr.SEND_CM_CREDIT_VL15, 272)
-        self.write_csr(cr.SEND_CM_REMOTE_AU_TABLE0_TO3, 0x0000000400020001 << 0)
-        self.write_csr(cr.SEND_CM_REMOTE_AU_TABLE4_TO7, 0)
+        if not self.silicon:  # VerifyCap did this on silicon
+            credit = self.read_csr(cr.SEND_CM_GLOBAL_CREDIT)  # set_up_vau
+            self.write_csr(cr.SEND_CM_GLOBAL_CREDIT, (credit & ~cr.SEND_CM_GLOBAL_CREDIT_AU_SMASK) | 3 << 16)
+            credit = self.read_csr(cr.SEND_CM_GLOBAL_CREDIT)  # set_up_vl15
+            credit &= ~(cr.SEND_CM_GLOBAL_CREDIT_TOTAL_CREDIT_LIMIT_SMASK
+                        | cr.SEND_CM_GLOBAL_CREDIT_SHARED_LIMIT_SMASK)
+            self.write_csr(cr.SEND_CM_GLOBAL_CREDIT, credit | 272 << 32)
+            self.write_csr(cr.SEND_CM_CREDIT_VL15, 272)
+            self.write_csr(cr.SEND_CM_REMOTE_AU_TABLE0_TO3, 0x0000000400020001 << 0)
+            self.write_csr(cr.SEND_CM_REMOTE_AU_TABLE4_TO7, 0)
         self.neighbor = {
             "guid": self.read_csr(cr.DC_DC8051_STS_REMOTE_GUID),
             "type": self.read_csr(cr.DC_DC8051_STS_REMOTE_NODE_TYPE) & 0x3,
@@ -471,25 +853,97 @@ class GuestDriver:
         self.read_8051_config(0x06, 4)  # get_link_widths: TX_SETTINGS
         self.read_8051_config(0x0C, 4)  # LOCAL_LNI_INFO
 
+    # -- Armed, Active: mad.c set_port_states and the SMA idle messages --------------------------
+    def send_idle_sma(self, message: int) -> int:
+        code, _ = self.do_8051_command(0x04, (message & 0xFFFFFFFFFF) << 8 | 0x3)  # IDLE_SMA
+        if code != HCMD_SUCCESS:
+            self.say(f"send idle message: data {(message << 8 | 3):#x}, err {code}")
+        return code
+
+    def set_port_armed(self) -> None:
+        assert self.host_link_state == "INIT"
+        port = self.read_csr(cr.DCC_CFG_PORT_CONFIG) & ~cr.DCC_CFG_PORT_CONFIG_LINK_STATE_SMASK
+        self.write_csr(cr.DCC_CFG_PORT_CONFIG, port | 3 << cr.DCC_CFG_PORT_CONFIG_LINK_STATE_SHIFT)
+        poll(lambda: (self.read_csr(cr.DCC_CFG_PORT_CONFIG) >> 48) & 7 == 3, 1.0, "logical state not ARMED")
+        self.host_link_state = "ARMED"
+        if not self.silicon:
+            self.neighbor_normal = True
+        self.send_idle_sma(1)  # SMA_IDLE_ARM
+
+    def set_port_active(self) -> bool:
+        if not self.neighbor_normal:
+            self.say("SubnSet(OPA_PortInfo) Cannot move to Active with NeighborNormal 0")
+            return False
+        port = self.read_csr(cr.DCC_CFG_PORT_CONFIG) & ~cr.DCC_CFG_PORT_CONFIG_LINK_STATE_SMASK
+        self.write_csr(cr.DCC_CFG_PORT_CONFIG, port | 4 << cr.DCC_CFG_PORT_CONFIG_LINK_STATE_SHIFT)
+        poll(lambda: (self.read_csr(cr.DCC_CFG_PORT_CONFIG) >> 48) & 7 == 4, 1.0, "logical state not ACTIVE")
+        self.host_link_state = "ACTIVE"
+        self.send_idle_sma(2)  # SMA_IDLE_ACTIVE
+        return True
+
+    def handle_sma_message(self) -> None:
+        code, message = self.do_8051_command(0x06, 0x3)  # read_idle_sma
+        if code != HCMD_SUCCESS:
+            self.say(f"read idle message: type 3, err {code}")
+            return
+        message >>= 8
+        if message & 0xFF == 1:  # SMA_IDLE_ARM
+            if self.host_link_state in ("INIT", "ARMED"):
+                self.neighbor_normal = True
+        elif message & 0xFF != 2:
+            self.say(f"handle_sma_message: received unexpected SMA idle message {message:#x}")
+
+    # -- the link_wq work items the 8051's messages queue ---------------------------------------
+    def run_link_work(self) -> list[str]:
+        """Run the work handle_8051_interrupt queued, in its order; what ran."""
+        done = []
+        while self.link_work:
+            work = self.link_work.pop(0)
+            done.append(work)
+            getattr(self, work)()
+        return done
+
+    def handle_link_down(self) -> None:
+        was_up = self.host_link_state in HLS_UP
+        self.goto_offline()
+        if was_up:
+            reason = self.read_8051_config(0x16, 4) & 0xFF
+            self.link_down_reason = reason
+            if reason == 0xB:
+                self.neighbor_down_reason = self.read_8051_config(0x14, 4) >> 16 & 0xFF
+                self.say(f"Link down reason: Neighbor link down message {self.neighbor_down_reason}")
+            elif reason == 0xA:
+                self.say("Link down reason: Unexpected link down")
+        self.neighbor_normal = False
+        self.write_csr(cr.RCV_CTRL, self.read_csr(cr.RCV_CTRL) & ~cr.RCV_CTRL_RCV_PORT_ENABLE_SMASK)
+        self.start_link()
+
     def goto_offline(self) -> None:
         was_up = self.host_link_state in HLS_UP
+        previous = self.host_link_state
         for name in ("DC_LCB_ERR_INFO_RX_REPLAY_CNT", "DC_LCB_ERR_INFO_SEQ_CRC_CNT",
                      "DC_LCB_ERR_INFO_REINIT_FROM_PEER_CNT"):  # update_lcb_cache
-            self.read_lcb_csr(CSR_OFFSETS[name])
+            if self.host_link_state in HLS_UP or self.host_link_state not in ("GOING_UP", "GOING_OFFLINE"):
+                self.read_lcb_csr(CSR_OFFSETS[name])
         self.host_link_state = "GOING_OFFLINE"
-        code, _ = self.do_8051_command(0x03, 0x90)
+        code, _ = self.do_8051_command(0x03, self.remote_link_down_reason << 8 | 0x90)
         assert code == HCMD_SUCCESS, "Failed to transition to Offline link state"
         poll(lambda: self.read_csr(cr.DC_DC8051_STS_CUR_STATE) & 0xF0 == 0x90, 10.0,
              "timeout waiting for phy link offline.quiet substates")
         self.write_csr(cr.DC_DC8051_CFG_CSR_ACCESS_SEL, 0x3)
         self.write_csr(cr.DC_LCB_ERR_EN, ALL_ONES)
         poll(lambda: (self.read_csr(cr.DCC_CFG_PORT_CONFIG) >> 48) & 7 == 1, 1.0, "logical state not Down")
+        self.host_link_state = "LINK_COOLDOWN"
+        assert self.wait_fm_ready(7.0), "After going offline, timed out waiting for the 8051 to become ready"
         self.host_link_state = "OFFLINE"
+        self.remote_link_down_reason = 0
         if was_up:
             self.reset_link_credits()
             self.write_csr(cr.CCE_CTRL, cr.CCE_CTRL_SPC_FREEZE_SMASK)  # start_freeze_handling
             self.sdma_freeze_notify()
             self.handle_freeze()
+        elif previous in ("POLL", "VERIFY_CAP", "GOING_UP"):
+            self.lni_states = (self.read_8051_config(0x12, 4), self.read_8051_config(0x13, 4))  # check_lni_states
 
     def reset_link_credits(self) -> None:
         for i in range(8):

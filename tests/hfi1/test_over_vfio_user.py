@@ -101,10 +101,10 @@ class Host:
 def wire(tmp_path):
     import threading
 
-    from hfi1_fakes import FAST
+    from hfi1_fakes import FAST, SIMULATOR
 
     from devmodel.hfi1 import ChipConfig, Hfi1Device
-    model = Hfi1Device(ChipConfig(**FAST))
+    model = Hfi1Device(ChipConfig(**FAST, **SIMULATOR))
     function = PciFunction(model)
     server = Server(str(tmp_path / "hfi1.sock"), function)
     server.bind()

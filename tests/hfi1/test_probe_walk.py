@@ -8,7 +8,7 @@ of hanging. At the end no access may have touched an undeclared CSR.
 """
 from __future__ import annotations
 
-from hfi1_guest import ALL_ONES, HCMD_SUCCESS, IS_DC_START, GuestDriver
+from hfi1_guest import ALL_ONES, HCMD_SUCCESS, IS_DC_START, REASON_REBOOT, GuestDriver
 
 from devmodel.hfi1 import chip_registers as cr
 from devmodel.hfi1.chip_registers import CSR_OFFSETS
@@ -46,14 +46,16 @@ def probe(driver: GuestDriver) -> dict:
     assert driver.base2_start <= cr.RXE + cr.RXE_PER_CONTEXT_OFFSET, "RcvArray runs into the user CSRs"
     assert driver.check_int_registers(), "Interrupt registers not properly mapped by VMM"
     rev2 = driver.read_csr(cr.CCE_REVISION2)
-    learnt["icode"] = (rev2 >> cr.CCE_REVISION2_IMPL_CODE_SHIFT) & 0xFF
+    learnt["icode"] = driver.icode = (rev2 >> cr.CCE_REVISION2_IMPL_CODE_SHIFT) & 0xFF
     learnt["guid"] = driver.read_guid()
     driver.init_chip()
 
     driver.eprom_init()  # pcie_speeds() is config space only
     platform = driver.eprom_read_platform_config()
-    tables = driver.parse_platform_config(platform)
+    learnt["tables"] = tables = driver.parse_platform_config(platform)
     learnt["port_type"] = driver.get_platform_config_field(tables, 2, 0, 1)
+    if driver.silicon:
+        driver.obtain_firmware()  # hfi1_firmware_init; the Gen3 transition is skipped at 8 GT/s
 
     # init_early_variables -> write_uninitialized_csrs_and_memories
     for i in range(96):
@@ -99,6 +101,8 @@ def probe(driver: GuestDriver) -> dict:
     # init_txe, init_other, init_kdeth_qp
     for name in ("SEND_PIO_ERR_MASK", "SEND_DMA_ERR_MASK", "SEND_ERR_MASK", "SEND_EGRESS_ERR_MASK"):
         driver.write_csr(CSR_OFFSETS[name], ALL_ONES)
+    if driver.silicon:
+        driver.write_csr(cr.SEND_CM_TIMER_CTRL, 100)  # HFI1_CREDIT_RETURN_RATE
     for i in range(driver.chip_send_contexts()):
         driver.write_kctxt_csr(i, cr.SEND_CTXT_ERR_MASK, ALL_ONES)
     for i in range(driver.chip_sdma_engines()):
@@ -139,7 +143,12 @@ def probe(driver: GuestDriver) -> dict:
         driver.write_kctxt_csr(e, cr.SEND_DMA_CHECK_OPCODE, 0)
 
     driver.set_up_interrupts(N_KRCV_QUEUES)
-    learnt["firmware"] = driver.dump_fw_version()  # load_firmware: no loads, versions only
+    if driver.silicon:  # load_firmware: fabric SerDes, then the 8051; each authenticated by the chip
+        learnt["load_firmware"] = driver.load_firmware()
+        if learnt["load_firmware"]:
+            return learnt
+    learnt["firmware"] = driver.dump_fw_version()  # (on the simulator: no loads, versions only)
+    learnt["thermal_init"] = driver.thermal_init()
     read_all_counters(driver, learnt["sdma_engines"], learnt["rcv_contexts"])  # init_cntrs
     return learnt
 
@@ -191,7 +200,8 @@ def hfi1_init(driver: GuestDriver, learnt: dict) -> None:
     driver.set_intr_bits(242, 242, True)
     # bringup_serdes
     driver.write_csr(cr.RCV_CTRL, driver.read_csr(cr.RCV_CTRL) | cr.RCV_CTRL_RCV_EXTENDED_PSN_ENABLE_SMASK)
-    driver.start_link()
+    driver.init_lcb()
+    driver.start_link(learnt["tables"])
 
 
 def remove_one(driver: GuestDriver, learnt: dict) -> None:
@@ -206,6 +216,7 @@ def remove_one(driver: GuestDriver, learnt: dict) -> None:
         driver.sc_disable(hw)
     driver.write_csr(cr.SEND_CTRL, driver.read_csr(cr.SEND_CTRL) & ~cr.SEND_CTRL_SEND_ENABLE_SMASK)
     driver.write_csr(cr.DCC_CFG_LED_CNTRL, 0)
+    driver.remote_link_down_reason = REASON_REBOOT
     driver.goto_offline()  # hfi1_quiet_serdes -> set_link_state(HLS_DN_OFFLINE)
     driver.write_csr(cr.RCV_CTRL, driver.read_csr(cr.RCV_CTRL) & ~cr.RCV_CTRL_RCV_PORT_ENABLE_SMASK)
     driver.sdma_exit()

@@ -1,0 +1,116 @@
+"""The kernel matrix (issue 8): the silicon-mode probe, the reloads with the
+port up and a two-guest fabric brought Active by opafm, on Debian sid's
+current kernel (`linux-image-amd64` from sid, its hfi1 unmodified) in the
+same guest image. Every run of the guest tests boots these on sid, whatever
+VFNIC_GUEST_KERNEL chose for the others (`VFNIC_GUEST_KERNEL=sid` runs the
+whole guest suite on sid).
+"""
+from __future__ import annotations
+
+import re
+import time
+
+import pytest
+from conftest import provision_platform, run_lab
+from test_hfi1 import NO_AUTOLOAD, hfi1_dmesg_problems, load_hfi1, read_port, server_stats
+
+from images.fabric import ACTIVE, INIT, Fabric, parse_pingpong, rdma_device
+
+pytestmark = pytest.mark.guest
+
+SUITE = "sid"
+TRIXIE_KERNEL = re.compile(r"^6\.12\.")
+
+
+@pytest.fixture(scope="module")
+def sid_lab(request, tmp_path_factory):
+    """A Lab whose guests boot sid's kernel."""
+    platform = provision_platform(SUITE)
+    prefix = f"{request.node.nodeid}::"
+    yield from run_lab(request, platform, tmp_path_factory.mktemp("sid-lab"),
+                       lambda: [i for i in request.session.items if i.nodeid.startswith(prefix)])
+
+
+def kernel_release(guest) -> str:
+    return guest.run("uname -r", check=True).stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def linked(sid_lab, tmp_path_factory, report_figure):
+    """One sid guest, one silicon-mode HFI with its built-in link partner, port in Init."""
+    stats = str(tmp_path_factory.mktemp("sid-stats") / "stats.json")
+    server = sid_lab.server("hfi1", args=("--stats", stats))
+    guest = sid_lab.guest(server, kernel_args=NO_AUTOLOAD)
+    release = kernel_release(guest)
+    seconds = load_hfi1(guest, INIT)
+    report_figure(f"sid kernel {release}: modprobe hfi1 to port 1 Init on RTL silicon: {seconds:.1f} s")
+    return guest, server, stats
+
+
+def test_sid_kernel_probes_hfi1_to_init_as_rtl_silicon(linked):
+    guest, server, stats = linked
+    release = kernel_release(guest)
+    assert not TRIXIE_KERNEL.match(release), f"{release}: the guest must boot sid's kernel, not trixie's"
+    log = guest.run("dmesg", check=True).stdout
+    assert "Implementation: RTL silicon" in log
+    assert "8051: Link up" in log
+    assert read_port(guest) == ("2: INIT", "5: LinkUp")
+    assert hfi1_dmesg_problems(guest) == []
+    counters = server_stats(server, stats)
+    assert counters["undeclared_csr_accesses"] == 0, counters["undeclared_offsets"]
+
+
+def test_sid_kernel_reloads_three_times_with_the_port_up(linked, report_figure):
+    guest, server, stats = linked
+    for cycle in range(3):
+        started = time.monotonic()
+        guest.run("rmmod hfi1", timeout=120, check=True)
+        load_hfi1(guest, INIT)
+        assert read_port(guest) == ("2: INIT", "5: LinkUp"), f"cycle {cycle}"
+        report_figure(f"sid kernel: reload cycle {cycle + 1} with the port up, to Init again: "
+                      f"{time.monotonic() - started:.1f} s")
+    assert hfi1_dmesg_problems(guest) == []
+    assert server_stats(server, stats)["undeclared_csr_accesses"] == 0
+
+
+@pytest.fixture(scope="module")
+def fabric(sid_lab, tmp_path_factory, report_figure):
+    work = tmp_path_factory.mktemp("sid-fabric")
+    server = sid_lab.server("hfi1", count=2, args=("--stats", str(work / "stats.json")))
+    fabric = Fabric.boot(server, lambda devices, **options: sid_lab.guest(*devices, wait=False, **options),
+                         sid_lab.socket_dir)
+    fabric.wait_ports(INIT)
+    fabric.start_subnet_manager()
+    fabric.wait_ports(ACTIVE)
+    report_figure(f"sid kernel fabric: opafm to both ports Active: {time.monotonic() - fabric.sm_started_at:.1f} s")
+    return fabric
+
+
+def rc_pingpong_passes(fabric) -> None:
+    run = fabric.run_pair("ibv_rc_pingpong -c -n 50")
+    assert run.ok, run.explain()
+    summary = parse_pingpong(run.client.stdout + run.client.stderr)
+    assert summary and summary["iters"] == 50, run.explain()
+
+
+def test_sid_kernels_opafm_brings_both_ports_active_and_rc_pingpong_checks_its_data(fabric):
+    assert all(not TRIXIE_KERNEL.match(kernel_release(g)) for g in fabric.guests)
+    assert fabric.port_states() == [ACTIVE, ACTIVE]
+    rc_pingpong_passes(fabric)
+
+
+def test_sid_kernel_reloads_three_times_with_the_port_active(fabric, report_figure):
+    guest = fabric.guests[1]
+    for cycle in range(3):
+        started = time.monotonic()
+        guest.run("rmmod hfi1", timeout=120, check=True)
+        guest.run("modprobe hfi1", timeout=120, check=True)
+        rdma_device(guest, 120.0)
+        fabric.wait_ports(ACTIVE, timeout=600.0)
+        report_figure(f"sid kernel fabric: reload cycle {cycle + 1} with the port Active, both Active again: "
+                      f"{time.monotonic() - started:.1f} s")
+    rc_pingpong_passes(fabric)
+    for path, stats in fabric.server.stats().items():
+        assert stats["undeclared_csr_accesses"] == 0, (path, stats["undeclared_offsets"])
+        assert stats["internal_errors"] == [], (path, stats["internal_errors"])
+    assert all(hfi1_dmesg_problems(g) == [] for g in fabric.guests)
