@@ -142,9 +142,25 @@ class Fabric:
         guest `client`, pointed at the server's management address. The
         device name is appended as `-d NAME` for each guest."""
         port = self.port()
-        server_guest, client_guest = self.guests[server], self.guests[client]
+        server_guest = self.guests[server]
         server_cmd = f"{command} -d {self.devices[server]} {port_option} {port} {server_options}".strip()
         client_cmd = f"{command} -d {self.devices[client]} {port_option} {port} {server_guest.management.ip}"
+        return self.run_commands(server_cmd, client_cmd, lambda: listening(server_guest, port),
+                                 f"port {port}", server, client, timeout)
+
+    def run_cm_pair(self, server_cmd: str, client_cmd: str, port: int, server: int = 1, client: int = 0,
+                    timeout: float = 300.0) -> ToolRun:
+        """A server and client that meet through RDMA CM (over IPoIB): the
+        client starts once the server's CM ID listens on `port`."""
+        server_guest = self.guests[server]
+        return self.run_commands(server_cmd, client_cmd, lambda: rdma_cm_listening(server_guest, port),
+                                 f"RDMA CM port {port}", server, client, timeout)
+
+    def run_commands(self, server_cmd: str, client_cmd: str, ready: Callable[[], bool], what: str,
+                     server: int = 1, client: int = 0, timeout: float = 300.0) -> ToolRun:
+        """Start `server_cmd` in guest `server`; once `ready()`, run
+        `client_cmd` in guest `client`; both results."""
+        server_guest, client_guest = self.guests[server], self.guests[client]
         outcome: dict[str, Result] = {}
 
         def serve() -> None:
@@ -152,17 +168,23 @@ class Fabric:
 
         thread = threading.Thread(target=serve, name="tool-server", daemon=True)
         thread.start()
-        wait_until(lambda: "server" in outcome or listening(server_guest, port), 60.0,
-                   f"{shlex.split(command)[0]} to listen on port {port} in {server_guest.name}")
+        wait_until(lambda: "server" in outcome or ready(), 60.0,
+                   f"{shlex.split(server_cmd)[0]} to listen on {what} in {server_guest.name}")
         outcome["client"] = client_guest.run(client_cmd, timeout=timeout)
         thread.join(timeout + 30)
         if "server" not in outcome:
             raise FabricError(f"{server_cmd} in {server_guest.name} never finished")
-        return ToolRun(command, outcome["server"], outcome["client"])
+        return ToolRun(client_cmd, outcome["server"], outcome["client"])
 
 
 def listening(guest: Guest, port: int) -> bool:
     return bool(guest.run(f"ss -Hltn 'sport = :{port}'").stdout.strip())
+
+
+def rdma_cm_listening(guest: Guest, port: int) -> bool:
+    """Does an RDMA CM ID listen on `port` (iproute2's `rdma resource`)?"""
+    out = guest.run("rdma resource show cm_id").stdout
+    return any("LISTEN" in line and f":{port} " in f"{line} " for line in out.splitlines())
 
 
 class LaunchedFabric:

@@ -191,7 +191,7 @@ class Opcode:
     UD_SEND_ONLY = UD + SEND_ONLY
     UD_SEND_ONLY_IMM = UD + SEND_ONLY_IMM
     RC_ACK = RC + ACK
-    CNP = 0x81
+    CNP = 0x80  # IB_OPCODE_CNP
     TID_RDMA = 0xE0  # write req/resp/data/data last, read req/resp, resync, ack: 0xE0..0xE7
 
 
