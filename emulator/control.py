@@ -143,7 +143,7 @@ class Controller:
             devices.append({
                 "socket": server.path,
                 "device": model.name,
-                "state": server.state.value,
+                "state": server.run_state.value,
                 "clients": server.clients,
                 "ports": [port.status() for port in model.ports()],
             })

@@ -547,6 +547,15 @@ class Server:
                     self.state = RunState.LISTENING
         self.state = RunState.CLOSED
 
+    @property
+    def run_state(self) -> RunState:
+        """Where the server is: LISTENING, CLOSED, or its client's state
+        (NEGOTIATING until VERSION, then RUNNING)."""
+        connection = self.connection
+        if self.state is RunState.NEGOTIATING and connection is not None:
+            return connection.state
+        return self.state
+
     def stop(self) -> None:
         """Stop serving: wake the loop, close the sockets, remove the socket file."""
         self._stopping.set()

@@ -2,43 +2,11 @@
 from __future__ import annotations
 
 import os
-import threading
 
 import pytest
+from served import ServedDevice
 
-from devmodel import registry
-from emulator.client import Client, GuestMemory
-from emulator.pci.function import PciFunction
-from emulator.server import Server
-
-
-class ServedDevice:
-    """A server for one device model, running on a thread of this process."""
-
-    def __init__(self, path: str, device: str):
-        self.path = path
-        self.function = PciFunction(registry.create(device))
-        self.server = Server(path, self.function)
-        self.server.bind()
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    @property
-    def model(self):
-        return self.function.model
-
-    def client(self, connect: bool = True, timeout: float = 5.0) -> Client:
-        client = Client(self.path, timeout).open()
-        if connect:
-            client.connect()
-        return client
-
-    def stop(self) -> None:
-        self.server.stop()
-        self.thread.join(timeout=5)
-        assert not self.thread.is_alive(), "server thread did not stop"
-        self.server.close()
-        self.function.close()
+from emulator.client import GuestMemory
 
 
 @pytest.fixture

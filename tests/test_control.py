@@ -124,3 +124,12 @@ def test_malformed_lines_get_an_error_and_the_connection_goes_on(fabric):
 def test_the_request_helper_reports_a_missing_socket(tmp_path):
     with pytest.raises(OSError):
         control.request(str(tmp_path / "nothing.sock"), "query")
+
+
+def test_query_shows_whether_each_device_has_a_running_client(fabric):
+    from emulator.client import Client
+    path, tmp = fabric
+    with Client(str(tmp / "a.sock")) as client:
+        client.connect()
+        states = [d["state"] for d in json.loads(ctl(path, "query").stdout)["devices"]]
+        assert states == ["running", "listening"]

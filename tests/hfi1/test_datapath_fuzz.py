@@ -214,14 +214,20 @@ class Fuzzer:
 
 
 def test_random_pio_and_descriptor_sequences_never_break_the_chip_or_write_astray():
-    rng = random.Random(20261130)
+    outcome = run_datapath_fuzz(SEQUENCES)
+    print(f"datapath fuzz: {outcome}")
+
+
+def run_datapath_fuzz(sequences: int, seed: int = 20261130) -> dict:
+    """The fuzz and its invariants (asserted); what it did, for the soak."""
+    rng = random.Random(seed)
     with pair() as (scheduler, a, b):
         watched = {}
         for node in (a, b):
             watched[node.name] = WatchedDma(node.memory)
             node.device.attach(Host(watched[node.name], node.irq))
         fuzzer = Fuzzer(rng, scheduler, a, b)
-        for n in range(SEQUENCES):
+        for n in range(sequences):
             fuzzer.sequence()
             scheduler.run()
             fuzzer.recover()
@@ -236,9 +242,9 @@ def test_random_pio_and_descriptor_sequences_never_break_the_chip_or_write_astra
         refused = a.memory.refused + b.memory.refused
         assert refused > 0, "the fuzzer did point the chip outside guest memory"
         launched = a.stats()["pio"]["packets"] + sum(e["packets"] for e in a.stats()["sdma"].values())
-        assert launched > SEQUENCES // 20 and b.stats()["rcv"]["delivered"] > SEQUENCES // 40, \
+        assert launched > sequences // 20 and b.stats()["rcv"]["delivered"] > sequences // 40, \
             "enough of the traffic got through to exercise the receive side"
-        assert fuzzer.restarts > SEQUENCES // 20, "and the guest's mistakes did halt things"
+        assert fuzzer.restarts > sequences // 20, "and the guest's mistakes did halt things"
 
         fuzzer.restart()
         settle(a, b)
@@ -252,3 +258,6 @@ def test_random_pio_and_descriptor_sequences_never_break_the_chip_or_write_astra
         assert sum(c.delivered for c in b.device.rcv.contexts) == delivered_before + 2
         rhf, header = b.driver.hdrq_entry(2, 1)
         assert b.driver.eager_bytes(2, rhf, 11) == b"still alive"
+        return {"sequences": sequences, "launched": launched, "delivered": b.stats()["rcv"]["delivered"],
+                "restarts": fuzzer.restarts, "refused_outside_guest_memory": refused,
+                "stray_writes": 0, "internal_errors": 0}
