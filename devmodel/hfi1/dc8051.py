@@ -269,14 +269,19 @@ class Dc8051(Block):
         self.log.info("8051 firmware %d.%d.%d ready, physical state OFFLINE", major, minor, patch)
 
     def _cfg_rst(self, old: int, new: int) -> None:
-        if new & DC_DC8051_CFG_RST_M8051W_SMASK:
-            self.hold()
+        memories = DC_DC8051_CFG_RST_CRAM_SMASK | DC_DC8051_CFG_RST_DRAM_SMASK
+        if not new & DC_DC8051_CFG_RST_M8051W_SMASK:
+            if new & memories:  # the driver resets them with the core (firmware.c load_8051_firmware)
+                self.log.warning("DC_DC8051_CFG_RST %#x: memory reset without M8051W ignored (the 8051 runs "
+                                 "from them)", new)
+            if old & DC_DC8051_CFG_RST_M8051W_SMASK:
+                self.release()
+            return
+        self.hold()
         if new & DC_DC8051_CFG_RST_CRAM_SMASK:
             self._clear_code_ram("DC_DC8051_CFG_RST.CRAM")
         if new & DC_DC8051_CFG_RST_DRAM_SMASK:
             self.data_ram[:] = bytes(DATA_RAM_SIZE)
-        if old & DC_DC8051_CFG_RST_M8051W_SMASK and not new & DC_DC8051_CFG_RST_M8051W_SMASK:
-            self.release()
 
     @property
     def running(self) -> bool:

@@ -88,8 +88,9 @@ class PhysicalLink:
         self._handshake = None
         #: the link-up in which the other end said "ConfigLT ready"
         self.peer_ready_epoch: int | None = None
-        #: the reason the other end gave for going down on purpose (this link-up)
-        self.peer_down_reason = 0
+        #: the reason the other end gave for going down on purpose (this
+        #: link-up); None: it has not said it would (a pulled cable, a halted 8051)
+        self.peer_down_reason: int | None = None
 
     @property
     def silicon(self) -> bool:
@@ -106,7 +107,7 @@ class PhysicalLink:
             self.chip.port.stop()
         self.state = PhysicalState.OFFLINE
         self.peer, self.epoch = None, -1
-        self.peer_ready_epoch, self.peer_down_reason = None, 0
+        self.peer_ready_epoch, self.peer_down_reason = None, None
 
     def halt(self) -> None:
         """The 8051 stops (held in reset): the link drops without a word to the host."""
@@ -122,7 +123,7 @@ class PhysicalLink:
         """CHANGE_PHY_STATE: the host's request; returns the command's return code."""
         state = self.state
         if wanted == PhysicalState.OFFLINE:
-            self._go_offline(LDR_RECEIVED_HOST_OFFLINE_REQ, remote_reason)
+            self._go_offline(LDR_RECEIVED_HOST_OFFLINE_REQ, remote_reason, planned=True)
             return ReturnCode.SUCCESS
         if wanted == PhysicalState.POLLING and state in (PhysicalState.OFFLINE, PhysicalState.POLLING):
             self._set_phys(PhysicalState.POLLING)
@@ -191,7 +192,7 @@ class PhysicalLink:
     def partner_linked(self, peer: PortIdentity, epoch: int) -> None:
         """Both ends are polling: the link trains for `link_training_s`."""
         self.peer, self.epoch = peer, epoch
-        self.peer_down_reason = 0
+        self.peer_down_reason = None
         if self.mcu.running and self.state is PhysicalState.POLLING:
             self._stop_timers()
             self._training = self.chip.after(self.chip.config.link_training_s, self._training_done)
@@ -295,7 +296,7 @@ class PhysicalLink:
         self.peer = None
         self._stop_timers()
         if self.is_up:
-            planned = reason is LinkDownReason.REMOTE_OFFLINE
+            planned = self.peer_down_reason is not None  # it said so before it went
             self._go_offline(LDR_RECEIVED_LINKDOWN_IDLE_MSG if planned else LDR_LINK_TRANSFER_ACTIVE_LOW)
             if planned:
                 quality = self.mcu.read_config(ConfigField.LINK_QUALITY_INFO) & ~(0xFF << DOWN_REMOTE_REASON_SHIFT)
@@ -308,11 +309,14 @@ class PhysicalLink:
             self._go_offline(0)
             self.mcu.post(HostMessage(0), error)
 
-    def _go_offline(self, reason: int, remote_reason: int = 0) -> None:
+    def _go_offline(self, reason: int, remote_reason: int = 0, planned: bool = False) -> None:
+        """Offline; `planned` (the host asked) tells the other end first,
+        with `remote_reason`, so it reports a linkdown idle message rather
+        than a link that simply went dark."""
         self._stop_timers()
         was_up = self.state is PhysicalState.LINKUP
         was_offline = self.state is PhysicalState.OFFLINE
-        if was_up and remote_reason:
+        if was_up and planned:
             self.chip.port.send_message(LinkMessage(MessageKind.PLANNED_DOWN, remote_reason), self.epoch)
         self._set_phys(PhysicalState.OFFLINE)
         self.chip.dcc.set_logical_state(LogicalState.DOWN)

@@ -343,6 +343,31 @@ def test_a_link_dark_from_the_host_side_is_an_unexpected_down_and_both_retrain(p
     assert a.messages.count("8051: Link up") == 2
 
 
+def test_a_peer_whose_8051_is_halted_goes_dark_without_a_word(pair):
+    """Holding a's 8051 in reset drops the link with no planned-down message:
+    b reports a link that went dark, not a linkdown idle message."""
+    devices, (a, b) = pair
+    bring_up([a, b])
+    a.write_csr(cr.DC_DC8051_CFG_RST, cr.DC_DC8051_CFG_RST_M8051W_SMASK)
+    drive([b], lambda: b.host_link_state == "POLL" and not b.link_work, 2.0, "b's link-down handling")
+    assert b.link_down_reason == 0xA, "LDR_LINK_TRANSFER_ACTIVE_LOW, not 0xB (linkdown idle message)"
+
+
+def test_a_memory_reset_without_holding_the_8051_is_ignored(silicon):
+    """CRAM/DRAM reset bits take effect only with the core held (M8051W), as
+    the driver always writes them: the running code stays authorized and a
+    later core reset pulse boots it again."""
+    device, _, driver = silicon
+    driver.read_guid()
+    assert download_8051(driver, firmware.firmware_files()["hfi1_dc8051.fw"]) == 0
+    driver.write_csr(cr.DC_DC8051_CFG_RST, 0)
+    assert driver.wait_fm_ready(1.0)
+    driver.write_csr(cr.DC_DC8051_CFG_RST, cr.DC_DC8051_CFG_RST_CRAM_SMASK | cr.DC_DC8051_CFG_RST_DRAM_SMASK)
+    driver.write_csr(cr.DC_DC8051_CFG_RST, cr.DC_DC8051_CFG_RST_M8051W_SMASK)  # _dc_shutdown
+    driver.write_csr(cr.DC_DC8051_CFG_RST, 0)  # _dc_start
+    assert driver.wait_fm_ready(1.0), "the code RAM survived: the 8051 boots again"
+
+
 def test_losing_the_peer_in_configlt_fails_lni_and_the_driver_restarts_the_link(pair):
     devices, (a, b) = pair
     learnt = [probe(a), probe(b)]
