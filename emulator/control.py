@@ -40,7 +40,7 @@ from dataclasses import dataclass
 
 from devmodel.fabric import Fault, FaultError, Link, LinkError
 
-from .server import listen_unix
+from .server import close_unix_listener, listen_unix
 
 log = logging.getLogger("vfnic.control")
 
@@ -295,13 +295,8 @@ class ControlServer:
         os.write(self._wake_w, b"x")
         if self._thread is not None:
             self._thread.join(timeout=5)
-        if self._listener is not None:
-            self._listener.close()
-            self._listener = None
-            try:
-                os.unlink(self.path)
-            except FileNotFoundError:
-                pass
+        close_unix_listener(self._listener, self.path)
+        self._listener = None
         for fd in (self._wake_r, self._wake_w):
             os.close(fd)
 

@@ -445,6 +445,17 @@ class ServerError(Exception):
     """A reason `vfnic serve` cannot start, said in one line."""
 
 
+def close_unix_listener(listener: socket.socket | None, path: str) -> None:
+    """Close a `listen_unix` socket and remove its file (gone already: fine)."""
+    if listener is None:
+        return
+    listener.close()
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
 def listen_unix(path: str, backlog: int) -> socket.socket:
     """A listening AF_UNIX socket at `path`, mode 0600 (its owner's alone).
     A stale socket file left by a process that died is replaced; one that
@@ -568,13 +579,8 @@ class Server:
 
     def close(self) -> None:
         """After serve_forever returned: release the listener and remove the socket file."""
-        if self._listener is not None:
-            self._listener.close()
-            self._listener = None
-            try:
-                os.unlink(self.path)
-            except FileNotFoundError:
-                pass
+        close_unix_listener(self._listener, self.path)
+        self._listener = None
         for fd in (self._wake_r, self._wake_w):
             try:
                 os.close(fd)

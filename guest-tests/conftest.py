@@ -206,6 +206,15 @@ def module_lab(request, guest_platform, tmp_path_factory):
                        lambda: [i for i in request.session.items if i.nodeid.startswith(prefix)])
 
 
+@pytest.fixture(scope="module")
+def sid_lab(request, tmp_path_factory):
+    """A Lab shared by a module's tests whose guests boot Debian sid's
+    current kernel, whatever VFNIC_GUEST_KERNEL says (test_kernel_matrix.py)."""
+    prefix = f"{request.node.nodeid}::"
+    yield from run_lab(request, provision_platform("sid"), tmp_path_factory.mktemp("sid-lab"),
+                       lambda: [i for i in request.session.items if i.nodeid.startswith(prefix)])
+
+
 @pytest.fixture(scope="session")
 def report_figure(request):
     """`report_figure("hfi1: modprobe to Init 5.2 s")`: a line for the run's summary."""

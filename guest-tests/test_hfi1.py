@@ -139,7 +139,7 @@ def test_rmmod_with_the_port_up_deadlocks_in_the_6_12_driver_on_simulator_hardwa
     mutex_trylock(hls_lock) -- held by the same task. No device behaviour can
     avoid it. This test records the bug; if a kernel fixes it, it fails, and
     the reload test above should then run with the link up. RTL silicon mode
-    (test_silicon.py) reads the LCB through the 8051 instead and reloads
+    (test_hfi1_silicon.py) reads the LCB through the 8051 instead and reloads
     with the port up."""
     server = lab.server("hfi1", args=("--option", "icode=simulator"))
     guest = lab.guest(server, kernel_args=NO_AUTOLOAD + ("watchdog_thresh=1",))

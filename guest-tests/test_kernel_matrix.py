@@ -11,24 +11,14 @@ import re
 import time
 
 import pytest
-from conftest import provision_platform, run_lab
 from test_hfi1 import NO_AUTOLOAD, hfi1_dmesg_problems, load_hfi1, read_port, server_stats
+from test_hfi1_silicon import rc_pingpong_passes, reload_with_the_port_active
 
-from images.fabric import ACTIVE, INIT, Fabric, parse_pingpong, rdma_device
+from images.fabric import ACTIVE, INIT, Fabric
 
 pytestmark = pytest.mark.guest
 
-SUITE = "sid"
 TRIXIE_KERNEL = re.compile(r"^6\.12\.")
-
-
-@pytest.fixture(scope="module")
-def sid_lab(request, tmp_path_factory):
-    """A Lab whose guests boot sid's kernel."""
-    platform = provision_platform(SUITE)
-    prefix = f"{request.node.nodeid}::"
-    yield from run_lab(request, platform, tmp_path_factory.mktemp("sid-lab"),
-                       lambda: [i for i in request.session.items if i.nodeid.startswith(prefix)])
 
 
 def kernel_release(guest) -> str:
@@ -76,7 +66,8 @@ def test_sid_kernel_reloads_three_times_with_the_port_up(linked, report_figure):
 @pytest.fixture(scope="module")
 def fabric(sid_lab, tmp_path_factory, report_figure):
     work = tmp_path_factory.mktemp("sid-fabric")
-    server = sid_lab.server("hfi1", count=2, args=("--stats", str(work / "stats.json")))
+    server = sid_lab.server("hfi1", count=2, args=("--stats", str(work / "stats.json"),
+                                                          "--control", str(work / "control.sock")))
     fabric = Fabric.boot(server, lambda devices, **options: sid_lab.guest(*devices, wait=False, **options),
                          sid_lab.socket_dir)
     fabric.wait_ports(INIT)
@@ -86,13 +77,6 @@ def fabric(sid_lab, tmp_path_factory, report_figure):
     return fabric
 
 
-def rc_pingpong_passes(fabric) -> None:
-    run = fabric.run_pair("ibv_rc_pingpong -c -n 50")
-    assert run.ok, run.explain()
-    summary = parse_pingpong(run.client.stdout + run.client.stderr)
-    assert summary and summary["iters"] == 50, run.explain()
-
-
 def test_sid_kernels_opafm_brings_both_ports_active_and_rc_pingpong_checks_its_data(fabric):
     assert all(not TRIXIE_KERNEL.match(kernel_release(g)) for g in fabric.guests)
     assert fabric.port_states() == [ACTIVE, ACTIVE]
@@ -100,15 +84,7 @@ def test_sid_kernels_opafm_brings_both_ports_active_and_rc_pingpong_checks_its_d
 
 
 def test_sid_kernel_reloads_three_times_with_the_port_active(fabric, report_figure):
-    guest = fabric.guests[1]
-    for cycle in range(3):
-        started = time.monotonic()
-        guest.run("rmmod hfi1", timeout=120, check=True)
-        guest.run("modprobe hfi1", timeout=120, check=True)
-        rdma_device(guest, 120.0)
-        fabric.wait_ports(ACTIVE, timeout=600.0)
-        report_figure(f"sid kernel fabric: reload cycle {cycle + 1} with the port Active, both Active again: "
-                      f"{time.monotonic() - started:.1f} s")
+    reload_with_the_port_active(fabric, fabric.guests[1], 3, report_figure, "sid kernel fabric")
     rc_pingpong_passes(fabric)
     for path, stats in fabric.server.stats().items():
         assert stats["undeclared_csr_accesses"] == 0, (path, stats["undeclared_offsets"])

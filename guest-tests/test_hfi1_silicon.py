@@ -176,12 +176,10 @@ def test_opafm_brings_both_silicon_ports_active_and_verbs_work(fabric):
     rc_pingpong_passes(fabric)
 
 
-def test_reload_three_times_with_the_port_active_each_comes_back_active(fabric, report_figure):
-    """rmmod hfi1 in the guest without the SM takes an Active port down (the
-    neighbour hears REASON_REBOOT); modprobe retrains the link and opafm's
-    next sweep brings both ports Active again."""
-    guest = fabric.guests[1]
-    for cycle in range(3):
+def reload_with_the_port_active(fabric, guest, cycles: int, report_figure, label: str) -> None:
+    """rmmod hfi1; modprobe hfi1 in `guest` `cycles` times, each until
+    opafm's sweep has both ports Active again and the link trained once more."""
+    for cycle in range(cycles):
         ups = link_ups(fabric)
         started = time.monotonic()
         guest.run("rmmod hfi1", timeout=120, check=True)
@@ -189,8 +187,16 @@ def test_reload_three_times_with_the_port_active_each_comes_back_active(fabric, 
         rdma_device(guest, 120.0)
         fabric.wait_ports(ACTIVE, timeout=600.0)
         assert link_ups(fabric) == ups + 1, f"cycle {cycle}: the link trained once more"
-        report_figure(f"silicon fabric: reload cycle {cycle + 1} with the port Active: rmmod + modprobe to both "
+        report_figure(f"{label}: reload cycle {cycle + 1} with the port Active: rmmod + modprobe to both "
                       f"ports Active again {time.monotonic() - started:.1f} s")
+
+
+def test_reload_three_times_with_the_port_active_each_comes_back_active(fabric, report_figure):
+    """rmmod hfi1 in the guest without the SM takes an Active port down (the
+    neighbour hears REASON_REBOOT); modprobe retrains the link and opafm's
+    next sweep brings both ports Active again."""
+    guest = fabric.guests[1]
+    reload_with_the_port_active(fabric, guest, 3, report_figure, "silicon fabric")
     assert hfi1_dmesg_problems(guest) == []
     rc_pingpong_passes(fabric)
 
