@@ -22,6 +22,7 @@ guest-tests/test_hfi1_silicon.py). Figures printed; exit status 1 if a check fai
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import tempfile
 import time
@@ -113,6 +114,10 @@ def main() -> int:
     parser.add_argument("--reloads", type=int, default=100)
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="vfnic-bench-soak-"))
+    # The in-process servers log every message they refuse: to a file, not the terminal.
+    logging.basicConfig(filename=workdir / "servers.log", level=logging.WARNING,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    print(f"the in-process servers' log: {workdir / 'servers.log'}", flush=True)
     phases = [("messages", args.messages, lambda: messages(args.messages)),
               ("sequences", args.sequences, lambda: sequences(args.sequences)),
               ("qemu", args.qemu_cycles, lambda: qemu_cycles(args.qemu_cycles, workdir)),
