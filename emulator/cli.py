@@ -28,6 +28,7 @@ import logging
 import os
 import signal
 import sys
+import textwrap
 import threading
 
 from devmodel import registry
@@ -47,10 +48,22 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
+def device_options_help() -> str:
+    """The devices' --option keys, their values (default first) and what they do."""
+    lines = ["device options (--option KEY=VALUE):"]
+    for device, entry in sorted(registry.DEVICES.items()):
+        for key, (allowed, default, doc) in entry.options.items():
+            values = "|".join([default, *(v for v in allowed if v != default)])
+            lines.append(f"  {device} {key}={values}")
+            lines += textwrap.wrap(doc, 74, initial_indent="      ", subsequent_indent="      ")
+    return "\n".join(lines)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="vfnic", description="vfio-user NIC emulator")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    serve = sub.add_parser("serve", help="serve emulated devices on vfio-user sockets")
+    serve = sub.add_parser("serve", help="serve emulated devices on vfio-user sockets",
+                           epilog=device_options_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
     serve.add_argument("--device", required=True, help=f"device model ({', '.join(sorted(registry.DEVICES))})")
     serve.add_argument("--socket", required=True, action="append", help="AF_UNIX socket path; repeat for more devices")
     serve.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",

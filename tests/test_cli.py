@@ -47,6 +47,12 @@ def running(tmp_path):
         proc.wait()
 
 
+def test_serve_help_lists_each_device_option_with_its_default_first():
+    out = vfnic("serve", "--help").stdout
+    assert "hfi1 icode=silicon|simulator" in out and "hfi1 link-partner=present|none" in out
+    assert "vfnic firmware" in out, "the firmware step silicon mode needs"
+
+
 def test_a_socket_already_served_is_refused(running):
     _, sock, _ = running
     result = vfnic("serve", "--device", "testdev", "--socket", sock)
