@@ -195,3 +195,13 @@ def test_kvm_without_a_usable_dev_kvm_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(os, "access", lambda path, mode: False)
     with pytest.raises(QemuError, match="/dev/kvm is missing or not accessible"):
         resolve_accel("kvm")
+
+
+def test_a_footprint_is_within_ten_percent_or_one_fd_of_its_reference():
+    from images.soak import Footprint, within
+    reference = Footprint(fds=9, rss_kib=50_000)
+    assert within(Footprint(10, 54_999), reference), "one fd more: a control connection still closing"
+    assert not within(Footprint(11, 50_000), reference), "two fds more out of nine is a leak"
+    assert not within(Footprint(9, 55_001), reference), "RSS grew by more than 10 %"
+    assert within(Footprint(44, 50_000), Footprint(40, 50_000)) and not within(Footprint(45, 50_000),
+                                                                              Footprint(40, 50_000))
