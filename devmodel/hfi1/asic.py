@@ -113,6 +113,14 @@ THERM_LO_C, THERM_HI_C, THERM_CRIT_C = 0, 105, 110
 #: power-on (the CR_THERM_INIT scratch bit) [inferred]
 PRESERVED = ("ASIC_CFG_SCRATCH", "ASIC_CFG_SCRATCH_1", "ASIC_CFG_SCRATCH_2", "ASIC_CFG_SCRATCH_3",
              "ASIC_CFG_MUTEX", "ASIC_CFG_THERM_POLL_EN")
+#: (SBus receiver, register) -> the firmware download its data words feed
+#: (firmware.c load_fabric_serdes_firmware, load_sbus_firmware,
+#: load_pcie_serdes_firmware), hashed by the MISC RSA engine
+DOWNLOADS = {
+    **{(receiver, SERDES_DOWNLOAD_REG): Download.FABRIC for receiver in (*FABRIC_SERDES, *FABRIC_BROADCAST)},
+    (SBUS_MASTER_BROADCAST, SBUS_MASTER_DOWNLOAD_REG): Download.SBUS_MASTER,
+    (SBUS_MASTER_BROADCAST, PCIE_DOWNLOAD_REG): Download.PCIE,
+}
 
 
 class Asic(Block):
@@ -229,15 +237,9 @@ class Asic(Block):
             self.serdes_firmware[receiver] = SERDES_FW_REVISION if revision is None else revision
 
     def _capture_download(self, receiver: int, address: int, data: int) -> None:
-        if address == SERDES_DOWNLOAD_REG and (receiver in FABRIC_SERDES or receiver in FABRIC_BROADCAST):
-            download = Download.FABRIC
-        elif receiver == SBUS_MASTER_BROADCAST and address == SBUS_MASTER_DOWNLOAD_REG:
-            download = Download.SBUS_MASTER
-        elif receiver == SBUS_MASTER_BROADCAST and address == PCIE_DOWNLOAD_REG:
-            download = Download.PCIE
-        else:
-            return
-        self.chip.misc.capture(download, data.to_bytes(4, "little"))
+        download = DOWNLOADS.get((receiver, address))
+        if download is not None:
+            self.chip.misc.capture(download, data.to_bytes(4, "little"))
 
     def _sbus_read(self, receiver: int, address: int) -> int:
         if receiver == SBUS_MASTER_BROADCAST and address == SBUS_MASTER_FW_REVISION_REG:
