@@ -331,7 +331,7 @@ class Dc8051(Block):
         data = new.to_bytes(8, "little")
         ram[start:start + 8] = data
         if ram is self.code_ram:
-            self.chip.misc.revoke_8051("code RAM written")
+            self.chip.misc.revoke_8051("DC_DC8051_CFG_RAM_ACCESS_WR_DATA: code RAM written")
             self.chip.misc.capture(Download.DC8051, data)
         self._ram_advance()
         self.regs.set_bits(DC_DC8051_CFG_RAM_ACCESS_STATUS, DC_DC8051_CFG_RAM_ACCESS_STATUS_ACCESS_COMPLETED_SMASK)
@@ -426,7 +426,8 @@ class Dc8051(Block):
         """An idle message from the other end (the link is up)."""
         self.idle_messages_received.append(data)
         kind = data & IDLE_MSG_TYPE_MASK
-        self.log.info("idle message %#x from the other end", data)
+        self.log.info("idle message %#x from the other end: HOST_MSG %s", data,
+                      "BC_SMA_MSG" if kind == IDLE_SMA else "BC_IDLE_UNKNOWN_MSG")
         self.post(HostMessage.BC_SMA_MSG if kind == IDLE_SMA else HostMessage.BC_IDLE_UNKNOWN_MSG)
 
     def _cmd_read_lcb_idle_msg(self, data: int) -> tuple[int, int]:

@@ -305,7 +305,8 @@ class PhysicalLink:
             self.mcu.post(HostMessage.LINK_GOING_DOWN)
         elif self.mcu.running and self.state in _LNI_FAILURES:
             error = _LNI_FAILURES[self.state]
-            self.log.info("LNI failed in %s: the other end left (%s)", self.state.name, reason.value)
+            self.log.info("LNI failed in %s: the other end left (%s); DC_DC8051_DBG_ERR_INFO_SET_BY_8051.ERROR %s",
+                          self.state.name, reason.value, error.name)
             self._go_offline(0)
             self.mcu.post(HostMessage(0), error)
 
