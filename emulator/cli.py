@@ -211,6 +211,9 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as e:
         print(f"vfnic: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `vfnic ctl ... | head`: the reader has gone, nothing left to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":
