@@ -27,12 +27,14 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from images.debian import ProvisionError
+from images.fabric import ACTIVE, INIT, Fabric
 from images.guest import GuestImage
 from images.kernels import build_guest_image, guest_kernel_choice
 from images.qemu import Qemu, QemuError
@@ -142,6 +144,25 @@ class Lab:
             guest.wait_ready()
             guest.install_helpers()
         return guest
+
+    def active_fabric(self, label: str, report_figure, args: tuple[str, ...] = ()) -> Fabric:
+        """Two guests on one `vfnic serve --device hfi1` with two sockets
+        (and --stats, --control), booted side by side; once both ports are
+        Init, opafm in the first brings both Active. Reports both times."""
+        work = self.directory / f"fabric{len(self.servers)}"
+        work.mkdir()
+        server = self.server("hfi1", count=2, args=("--stats", str(work / "stats.json"),
+                                                    "--control", str(work / "control.sock"), *args))
+        started = time.monotonic()
+        fabric = Fabric.boot(server, lambda devices, **options: self.guest(*devices, wait=False, **options),
+                             self.socket_dir)
+        fabric.wait_ports(INIT)
+        report_figure(f"{label}: two guests booted, both ports Init {time.monotonic() - started:.1f} s after "
+                      f"QEMU started (TCG, 1 vCPU each)")
+        fabric.start_subnet_manager()
+        fabric.wait_ports(ACTIVE)
+        report_figure(f"{label}: opafm to both ports Active: {time.monotonic() - fabric.sm_started_at:.1f} s")
+        return fabric
 
     def close(self) -> None:
         for guest in reversed(self.guests):

@@ -16,26 +16,14 @@ import time
 import pytest
 from test_hfi1 import hfi1_dmesg_problems
 
-from images.fabric import ACTIVE, INIT, Fabric, parse_perftest, parse_pingpong
+from images.fabric import ACTIVE, parse_perftest, parse_pingpong
 
 pytestmark = pytest.mark.guest
 
 
 @pytest.fixture(scope="module")
-def fabric(module_lab, tmp_path_factory, report_figure):
-    work = tmp_path_factory.mktemp("fabric-server")
-    server = module_lab.server("hfi1", count=2, args=("--stats", str(work / "stats.json"),
-                                                      "--control", str(work / "control.sock")))
-    started = time.monotonic()
-    fabric = Fabric.boot(server, lambda devices, **options: module_lab.guest(*devices, wait=False, **options),
-                         module_lab.socket_dir)
-    fabric.wait_ports(INIT)
-    report_figure(f"fabric: two guests booted, both hfi1 ports Init {time.monotonic() - started:.1f} s after "
-                  f"QEMU started (TCG, 1 vCPU each)")
-    fabric.start_subnet_manager()
-    fabric.wait_ports(ACTIVE)
-    report_figure(f"fabric: opafm to both ports Active: {time.monotonic() - fabric.sm_started_at:.1f} s")
-    return fabric
+def fabric(module_lab, report_figure):
+    return module_lab.active_fabric("fabric", report_figure)
 
 
 def opainfo(guest) -> dict:

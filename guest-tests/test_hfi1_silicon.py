@@ -18,7 +18,7 @@ import time
 import pytest
 from test_hfi1 import NO_AUTOLOAD, hfi1_dmesg_problems, load_hfi1, read_port, server_stats
 
-from images.fabric import ACTIVE, INIT, Fabric, parse_pingpong, rdma_device, wait_port_state
+from images.fabric import ACTIVE, INIT, parse_pingpong, rdma_device, wait_port_state
 from images.vm import AgentError
 from images.wait import wait_until
 
@@ -72,15 +72,21 @@ def test_the_verbs_device_reports_the_8051_firmware_version(linked):
     assert re.search(r"^\s+fw_ver:\s+1\.27\.0$", out, re.M), out
 
 
-def test_reload_three_times_with_the_port_up_each_reaches_init_again(linked, report_figure):
-    guest, server, stats = linked
-    for cycle in range(3):
+def reload_with_the_port_up(guest, cycles: int, report_figure, label: str) -> None:
+    """rmmod hfi1 with the port in Init (the built-in partner's link up),
+    modprobe, until port 1 reads Init and LinkUp again; `cycles` times."""
+    for cycle in range(cycles):
         started = time.monotonic()
         guest.run("rmmod hfi1", timeout=120, check=True)
         load_hfi1(guest, INIT)
         assert read_port(guest) == ("2: INIT", "5: LinkUp"), f"cycle {cycle}"
-        report_figure(f"hfi1 on RTL silicon: reload cycle {cycle + 1} with the port up: rmmod + modprobe to Init "
+        report_figure(f"{label}: reload cycle {cycle + 1} with the port up: rmmod + modprobe to Init "
                       f"{time.monotonic() - started:.1f} s")
+
+
+def test_reload_three_times_with_the_port_up_each_reaches_init_again(linked, report_figure):
+    guest, server, stats = linked
+    reload_with_the_port_up(guest, 3, report_figure, "hfi1 on RTL silicon")
     assert hfi1_dmesg_problems(guest) == []
     assert server_stats(server, stats)["undeclared_csr_accesses"] == 0
 
@@ -139,20 +145,8 @@ def test_poweroff_with_the_port_up_completes(lab, report_figure):
 # -- two guests, cabled back to back -----------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def fabric(module_lab, tmp_path_factory, report_figure):
-    work = tmp_path_factory.mktemp("silicon-fabric")
-    server = module_lab.server("hfi1", count=2, args=("--stats", str(work / "stats.json"),
-                                                      "--control", str(work / "control.sock"), *SILICON))
-    started = time.monotonic()
-    fabric = Fabric.boot(server, lambda devices, **options: module_lab.guest(*devices, wait=False, **options),
-                         module_lab.socket_dir)
-    fabric.wait_ports(INIT)
-    report_figure(f"silicon fabric: two guests booted, both ports Init {time.monotonic() - started:.1f} s after "
-                  f"QEMU started")
-    fabric.start_subnet_manager()
-    fabric.wait_ports(ACTIVE)
-    report_figure(f"silicon fabric: opafm to both ports Active: {time.monotonic() - fabric.sm_started_at:.1f} s")
-    return fabric
+def fabric(module_lab, report_figure):
+    return module_lab.active_fabric("silicon fabric", report_figure, args=SILICON)
 
 
 def link_ups(fabric) -> int:

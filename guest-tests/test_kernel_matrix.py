@@ -8,13 +8,12 @@ whole guest suite on sid).
 from __future__ import annotations
 
 import re
-import time
 
 import pytest
 from test_hfi1 import NO_AUTOLOAD, hfi1_dmesg_problems, load_hfi1, read_port, server_stats
-from test_hfi1_silicon import rc_pingpong_passes, reload_with_the_port_active
+from test_hfi1_silicon import rc_pingpong_passes, reload_with_the_port_active, reload_with_the_port_up
 
-from images.fabric import ACTIVE, INIT, Fabric
+from images.fabric import ACTIVE, INIT
 
 pytestmark = pytest.mark.guest
 
@@ -52,29 +51,14 @@ def test_sid_kernel_probes_hfi1_to_init_as_rtl_silicon(linked):
 
 def test_sid_kernel_reloads_three_times_with_the_port_up(linked, report_figure):
     guest, server, stats = linked
-    for cycle in range(3):
-        started = time.monotonic()
-        guest.run("rmmod hfi1", timeout=120, check=True)
-        load_hfi1(guest, INIT)
-        assert read_port(guest) == ("2: INIT", "5: LinkUp"), f"cycle {cycle}"
-        report_figure(f"sid kernel: reload cycle {cycle + 1} with the port up, to Init again: "
-                      f"{time.monotonic() - started:.1f} s")
+    reload_with_the_port_up(guest, 3, report_figure, "sid kernel")
     assert hfi1_dmesg_problems(guest) == []
     assert server_stats(server, stats)["undeclared_csr_accesses"] == 0
 
 
 @pytest.fixture(scope="module")
-def fabric(sid_lab, tmp_path_factory, report_figure):
-    work = tmp_path_factory.mktemp("sid-fabric")
-    server = sid_lab.server("hfi1", count=2, args=("--stats", str(work / "stats.json"),
-                                                          "--control", str(work / "control.sock")))
-    fabric = Fabric.boot(server, lambda devices, **options: sid_lab.guest(*devices, wait=False, **options),
-                         sid_lab.socket_dir)
-    fabric.wait_ports(INIT)
-    fabric.start_subnet_manager()
-    fabric.wait_ports(ACTIVE)
-    report_figure(f"sid kernel fabric: opafm to both ports Active: {time.monotonic() - fabric.sm_started_at:.1f} s")
-    return fabric
+def fabric(sid_lab, report_figure):
+    return sid_lab.active_fabric("sid kernel fabric", report_figure)
 
 
 def test_sid_kernels_opafm_brings_both_ports_active_and_rc_pingpong_checks_its_data(fabric):

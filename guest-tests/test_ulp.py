@@ -18,7 +18,7 @@ import time
 import pytest
 
 from images import ulp
-from images.fabric import ACTIVE, INIT, Fabric, parse_perftest, rdma_device
+from images.fabric import parse_perftest, rdma_device
 
 pytestmark = pytest.mark.guest
 
@@ -26,15 +26,8 @@ A, B = 0, 1  # guest indexes: B exports, A uses
 
 
 @pytest.fixture(scope="module")
-def fabric(module_lab, tmp_path_factory, report_figure):
-    work = tmp_path_factory.mktemp("ulp-server")
-    server = module_lab.server("hfi1", count=2, args=("--stats", str(work / "stats.json"),
-                                                      "--control", str(work / "control.sock")))
-    fabric = Fabric.boot(server, lambda devices, **options: module_lab.guest(*devices, wait=False, **options),
-                         module_lab.socket_dir)
-    fabric.wait_ports(INIT)
-    fabric.start_subnet_manager()
-    fabric.wait_ports(ACTIVE)
+def fabric(module_lab, report_figure):
+    fabric = module_lab.active_fabric("ulp", report_figure)
     started = time.monotonic()
     fabric.ipoib = [ulp.configure_ipoib(guest, i) for i, guest in enumerate(fabric.guests)]
     report_figure(f"ulp: IPoIB up with carrier in both guests {time.monotonic() - started:.1f} s after Active")
