@@ -47,6 +47,9 @@ reset, the ROM's.
 Thermal: while ASIC_CFG_THERM_POLL_EN is set, ASIC_STS_THERM reads the
 sensor -- CURR_TEMP [12:2] and the LO/HI/CRIT limits, in 0.25 degree units
 (`hfi1_tempsense_rd`); no trigger ever fires.
+
+Collaborators: the MISC block (download capture, the authenticated fabric
+image); the temperature comes from the chip's configuration.
 """
 from __future__ import annotations
 
@@ -79,7 +82,8 @@ from .chip_registers import (
     CSR_OFFSETS,
 )
 from .csr import Block, csr, csr_array, csrs, field
-from .misc import Download
+from .misc import Download, Misc
+from .services import ChipServices
 
 SBUS_MASTER_BROADCAST = 0xFD
 RESET_SBUS_RECEIVER = 0x20
@@ -125,6 +129,10 @@ DOWNLOADS = {
 
 class Asic(Block):
     name = "asic"
+
+    def __init__(self, services: ChipServices, misc: Misc):
+        self.misc = misc
+        super().__init__(services)
 
     def declare(self) -> list[Register]:
         self.sbus: dict[tuple[int, int], int] = {}
@@ -232,14 +240,14 @@ class Asic(Block):
             return
         if data == SPICO_RESET:
             self.serdes_firmware.pop(receiver, None)
-        elif data == SPICO_ENABLE and self.chip.misc.fabric_image is not None:
-            revision = firmware.serdes_revision(firmware.Image.FABRIC, self.chip.misc.fabric_image)
+        elif data == SPICO_ENABLE and self.misc.fabric_image is not None:
+            revision = firmware.serdes_revision(firmware.Image.FABRIC, self.misc.fabric_image)
             self.serdes_firmware[receiver] = SERDES_FW_REVISION if revision is None else revision
 
     def _capture_download(self, receiver: int, address: int, data: int) -> None:
         download = DOWNLOADS.get((receiver, address))
         if download is not None:
-            self.chip.misc.capture(download, data.to_bytes(4, "little"))
+            self.misc.capture(download, data.to_bytes(4, "little"))
 
     def _sbus_read(self, receiver: int, address: int) -> int:
         if receiver == SBUS_MASTER_BROADCAST and address == SBUS_MASTER_FW_REVISION_REG:
@@ -253,7 +261,7 @@ class Asic(Block):
         if not self.regs.get(ASIC_CFG_THERM_POLL_EN) & 1:
             return 0
         units = THERMAL_UNITS_PER_C
-        return (units * self.chip.config.asic_temp_c << ASIC_STS_THERM_CURR_TEMP_SHIFT
+        return (units * self.config.asic_temp_c << ASIC_STS_THERM_CURR_TEMP_SHIFT
                 | units * THERM_LO_C << ASIC_STS_THERM_LO_TEMP_SHIFT
                 | units * THERM_HI_C << ASIC_STS_THERM_HI_TEMP_SHIFT
                 | units * THERM_CRIT_C << ASIC_STS_THERM_CRIT_TEMP_SHIFT)

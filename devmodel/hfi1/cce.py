@@ -22,10 +22,17 @@ halted, enabled PIO send contexts are halted and the receive block drops
 packets. The chip also freezes on its own after an uncorrectable error
 (`hardware_freeze`, at once); the driver then learns of it from the error
 interrupt and runs the same unfreeze.
+
+Collaborators: the interrupt controller (CCE errors, source 0), the device's
+`dc_reset` (CCE_DC_CTRL.DC_RESET holds or releases DCC, LCB and 8051), and,
+wired once they exist (`connect_freeze`), the blocks a freeze halts: SDMA,
+PIO and receive. Receive and the 8051 read `frozen` and `dc_in_reset` back.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from enum import Enum
+from typing import Protocol
 
 from devmodel.regs import Access, Register
 
@@ -49,7 +56,8 @@ from .chip_registers import (
     CCE_STATUS_TXE_PIO_PAUSED_SMASK,
 )
 from .csr import Block, csr, csr_array
-from .intr import CCE_ERR_INT, ErrorFlags, pulse
+from .intr import CCE_ERR_INT, ErrorFlags, InterruptController, pulse
+from .services import ChipServices
 
 ALL_FROZE = (CCE_STATUS_SDMA_FROZE_SMASK | CCE_STATUS_RXE_FROZE_SMASK
              | CCE_STATUS_TXE_FROZE_SMASK | CCE_STATUS_TXE_PIO_FROZE_SMASK)
@@ -63,17 +71,37 @@ class FreezeState(Enum):
     THAWING = "thawing"
 
 
+class Freezable(Protocol):
+    def freeze(self) -> None: ...
+
+
+class Thawable(Freezable, Protocol):
+    def unfreeze(self) -> None: ...
+
+
 class Cce(Block):
     name = "cce"
 
+    def __init__(self, services: ChipServices, intr: InterruptController, dc_reset: Callable[[bool], None]):
+        self.intr = intr
+        self._dc_reset = dc_reset
+        self._sdma: Thawable | None = None
+        self._halted_by_freeze: tuple[Freezable, ...] = ()
+        super().__init__(services)
+
+    def connect_freeze(self, sdma: Thawable, pio: Freezable, rcv: Freezable) -> None:
+        """The blocks an SPC freeze stops (built after the CCE, which they consult)."""
+        self._sdma = sdma
+        self._halted_by_freeze = (sdma, pio, rcv)
+
     def declare(self) -> list[Register]:
-        config = self.chip.config
-        self.errors = ErrorFlags(self.chip, CCE_ERR_INT, "CCE_ERR_STATUS", "CCE_ERR_CLEAR", "CCE_ERR_MASK")
+        config = self.config
+        self.errors = ErrorFlags(self.intr, CCE_ERR_INT, "CCE_ERR_STATUS", "CCE_ERR_CLEAR", "CCE_ERR_MASK")
         self.freeze_state = FreezeState.THAWED
         return [
             csr("CCE_REVISION", access=Access.RO, reset=config.revision),
             csr("CCE_REVISION2", access=Access.RO, reset=config.revision2),
-            csr("CCE_CTRL", **pulse(self.chip, CCE_CTRL, self._control)),
+            csr("CCE_CTRL", **pulse(self.regs, CCE_CTRL, self._control)),
             csr("CCE_STATUS", access=Access.RO),
             *csr_array("CCE_SCRATCH", 4),
             *self.errors.declare(),
@@ -94,7 +122,7 @@ class Cce(Block):
         was, now = old & CCE_DC_CTRL_DC_RESET_SMASK, new & CCE_DC_CTRL_DC_RESET_SMASK
         if was != now:
             self.log.info("CCE_DC_CTRL: DC_RESET %s", "asserted" if now else "released")
-            self.chip.dc_reset(bool(now))
+            self._dc_reset(bool(now))
 
     def _control(self, value: int) -> None:
         if value & CCE_CTRL_SPC_FREEZE_SMASK:
@@ -126,7 +154,7 @@ class Cce(Block):
                 self.freeze_state = to
                 arrive()
 
-        self.chip.after(self.chip.config.freeze_s, land)
+        self.services.after(self.config.freeze_s, land)
 
     def hardware_freeze(self) -> None:
         """The chip froze itself (an uncorrectable internal error)."""
@@ -141,13 +169,13 @@ class Cce(Block):
         return self.freeze_state is not FreezeState.THAWED
 
     def _frozen(self) -> None:
-        self.chip.sdma.freeze()
-        self.chip.pio.freeze()
-        self.chip.rcv.freeze()
+        for block in self._halted_by_freeze:
+            block.freeze()
         self.regs.set_bits(CCE_STATUS, ALL_FROZE)
         self.log.info("CCE_STATUS: SPC frozen")
 
     def _thawed(self) -> None:
-        self.chip.sdma.unfreeze()
+        if self._sdma is not None:
+            self._sdma.unfreeze()
         self.regs.clear_bits(CCE_STATUS, ALL_FROZE)
         self.log.info("CCE_STATUS: SPC unfrozen")

@@ -8,20 +8,20 @@ with the stride the driver uses (`write_kctxt_csr` 0x100, `write_uctxt_csr`
 
 `Block` is the base of every chip block: it owns its register list (so a
 block-level reset, such as the DC reset, can restore just its registers) and
-its own model state beyond register values.
+its own model state beyond register values. It is built with the chip's
+services (`services.ChipServices`: registers, configuration, events, DMA, the
+link's outbox); a subclass takes the sibling blocks it talks to as further
+constructor arguments, stored before `declare` runs.
 """
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from devmodel.regs import Register, register_array
 
 from .chip_registers import CSR_OFFSETS
-
-if TYPE_CHECKING:
-    from .device import Hfi1Device
+from .services import ChipServices
 
 KCTXT_STRIDE = 0x100   # write_kctxt_csr: per send/receive context, per SDMA engine
 UCTXT_STRIDE = 0x1000  # write_uctxt_csr: receive context "user" pages
@@ -62,9 +62,10 @@ class Block:
 
     name = ""
 
-    def __init__(self, chip: "Hfi1Device"):
-        self.chip = chip
-        self.regs = chip.regs
+    def __init__(self, services: ChipServices):
+        self.services = services
+        self.regs = services.regs
+        self.config = services.config
         self.log = logging.getLogger(f"vfnic.hfi1.{self.name}")
         self.registers: list[Register] = self.declare()
 

@@ -62,6 +62,11 @@ BC_IDLE_UNKNOWN_MSG.
 The 8051 clears its HOST_MSG word at the start of a host command once the host
 has acknowledged it (cleared ERR_FLG.SET_BY_8051) [inferred]; each command
 leaves HOST_REQ_DONE behind, which the driver treats as informational.
+
+Collaborators: the interrupt controller (DC8051 errors, source 250), the CCE
+(is the DC held in reset?), the MISC block (code RAM authorization and
+capture), and, for its link state machine (`lni.PhysicalLink`), the port and
+the DCC (logical state).
 """
 from __future__ import annotations
 
@@ -72,6 +77,7 @@ from devmodel.fabric import PortIdentity
 from devmodel.regs import Access, Register
 
 from . import firmware
+from .cce import Cce
 from .chip_registers import (
     DC_DC8051_CFG_CSR_ACCESS_SEL_DCC_SMASK,
     DC_DC8051_CFG_CSR_ACCESS_SEL_LCB_SMASK,
@@ -128,9 +134,12 @@ from .dc8051_interface import (
     ReturnCode,
     config_address,
 )
-from .intr import DC8051_INT, ErrorFlags
+from .dcc import Dcc
+from .intr import DC8051_INT, ErrorFlags, InterruptController
 from .lni import PhysicalLink
-from .misc import Download
+from .misc import Download, Misc
+from .port import Hfi1Port
+from .services import ChipServices
 
 DATA_RAM_SIZE = 0x1000  # chip.h DC8051_DATA_MEM_SIZE
 CODE_RAM_SIZE = 0x8000  # RAM_ACCESS_CTRL.ADDRESS is 15 bits
@@ -160,12 +169,21 @@ class LcbOwner(Enum):
 class Dc8051(Block):
     name = "dc8051"
 
+    def __init__(self, services: ChipServices, intr: InterruptController, cce: Cce, misc: Misc,
+                 port: Hfi1Port, dcc: Dcc):
+        self.intr = intr
+        self.cce = cce
+        self.misc = misc
+        self.port = port
+        self.dcc = dcc
+        super().__init__(services)
+
     def declare(self) -> list[Register]:
-        self.errors = ErrorFlags(self.chip, DC8051_INT, "DC_DC8051_ERR_FLG", "DC_DC8051_ERR_CLR", "DC_DC8051_ERR_EN")
+        self.errors = ErrorFlags(self.intr, DC8051_INT, "DC_DC8051_ERR_FLG", "DC_DC8051_ERR_CLR", "DC_DC8051_ERR_EN")
         self.data_ram = bytearray(DATA_RAM_SIZE)
         self.code_ram = bytearray(CODE_RAM_SIZE)
         self.mcu = McuState.HELD
-        self.link = PhysicalLink(self)
+        self.link = PhysicalLink(self, self.port, self.dcc)
         self.lcb_owner = LcbOwner.HOST
         self.idle_messages_sent: deque[int] = deque(maxlen=IDLE_QUEUE)
         self.idle_messages_received: deque[int] = deque(maxlen=IDLE_QUEUE)
@@ -180,7 +198,7 @@ class Dc8051(Block):
             csr("DC_DC8051_CFG_RAM_ACCESS_RD_DATA", access=Access.RO),
             csr("DC_DC8051_CFG_HOST_CMD_0", on_write=self._host_cmd),
             csr("DC_DC8051_CFG_HOST_CMD_1", access=Access.RO),
-            csr("DC_DC8051_CFG_LOCAL_GUID", access=Access.RO, reset=self.chip.config.guid),
+            csr("DC_DC8051_CFG_LOCAL_GUID", access=Access.RO, reset=self.config.guid),
             *csrs("DC_DC8051_STS_REMOTE_GUID", "DC_DC8051_STS_REMOTE_NODE_TYPE", "DC_DC8051_STS_REMOTE_PORT_NO",
                   "DC_DC8051_STS_REMOTE_FM_SECURITY", access=Access.RO),
             csr("DC_DC8051_STS_LOCAL_FM_SECURITY", access=Access.RO, reset=1),
@@ -212,7 +230,7 @@ class Dc8051(Block):
 
     def _clear_code_ram(self, why: str) -> None:
         self.code_ram[:] = bytes(CODE_RAM_SIZE)
-        self.chip.misc.revoke_8051(why)
+        self.misc.revoke_8051(why)
 
     def _cancel_boot(self) -> None:
         if self._boot is not None:
@@ -237,19 +255,19 @@ class Dc8051(Block):
         """Leave reset: the firmware boots into Offline -- at once in
         functional-simulator mode, after `dc8051_boot_s` on silicon if its
         code is authenticated, never if it is not."""
-        if self.mcu is not McuState.HELD or self.chip.cce.dc_in_reset:
+        if self.mcu is not McuState.HELD or self.cce.dc_in_reset:
             return
         if self.regs.get(DC_DC8051_CFG_RST) & DC_DC8051_CFG_RST_M8051W_SMASK:
             return
-        if not self.chip.config.silicon:
+        if not self.config.silicon:
             self._set_mcu(McuState.RUNNING)
             self.link.state = PhysicalState.OFFLINE
             return
-        if not self.chip.misc.dc8051_authorized:
+        if not self.misc.dc8051_authorized:
             self._set_mcu(McuState.NO_FIRMWARE)
             return
         self._set_mcu(McuState.BOOTING)
-        self._boot = self.chip.after(self.chip.config.dc8051_boot_s, self._booted)
+        self._boot = self.services.after(self.config.dc8051_boot_s, self._booted)
 
     def _booted(self) -> None:
         """The firmware is up: its version where `read_misc_status` reads it,
@@ -257,7 +275,7 @@ class Dc8051(Block):
         self._boot = None
         if self.mcu is not McuState.BOOTING:
             return
-        self.version = firmware.dc8051_version(bytes(self.code_ram)) or self.chip.config.dc8051_default_version
+        self.version = firmware.dc8051_version(bytes(self.code_ram)) or self.config.dc8051_default_version
         major, minor, patch = self.version
         status = self.read_config(ConfigField.MISC_STATUS) & 0xFFFF
         self.write_config(ConfigField.MISC_STATUS,
@@ -331,8 +349,8 @@ class Dc8051(Block):
         data = new.to_bytes(8, "little")
         ram[start:start + 8] = data
         if ram is self.code_ram:
-            self.chip.misc.revoke_8051("DC_DC8051_CFG_RAM_ACCESS_WR_DATA: code RAM written")
-            self.chip.misc.capture(Download.DC8051, data)
+            self.misc.revoke_8051("DC_DC8051_CFG_RAM_ACCESS_WR_DATA: code RAM written")
+            self.misc.capture(Download.DC8051, data)
         self._ram_advance()
         self.regs.set_bits(DC_DC8051_CFG_RAM_ACCESS_STATUS, DC_DC8051_CFG_RAM_ACCESS_STATUS_ACCESS_COMPLETED_SMASK)
 
@@ -418,7 +436,7 @@ class Dc8051(Block):
         if not self.link_is_up:
             return ReturnCode.INVALID, 0
         self.idle_messages_sent.append(data)
-        if self.chip.config.silicon:
+        if self.config.silicon:
             self.link.send_idle_message(data)
         return ReturnCode.SUCCESS, 0
 
@@ -468,11 +486,11 @@ class Dc8051(Block):
     # -- the other end of the cable (tests, fault injection) ----------------------------
     def unplug(self) -> None:
         """Pull the cable: an up link drops and the host is told."""
-        self.chip.port.unplug()
+        self.port.unplug()
 
     def plug(self, neighbour: PortIdentity) -> None:
         """Plug in a cable to a built-in partner presenting `neighbour`."""
-        self.chip.port.plug_partner(neighbour)
+        self.port.plug_partner(neighbour)
 
 
 def _field_name(field_id: int, lane_id: int) -> str:

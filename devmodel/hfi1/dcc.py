@@ -17,6 +17,10 @@ Init -> Armed -> Active (read-modify-write of the whole register, then polls
 the field). A driver write that would move the field any other way leaves the
 field as it is [inferred], so a read-modify-write racing with a hardware change
 cannot undo it.
+
+Collaborators: the interrupt controller (DCC errors, source 248). The 8051's
+link state machine moves the logical state; receive and egress read it and
+count their traffic here.
 """
 from __future__ import annotations
 
@@ -35,7 +39,8 @@ from .chip_registers import (
     DCC_PRF_PORT_XMIT_PKTS_CNT,
 )
 from .csr import Block, csr, csr_array, csrs, field
-from .intr import DCC_ERR_INT, ErrorFlags
+from .intr import DCC_ERR_INT, ErrorFlags, InterruptController
+from .services import ChipServices
 
 VL_COUNTERS = 9  # VL0..VL7 and VL15 (chip.h C_VL_COUNT)
 
@@ -54,8 +59,12 @@ _DRIVER_MOVES = {(LogicalState.INIT, LogicalState.ARMED), (LogicalState.ARMED, L
 class Dcc(Block):
     name = "dcc"
 
+    def __init__(self, services: ChipServices, intr: InterruptController):
+        self.intr = intr
+        super().__init__(services)
+
     def declare(self) -> list[Register]:
-        self.errors = ErrorFlags(self.chip, DCC_ERR_INT, "DCC_ERR_FLG", "DCC_ERR_FLG_CLR", "DCC_ERR_FLG_EN")
+        self.errors = ErrorFlags(self.intr, DCC_ERR_INT, "DCC_ERR_FLG", "DCC_ERR_FLG_CLR", "DCC_ERR_FLG_EN")
         return [
             csr("DCC_CFG_RESET"),
             csr("DCC_CFG_PORT_CONFIG", reset=LogicalState.DOWN << DCC_CFG_PORT_CONFIG_LINK_STATE_SHIFT,

@@ -142,21 +142,26 @@ class Hfi1Device(DeviceModel):
         #: internal errors contained so far: (block, message), the latest MAX_FAULTS
         self.faults: deque[tuple[str, str]] = deque(maxlen=MAX_FAULTS)
         self.fault_count = 0
-        self.port = Hfi1Port(self, name)
         self.regs = RegisterFile("hfi1.bar0", log=self.log)
-        self.intr = InterruptController(self)
-        self.cce = Cce(self)
-        self.asic = Asic(self)
-        self.qsfp = (QsfpPort(self, 1), QsfpPort(self, 2))
+        # Each block gets the chip's services (`ChipServices`: regs, config,
+        # events, DMA, the outbox) and the sibling blocks it talks to; the two
+        # pairs that need each other are wired once both exist, below.
+        self.port = Hfi1Port(self, name)
+        self.intr = InterruptController(self.regs)
+        self.cce = Cce(self, self.intr, dc_reset=self.dc_reset)
+        self.misc = Misc(self, self.intr)
+        self.asic = Asic(self, self.misc)
+        self.qsfp = (QsfpPort(self, self.intr, 1), QsfpPort(self, self.intr, 2))
         self.eprom = Eprom(self)
-        self.misc = Misc(self)
-        self.dcc = Dcc(self)
-        self.lcb = Lcb(self)
-        self.dc8051 = Dc8051(self)
-        self.rcv = Receive(self)
-        self.send = Send(self)
-        self.pio = Pio(self)
-        self.sdma = Sdma(self)
+        self.dcc = Dcc(self, self.intr)
+        self.dc8051 = Dc8051(self, self.intr, self.cce, self.misc, self.port, self.dcc)
+        self.lcb = Lcb(self, self.intr, self.dc8051.link)
+        self.rcv = Receive(self, self.intr, self.cce, self.dcc)
+        self.send = Send(self, self.intr, self.dcc, self.dc8051.link)
+        self.pio = Pio(self, self.intr, self.send, self.port)
+        self.sdma = Sdma(self, self.intr, self.send, self.port)
+        self.cce.connect_freeze(sdma=self.sdma, pio=self.pio, rcv=self.rcv)
+        self.port.connect(self.dc8051.link, receive=self.rcv.receive_packet, status=self.port_status)
         self.blocks = (self.intr, self.cce, self.asic, *self.qsfp, self.eprom, self.misc, self.dcc, self.lcb,
                        self.dc8051, self.rcv, self.send, self.pio, self.sdma)
         for block in self.blocks:
@@ -302,7 +307,7 @@ class Hfi1Device(DeviceModel):
                 "dropped_link_down": self.port.dropped_link_down,
             }
 
-    # -- services for the blocks -------------------------------------------------------
+    # -- services for the blocks (services.ChipServices) -----------------------------------
     def after(self, delay_s: float, fn: Callable[[], None]) -> Job:
         """Run `fn` as a chip event after `delay_s`, unless it was cancelled or
         a reset intervened."""
@@ -317,6 +322,10 @@ class Hfi1Device(DeviceModel):
 
     def now(self) -> float:
         return self.worker.clock.now()
+
+    def emit(self, packet: Packet) -> None:
+        """A packet for the link: sent once the model lock is released."""
+        self.outbox.append(packet)
 
     def hardware_event(self, fn: Callable[[], None], generation: int | None = None) -> None:
         """Run `fn` as the chip would on its own (an engine step, a link

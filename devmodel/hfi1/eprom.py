@@ -8,6 +8,8 @@
 `read_page()` in eprom.c writes READ_DATA(addr), reads ASIC_EEP_DATA 64 times
 for a 256-byte page, then writes NOP to close it. Each DATA read returns the
 next four bytes. The flash holds the image `platform.eprom_image` builds.
+
+Collaborators: none beyond the chip's configuration (which platform image).
 """
 from __future__ import annotations
 
@@ -30,7 +32,7 @@ class Eprom(Block):
     name = "eprom"
 
     def declare(self) -> list[Register]:
-        config = self.chip.config
+        config = self.config
         self.image = eprom_image(default_platform_config(config.port_type, node_guid=config.guid))
         self.read_pointer: int | None = None
         return [

@@ -23,15 +23,11 @@ it reads 0, so CLEAR must really clear.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
 
-from devmodel.regs import Access, Register
+from devmodel.regs import Access, Register, RegisterFile
 
 from .chip_registers import CCE_INT_CLEAR, CCE_INT_FORCE, CCE_INT_MAP, CCE_INT_MASK, CCE_INT_STATUS, CSR_OFFSETS
 from .csr import csr, csr_array
-
-if TYPE_CHECKING:
-    from .device import Hfi1Device
 
 log = logging.getLogger("vfnic.hfi1.intr")
 
@@ -66,12 +62,12 @@ CCE_NUM_INT_MAP_CSRS = 96
 CCE_NUM_32_BIT_INT_COUNTERS = 6
 
 
-def pulse(chip: "Hfi1Device", offset: int, action) -> dict:
+def pulse(regs: RegisterFile, offset: int, action) -> dict:
     """Hooks for a write-only command register: act on the written bits, then
     forget them, so a later partial (4-byte) write does not replay them."""
 
     def on_write(_old: int, new: int) -> None:
-        chip.regs.set(offset, 0)
+        regs.set(offset, 0)
         action(new)
 
     return {"access": Access.WO, "on_write": on_write}
@@ -80,23 +76,22 @@ def pulse(chip: "Hfi1Device", offset: int, action) -> dict:
 class InterruptController:
     name = "intr"
 
-    def __init__(self, chip: "Hfi1Device"):
-        self.chip = chip
-        self.regs = chip.regs
+    def __init__(self, regs: RegisterFile):
+        self.regs = regs
         self._pending: list[int] = []
         self.delivered = 0
         self.registers = self.declare()
 
     def declare(self) -> list[Register]:
-        chip = self.chip
+        regs = self.regs
         return [
             *csr_array("CCE_INT_STATUS", CCE_NUM_INT_CSRS, access=Access.RO),
             *csr_array("CCE_INT_MASK", CCE_NUM_INT_CSRS,
                        per_index=lambda i: {"on_write": lambda old, new, i=i: self._mask_written(i, old, new)}),
             *csr_array("CCE_INT_CLEAR", CCE_NUM_INT_CSRS,
-                       per_index=lambda i: pulse(chip, CCE_INT_CLEAR + 8 * i, lambda v, i=i: self._clear(i, v))),
+                       per_index=lambda i: pulse(regs, CCE_INT_CLEAR + 8 * i, lambda v, i=i: self._clear(i, v))),
             *csr_array("CCE_INT_FORCE", CCE_NUM_INT_CSRS,
-                       per_index=lambda i: pulse(chip, CCE_INT_FORCE + 8 * i, lambda v, i=i: self._set(i, v))),
+                       per_index=lambda i: pulse(regs, CCE_INT_FORCE + 8 * i, lambda v, i=i: self._set(i, v))),
             *csr_array("CCE_INT_BLOCKED", CCE_NUM_INT_CSRS, access=Access.RO,
                        per_index=lambda i: {"on_read": lambda _v, i=i: self.status(i) & ~self.mask(i)}),
             *csr_array("CCE_INT_MAP", CCE_NUM_INT_MAP_CSRS),
@@ -168,10 +163,10 @@ class ErrorFlags:
 
     `count`/`stride` describe per-context copies (one source per copy)."""
 
-    def __init__(self, chip: "Hfi1Device", source: int, status: str, clear: str, enable: str,
+    def __init__(self, intr: InterruptController, source: int, status: str, clear: str, enable: str,
                  force: str | None = None, count: int = 1, stride: int = 8):
-        self.chip = chip
-        self.regs = chip.regs
+        self.intr = intr
+        self.regs = intr.regs
         self.source = source
         self.names = (status, clear, enable, force)
         self.count = count
@@ -181,7 +176,7 @@ class ErrorFlags:
 
     def declare(self) -> list[Register]:
         status, clear, enable, force = self.names
-        chip, stride, count = self.chip, self.stride, self.count
+        regs, stride, count = self.regs, self.stride, self.count
 
         def array(base: str, per_index=None, **kw) -> list[Register]:
             if count == 1:
@@ -191,12 +186,12 @@ class ErrorFlags:
         clear_base, force_base = CSR_OFFSETS[clear], CSR_OFFSETS[force] if force else 0
         regs = [
             *array(status, access=Access.RO),
-            *array(clear, per_index=lambda i: pulse(chip, clear_base + i * stride,
+            *array(clear, per_index=lambda i: pulse(regs, clear_base + i * stride,
                                                     lambda v, i=i: self.clear(v, i))),
             *array(enable, per_index=lambda i: {"on_write": lambda old, new, i=i: self._enabled(i, old, new)}),
         ]
         if force:
-            regs += array(force, per_index=lambda i: pulse(chip, force_base + i * stride,
+            regs += array(force, per_index=lambda i: pulse(regs, force_base + i * stride,
                                                           lambda v, i=i: self.set(v, i)))
         return regs
 
@@ -210,11 +205,11 @@ class ErrorFlags:
         old = self.value(index)
         self.regs.set(self.status_offset + index * self.stride, old | bits)
         if bits & ~old & self.enabled(index):
-            self.chip.intr.raise_source(self.source + index)
+            self.intr.raise_source(self.source + index)
 
     def clear(self, bits: int, index: int = 0) -> None:
         self.regs.clear_bits(self.status_offset + index * self.stride, bits)
 
     def _enabled(self, index: int, old: int, new: int) -> None:
         if self.value(index) & new & ~old:
-            self.chip.intr.raise_source(self.source + index)
+            self.intr.raise_source(self.source + index)

@@ -15,6 +15,9 @@ directly once it holds access. Link transfer is active while the physical link
 is LinkUp, or when the host runs the LCB in loopback (RUN.EN with
 ALLOW_LINK_UP) as `force_logical_link_state_down` and quick link-up do
 [inferred].
+
+Collaborators: the interrupt controller (LCB errors, source 249) and the
+8051's physical link (`lni.PhysicalLink`), whose LinkUp it reports.
 """
 from __future__ import annotations
 
@@ -22,7 +25,9 @@ from devmodel.regs import Access, Register
 
 from .chip_registers import DC_LCB_CFG_ALLOW_LINK_UP, DC_LCB_CFG_RUN, DC_LCB_CFG_RUN_EN_SHIFT
 from .csr import Block, csr, csrs, named
-from .intr import LCB_ERR_INT, ErrorFlags
+from .intr import LCB_ERR_INT, ErrorFlags, InterruptController
+from .lni import PhysicalLink
+from .services import ChipServices
 
 #: LTP round-trip count reported once the link is up (illustrative)
 ROUND_TRIP_LTP_CYCLES = 0x28
@@ -31,8 +36,13 @@ ROUND_TRIP_LTP_CYCLES = 0x28
 class Lcb(Block):
     name = "lcb"
 
+    def __init__(self, services: ChipServices, intr: InterruptController, link: PhysicalLink):
+        self.intr = intr
+        self.link = link
+        super().__init__(services)
+
     def declare(self) -> list[Register]:
-        self.errors = ErrorFlags(self.chip, LCB_ERR_INT, "DC_LCB_ERR_FLG", "DC_LCB_ERR_CLR", "DC_LCB_ERR_EN")
+        self.errors = ErrorFlags(self.intr, LCB_ERR_INT, "DC_LCB_ERR_FLG", "DC_LCB_ERR_CLR", "DC_LCB_ERR_EN")
         return [
             *csrs(*named("DC_LCB_CFG_")),
             *self.errors.declare(),
@@ -40,12 +50,12 @@ class Lcb(Block):
             csr("DC_LCB_STS_LINK_TRANSFER_ACTIVE", access=Access.RO,
                 on_read=lambda _v: int(self.link_transfer_active)),
             csr("DC_LCB_STS_ROUND_TRIP_LTP_CNT", access=Access.RO,
-                on_read=lambda _v: ROUND_TRIP_LTP_CYCLES if self.chip.dc8051.link_is_up else 0),
+                on_read=lambda _v: ROUND_TRIP_LTP_CYCLES if self.link.is_up else 0),
         ]
 
     @property
     def link_transfer_active(self) -> bool:
-        if self.chip.dc8051.link_is_up:
+        if self.link.is_up:
             return True
         running = self.regs.get(DC_LCB_CFG_RUN) >> DC_LCB_CFG_RUN_EN_SHIFT & 1
         return bool(running and self.regs.get(DC_LCB_CFG_ALLOW_LINK_UP) & 1)

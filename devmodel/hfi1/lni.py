@@ -28,12 +28,20 @@ remote VerifyCap fields are filled at LinkUp.
 With no cable, or nobody polling at the other end, Polling lasts. The state
 is DC_DC8051_STS_CUR_STATE.PORT; the mailbox, data RAM and host messages it
 uses are the 8051's (`dc8051.py`).
+
+Collaborators: the 8051 (`mcu`: its data RAM, host messages, whether it
+runs), the port (`port.py`: the cable), and the DCC (the logical state it
+moves at LinkUp and down). The port reports the other end's news back here
+(`cable_plugged`, `partner_linked`, `partner_lost`, `message_received`),
+wired by the device once both exist.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import logging
+from typing import Protocol
 
 from devmodel.fabric import LinkDownReason, LinkMessage, MessageKind, NodeType, PortIdentity
+from devmodel.regs import RegisterFile
 
 from .chip_registers import (
     DC_DC8051_CFG_LOCAL_GUID,
@@ -42,6 +50,7 @@ from .chip_registers import (
     DC_DC8051_STS_REMOTE_NODE_TYPE,
     DC_DC8051_STS_REMOTE_PORT_NO,
 )
+from .config import ChipConfig
 from .dc8051_interface import (
     ALL_LANES,
     DOWN_REMOTE_REASON_SHIFT,
@@ -62,10 +71,9 @@ from .dc8051_interface import (
     PhysicalState,
     ReturnCode,
 )
-from .dcc import LogicalState
-
-if TYPE_CHECKING:
-    from .dc8051 import Dc8051
+from .dcc import Dcc, LogicalState
+from .port import Hfi1Port
+from .services import ChipServices
 
 #: where the host may ask for LinkUp in functional-simulator mode
 _SIMULATOR_LINKUP_FROM = (PhysicalState.POLLING, PhysicalState.CONFIGPHY)
@@ -74,12 +82,35 @@ _LNI_FAILURES = {PhysicalState.CONFIGPHY_VERIFYCAP: LinkError.FAILED_LNI_VERIFY_
                  PhysicalState.CONFIGLT: LinkError.FAILED_LNI_CONFIGLT}
 
 
+class Mcu(Protocol):
+    """What the link state machine needs of the 8051 running it (`dc8051.Dc8051`)."""
+
+    services: ChipServices
+    config: ChipConfig
+    regs: RegisterFile
+    log: logging.Logger
+
+    @property
+    def running(self) -> bool: ...
+
+    def read_config(self, field_id: int, lane_id: int = ...) -> int: ...
+
+    def write_config(self, field_id: int, value: int, lane_id: int = ...) -> None: ...
+
+    def post(self, message: HostMessage, error: int = 0) -> None: ...
+
+    def idle_message_arrived(self, data: int) -> None: ...
+
+
 class PhysicalLink:
     """One port's physical link, as the 8051 firmware drives it."""
 
-    def __init__(self, mcu: "Dc8051"):
+    def __init__(self, mcu: Mcu, port: Hfi1Port, dcc: Dcc):
         self.mcu = mcu
-        self.chip = mcu.chip
+        self.port = port
+        self.dcc = dcc
+        self.services = mcu.services
+        self.config = mcu.config
         self.log = mcu.log
         self.state = PhysicalState.OFFLINE
         self.peer: PortIdentity | None = None  # the other end, once the link is up
@@ -94,7 +125,7 @@ class PhysicalLink:
 
     @property
     def silicon(self) -> bool:
-        return self.chip.config.silicon
+        return self.config.silicon
 
     @property
     def is_up(self) -> bool:
@@ -104,7 +135,7 @@ class PhysicalLink:
         """Chip reset: Offline, off the cable, nothing known of the other end."""
         self._stop_timers()
         if self.state is not PhysicalState.OFFLINE:
-            self.chip.port.stop()
+            self.port.stop()
         self.state = PhysicalState.OFFLINE
         self.peer, self.epoch = None, -1
         self.peer_ready_epoch, self.peer_down_reason = None, None
@@ -113,9 +144,9 @@ class PhysicalLink:
         """The 8051 stops (held in reset): the link drops without a word to the host."""
         self._stop_timers()
         if self.state is PhysicalState.LINKUP:
-            self.chip.dcc.set_logical_state(LogicalState.DOWN)
+            self.dcc.set_logical_state(LogicalState.DOWN)
         if self.state is not PhysicalState.OFFLINE:
-            self.chip.port.stop()
+            self.port.stop()
         self.state = PhysicalState.OFFLINE
 
     # -- the host's requests (HCMD_CHANGE_PHY_STATE) ---------------------------------
@@ -141,7 +172,7 @@ class PhysicalLink:
             if self.state is PhysicalState.OFFLINE:
                 self._set_phys(PhysicalState.POLLING)
                 self._start_training()
-            if self.peer is not None and self.chip.port.link_is_up(self.epoch):
+            if self.peer is not None and self.port.link_is_up(self.epoch):
                 self._link_up()
                 return ReturnCode.SUCCESS
             return ReturnCode.INVALID
@@ -168,7 +199,7 @@ class PhysicalLink:
 
     def identity(self) -> PortIdentity:
         """What link negotiation tells the other end about this port."""
-        config = self.chip.config
+        config = self.config
         return PortIdentity(
             guid=self.mcu.regs.get(DC_DC8051_CFG_LOCAL_GUID), node_type=NodeType.HFI, port_no=1,
             device_id=config.device_id, device_rev=config.device_rev, fm_security_disabled=True,
@@ -177,11 +208,11 @@ class PhysicalLink:
     def _start_training(self) -> None:
         """Polling: offer the link on the cable. Training completes once the
         other end polls too (`partner_linked`)."""
-        if not self.chip.port.start_polling(self.identity()):
+        if not self.port.start_polling(self.identity()):
             self.log.info("link training: no cable, still POLLING")
-        elif self.peer is not None and self.chip.port.link_is_up(self.epoch) and self._training is None:
+        elif self.peer is not None and self.port.link_is_up(self.epoch) and self._training is None:
             # polling again on a link that is already up: finish training
-            self._training = self.chip.after(self.chip.config.link_training_s, self._training_done)
+            self._training = self.services.after(self.config.link_training_s, self._training_done)
 
     def _stop_timers(self) -> None:
         for job in (self._training, self._handshake):
@@ -195,13 +226,13 @@ class PhysicalLink:
         self.peer_down_reason = None
         if self.mcu.running and self.state is PhysicalState.POLLING:
             self._stop_timers()
-            self._training = self.chip.after(self.chip.config.link_training_s, self._training_done)
+            self._training = self.services.after(self.config.link_training_s, self._training_done)
 
     def _training_done(self) -> None:
         self._training = None
         if self.state is not PhysicalState.POLLING:
             return
-        if self.peer is None or not self.chip.port.link_is_up(self.epoch):
+        if self.peer is None or not self.port.link_is_up(self.epoch):
             self.log.info("link training: the other end left, still POLLING")
             return
         if self.silicon:
@@ -235,18 +266,18 @@ class PhysicalLink:
     def _config_lt(self) -> None:
         """The host agreed to LinkUp: tell the other end, and come up once it agrees too."""
         self._set_phys(PhysicalState.CONFIGLT)
-        if not self.chip.port.send_message(LinkMessage(MessageKind.CONFIGLT_READY), self.epoch):
+        if not self.port.send_message(LinkMessage(MessageKind.CONFIGLT_READY), self.epoch):
             self.log.info("ConfigLT: the link went down before the other end could be told")
         if self.peer_ready_epoch == self.epoch:
             self._start_handshake()
 
     def _start_handshake(self) -> None:
         if self._handshake is None:
-            self._handshake = self.chip.after(self.chip.config.link_up_handshake_s, self._handshake_done)
+            self._handshake = self.services.after(self.config.link_up_handshake_s, self._handshake_done)
 
     def _handshake_done(self) -> None:
         self._handshake = None
-        if self.state is PhysicalState.CONFIGLT and self.peer is not None and self.chip.port.link_is_up(self.epoch):
+        if self.state is PhysicalState.CONFIGLT and self.peer is not None and self.port.link_is_up(self.epoch):
             self._link_up()
 
     # -- the other end's link layer ----------------------------------------------------
@@ -267,7 +298,7 @@ class PhysicalLink:
         """SEND_LCB_IDLE_MSG: the message crosses the link (False: link not up)."""
         if not self.is_up:
             return False
-        return self.chip.port.send_message(LinkMessage(MessageKind.IDLE, data), self.epoch)
+        return self.port.send_message(LinkMessage(MessageKind.IDLE, data), self.epoch)
 
     # -- LinkUp and down ---------------------------------------------------------------
     def _link_up(self) -> None:
@@ -286,7 +317,7 @@ class PhysicalLink:
         down = self.mcu.read_config(ConfigField.LINK_DOWN_REASON) & ~LINK_DOWN_REASON_MASK
         self.mcu.write_config(ConfigField.LINK_DOWN_REASON, down)  # keeps the patch version, [31:24]
         self._set_phys(PhysicalState.LINKUP)
-        self.chip.dcc.set_logical_state(LogicalState.INIT)
+        self.dcc.set_logical_state(LogicalState.INIT)
         self.mcu.post(HostMessage.LINKUP_ACHIEVED)
 
     def partner_lost(self, reason: LinkDownReason, epoch: int) -> None:
@@ -318,11 +349,11 @@ class PhysicalLink:
         was_up = self.state is PhysicalState.LINKUP
         was_offline = self.state is PhysicalState.OFFLINE
         if was_up and planned:
-            self.chip.port.send_message(LinkMessage(MessageKind.PLANNED_DOWN, remote_reason), self.epoch)
+            self.port.send_message(LinkMessage(MessageKind.PLANNED_DOWN, remote_reason), self.epoch)
         self._set_phys(PhysicalState.OFFLINE)
-        self.chip.dcc.set_logical_state(LogicalState.DOWN)
+        self.dcc.set_logical_state(LogicalState.DOWN)
         if not was_offline:
-            self.chip.port.stop()
+            self.port.stop()
         if was_up:
             down = self.mcu.read_config(ConfigField.LINK_DOWN_REASON) & ~LINK_DOWN_REASON_MASK
             self.mcu.write_config(ConfigField.LINK_DOWN_REASON, down | reason)

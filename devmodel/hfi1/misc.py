@@ -36,6 +36,10 @@ clear FW_AUTH_FAILED until an INIT, nor KEY_MISMATCH until a matching
 modulus is loaded. INIT does not revoke what earlier runs authorized
 [inferred: the driver re-downloads the fabric SerDes at every link start
 while the 8051 it authorized keeps running].
+
+Collaborators: the interrupt controller (MISC errors, source 2). The ASIC's
+SBus and the 8051's code RAM feed `capture`; the 8051 asks
+`dc8051_authorized`, the ASIC `fabric_image`.
 """
 from __future__ import annotations
 
@@ -57,7 +61,8 @@ from .chip_registers import (
 )
 from .csr import Block, csr, csr_array, csrs
 from .formats import CSS_HEADER_BYTES, CssHeader
-from .intr import MISC_ERR_INT, ErrorFlags
+from .intr import MISC_ERR_INT, ErrorFlags, InterruptController
+from .services import ChipServices
 
 RSA_CMD_INIT = 0x1
 RSA_CMD_START = 0x2
@@ -97,7 +102,7 @@ class AuthErrorFlags(ErrorFlags):
     high while their cause lasts."""
 
     def __init__(self, misc: "Misc"):
-        super().__init__(misc.chip, MISC_ERR_INT, "MISC_ERR_STATUS", "MISC_ERR_CLEAR", "MISC_ERR_MASK")
+        super().__init__(misc.intr, MISC_ERR_INT, "MISC_ERR_STATUS", "MISC_ERR_CLEAR", "MISC_ERR_MASK")
         self.misc = misc
 
     def clear(self, bits: int, index: int = 0) -> None:
@@ -109,6 +114,10 @@ class AuthErrorFlags(ErrorFlags):
 
 class Misc(Block):
     name = "misc"
+
+    def __init__(self, services: ChipServices, intr: InterruptController):
+        self.intr = intr
+        super().__init__(services)
 
     def declare(self) -> list[Register]:
         self.errors = AuthErrorFlags(self)
@@ -164,7 +173,7 @@ class Misc(Block):
         KEY_MISMATCH until the loaded modulus is the fused one."""
         held = MISC_ERR_STATUS_MISC_FW_AUTH_FAILED_ERR_SMASK if self.auth_failed_held else 0
         if self.key_mismatch_held:
-            if self._modulus() == self.chip.config.fw_key_modulus:
+            if self._modulus() == self.config.fw_key_modulus:
                 self.key_mismatch_held = False
             else:
                 held |= MISC_ERR_STATUS_MISC_KEY_MISMATCH_ERR_SMASK
@@ -249,6 +258,6 @@ class Misc(Block):
             return firmware.Verdict.AUTH_FAILED, f"{len(payload)} bytes downloaded, the header says {length}"
         verdict = firmware.verify(bytes(self.header), payload, self._modulus(),
                                   self._key_register(MISC_CFG_RSA_SIGNATURE), self._key_register(MISC_CFG_RSA_R2),
-                                  self.regs.get(MISC_CFG_RSA_MU), self.chip.config.fw_key_modulus,
-                                  self.chip.config.fw_exponent)
+                                  self.regs.get(MISC_CFG_RSA_MU), self.config.fw_key_modulus,
+                                  self.config.fw_exponent)
         return verdict, "" if verdict is firmware.Verdict.GOOD else verdict.value

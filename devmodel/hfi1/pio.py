@@ -45,6 +45,11 @@ return and when the context halts (with Status); with CREDIT_CTRL.CREDIT_INTR
 it also raises source 576 + h. The PIO init engine resets a context's ring,
 counters and halt at once, so IN_PROGRESS and ERR read 0. An SPC freeze halts
 every enabled context.
+
+Collaborators: the interrupt controller (PIO errors, source 4; context
+errors 32 + h; credit returns 576 + h), egress (`send.Send.egress`), the
+port (room at the link partner, asked before each launch) and the chip's
+services (guest memory for credit returns, events).
 """
 from __future__ import annotations
 
@@ -73,7 +78,10 @@ from .chip_registers import (
 )
 from .csr import KCTXT_STRIDE, Block, csr, csr_array, field, kctxt
 from .formats import CREDIT_RETURN, PBC
-from .intr import IS_SENDCREDIT_START, IS_SENDCTXT_ERR_START, PIO_ERR_INT, ErrorFlags
+from .intr import IS_SENDCREDIT_START, IS_SENDCTXT_ERR_START, PIO_ERR_INT, ErrorFlags, InterruptController
+from .port import Hfi1Port
+from .send import Send
+from .services import ChipServices
 
 TXE_PIO_SEND = TXE + TXE_PIO_SEND_OFFSET  # chip.h
 TXE_PIO_SIZE = 32 << 20
@@ -166,7 +174,7 @@ class PioSendContext:
         self.launch_posted = False
         launched = freed = 0
         due = 0
-        port = self.block.chip.port
+        port = self.block.port
         while self.enabled and not self.halted and launched < LAUNCH_BATCH and self.launch_at < self.depth:
             first = self.launch_at
             if self.written[first] != FULL_BLOCK:
@@ -209,7 +217,7 @@ class PioSendContext:
             self.packets += 1
             if pbc & (1 << PBC.shift["credit_return"]):
                 due |= CR_DUE_TO_PBC
-            self.block.chip.send.egress(frame, self.hw, from_pio=True)
+            self.block.send.egress(frame)
         if freed:
             threshold = self.block.regs.get(kctxt("SEND_CTXT_CREDIT_CTRL", self.hw)) & 0x7FF
             if (self.free_counter - self.last_returned) & CR_COUNTER_MASK > threshold:
@@ -221,7 +229,7 @@ class PioSendContext:
     def _post_launch(self) -> None:
         if not self.launch_posted:
             self.launch_posted = True
-            self.block.chip.post(self.launch)
+            self.block.services.post(self.launch)
 
     # -- errors, credit return ---------------------------------------------------------
     def halt(self, error: int, why: str) -> None:
@@ -232,7 +240,7 @@ class PioSendContext:
         self.block.regs.set_bits(kctxt("SEND_CTXT_STATUS", self.hw), SEND_CTXT_STATUS_CTXT_HALTED_SMASK)
         self.block.log.warning("SEND_CTXT_STATUS[%d]: halted: %s", self.hw, why)
         self.block.context_errors.set(error, self.hw)
-        self.block.chip.post(lambda: self.return_credits(CR_DUE_TO_ERROR))
+        self.block.services.post(lambda: self.return_credits(CR_DUE_TO_ERROR))
 
     def return_credits(self, reason: int) -> None:
         block = self.block
@@ -240,7 +248,7 @@ class PioSendContext:
             SEND_CTXT_CREDIT_RETURN_ADDR_ADDRESS_SMASK
         counter = self.free_counter & CR_COUNTER_MASK
         value = counter | (CR_STATUS if self.halted else 0) | reason
-        dma = block.chip.dma
+        dma = block.services.dma
         if base == 0 or dma is None:
             block.log.warning("SEND_CTXT_CREDIT_RETURN_ADDR[%d] not set: credit return dropped", self.hw)
             return
@@ -251,17 +259,23 @@ class PioSendContext:
             return
         self.last_returned = counter
         if block.regs.get(kctxt("SEND_CTXT_CREDIT_CTRL", self.hw)) & SEND_CTXT_CREDIT_CTRL_CREDIT_INTR_SMASK:
-            block.chip.intr.raise_source(IS_SENDCREDIT_START + self.hw)
+            block.intr.raise_source(IS_SENDCREDIT_START + self.hw)
 
 
 class Pio(Block):
     name = "pio"
 
+    def __init__(self, services: ChipServices, intr: InterruptController, send: Send, port: Hfi1Port):
+        self.intr = intr
+        self.send = send
+        self.port = port
+        super().__init__(services)
+
     def declare(self) -> list[Register]:
-        contexts = self.chip.config.send_contexts
-        self.errors = ErrorFlags(self.chip, PIO_ERR_INT, "SEND_PIO_ERR_STATUS", "SEND_PIO_ERR_CLEAR",
+        contexts = self.config.send_contexts
+        self.errors = ErrorFlags(self.intr, PIO_ERR_INT, "SEND_PIO_ERR_STATUS", "SEND_PIO_ERR_CLEAR",
                                  "SEND_PIO_ERR_MASK")
-        self.context_errors = ErrorFlags(self.chip, IS_SENDCTXT_ERR_START, "SEND_CTXT_ERR_STATUS",
+        self.context_errors = ErrorFlags(self.intr, IS_SENDCTXT_ERR_START, "SEND_CTXT_ERR_STATUS",
                                          "SEND_CTXT_ERR_CLEAR", "SEND_CTXT_ERR_MASK",
                                          count=contexts, stride=KCTXT_STRIDE)
         self.contexts = [PioSendContext(self, h) for h in range(contexts)]
@@ -339,7 +353,7 @@ class Pio(Block):
     def _force(self, ctxt: int, old: int, new: int) -> None:
         if new & ~old & SEND_CTXT_CREDIT_FORCE_FORCE_RETURN_SMASK:
             context = self.contexts[ctxt]
-            self.chip.post(lambda: context.return_credits(CR_DUE_TO_FORCE))
+            self.services.post(lambda: context.return_credits(CR_DUE_TO_FORCE))
 
     def return_credits(self, ctxt: int, reason: int) -> None:
         self.contexts[ctxt].return_credits(reason)

@@ -11,24 +11,30 @@
 
 The link calls `linked`, `unlinked`, `link_message` and `receive` from
 whatever thread the other end runs on; each only queues a chip event
-(`Hfi1Device.post`), so no device ever runs another device's code or takes
+(`ChipServices.post`), so no device ever runs another device's code or takes
 its lock. Received packets
 wait in `inbound` and are handed to the receive block in bounded batches,
 so a flood from the peer cannot starve this chip's other work; a full
 `inbound` makes the peer's engines wait (`has_room`, `wait_for_room`), as
 link credits do on silicon, so the queue stays bounded and nothing is lost.
+
+Collaborators: the chip's services (`post`: every piece of news becomes a chip
+event) and, wired by the device once they exist (`connect`), the 8051's link
+state machine (`PhysicalLinkEvents`, lni.py), the receive block's
+`receive_packet`, and the device's status view. PIO and SDMA ask the port
+for room at the peer before each packet (`peer_has_room`, `wait_for_room`).
 """
 from __future__ import annotations
 
 import logging
 import threading
 from collections import deque
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import Protocol
 
 from devmodel.fabric import BuiltInPartner, Link, LinkDownReason, LinkMessage, Packet, PortIdentity
 
-if TYPE_CHECKING:
-    from .device import Hfi1Device
+from .services import ChipServices
 
 #: packets handed to the receive block per worker step
 INGRESS_BATCH = 64
@@ -38,10 +44,26 @@ INBOUND_LIMIT = 512
 INBOUND_RESUME = INBOUND_LIMIT // 2
 
 
+class PhysicalLinkEvents(Protocol):
+    """The other end's news, as the 8051's link state machine takes it (`lni.PhysicalLink`)."""
+
+    def cable_plugged(self) -> None: ...
+
+    def partner_linked(self, peer: PortIdentity, epoch: int) -> None: ...
+
+    def partner_lost(self, reason: LinkDownReason, epoch: int) -> None: ...
+
+    def message_received(self, message: LinkMessage, epoch: int) -> None: ...
+
+
 class Hfi1Port:
-    def __init__(self, chip: "Hfi1Device", name: str):
-        self.chip = chip
+    def __init__(self, services: ChipServices, name: str):
+        self.services = services
         self.name = name
+        #: wired by `connect` once the 8051 and the receive block exist
+        self.physical: PhysicalLinkEvents | None = None
+        self._receive: Callable[[Packet], None] | None = None
+        self._status: Callable[[], dict] | None = None
         self.log = logging.getLogger(f"vfnic.hfi1.port.{name}")
         self.link: Link | None = None
         self.partner: BuiltInPartner | None = None
@@ -52,8 +74,16 @@ class Hfi1Port:
         self.sent = 0
         self.dropped_link_down = 0
 
+    def connect(self, physical: PhysicalLinkEvents, receive: Callable[[Packet], None],
+                status: Callable[[], dict]) -> None:
+        """Wire the port to the 8051's link state machine, the receive block and
+        the device's status view (all built after the port)."""
+        self.physical = physical
+        self._receive = receive
+        self._status = status
+
     def status(self) -> dict:
-        return self.chip.port_status()
+        return self._status()
 
     # -- cabling (set-up, tests, fault injection) --------------------------------
     def plug(self, link: Link) -> None:
@@ -68,7 +98,7 @@ class Hfi1Port:
         self.plug(link)
         self.partner = BuiltInPartner(identity, name=f"{self.name}-partner")
         self.partner.plug_into(link)
-        self.chip.post(self.chip.dc8051.link.cable_plugged)
+        self.services.post(self.physical.cable_plugged)
 
     def unplug(self) -> None:
         """Pull the cable: an up link goes down at both ends."""
@@ -110,13 +140,13 @@ class Hfi1Port:
 
     # -- LinkEnd: called by the link from any thread; only queues work -----------------
     def linked(self, peer: PortIdentity, epoch: int) -> None:
-        self.chip.post(lambda: self.chip.dc8051.link.partner_linked(peer, epoch))
+        self.services.post(lambda: self.physical.partner_linked(peer, epoch))
 
     def unlinked(self, reason: LinkDownReason, epoch: int) -> None:
-        self.chip.post(lambda: self.chip.dc8051.link.partner_lost(reason, epoch))
+        self.services.post(lambda: self.physical.partner_lost(reason, epoch))
 
     def link_message(self, message: LinkMessage, epoch: int) -> None:
-        self.chip.post(lambda: self.chip.dc8051.link.message_received(message, epoch))
+        self.services.post(lambda: self.physical.message_received(message, epoch))
 
     def receive(self, packet: Packet) -> None:
         with self._lock:
@@ -124,7 +154,7 @@ class Hfi1Port:
             if self._ingress_posted:
                 return
             self._ingress_posted = True
-        self.chip.post(self._ingress)
+        self.services.post(self._ingress)
 
     def _ingress(self) -> None:
         """Chip event: hand a batch of inbound packets to the receive block
@@ -132,7 +162,7 @@ class Hfi1Port:
         with self._lock:
             self._ingress_posted = False
             batch = min(len(self.inbound), INGRESS_BATCH)
-        receive = self.chip.rcv.receive_packet
+        receive = self._receive
         try:
             for _ in range(batch):
                 receive(self.inbound.popleft())
@@ -142,7 +172,7 @@ class Hfi1Port:
                 self._ingress_posted |= repost
                 drained = len(self.inbound) <= INBOUND_RESUME
             if repost:
-                self.chip.post(self._ingress)
+                self.services.post(self._ingress)
             if drained and self.link is not None:
                 self.link.room_freed(self)
 
@@ -176,4 +206,4 @@ class Hfi1Port:
         with self._lock:
             waiting, self._waiting = self._waiting, []
         for resume in waiting:
-            self.chip.post(resume)
+            self.services.post(resume)

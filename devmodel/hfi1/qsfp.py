@@ -15,6 +15,8 @@ MODPRST_N = 1 as "no module"), and the I2C lines read high unless the host
 drives them low through OE. A STATUS bit latches when its pin becomes asserted
 ((IN ^ INVERT) goes 0 -> 1) [inferred]: edge, not level, which is what lets the
 driver clear STATUS before it programs INVERT without a spurious interrupt.
+
+Collaborators: the interrupt controller (its pin events are a second tier).
 """
 from __future__ import annotations
 
@@ -22,7 +24,8 @@ from devmodel.regs import Access, Register
 
 from .chip_registers import CSR_OFFSETS
 from .csr import Block, csr
-from .intr import QSFP1_INT, ErrorFlags
+from .intr import QSFP1_INT, ErrorFlags, InterruptController
+from .services import ChipServices
 
 QSFP_I2CCLK = 1 << 0
 QSFP_I2CDAT = 1 << 1
@@ -33,11 +36,12 @@ QSFP_PINS = 0x1F
 
 
 class QsfpPort(Block):
-    def __init__(self, chip, number: int):
+    def __init__(self, services: ChipServices, intr: InterruptController, number: int):
+        self.intr = intr
         self.number = number
         self.name = f"qsfp{number}"
         self.prefix = f"ASIC_QSFP{number}_"
-        super().__init__(chip)
+        super().__init__(services)
 
     def _off(self, suffix: str) -> int:
         return CSR_OFFSETS[self.prefix + suffix]
@@ -45,7 +49,7 @@ class QsfpPort(Block):
     def declare(self) -> list[Register]:
         p = self.prefix
         self.module_present = False
-        self.events = ErrorFlags(self.chip, QSFP1_INT + self.number - 1, p + "STATUS", p + "CLEAR", p + "MASK",
+        self.events = ErrorFlags(self.intr, QSFP1_INT + self.number - 1, p + "STATUS", p + "CLEAR", p + "MASK",
                                  force=p + "FORCE")
         self._asserted = 0
         return [

@@ -35,6 +35,10 @@ RSM fields and indexes are bit offsets into the packet (LRH first) read in
 8-byte chunks as big-endian words: offset = (chunk << 6) | bit. A map entry
 of 0xFF names no context and the packet falls through [inferred]. The
 precedence above is inferred from the rules the driver installs.
+
+Collaborators: the interrupt controller (RXE errors, source 1; RcvAvail of
+each context), the CCE (a frozen chip drops), the DCC (logical state, port
+counters). The port hands it packets (`receive_packet`).
 """
 from __future__ import annotations
 
@@ -44,6 +48,7 @@ from devmodel.fabric import Packet
 from devmodel.regs import Access, Register, extract_lanes, merge_lanes
 from devmodel.wire import opa
 
+from .cce import Cce
 from .chip_registers import (
     DCC_CFG_PORT_CONFIG1,
     RCV_ARRAY,
@@ -75,10 +80,11 @@ from .chip_registers import (
     RCV_VL15,
 )
 from .csr import KCTXT_STRIDE, UCTXT_STRIDE, Block, csr, csr_array, csrs
-from .dcc import LogicalState
+from .dcc import Dcc, LogicalState
 from .formats import RcvType
-from .intr import RXE_ERR_INT, ErrorFlags
+from .intr import RXE_ERR_INT, ErrorFlags, InterruptController
 from .rcv_context import KERNEL_CONTEXT_CSRS, RXE_NUM_TID_FLOWS, Arrival, ReceiveContext
+from .services import ChipServices
 
 #: RCV_COUNTER_ARRAY32 / 64 indexes (chip_registers.h)
 RCV_LENGTH_ERR_CNT, RCV_SHORT_ERR_CNT, RCV_ICRC_ERR_CNT, RCV_BUF_OVFL_CNT = 0, 2, 6, 10
@@ -98,10 +104,16 @@ def packet_bits(data: bytes, offset: int, width: int) -> int:
 class Receive(Block):
     name = "rcv"
 
+    def __init__(self, services: ChipServices, intr: InterruptController, cce: Cce, dcc: Dcc):
+        self.intr = intr
+        self.cce = cce
+        self.dcc = dcc
+        super().__init__(services)
+
     def declare(self) -> list[Register]:
-        config = self.chip.config
+        config = self.config
         contexts = config.rcv_contexts
-        self.errors = ErrorFlags(self.chip, RXE_ERR_INT, "RCV_ERR_STATUS", "RCV_ERR_CLEAR", "RCV_ERR_MASK")
+        self.errors = ErrorFlags(self.intr, RXE_ERR_INT, "RCV_ERR_STATUS", "RCV_ERR_CLEAR", "RCV_ERR_MASK")
         self.rcv_array = np.zeros(config.rcv_array_count, dtype=np.uint64)
         self.held_bytes = 0  # packets all contexts hold for full queues (bounded)
         self.contexts = [ReceiveContext(self, c) for c in range(contexts)]
@@ -196,10 +208,10 @@ class Receive(Block):
         """A chip event: one packet arrived from the link."""
         self.received += 1
         regs = self.regs
-        if self.chip.cce.frozen or not regs.get(RCV_CTRL) & RCV_CTRL_RCV_PORT_ENABLE_SMASK:
+        if self.cce.frozen or not regs.get(RCV_CTRL) & RCV_CTRL_RCV_PORT_ENABLE_SMASK:
             self._drop("port not enabled (RCV_CTRL.PORT_ENABLE) or SPC frozen")
             return
-        state = self.chip.dcc.logical_state
+        state = self.dcc.logical_state
         if state is LogicalState.DOWN:
             self._drop("logical link state Down")
             return
@@ -214,7 +226,7 @@ class Receive(Block):
         for index, n in ((RCV_DATA_PKT_CNT, 1), (RCV_DWORD_CNT, len(packet.data) // 4)):
             offset = RCV_COUNTER_ARRAY64 + 8 * index
             regs.set(offset, regs.get(offset) + n)
-        self.chip.dcc.count_received(packet, arrival.vl15)
+        self.dcc.count_received(packet, arrival.vl15)
         ctxt = self.steer(arrival)
         if ctxt >= len(self.contexts):
             self._drop(f"steered to context {ctxt}, which does not exist")

@@ -37,6 +37,10 @@ never overwriting an entry software owns. Memory the context was given that
 is not guest memory (a bad RCV_HDR_ADDR, an invalid RcvArray entry) loses
 the packet, with a log line and a count, as a write blocked by an IOMMU
 would.
+
+Collaborators: its receive block (`rcv.Receive`: the RcvArray, the budget
+of held bytes all contexts share, the counters), the interrupt controller
+(RcvAvail) and the chip's services (guest memory, events).
 """
 from __future__ import annotations
 
@@ -115,7 +119,8 @@ class ReceiveContext:
 
     def __init__(self, block: "Receive", index: int):
         self.block = block
-        self.chip = block.chip
+        self.services = block.services
+        self.intr = block.intr
         self.regs = block.regs
         self.index = index
         self.k = KCTXT_STRIDE * index
@@ -168,7 +173,7 @@ class ReceiveContext:
             self.block.log.debug("RCV_CTXT_CTRL[%d]: disabled", self.index)
         if new & ~old & RCV_CTXT_CTRL_INTR_AVAIL_SMASK and self.enabled and self._unread():
             # interrupts turned on over packets already waiting: do not lose the wake-up
-            self.chip.intr.raise_source(IS_RCVAVAIL_START + self.index)
+            self.intr.raise_source(IS_RCVAVAIL_START + self.index)
 
     def _enable(self, ctrl: int) -> None:
         regs, k = self.regs, self.k
@@ -187,7 +192,7 @@ class ReceiveContext:
                                    "(RCV_HDR_ENT_SIZE %#x, RCV_HDR_CNT %#x): its packets will be dropped",
                                    self.index, regs.get(RCV_HDR_ENT_SIZE + k), regs.get(RCV_HDR_CNT + k))
         if ctrl & RCV_CTXT_CTRL_TAIL_UPD_SMASK:
-            self.chip.post(self._write_tail)
+            self.services.post(self._write_tail)
         self.block.log.debug("RCV_CTXT_CTRL[%d]: enabled, hdrq %#x %d dwords (%d per entry), %d eager "
                              "buffers from RcvArray %d", self.index, self.hdr_addr, self.queue_dw,
                              self.entry_dw, self.egr_count, self.egr_base)
@@ -203,7 +208,7 @@ class ReceiveContext:
     def _post_retry(self) -> None:
         if self.held and not self._retry_posted:
             self._retry_posted = True
-            self.chip.post(self._retry_held)
+            self.services.post(self._retry_held)
 
     def _retry_held(self) -> None:
         self._retry_posted = False
@@ -267,7 +272,7 @@ class ReceiveContext:
         rhf = arrival.errors
         egr_index = egr_offset = 0
         use_egr = False
-        dma = self.chip.dma
+        dma = self.services.dma
         if dma is None:
             self.drops["dma_error"] += 1
             return True
@@ -343,7 +348,7 @@ class ReceiveContext:
                                        "(%#x): packet dropped", self.index, nbytes, self.egr_base + index, entry)
             return False
         address = (RCV_ARRAY_ENTRY.get(entry, "address_4k") << 12) + 64 * offset
-        self.chip.dma.write(address, data[hdr_len:])
+        self.services.dma.write(address, data[hdr_len:])
         self.egr_index, self.egr_offset = index, offset + (nbytes + 63) // 64
         return index, offset
 
@@ -371,13 +376,13 @@ class ReceiveContext:
         start = offset * (64 if om else 4)
         if size == 0 or start + len(payload) > size:
             return self.RHF_TID_ERR
-        self.chip.dma.write((RCV_ARRAY_ENTRY.get(entry, "address_4k") << 12) + start, payload)
+        self.services.dma.write((RCV_ARRAY_ENTRY.get(entry, "address_4k") << 12) + start, payload)
         return 0
 
     def _write_tail(self) -> None:
         address = self.regs.get(RCV_HDR_TAIL_ADDR + self.k)
         try:
-            self.chip.dma.write(address, self.tail.to_bytes(8, "little"))
+            self.services.dma.write(address, self.tail.to_bytes(8, "little"))
         except (DmaError, AttributeError) as err:
             self.drops["dma_error"] += 1
             self.block.log.warning("receive context %d: tail write to RCV_HDR_TAIL_ADDR %#x failed: %s",
@@ -391,12 +396,12 @@ class ReceiveContext:
         wanted = (self.regs.get(RCV_HDR_HEAD + self.u) >> RCV_HDR_HEAD_COUNTER_SHIFT) & RCV_HDR_HEAD_COUNTER_MASK
         reload = self.regs.get(RCV_AVAIL_TIME_OUT + self.k) & 0xFF
         if self.since_head >= max(wanted, 1) or reload == 0:
-            self.chip.intr.raise_source(IS_RCVAVAIL_START + self.index)
+            self.intr.raise_source(IS_RCVAVAIL_START + self.index)
         elif self._timer is None:
-            self._timer = self.chip.after(reload * TIMEOUT_TICK_S, self._timeout)
+            self._timer = self.services.after(reload * TIMEOUT_TICK_S, self._timeout)
 
     def _timeout(self) -> None:
         self._timer = None
         ctrl = self.regs.get(RCV_CTXT_CTRL + self.k)
         if self.enabled and ctrl & RCV_CTXT_CTRL_INTR_AVAIL_SMASK and self._unread():
-            self.chip.intr.raise_source(IS_RCVAVAIL_START + self.index)
+            self.intr.raise_source(IS_RCVAVAIL_START + self.index)

@@ -56,6 +56,11 @@ driver's own recovery (halt wait, software clean-up, CLEANUP, ENABLE) then
 brings it back. An SPC freeze halts every engine and the unfreeze leaves it
 cleaned up, with no error interrupt (sdma.c: "acts like a halt and a hardware
 clean combined").
+
+Collaborators: the interrupt controller (SDMA errors, source 5; engine errors
+16 + e; SDma, Progress and Idle of each engine), egress (`send.Send.egress`),
+the port (room at the link partner, asked before each packet) and the chip's
+services (guest memory, events).
 """
 from __future__ import annotations
 
@@ -92,7 +97,11 @@ from .intr import (
     IS_SDMAENG_ERR_START,
     SDMA_ERR_INT,
     ErrorFlags,
+    InterruptController,
 )
+from .port import Hfi1Port
+from .send import Send
+from .services import ChipServices
 
 ENGINE_CSRS = ("SEND_DMA_BASE_ADDR", "SEND_DMA_HEAD_ADDR", "SEND_DMA_PRIORITY_THLD",
                "SEND_DMA_RELOAD_CNT", "SEND_DMA_MEMORY", "SEND_DMA_CHECK_ENABLE",
@@ -131,7 +140,9 @@ class DescriptorError(Exception):
 class SendDmaEngine:
     def __init__(self, block: "Sdma", index: int):
         self.block = block
-        self.chip = block.chip
+        self.services = block.services
+        self.config = block.config
+        self.intr = block.intr
         self.regs = block.regs
         self.index = index
         self.state = EngineState.DISABLED
@@ -176,14 +187,14 @@ class SendDmaEngine:
     # -- the driver's requests (transport thread) -----------------------------------
     def control(self, old: int, new: int) -> None:
         rising = new & ~old
-        chip = self.chip
+        services, config = self.services, self.config
         if rising & SEND_DMA_CTRL_SDMA_HALT_SMASK and self.state in (EngineState.DISABLED, EngineState.RUNNING):
             self._enter(EngineState.HALTING)
-            self._pending = chip.after(chip.config.sdma_halt_s, self._halted)
+            self._pending = services.after(config.sdma_halt_s, self._halted)
         if rising & SEND_DMA_CTRL_SDMA_CLEANUP_SMASK:
             if self.state is EngineState.HALTED:
                 self._enter(EngineState.CLEANING)
-                self._pending = chip.after(chip.config.sdma_cleanup_s, self._cleaned)
+                self._pending = services.after(config.sdma_cleanup_s, self._cleaned)
             elif self.state is not EngineState.CLEANED:
                 self.block.log.warning("SEND_DMA_CTRL[%d]: CLEANUP while %s ignored", self.index, self.state.value)
         if (rising & SEND_DMA_CTRL_SDMA_ENABLE_SMASK and not new & SEND_DMA_CTRL_SDMA_HALT_SMASK
@@ -215,7 +226,7 @@ class SendDmaEngine:
     def _post_step(self) -> None:
         if not self.step_posted:
             self.step_posted = True
-            self.chip.post(self.step)
+            self.services.post(self.step)
 
     # -- what the engine does on its own ------------------------------------------------
     def _halted(self) -> None:
@@ -267,7 +278,7 @@ class SendDmaEngine:
         if self.state is not EngineState.RUNNING or self.head == self.tail:
             return
         base, count = self.ring()
-        port = self.chip.port
+        port = self.block.port
         try:
             if self.tail >= count or self.head >= count:
                 raise DescriptorError(SEND_DMA_ENG_ERR_STATUS_SDMA_TAIL_OUT_OF_BOUNDS_ERR_SMASK,
@@ -292,7 +303,7 @@ class SendDmaEngine:
     def _one_packet(self, base: int, count: int) -> bool:
         """Send the packet at the head; False if its LAST descriptor is not
         below the tail yet (the driver is still writing it)."""
-        dma = self.chip.dma
+        dma = self.services.dma
         index, lap, parts, total, flags1 = self.head, self.lap, [], 0, 0
         for n in range(MAX_DESCRIPTORS_PER_PACKET + 1):
             if index == self.tail:
@@ -340,7 +351,7 @@ class SendDmaEngine:
         if length != len(frame):
             raise DescriptorError(SEND_DMA_ENG_ERR_STATUS_SDMA_LENGTH_MISMATCH_ERR_SMASK,
                                   f"descriptors carry {len(frame)} bytes, the PBC says {length}")
-        self.chip.send.egress(frame, self.index, from_pio=False)
+        self.block.send.egress(frame)
         done = (index - self.head) % count or count
         self.head, self.lap = index, lap
         self.packets += 1
@@ -364,7 +375,7 @@ class SendDmaEngine:
         pending bit and only then reads SEND_DMA_HEAD, so it will see this
         progress too, and a second MSI-X message would only find the status
         already cleared ("SDMA engine N interrupt, but no status bits set")."""
-        intr = self.chip.intr
+        intr = self.intr
         e = self.index
         if intr.outstanding(IS_SDMA_START + e) or intr.outstanding(IS_SDMA_PROGRESS_START + e) \
                 or intr.outstanding(IS_SDMA_IDLE_START + e):
@@ -374,14 +385,14 @@ class SendDmaEngine:
     def _head_to_host(self) -> None:
         address = self.regs.get(self.offset("SEND_DMA_HEAD_ADDR"))
         try:
-            self.chip.dma.write(address, self.head.to_bytes(8, "little"))
+            self.services.dma.write(address, self.head.to_bytes(8, "little"))
         except DmaError as err:
             self.block.log.warning("SEND_DMA_HEAD_ADDR[%d]: head write to %#x failed: %s", self.index, address, err)
 
     def _drained(self) -> None:
         reload = self.regs.get(self.offset("SEND_DMA_RELOAD_CNT")) & 0xFFFF
         if reload and self._idle_timer is None:
-            self._idle_timer = self.chip.after(reload * CCLOCK_S, self._idle)
+            self._idle_timer = self.services.after(reload * CCLOCK_S, self._idle)
 
     def _idle(self) -> None:
         self._idle_timer = None
@@ -393,12 +404,18 @@ class SendDmaEngine:
 class Sdma(Block):
     name = "sdma"
 
+    def __init__(self, services: ChipServices, intr: InterruptController, send: Send, port: Hfi1Port):
+        self.intr = intr
+        self.send = send
+        self.port = port
+        super().__init__(services)
+
     def declare(self) -> list[Register]:
-        count = self.chip.config.sdma_engines
+        count = self.config.sdma_engines
         self.engines = [SendDmaEngine(self, e) for e in range(count)]
-        self.errors = ErrorFlags(self.chip, SDMA_ERR_INT, "SEND_DMA_ERR_STATUS", "SEND_DMA_ERR_CLEAR",
+        self.errors = ErrorFlags(self.intr, SDMA_ERR_INT, "SEND_DMA_ERR_STATUS", "SEND_DMA_ERR_CLEAR",
                                  "SEND_DMA_ERR_MASK")
-        self.engine_errors = ErrorFlags(self.chip, IS_SDMAENG_ERR_START, "SEND_DMA_ENG_ERR_STATUS",
+        self.engine_errors = ErrorFlags(self.intr, IS_SDMAENG_ERR_START, "SEND_DMA_ENG_ERR_STATUS",
                                         "SEND_DMA_ENG_ERR_CLEAR", "SEND_DMA_ENG_ERR_MASK",
                                         count=count, stride=KCTXT_STRIDE)
 

@@ -36,6 +36,15 @@ in place), checks it may go, counts it and queues it for the link:
     Init or Armed and not VL15           dropped, TxIncorrectLinkStateErr
     LRH.PktLen beyond SEND_LEN_CHECK[vl] dropped, SEND_EGRESS_ERR_INFO.TooLongIbPacket
     LRH.PktLen != PBC length - 1         dropped, SEND_EGRESS_ERR_INFO.BadPktLen
+
+Whether the link partner has room is the launching engine's question (PIO's
+launcher, an SDMA engine), asked of the port before each packet: egress
+never holds a packet back.
+
+Collaborators: the interrupt controller (egress and TXE errors, sources 6
+and 7), the DCC (logical state, port counters), the 8051's physical link
+(is it up?), and the chip's outbox (`ChipServices.emit`). PIO and SDMA hand
+it their packets.
 """
 from __future__ import annotations
 
@@ -60,9 +69,11 @@ from .chip_registers import (
     SEND_LEN_CHECK1,
 )
 from .csr import Block, csr, csr_array, csrs
-from .dcc import LogicalState
+from .dcc import Dcc, LogicalState
 from .formats import PBC
-from .intr import EGRESS_ERR_INT, TXE_ERR_INT, ErrorFlags
+from .intr import EGRESS_ERR_INT, TXE_ERR_INT, ErrorFlags, InterruptController
+from .lni import PhysicalLink
+from .services import ChipServices
 
 NUM_CONTEXTS_PER_SET = 8
 SEND_DATA_PKT_CNT, SEND_DWORD_CNT = 0, 1  # SEND_COUNTER_ARRAY64
@@ -75,11 +86,17 @@ _TEST_BAD_ICRC = 1 << PBC.shift["test_bad_icrc"]
 class Send(Block):
     name = "send"
 
+    def __init__(self, services: ChipServices, intr: InterruptController, dcc: Dcc, link: PhysicalLink):
+        self.intr = intr
+        self.dcc = dcc
+        self.link = link
+        super().__init__(services)
+
     def declare(self) -> list[Register]:
-        config = self.chip.config
-        self.egress_errors = ErrorFlags(self.chip, EGRESS_ERR_INT, "SEND_EGRESS_ERR_STATUS",
+        config = self.config
+        self.egress_errors = ErrorFlags(self.intr, EGRESS_ERR_INT, "SEND_EGRESS_ERR_STATUS",
                                         "SEND_EGRESS_ERR_CLEAR", "SEND_EGRESS_ERR_MASK")
-        self.errors = ErrorFlags(self.chip, TXE_ERR_INT, "SEND_ERR_STATUS", "SEND_ERR_CLEAR", "SEND_ERR_MASK")
+        self.errors = ErrorFlags(self.intr, TXE_ERR_INT, "SEND_ERR_STATUS", "SEND_ERR_CLEAR", "SEND_ERR_MASK")
         self.cm_resets = 0
         return [
             csr("SEND_CTRL", access=Access.SC, self_clearing=SEND_CTRL_CM_RESET_SMASK, on_write=self._control),
@@ -142,7 +159,7 @@ class Send(Block):
             return (self.regs.get(SEND_LEN_CHECK0) >> (12 * vl)) & 0xFFF
         return (self.regs.get(SEND_LEN_CHECK1) >> (12 * (vl - 4))) & 0xFFF
 
-    def egress(self, frame: bytes, source: int, from_pio: bool) -> None:
+    def egress(self, frame: bytes) -> None:
         """A launched packet (PBC first) leaves for the link; see the module docstring."""
         pbc = int.from_bytes(frame[:8], "little")
         data = frame[8:]
@@ -175,8 +192,8 @@ class Send(Block):
             if pbc & _TEST_BAD_ICRC:
                 icrc ^= 0xFFFFFFFF
             packet = Packet(data + icrc.to_bytes(opa.ICRC_BYTES, "little"), sc, sealed=not pbc & _TEST_BAD_ICRC)
-        state = self.chip.dcc.logical_state
-        if state is LogicalState.DOWN or not self.chip.dc8051.link_is_up:
+        state = self.dcc.logical_state
+        if state is LogicalState.DOWN or not self.link.is_up:
             self._drop("link down", status=SEND_EGRESS_ERR_STATUS_TX_LINKDOWN_ERR_SMASK)
             return
         if state is not LogicalState.ACTIVE and sc != opa.SC_VL15:
@@ -186,6 +203,6 @@ class Send(Block):
         for index, n in ((SEND_DATA_PKT_CNT, 1), (SEND_DWORD_CNT, len(packet.data) // 4)):
             offset = SEND_COUNTER_ARRAY64 + 8 * index
             self.regs.set(offset, (self.regs.get(offset) + n) & ((1 << 64) - 1))
-        self.chip.dcc.count_transmitted(packet)
+        self.dcc.count_transmitted(packet)
         self.sent += 1
-        self.chip.outbox.append(packet)
+        self.services.emit(packet)
