@@ -2,7 +2,7 @@
 
 A block is built with this and with the few sibling blocks it talks to, so
 its constructor names its collaborators and nothing in a block reaches a
-sibling through the device. the device (device.py) is the one
+sibling through the device. The device (device.py) is the one
 implementation:
 
     regs            the one register file of BAR0
