@@ -55,9 +55,11 @@ from __future__ import annotations
 
 from devmodel.base import DmaError
 from devmodel.regs import Access, Register
+from devmodel.wire import opa
 
 from .chip_registers import (
     SEND_CTXT_CREDIT_CTRL_CREDIT_INTR_SMASK,
+    SEND_CTXT_CREDIT_CTRL_THRESHOLD_SMASK,
     SEND_CTXT_CREDIT_FORCE_FORCE_RETURN_SMASK,
     SEND_CTXT_CREDIT_RETURN_ADDR_ADDRESS_SMASK,
     SEND_CTXT_CREDIT_STATUS_CURRENT_FREE_COUNTER_SHIFT,
@@ -77,7 +79,7 @@ from .chip_registers import (
     TXE_PIO_SEND_OFFSET,
 )
 from .csr import KCTXT_STRIDE, Block, csr, csr_array, field, kctxt
-from .formats import CREDIT_RETURN, PBC
+from .formats import CREDIT_RETURN, PBC, PBC_BYTES
 from .intr import IS_SENDCREDIT_START, IS_SENDCTXT_ERR_START, PIO_ERR_INT, ErrorFlags, InterruptController
 from .port import Hfi1Port
 from .send import Send
@@ -89,14 +91,14 @@ SOP_DISTANCE = 16 << 20
 PIO_CONTEXT_WINDOW = 1 << 16
 PIO_BLOCK = 64
 FULL_BLOCK = (1 << PIO_BLOCK) - 1  # one bit per byte
-CR_COUNTER_MASK = 0x7FF
+CR_COUNTER_MASK = CREDIT_RETURN.mask["counter"]
 CR_STATUS = 1 << CREDIT_RETURN.shift["status"]
 CR_DUE_TO_PBC = 1 << CREDIT_RETURN.shift["due_to_pbc"]
 CR_DUE_TO_THRESHOLD = 1 << CREDIT_RETURN.shift["due_to_threshold"]
 CR_DUE_TO_ERROR = 1 << CREDIT_RETURN.shift["due_to_error"]
 CR_DUE_TO_FORCE = 1 << CREDIT_RETURN.shift["due_to_force"]
 #: a packet is at least the PBC and a 9B LRH + BTH (dwords)
-MIN_PACKET_DWS = (8 + 8 + 12) // 4
+MIN_PACKET_DWS = (PBC_BYTES + opa.LRH_BYTES + opa.BTH_BYTES) // 4
 #: the largest packet: a 10 KiB MTU plus the largest header, ICRC space and
 #: PBC, in dwords (also what 12 bits of RHF.PktLen can describe)
 MAX_PACKET_DWS = (10240 + 128) // 4
@@ -105,6 +107,7 @@ CONTEXT_CSRS = ("SEND_CTXT_CREDIT_CTRL", "SEND_CTXT_CREDIT_RETURN_ADDR", "SEND_C
                 "SEND_CTXT_CHECK_VL", "SEND_CTXT_CHECK_JOB_KEY", "SEND_CTXT_CHECK_PARTITION_KEY",
                 "SEND_CTXT_CHECK_SLID", "SEND_CTXT_CHECK_OPCODE")
 _PBC_LENGTH_MASK = PBC.mask["length_dws"]
+_PBC_CREDIT_RETURN = 1 << PBC.shift["credit_return"]
 
 
 class PioSendContext:
@@ -187,7 +190,7 @@ class PioSendContext:
                           f"block {first} starts a packet but was not written through the SOP alias")
                 return
             start = PIO_BLOCK * first
-            pbc = int.from_bytes(self.ring[start:start + 8], "little")
+            pbc = int.from_bytes(self.ring[start:start + PBC_BYTES], "little")
             length_dws = pbc & _PBC_LENGTH_MASK
             nblocks = -(-length_dws // 16)
             if length_dws < MIN_PACKET_DWS or length_dws > MAX_PACKET_DWS or nblocks > self.depth:
@@ -215,11 +218,11 @@ class PioSendContext:
             freed += nblocks
             launched += 1
             self.packets += 1
-            if pbc & (1 << PBC.shift["credit_return"]):
+            if pbc & _PBC_CREDIT_RETURN:
                 due |= CR_DUE_TO_PBC
             self.block.send.egress(frame)
         if freed:
-            threshold = self.block.regs.get(kctxt("SEND_CTXT_CREDIT_CTRL", self.hw)) & 0x7FF
+            threshold = self.block.regs.get(kctxt("SEND_CTXT_CREDIT_CTRL", self.hw)) & SEND_CTXT_CREDIT_CTRL_THRESHOLD_SMASK
             if (self.free_counter - self.last_returned) & CR_COUNTER_MASK > threshold:
                 due |= CR_DUE_TO_THRESHOLD
             self.return_credits(due)

@@ -51,6 +51,10 @@ from devmodel.wire import opa
 from .cce import Cce
 from .chip_registers import (
     DCC_CFG_PORT_CONFIG1,
+    DCC_CFG_PORT_CONFIG1_DLID_MASK_MASK,
+    DCC_CFG_PORT_CONFIG1_DLID_MASK_SHIFT,
+    DCC_CFG_PORT_CONFIG1_TARGET_DLID_MASK,
+    DCC_CFG_PORT_CONFIG1_TARGET_DLID_SHIFT,
     RCV_ARRAY,
     RCV_BTH_QP,
     RCV_BTH_QP_KDETH_QP_MASK,
@@ -79,7 +83,7 @@ from .chip_registers import (
     RCV_TID_FLOW_TABLE,
     RCV_VL15,
 )
-from .csr import KCTXT_STRIDE, UCTXT_STRIDE, Block, csr, csr_array, csrs
+from .csr import KCTXT_STRIDE, UCTXT_STRIDE, Block, csr, csr_array, csrs, field
 from .dcc import Dcc, LogicalState
 from .formats import RcvType
 from .intr import RXE_ERR_INT, ErrorFlags, InterruptController
@@ -92,6 +96,14 @@ RCV_DATA_PKT_CNT, RCV_DWORD_CNT = 0, 1
 NO_CONTEXT = 0xFF
 #: receive classes an RSM rule's PACKET_TYPE matches
 RSM_TYPE = {RcvType.EXPECTED: 0, RcvType.EAGER: 1, RcvType.IB: 2, RcvType.BYPASS: 4}
+#: the fields classification reads, from the wire declarations (devmodel/wire/opa.py)
+_LNH_SHIFT, _LNH_MASK = opa.LRH.shift["lnh"], opa.LRH.mask["lnh"]
+_DLID_SHIFT, _DLID_MASK = opa.LRH.shift["dlid"], opa.LRH.mask["dlid"]
+_PKT_LEN_SHIFT, _PKT_LEN_MASK = opa.LRH.shift["pkt_len"], opa.LRH.mask["pkt_len"]
+_OPCODE_SHIFT, _OPCODE_MASK = opa.BTH.shift["opcode"], opa.BTH.mask["opcode"]
+_DEST_QP_SHIFT, _DEST_QP_MASK = opa.BTH.shift["dest_qp"], opa.BTH.mask["dest_qp"]
+_TID_CTRL_SHIFT, _TID_CTRL_MASK = opa.KDETH0.shift["tid_ctrl"], opa.KDETH0.mask["tid_ctrl"]
+_KDETH0_BYTES = opa.KDETH0.size
 
 
 def packet_bits(data: bytes, offset: int, width: int) -> int:
@@ -241,9 +253,9 @@ class Receive(Block):
         if len(data) < opa.LRH_BYTES + opa.BTH_BYTES + opa.ICRC_BYTES or len(data) % 4:
             self._drop("runt or ragged 9B packet", RCV_SHORT_ERR_CNT)
             return None
-        lrh = int.from_bytes(data[:8], "big")
-        lnh = (lrh >> 48) & 3
-        dlid = (lrh >> 32) & 0xFFFF
+        lrh = int.from_bytes(data[:opa.LRH_BYTES], "big")
+        lnh = (lrh >> _LNH_SHIFT) & _LNH_MASK
+        dlid = (lrh >> _DLID_SHIFT) & _DLID_MASK
         if not self._dlid_accepted(dlid):
             self._drop("DLID is neither this port's LID, multicast nor permissive")
             return None
@@ -257,19 +269,22 @@ class Receive(Block):
         if len(data) < bth + opa.BTH_BYTES + opa.ICRC_BYTES:
             self._drop("packet shorter than its headers", RCV_SHORT_ERR_CNT)
             return None
-        opcode = data[bth]
-        dest_qp = int.from_bytes(data[bth + 5:bth + 8], "big")
+        bth_word = int.from_bytes(data[bth:bth + opa.BTH_BYTES], "big")
+        opcode = (bth_word >> _OPCODE_SHIFT) & _OPCODE_MASK
+        dest_qp = (bth_word >> _DEST_QP_SHIFT) & _DEST_QP_MASK
         kdeth_prefix = (self.regs.get(RCV_BTH_QP) >> RCV_BTH_QP_KDETH_QP_SHIFT) & RCV_BTH_QP_KDETH_QP_MASK
         rcv_type, tid_ctrl = RcvType.IB, 0
         if dest_qp >> 16 == kdeth_prefix and kdeth_prefix:
             hdr_len = bth - opa.LRH_BYTES + opa.KDETH_HEADER_BYTES
-            if len(data) >= bth + opa.BTH_BYTES + 4:
-                tid_ctrl = (int.from_bytes(data[bth + 12:bth + 16], "little") >> 26) & 3
+            kdeth = bth + opa.BTH_BYTES
+            if len(data) >= kdeth + _KDETH0_BYTES:
+                tid_ctrl = (int.from_bytes(data[kdeth:kdeth + _KDETH0_BYTES], "little") >> _TID_CTRL_SHIFT) \
+                    & _TID_CTRL_MASK
             rcv_type = RcvType.EXPECTED if tid_ctrl in (1, 2) else RcvType.EAGER
         else:
             hdr_len = (opa.HEADER_BYTES_BY_OPCODE[opcode] or opa.LRH_BYTES + opa.BTH_BYTES) + bth - opa.LRH_BYTES
         errors = 0
-        pkt_len = (lrh >> 16) & 0xFFF
+        pkt_len = (lrh >> _PKT_LEN_SHIFT) & _PKT_LEN_MASK
         if pkt_len * 4 != len(data) or hdr_len + opa.ICRC_BYTES > len(data):
             errors |= ReceiveContext.RHF_LEN_ERR
             self.count32(RCV_LENGTH_ERR_CNT)
@@ -289,7 +304,8 @@ class Receive(Block):
         if dlid >= opa.MULTICAST_LID_BASE:  # multicast and permissive
             return True
         config1 = self.regs.get(DCC_CFG_PORT_CONFIG1)
-        target, mask = config1 & 0xFFFF, (config1 >> 16) & 0xFFFF
+        target = field(config1, DCC_CFG_PORT_CONFIG1_TARGET_DLID_SHIFT, DCC_CFG_PORT_CONFIG1_TARGET_DLID_MASK)
+        mask = field(config1, DCC_CFG_PORT_CONFIG1_DLID_MASK_SHIFT, DCC_CFG_PORT_CONFIG1_DLID_MASK_MASK)
         return target != 0 and (dlid & mask) == (target & mask)
 
     def steer(self, arrival: Arrival) -> int:

@@ -54,6 +54,8 @@ from devmodel.wire import opa
 
 from .chip_registers import (
     RCV_AVAIL_TIME_OUT,
+    RCV_AVAIL_TIME_OUT_TIME_OUT_RELOAD_MASK,
+    RCV_AVAIL_TIME_OUT_TIME_OUT_RELOAD_SHIFT,
     RCV_CTXT_CTRL,
     RCV_CTXT_CTRL_DONT_DROP_EGR_FULL_SMASK,
     RCV_CTXT_CTRL_DONT_DROP_RHQ_FULL_SMASK,
@@ -64,11 +66,19 @@ from .chip_registers import (
     RCV_CTXT_CTRL_ONE_PACKET_PER_EGR_BUFFER_SMASK,
     RCV_CTXT_CTRL_TAIL_UPD_SMASK,
     RCV_EGR_CTRL,
+    RCV_EGR_CTRL_EGR_BASE_INDEX_MASK,
+    RCV_EGR_CTRL_EGR_BASE_INDEX_SHIFT,
+    RCV_EGR_CTRL_EGR_CNT_MASK,
+    RCV_EGR_CTRL_EGR_CNT_SHIFT,
     RCV_EGR_INDEX_HEAD,
     RCV_EGR_INDEX_HEAD_HEAD_MASK,
     RCV_HDR_ADDR,
     RCV_HDR_CNT,
+    RCV_HDR_CNT_CNT_MASK,
+    RCV_HDR_CNT_CNT_SHIFT,
     RCV_HDR_ENT_SIZE,
+    RCV_HDR_ENT_SIZE_ENT_SIZE_MASK,
+    RCV_HDR_ENT_SIZE_ENT_SIZE_SHIFT,
     RCV_HDR_HEAD,
     RCV_HDR_HEAD_COUNTER_MASK,
     RCV_HDR_HEAD_COUNTER_SHIFT,
@@ -76,8 +86,12 @@ from .chip_registers import (
     RCV_HDR_OVFL_CNT,
     RCV_HDR_TAIL_ADDR,
     RCV_TID_CTRL,
+    RCV_TID_CTRL_TID_BASE_INDEX_MASK,
+    RCV_TID_CTRL_TID_BASE_INDEX_SHIFT,
+    RCV_TID_CTRL_TID_PAIR_CNT_MASK,
+    RCV_TID_CTRL_TID_PAIR_CNT_SHIFT,
 )
-from .csr import KCTXT_STRIDE, UCTXT_STRIDE
+from .csr import KCTXT_STRIDE, UCTXT_STRIDE, field
 from .formats import RCV_ARRAY_ENTRY, RHF, RHF_MAX_SEQ, RcvType, rcv_array_buffer_bytes
 from .intr import IS_RCVAVAIL_START
 
@@ -96,6 +110,18 @@ HOLD_BYTES_LIMIT = 64 << 20
 #: RCV_AVAIL_TIME_OUT ticks: 64 core clocks of 1.242 ns (ASIC_CCLOCK_PS)
 TIMEOUT_TICK_S = 64 * 1.242e-9
 RCV_BUF_OVFL_CNT = 10
+#: the RHF fields a delivery fills, (shift, mask) from its declaration (formats.RHF)
+_RHF = {name: (RHF.shift[name], RHF.mask[name]) for name in
+        ("pkt_len", "rcv_type", "use_egr_buf", "egr_index", "dc_info", "rcv_seq", "egr_offset", "hdrq_offset")}
+_PKT_LEN, _RCV_TYPE, _USE_EGR_BUF, _EGR_INDEX, _DC_INFO, _RCV_SEQ, _EGR_OFFSET, _HDRQ_OFFSET = _RHF.values()
+#: KDETH word 0 and BTH.Pad, from the wire declarations (devmodel/wire/opa.py)
+_KDETH0_BYTES = opa.KDETH0.size
+_TID_SHIFT, _TID_MASK = opa.KDETH0.shift["tid"], opa.KDETH0.mask["tid"]
+_OFFSET_SHIFT, _OFFSET_MASK = opa.KDETH0.shift["offset"], opa.KDETH0.mask["offset"]
+_OM_SHIFT, _OM_MASK = opa.KDETH0.shift["om"], opa.KDETH0.mask["om"]
+_PAD_SHIFT, _PAD_MASK = opa.BTH.shift["pad"], opa.BTH.mask["pad"]
+#: SC[4], the RHF's DcInfo: the bits above the LRH's 4-bit SC field
+_SC4_SHIFT = opa.LRH.width["sc"]
 
 
 @dataclass
@@ -180,11 +206,14 @@ class ReceiveContext:
         self.enabled = True
         self.tail, self.seq, self.egr_index, self.egr_offset, self.since_head = 0, 1, 0, 0, 0
         self.hdr_addr = regs.get(RCV_HDR_ADDR + k)
-        self.entry_dw = ENTRY_DWORDS.get(regs.get(RCV_HDR_ENT_SIZE + k) & 7, 0)
-        self.queue_dw = 32 * (regs.get(RCV_HDR_CNT + k) & 0x1FF) * self.entry_dw
+        entry_size = field(regs.get(RCV_HDR_ENT_SIZE + k), RCV_HDR_ENT_SIZE_ENT_SIZE_SHIFT,
+                           RCV_HDR_ENT_SIZE_ENT_SIZE_MASK)
+        self.entry_dw = ENTRY_DWORDS.get(entry_size, 0)
+        self.queue_dw = 32 * field(regs.get(RCV_HDR_CNT + k), RCV_HDR_CNT_CNT_SHIFT, RCV_HDR_CNT_CNT_MASK) \
+            * self.entry_dw
         egr = regs.get(RCV_EGR_CTRL + k)
-        self.egr_base = 8 * (egr & 0x1FFF)
-        self.egr_count = 8 * ((egr >> 32) & 0x1FF)
+        self.egr_base = 8 * field(egr, RCV_EGR_CTRL_EGR_BASE_INDEX_SHIFT, RCV_EGR_CTRL_EGR_BASE_INDEX_MASK)
+        self.egr_count = 8 * field(egr, RCV_EGR_CTRL_EGR_CNT_SHIFT, RCV_EGR_CTRL_EGR_CNT_MASK)
         code = (ctrl >> RCV_CTXT_CTRL_EGR_BUF_SIZE_SHIFT) & RCV_CTXT_CTRL_EGR_BUF_SIZE_MASK
         self.egr_buf_bytes = rcv_array_buffer_bytes(code)
         if self.entry_dw == 0 or self.queue_dw == 0:
@@ -300,14 +329,14 @@ class ReceiveContext:
             hdrq_offset = room - hdr_dw
             if hdr_dw:
                 dma.write(entry + 4 * hdrq_offset, data[:4 * hdr_dw])
-            rhf |= ((len(data) // 4) & 0xFFF
-                    | int(arrival.rcv_type) << 12
-                    | int(use_egr) << 15
-                    | (egr_index & 0x7FF) << 16
-                    | (arrival.packet.sc >> 4 & 1) << 27
-                    | self.seq << 28
-                    | (egr_offset & 0xFFF) << 32
-                    | (hdrq_offset & 0x1FF) << 44)
+            rhf |= ((len(data) // 4 & _PKT_LEN[1]) << _PKT_LEN[0]
+                    | (int(arrival.rcv_type) & _RCV_TYPE[1]) << _RCV_TYPE[0]
+                    | int(use_egr) << _USE_EGR_BUF[0]
+                    | (egr_index & _EGR_INDEX[1]) << _EGR_INDEX[0]
+                    | (arrival.packet.sc >> _SC4_SHIFT & _DC_INFO[1]) << _DC_INFO[0]
+                    | (self.seq & _RCV_SEQ[1]) << _RCV_SEQ[0]
+                    | (egr_offset & _EGR_OFFSET[1]) << _EGR_OFFSET[0]
+                    | (hdrq_offset & _HDRQ_OFFSET[1]) << _HDRQ_OFFSET[0])
             dma.write(entry + 4 * room, rhf.to_bytes(8, "little"))
         except DmaError as err:
             self.drops["dma_error"] += 1
@@ -364,11 +393,15 @@ class ReceiveContext:
         RcvArray names. Returns RHF error bits (TidErr when it does not fit)."""
         data, hdr_len = arrival.packet.data, arrival.hdr_len
         bth = hdr_len - opa.KDETH_HEADER_BYTES + opa.LRH_BYTES
-        kdeth0 = int.from_bytes(data[bth + opa.BTH_BYTES:bth + opa.BTH_BYTES + 4], "little")
-        pad = (data[bth + 1] >> 4) & 3
-        tid, offset, om = (kdeth0 >> 16) & 0x3FF, kdeth0 & 0x7FFF, (kdeth0 >> 15) & 1
+        kdeth = bth + opa.BTH_BYTES
+        kdeth0 = int.from_bytes(data[kdeth:kdeth + _KDETH0_BYTES], "little")
+        pad = (int.from_bytes(data[bth:kdeth], "big") >> _PAD_SHIFT) & _PAD_MASK
+        tid = (kdeth0 >> _TID_SHIFT) & _TID_MASK
+        offset = (kdeth0 >> _OFFSET_SHIFT) & _OFFSET_MASK
+        om = (kdeth0 >> _OM_SHIFT) & _OM_MASK
         tid_ctrl = self.regs.get(RCV_TID_CTRL + self.k)
-        base, count = 8 * (tid_ctrl & 0x1FFF), 8 * ((tid_ctrl >> 32) & 0x1FF)
+        base = 8 * field(tid_ctrl, RCV_TID_CTRL_TID_BASE_INDEX_SHIFT, RCV_TID_CTRL_TID_BASE_INDEX_MASK)
+        count = 8 * field(tid_ctrl, RCV_TID_CTRL_TID_PAIR_CNT_SHIFT, RCV_TID_CTRL_TID_PAIR_CNT_MASK)
         index = 2 * tid + arrival.tid_ctrl - 1
         payload = data[hdr_len:len(data) - opa.ICRC_BYTES - pad]
         entry = self.block.rcv_array_entry(base + index) if index < count else 0
@@ -394,7 +427,8 @@ class ReceiveContext:
             return
         self.since_head += 1
         wanted = (self.regs.get(RCV_HDR_HEAD + self.u) >> RCV_HDR_HEAD_COUNTER_SHIFT) & RCV_HDR_HEAD_COUNTER_MASK
-        reload = self.regs.get(RCV_AVAIL_TIME_OUT + self.k) & 0xFF
+        reload = field(self.regs.get(RCV_AVAIL_TIME_OUT + self.k), RCV_AVAIL_TIME_OUT_TIME_OUT_RELOAD_SHIFT,
+                       RCV_AVAIL_TIME_OUT_TIME_OUT_RELOAD_MASK)
         if self.since_head >= max(wanted, 1) or reload == 0:
             self.intr.raise_source(IS_RCVAVAIL_START + self.index)
         elif self._timer is None:

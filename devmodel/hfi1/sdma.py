@@ -89,7 +89,7 @@ from .chip_registers import (
     SEND_DMA_STATUS_ENG_HALTED_SMASK,
 )
 from .csr import KCTXT_STRIDE, Block, csr_array, kctxt
-from .formats import PBC, SDMA_DESC0, SDMA_DESC1, SDMA_DESCRIPTOR_BYTES
+from .formats import PBC, PBC_BYTES, SDMA_DESC0, SDMA_DESC1, SDMA_DESCRIPTOR_BYTES
 from .intr import (
     IS_SDMA_IDLE_START,
     IS_SDMA_PROGRESS_START,
@@ -114,10 +114,11 @@ CCLOCK_S = 1.242e-9  # ASIC core clock (ASIC_CCLOCK_PS)
 _ADDRESS_MASK = SDMA_DESC0.mask["address"]
 _COUNT_SHIFT, _COUNT_MASK = SDMA_DESC0.shift["byte_count"], SDMA_DESC0.mask["byte_count"]
 _FIRST, _LAST = 1 << SDMA_DESC0.shift["first"], 1 << SDMA_DESC0.shift["last"]
-_GEN_SHIFT = SDMA_DESC1.shift["generation"]
+_GEN_SHIFT, _GEN_MASK = SDMA_DESC1.shift["generation"], SDMA_DESC1.mask["generation"]
 _AHG_MODE = SDMA_DESC1.mask["ahg_mode"] << SDMA_DESC1.shift["ahg_mode"]
 _HEAD_TO_HOST, _INT_REQ = 1 << SDMA_DESC1.shift["head_to_host"], 1 << SDMA_DESC1.shift["int_req"]
 _GEN_CHECK = 4 << SEND_DMA_LEN_GEN_GENERATION_SHIFT
+_PBC_LENGTH_MASK = PBC.mask["length_dws"]
 
 
 class EngineState(Enum):
@@ -318,10 +319,10 @@ class SendDmaEngine:
                                       f"descriptor ring at {base:#x}: {err}") from None
             qw0 = int.from_bytes(raw[:8], "little")
             qw1 = int.from_bytes(raw[8:], "little")
-            if self.gen_check and (qw1 >> _GEN_SHIFT) & 3 != lap & 3:
+            if self.gen_check and (qw1 >> _GEN_SHIFT) & _GEN_MASK != lap & _GEN_MASK:
                 raise DescriptorError(SEND_DMA_ENG_ERR_STATUS_SDMA_GEN_MISMATCH_ERR_SMASK,
-                                      f"descriptor {index} has generation {(qw1 >> _GEN_SHIFT) & 3}, "
-                                      f"expected {lap & 3}")
+                                      f"descriptor {index} has generation {(qw1 >> _GEN_SHIFT) & _GEN_MASK}, "
+                                      f"expected {lap & _GEN_MASK}")
             if bool(qw0 & _FIRST) != (n == 0):
                 raise DescriptorError(SEND_DMA_ENG_ERR_STATUS_SDMA_FIRST_DESC_ERR_SMASK,
                                       f"descriptor {index}: FIRST {'missing' if n == 0 else 'inside a packet'}")
@@ -347,7 +348,7 @@ class SendDmaEngine:
             if qw0 & _LAST:
                 break
         frame = b"".join(parts)
-        length = 4 * (int.from_bytes(frame[:8], "little") & PBC.mask["length_dws"]) if len(frame) >= 8 else -1
+        length = 4 * (int.from_bytes(frame[:PBC_BYTES], "little") & _PBC_LENGTH_MASK) if len(frame) >= PBC_BYTES else -1
         if length != len(frame):
             raise DescriptorError(SEND_DMA_ENG_ERR_STATUS_SDMA_LENGTH_MISMATCH_ERR_SMASK,
                                   f"descriptors carry {len(frame)} bytes, the PBC says {length}")

@@ -70,7 +70,7 @@ from .chip_registers import (
 )
 from .csr import Block, csr, csr_array, csrs
 from .dcc import Dcc, LogicalState
-from .formats import PBC
+from .formats import PBC, PBC_BYTES
 from .intr import EGRESS_ERR_INT, TXE_ERR_INT, ErrorFlags, InterruptController
 from .lni import PhysicalLink
 from .services import ChipServices
@@ -79,6 +79,13 @@ NUM_CONTEXTS_PER_SET = 8
 SEND_DATA_PKT_CNT, SEND_DWORD_CNT = 0, 1  # SEND_COUNTER_ARRAY64
 SEND_DROPPED_PKT_CNT = 5  # SEND_COUNTER_ARRAY32
 _DC_INFO = 1 << PBC.shift["dc_info"]
+_VL_SHIFT, _VL_MASK = PBC.shift["vl"], PBC.mask["vl"]
+#: the LRH fields egress reads (9B, devmodel/wire/opa.py), and SC[4]'s place above SC[3:0]
+_LNH_SHIFT, _LNH_MASK = opa.LRH.shift["lnh"], opa.LRH.mask["lnh"]
+_SC_SHIFT, _SC_MASK = opa.LRH.shift["sc"], opa.LRH.mask["sc"]
+_PKT_LEN_SHIFT, _PKT_LEN_MASK = opa.LRH.shift["pkt_len"], opa.LRH.mask["pkt_len"]
+_SC4 = 1 << opa.LRH.width["sc"]
+_SC_16B_SHIFT, _SC_16B_MASK = opa.LRH_16B.shift["sc"], opa.LRH_16B.mask["sc"]
 _BYPASS = 1 << PBC.shift["packet_bypass"]
 _TEST_BAD_ICRC = 1 << PBC.shift["test_bad_icrc"]
 
@@ -161,28 +168,30 @@ class Send(Block):
 
     def egress(self, frame: bytes) -> None:
         """A launched packet (PBC first) leaves for the link; see the module docstring."""
-        pbc = int.from_bytes(frame[:8], "little")
-        data = frame[8:]
+        pbc = int.from_bytes(frame[:PBC_BYTES], "little")
+        data = frame[PBC_BYTES:]
         if not self.regs.get(SEND_CTRL) & SEND_CTRL_SEND_ENABLE_SMASK:
             self._drop("SEND_CTRL.SEND_ENABLE is clear")
             return
         bypass = bool(pbc & _BYPASS)
         if bypass:
-            sc = (int.from_bytes(data[:16], "little") >> opa.LRH_16B.shift["sc"]) & 0x1F if len(data) >= 16 else 0
+            sc = ((int.from_bytes(data[:opa.LRH_16B_BYTES], "little") >> _SC_16B_SHIFT) & _SC_16B_MASK
+                  if len(data) >= opa.LRH_16B_BYTES else 0)
             packet = Packet(data, sc, bypass=True)
         else:
-            lnh = data[1] & 3 if len(data) >= 2 else 0
+            lrh = int.from_bytes(data[:opa.LRH_BYTES], "big") if len(data) >= opa.LRH_BYTES else 0
+            lnh = (lrh >> _LNH_SHIFT) & _LNH_MASK
             headers = opa.LRH_BYTES + (opa.GRH_BYTES if lnh == opa.LNH_GRH else 0) + opa.BTH_BYTES
             if len(data) < headers:
                 self._drop("packet shorter than its LRH, GRH and BTH",
                            info=SEND_EGRESS_ERR_INFO_BAD_PKT_LEN_ERR_SMASK)
                 return
-            sc = data[0] >> 4 | (1 if pbc & _DC_INFO else 0) << 4
-            pkt_len = int.from_bytes(data[4:6], "big") & 0xFFF
+            sc = (lrh >> _SC_SHIFT) & _SC_MASK | (_SC4 if pbc & _DC_INFO else 0)
+            pkt_len = (lrh >> _PKT_LEN_SHIFT) & _PKT_LEN_MASK
             if pkt_len != len(data) // 4 + 1:
                 self._drop("LRH.PktLen disagrees with the PBC length", info=SEND_EGRESS_ERR_INFO_BAD_PKT_LEN_ERR_SMASK)
                 return
-            vl = (pbc >> PBC.shift["vl"]) & 0xF
+            vl = (pbc >> _VL_SHIFT) & _VL_MASK
             limit = self._max_dwords(vl)
             if limit and pkt_len > limit:
                 self._drop(f"packet longer than VL {vl}'s SEND_LEN_CHECK",
