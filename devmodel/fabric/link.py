@@ -188,11 +188,6 @@ class Link:
         other = next((s for s in self._ends if s.end is not end), None)
         return mine, other
 
-    def peer_name(self, end: LinkEnd) -> str | None:
-        with self._lock:
-            _, other = self._pair(end)
-            return other.end.name if other else None
-
     # -- the ends' requests ----------------------------------------------------
     def polling(self, end: LinkEnd, identity: PortIdentity) -> None:
         """`end` is ready to train (its physical state is Polling)."""

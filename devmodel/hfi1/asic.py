@@ -53,6 +53,8 @@ image); the temperature comes from the chip's configuration.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from devmodel.regs import Access, Register
 
 from . import firmware
@@ -197,17 +199,9 @@ class Asic(Block):
         command = field(request, ASIC_CFG_SBUS_REQUEST_COMMAND_SHIFT, 0xFF)
         data_in = field(request, ASIC_CFG_SBUS_REQUEST_DATA_IN_SHIFT, 0xFFFFFFFF)
         data_out, code = 0, SBUS_WRITE_COMPLETE
-        if command == WRITE_SBUS_RECEIVER:
-            self._capture_download(receiver, address, data_in)
-            for target in self._write_targets(receiver):
-                self._sbus_write(target, address, data_in)
-        elif command == READ_SBUS_RECEIVER:
-            data_out, code = self._sbus_read(receiver, address), SBUS_READ_COMPLETE
-        elif command == RESET_SBUS_RECEIVER:
-            for key in [k for k in self.sbus if k[0] == receiver]:
-                del self.sbus[key]
-            self.broadcast.pop(receiver, None)
-            self.serdes_firmware.pop(receiver, None)
+        run = SBUS_COMMANDS.get(command)
+        if run is not None:
+            data_out, code = run(self, receiver, address, data_in)
         else:
             self.log.warning("ASIC_CFG_SBUS_REQUEST: unknown command %#x to receiver %#x", command, receiver)
         self.log.debug("ASIC_CFG_SBUS_REQUEST: receiver %#x addr %#x cmd %#x in %#x -> %#x",
@@ -221,6 +215,23 @@ class Asic(Block):
         valid = (field(counters, ASIC_STS_SBUS_COUNTERS_RCV_DATA_VALID_CNT_SHIFT, 0xFFFF) + 1) & 0xFFFF
         self.regs.set(ASIC_STS_SBUS_COUNTERS, executed << ASIC_STS_SBUS_COUNTERS_EXECUTE_CNT_SHIFT
                       | valid << ASIC_STS_SBUS_COUNTERS_RCV_DATA_VALID_CNT_SHIFT)
+
+    # Each SBus command: (receiver, data address, data in) -> (data out, result code).
+    def _sbus_write_command(self, receiver: int, address: int, data_in: int) -> tuple[int, int]:
+        self._capture_download(receiver, address, data_in)
+        for target in self._write_targets(receiver):
+            self._sbus_write(target, address, data_in)
+        return 0, SBUS_WRITE_COMPLETE
+
+    def _sbus_read_command(self, receiver: int, address: int, _data_in: int) -> tuple[int, int]:
+        return self._sbus_read(receiver, address), SBUS_READ_COMPLETE
+
+    def _sbus_reset_command(self, receiver: int, _address: int, _data_in: int) -> tuple[int, int]:
+        for key in [k for k in self.sbus if k[0] == receiver]:
+            del self.sbus[key]
+        self.broadcast.pop(receiver, None)
+        self.serdes_firmware.pop(receiver, None)
+        return 0, SBUS_WRITE_COMPLETE
 
     def _write_targets(self, receiver: int) -> list[int]:
         """The receiver itself, and for a broadcast group address every
@@ -236,11 +247,16 @@ class Asic(Block):
         self.sbus[(receiver, address)] = data
         if address == BROADCAST_REG and receiver not in BROADCAST_GROUPS:
             self.broadcast[receiver] = data
-        if receiver not in FABRIC_SERDES or address != SPICO_CONTROL_REG:
-            return
-        if data == SPICO_RESET:
-            self.serdes_firmware.pop(receiver, None)
-        elif data == SPICO_ENABLE and self.misc.fabric_image is not None:
+        if receiver in FABRIC_SERDES and address == SPICO_CONTROL_REG and data in SPICO_CONTROL:
+            SPICO_CONTROL[data](self, receiver)
+
+    # SPICO control writes to a fabric SerDes
+    def _spico_reset(self, receiver: int) -> None:
+        self.serdes_firmware.pop(receiver, None)
+
+    def _spico_enable(self, receiver: int) -> None:
+        """The SPICO runs the authenticated fabric image, if there is one."""
+        if self.misc.fabric_image is not None:
             revision = firmware.serdes_revision(firmware.Image.FABRIC, self.misc.fabric_image)
             self.serdes_firmware[receiver] = SERDES_FW_REVISION if revision is None else revision
 
@@ -265,3 +281,16 @@ class Asic(Block):
                 | units * THERM_LO_C << ASIC_STS_THERM_LO_TEMP_SHIFT
                 | units * THERM_HI_C << ASIC_STS_THERM_HI_TEMP_SHIFT
                 | units * THERM_CRIT_C << ASIC_STS_THERM_CRIT_TEMP_SHIFT)
+
+
+#: ASIC_CFG_SBUS_REQUEST.COMMAND -> what the SBus master does
+SBUS_COMMANDS: dict[int, Callable[[Asic, int, int, int], tuple[int, int]]] = {
+    WRITE_SBUS_RECEIVER: Asic._sbus_write_command,
+    READ_SBUS_RECEIVER: Asic._sbus_read_command,
+    RESET_SBUS_RECEIVER: Asic._sbus_reset_command,
+}
+#: a fabric SerDes's SPICO control register (0x07): value -> what the SPICO does
+SPICO_CONTROL: dict[int, Callable[[Asic, int], None]] = {
+    SPICO_RESET: Asic._spico_reset,
+    SPICO_ENABLE: Asic._spico_enable,
+}

@@ -71,6 +71,7 @@ the DCC (logical state).
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from enum import Enum
 
 from devmodel.fabric import PortIdentity
@@ -164,6 +165,10 @@ class LcbOwner(Enum):
 
     HOST = "host"
     DC8051 = "8051"
+
+
+#: HCMD_MISC sub-commands: who holds the LCB CSRs afterwards
+LCB_ACCESS = {HCMD_MISC_REQUEST_LCB_ACCESS: LcbOwner.HOST, HCMD_MISC_GRANT_LCB_ACCESS: LcbOwner.DC8051}
 
 
 class Dc8051(Block):
@@ -402,8 +407,7 @@ class Dc8051(Block):
         except ValueError:
             self.log.warning("DC_DC8051_CFG_HOST_CMD_0: unknown command %#x", kind)
             return ReturnCode.NOT_SUPPORTED, 0
-        handler = getattr(self, f"_cmd_{command.name.lower()}")
-        code, response = handler(data)
+        code, response = HOST_COMMANDS[command](self, data)
         self.log.debug("DC_DC8051_CFG_HOST_CMD_0: %s data=%#x -> %s", command.name, data, ReturnCode(code).name)
         return code, response
 
@@ -457,13 +461,10 @@ class Dc8051(Block):
         return ReturnCode.SUCCESS, 0
 
     def _cmd_misc(self, data: int) -> tuple[int, int]:
-        sub = field(data, LOAD_DATA_FIELD_ID_SHIFT, 0xFF)
-        if sub == HCMD_MISC_REQUEST_LCB_ACCESS:
-            self.lcb_owner = LcbOwner.HOST
-        elif sub == HCMD_MISC_GRANT_LCB_ACCESS:
-            self.lcb_owner = LcbOwner.DC8051
-        else:
+        owner = LCB_ACCESS.get(field(data, LOAD_DATA_FIELD_ID_SHIFT, 0xFF))
+        if owner is None:
             return ReturnCode.NOT_SUPPORTED, 0
+        self.lcb_owner = owner
         return ReturnCode.SUCCESS, 0
 
     def _cmd_read_lcb_csr(self, data: int) -> tuple[int, int]:
@@ -491,6 +492,21 @@ class Dc8051(Block):
     def plug(self, neighbour: PortIdentity) -> None:
         """Plug in a cable to a built-in partner presenting `neighbour`."""
         self.port.plug_partner(neighbour)
+
+
+#: the host command mailbox: HCMD_* -> its handler, (8051, REQ_DATA) -> (return code, RSP_DATA)
+HOST_COMMANDS: dict[HostCommand, Callable[[Dc8051, int], tuple[int, int]]] = {
+    HostCommand.LOAD_CONFIG_DATA: Dc8051._cmd_load_config_data,
+    HostCommand.READ_CONFIG_DATA: Dc8051._cmd_read_config_data,
+    HostCommand.CHANGE_PHY_STATE: Dc8051._cmd_change_phy_state,
+    HostCommand.SEND_LCB_IDLE_MSG: Dc8051._cmd_send_lcb_idle_msg,
+    HostCommand.MISC: Dc8051._cmd_misc,
+    HostCommand.READ_LCB_IDLE_MSG: Dc8051._cmd_read_lcb_idle_msg,
+    HostCommand.READ_LCB_CSR: Dc8051._cmd_read_lcb_csr,
+    HostCommand.WRITE_LCB_CSR: Dc8051._cmd_write_lcb_csr,
+    HostCommand.INTERFACE_TEST: Dc8051._cmd_interface_test,
+}
+assert set(HOST_COMMANDS) == set(HostCommand), "every host command has a handler"
 
 
 def _field_name(field_id: int, lane_id: int) -> str:

@@ -107,7 +107,6 @@ Rhf = c.ByteSwapped(c.BitStruct(
     "rcv_type" / c.BitsInteger(3),
     "pkt_len" / c.BitsInteger(12),
 ))
-RHF_BYTES = 8
 
 CreditReturn = c.ByteSwapped(c.BitStruct(
     c.Padding(48),
@@ -133,7 +132,6 @@ RHF = BitFields("RHF", Rhf, "little")
 CREDIT_RETURN = BitFields("credit return", CreditReturn, "little")
 RCV_ARRAY_ENTRY = BitFields("RcvArray entry", RcvArrayEntry, "little")
 
-RHF_ERROR_MASK = 0xFFE0_0000_0000_0000  # bits 63:53
 RHF_MAX_SEQ = 13
 PBC_BYTES = 8
 

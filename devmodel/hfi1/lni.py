@@ -38,6 +38,7 @@ wired by the device once both exist.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Protocol
 
 from devmodel.fabric import LinkDownReason, LinkMessage, MessageKind, NodeType, PortIdentity
@@ -151,34 +152,57 @@ class PhysicalLink:
 
     # -- the host's requests (HCMD_CHANGE_PHY_STATE) ---------------------------------
     def request_state(self, wanted: int, remote_reason: int = 0) -> int:
-        """CHANGE_PHY_STATE: the host's request; returns the command's return code."""
+        """CHANGE_PHY_STATE: the host's request (`HOST_REQUESTS`); returns the
+        command's return code."""
         state = self.state
-        if wanted == PhysicalState.OFFLINE:
-            self._go_offline(LDR_RECEIVED_HOST_OFFLINE_REQ, remote_reason, planned=True)
-            return ReturnCode.SUCCESS
-        if wanted == PhysicalState.POLLING and state in (PhysicalState.OFFLINE, PhysicalState.POLLING):
-            self._set_phys(PhysicalState.POLLING)
-            self._start_training()
-            return ReturnCode.SUCCESS
-        if wanted == PhysicalState.DISABLED and state in (PhysicalState.OFFLINE, PhysicalState.DISABLED):
-            self._set_phys(PhysicalState.DISABLED)
-            return ReturnCode.SUCCESS
-        if wanted == PhysicalState.LINKUP and self.silicon:
-            if state is PhysicalState.CONFIGPHY_VERIFYCAP:
-                self._config_lt()
-                return ReturnCode.SUCCESS
-        elif (wanted == PhysicalState.LINKUP and state in _SIMULATOR_LINKUP_FROM
-              or wanted == PhysicalState.QUICK_LINKUP and state in (PhysicalState.OFFLINE, PhysicalState.POLLING)):
-            if self.state is PhysicalState.OFFLINE:
-                self._set_phys(PhysicalState.POLLING)
-                self._start_training()
-            if self.peer is not None and self.port.link_is_up(self.epoch):
-                self._link_up()
-                return ReturnCode.SUCCESS
-            return ReturnCode.INVALID
+        request = HOST_REQUESTS.get(wanted)
+        code = request(self, state, remote_reason) if request is not None else None
+        if code is not None:
+            return code
         if wanted not in PhysicalState._value2member_map_:
             return ReturnCode.NOT_SUPPORTED
         self.log.warning("CHANGE_PHY_STATE: %s -> %#x refused", state.name, wanted)
+        return ReturnCode.INVALID
+
+    # Each request: the return code, or None when the current state refuses it.
+    def _request_offline(self, _state: PhysicalState, remote_reason: int) -> int | None:
+        self._go_offline(LDR_RECEIVED_HOST_OFFLINE_REQ, remote_reason, planned=True)
+        return ReturnCode.SUCCESS
+
+    def _request_polling(self, state: PhysicalState, _remote_reason: int) -> int | None:
+        if state not in (PhysicalState.OFFLINE, PhysicalState.POLLING):
+            return None
+        self._set_phys(PhysicalState.POLLING)
+        self._start_training()
+        return ReturnCode.SUCCESS
+
+    def _request_disabled(self, state: PhysicalState, _remote_reason: int) -> int | None:
+        if state not in (PhysicalState.OFFLINE, PhysicalState.DISABLED):
+            return None
+        self._set_phys(PhysicalState.DISABLED)
+        return ReturnCode.SUCCESS
+
+    def _request_link_up(self, state: PhysicalState, _remote_reason: int) -> int | None:
+        """Silicon: the host agrees to VerifyCap's outcome; functional simulator:
+        straight up from Polling."""
+        if self.silicon:
+            if state is not PhysicalState.CONFIGPHY_VERIFYCAP:
+                return None
+            self._config_lt()
+            return ReturnCode.SUCCESS
+        return self._simulator_link_up() if state in _SIMULATOR_LINKUP_FROM else None
+
+    def _request_quick_link_up(self, state: PhysicalState, _remote_reason: int) -> int | None:
+        return self._simulator_link_up() if state in (PhysicalState.OFFLINE, PhysicalState.POLLING) else None
+
+    def _simulator_link_up(self) -> int:
+        """LinkUp with no VerifyCap or ConfigLT: at once, if the other end is there."""
+        if self.state is PhysicalState.OFFLINE:
+            self._set_phys(PhysicalState.POLLING)
+            self._start_training()
+        if self.peer is not None and self.port.link_is_up(self.epoch):
+            self._link_up()
+            return ReturnCode.SUCCESS
         return ReturnCode.INVALID
 
     def _set_phys(self, state: PhysicalState) -> None:
@@ -282,17 +306,25 @@ class PhysicalLink:
 
     # -- the other end's link layer ----------------------------------------------------
     def message_received(self, message: LinkMessage, epoch: int) -> None:
+        """A link-layer message from the other end (`LINK_MESSAGES`)."""
         if not self.mcu.running:
             return
-        if message.kind is MessageKind.CONFIGLT_READY:
-            self.peer_ready_epoch = epoch
-            if epoch == self.epoch and self.state is PhysicalState.CONFIGLT:
-                self._start_handshake()
-        elif message.kind is MessageKind.IDLE:
-            if epoch == self.epoch and self.is_up:
-                self.mcu.idle_message_arrived(message.data)
-        elif message.kind is MessageKind.PLANNED_DOWN and epoch == self.epoch:
-            self.peer_down_reason = message.data & 0xFF
+        handler = LINK_MESSAGES.get(message.kind)
+        if handler is not None:
+            handler(self, message.data, epoch)
+
+    def _peer_ready(self, _data: int, epoch: int) -> None:
+        self.peer_ready_epoch = epoch
+        if epoch == self.epoch and self.state is PhysicalState.CONFIGLT:
+            self._start_handshake()
+
+    def _idle_message(self, data: int, epoch: int) -> None:
+        if epoch == self.epoch and self.is_up:
+            self.mcu.idle_message_arrived(data)
+
+    def _peer_going_down(self, data: int, epoch: int) -> None:
+        if epoch == self.epoch:
+            self.peer_down_reason = data & 0xFF
 
     def send_idle_message(self, data: int) -> bool:
         """SEND_LCB_IDLE_MSG: the message crosses the link (False: link not up)."""
@@ -358,3 +390,20 @@ class PhysicalLink:
             down = self.mcu.read_config(ConfigField.LINK_DOWN_REASON) & ~LINK_DOWN_REASON_MASK
             self.mcu.write_config(ConfigField.LINK_DOWN_REASON, down | reason)
             self.log.info("link down, reason %#x (sent remote reason %d)", reason, remote_reason)
+
+
+#: CHANGE_PHY_STATE: the state the host asks for -> how the firmware answers
+#: (the return code, or None: refused in the current state)
+HOST_REQUESTS: dict[PhysicalState, Callable[[PhysicalLink, PhysicalState, int], int | None]] = {
+    PhysicalState.OFFLINE: PhysicalLink._request_offline,
+    PhysicalState.POLLING: PhysicalLink._request_polling,
+    PhysicalState.DISABLED: PhysicalLink._request_disabled,
+    PhysicalState.LINKUP: PhysicalLink._request_link_up,
+    PhysicalState.QUICK_LINKUP: PhysicalLink._request_quick_link_up,
+}
+#: the other end's link-layer messages -> (link, data, epoch) handler
+LINK_MESSAGES: dict[MessageKind, Callable[[PhysicalLink, int, int], None]] = {
+    MessageKind.CONFIGLT_READY: PhysicalLink._peer_ready,
+    MessageKind.IDLE: PhysicalLink._idle_message,
+    MessageKind.PLANNED_DOWN: PhysicalLink._peer_going_down,
+}

@@ -222,7 +222,8 @@ class PioSendContext:
                 due |= CR_DUE_TO_PBC
             self.block.send.egress(frame)
         if freed:
-            threshold = self.block.regs.get(kctxt("SEND_CTXT_CREDIT_CTRL", self.hw)) & SEND_CTXT_CREDIT_CTRL_THRESHOLD_SMASK
+            credit_ctrl = self.block.regs.get(kctxt("SEND_CTXT_CREDIT_CTRL", self.hw))
+            threshold = credit_ctrl & SEND_CTXT_CREDIT_CTRL_THRESHOLD_SMASK
             if (self.free_counter - self.last_returned) & CR_COUNTER_MASK > threshold:
                 due |= CR_DUE_TO_THRESHOLD
             self.return_credits(due)
@@ -313,16 +314,6 @@ class Pio(Block):
                 "contexts": busy}
 
     # -- contexts ------------------------------------------------------------------
-    def enabled(self, ctxt: int) -> bool:
-        return self.contexts[ctxt].enabled
-
-    def halted(self, ctxt: int) -> bool:
-        return self.contexts[ctxt].halted
-
-    @property
-    def free_counter(self) -> list[int]:
-        return [c.free_counter for c in self.contexts]
-
     def _ctrl(self, ctxt: int, old: int, new: int) -> None:
         context = self.contexts[ctxt]
         context.enabled = bool(new & SEND_CTXT_CTRL_CTXT_ENABLE_SMASK)
@@ -357,9 +348,6 @@ class Pio(Block):
         if new & ~old & SEND_CTXT_CREDIT_FORCE_FORCE_RETURN_SMASK:
             context = self.contexts[ctxt]
             self.services.post(lambda: context.return_credits(CR_DUE_TO_FORCE))
-
-    def return_credits(self, ctxt: int, reason: int) -> None:
-        self.contexts[ctxt].return_credits(reason)
 
     # -- PIO send space ----------------------------------------------------------------
     def space_write(self, offset: int, size: int, value: int) -> None:

@@ -149,8 +149,10 @@ class ReceiveContext:
         self.intr = block.intr
         self.regs = block.regs
         self.index = index
-        self.k = KCTXT_STRIDE * index
-        self.u = UCTXT_STRIDE * index
+        #: add to a per-context CSR's offset for this context's copy: kernel
+        #: page (`write_kctxt_csr`), user page (`write_uctxt_csr`)
+        self.kernel_csr_offset = KCTXT_STRIDE * index
+        self.user_csr_offset = UCTXT_STRIDE * index
         self.held: deque[Arrival] = deque()
         self._timer = None
         self._retry_posted = False
@@ -202,7 +204,7 @@ class ReceiveContext:
             self.intr.raise_source(IS_RCVAVAIL_START + self.index)
 
     def _enable(self, ctrl: int) -> None:
-        regs, k = self.regs, self.k
+        regs, k = self.regs, self.kernel_csr_offset
         self.enabled = True
         self.tail, self.seq, self.egr_index, self.egr_offset, self.since_head = 0, 1, 0, 0, 0
         self.hdr_addr = regs.get(RCV_HDR_ADDR + k)
@@ -255,7 +257,7 @@ class ReceiveContext:
 
     # -- state ------------------------------------------------------------------------
     def _head(self) -> int:
-        return (self.regs.get(RCV_HDR_HEAD + self.u) & RCV_HDR_HEAD_HEAD_MASK) % max(self.queue_dw, 1)
+        return (self.regs.get(RCV_HDR_HEAD + self.user_csr_offset) & RCV_HDR_HEAD_HEAD_MASK) % max(self.queue_dw, 1)
 
     def _unread(self) -> bool:
         return self.tail != self._head()
@@ -287,13 +289,13 @@ class ReceiveContext:
         if self.queue_dw == 0:
             self.drops["dma_error"] += 1
             return True
-        regs, ctrl = self.regs, self.regs.get(RCV_CTXT_CTRL + self.k)
+        regs, ctrl = self.regs, self.regs.get(RCV_CTXT_CTRL + self.kernel_csr_offset)
         next_tail = (self.tail + self.entry_dw) % self.queue_dw
         if next_tail == self._head():
             if ctrl & RCV_CTXT_CTRL_DONT_DROP_RHQ_FULL_SMASK:
                 return False
             self.drops["hdrq_full"] += 1
-            offset = RCV_HDR_OVFL_CNT + self.k
+            offset = RCV_HDR_OVFL_CNT + self.kernel_csr_offset
             regs.set(offset, regs.get(offset) + 1)
             return True
         data = arrival.packet.data
@@ -364,7 +366,8 @@ class ReceiveContext:
         one_per_buffer = ctrl & RCV_CTXT_CTRL_ONE_PACKET_PER_EGR_BUFFER_SMASK
         if offset and (one_per_buffer or 64 * offset + nbytes > size):
             nxt = (index + 1) % self.egr_count
-            egr_head = (self.regs.get(RCV_EGR_INDEX_HEAD + self.u) & RCV_EGR_INDEX_HEAD_HEAD_MASK) % self.egr_count
+            egr_head = self.regs.get(RCV_EGR_INDEX_HEAD + self.user_csr_offset) & RCV_EGR_INDEX_HEAD_HEAD_MASK
+            egr_head %= self.egr_count
             if nxt == egr_head:
                 return None
             index, offset = nxt, 0
@@ -399,7 +402,7 @@ class ReceiveContext:
         tid = (kdeth0 >> _TID_SHIFT) & _TID_MASK
         offset = (kdeth0 >> _OFFSET_SHIFT) & _OFFSET_MASK
         om = (kdeth0 >> _OM_SHIFT) & _OM_MASK
-        tid_ctrl = self.regs.get(RCV_TID_CTRL + self.k)
+        tid_ctrl = self.regs.get(RCV_TID_CTRL + self.kernel_csr_offset)
         base = 8 * field(tid_ctrl, RCV_TID_CTRL_TID_BASE_INDEX_SHIFT, RCV_TID_CTRL_TID_BASE_INDEX_MASK)
         count = 8 * field(tid_ctrl, RCV_TID_CTRL_TID_PAIR_CNT_SHIFT, RCV_TID_CTRL_TID_PAIR_CNT_MASK)
         index = 2 * tid + arrival.tid_ctrl - 1
@@ -413,7 +416,7 @@ class ReceiveContext:
         return 0
 
     def _write_tail(self) -> None:
-        address = self.regs.get(RCV_HDR_TAIL_ADDR + self.k)
+        address = self.regs.get(RCV_HDR_TAIL_ADDR + self.kernel_csr_offset)
         try:
             self.services.dma.write(address, self.tail.to_bytes(8, "little"))
         except (DmaError, AttributeError) as err:
@@ -426,9 +429,10 @@ class ReceiveContext:
         if not ctrl & RCV_CTXT_CTRL_INTR_AVAIL_SMASK:
             return
         self.since_head += 1
-        wanted = (self.regs.get(RCV_HDR_HEAD + self.u) >> RCV_HDR_HEAD_COUNTER_SHIFT) & RCV_HDR_HEAD_COUNTER_MASK
-        reload = field(self.regs.get(RCV_AVAIL_TIME_OUT + self.k), RCV_AVAIL_TIME_OUT_TIME_OUT_RELOAD_SHIFT,
-                       RCV_AVAIL_TIME_OUT_TIME_OUT_RELOAD_MASK)
+        wanted = field(self.regs.get(RCV_HDR_HEAD + self.user_csr_offset), RCV_HDR_HEAD_COUNTER_SHIFT,
+                       RCV_HDR_HEAD_COUNTER_MASK)
+        reload = field(self.regs.get(RCV_AVAIL_TIME_OUT + self.kernel_csr_offset),
+                       RCV_AVAIL_TIME_OUT_TIME_OUT_RELOAD_SHIFT, RCV_AVAIL_TIME_OUT_TIME_OUT_RELOAD_MASK)
         if self.since_head >= max(wanted, 1) or reload == 0:
             self.intr.raise_source(IS_RCVAVAIL_START + self.index)
         elif self._timer is None:
@@ -436,6 +440,6 @@ class ReceiveContext:
 
     def _timeout(self) -> None:
         self._timer = None
-        ctrl = self.regs.get(RCV_CTXT_CTRL + self.k)
+        ctrl = self.regs.get(RCV_CTXT_CTRL + self.kernel_csr_offset)
         if self.enabled and ctrl & RCV_CTXT_CTRL_INTR_AVAIL_SMASK and self._unread():
             self.intr.raise_source(IS_RCVAVAIL_START + self.index)
