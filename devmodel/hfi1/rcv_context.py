@@ -38,18 +38,21 @@ is not guest memory (a bad RCV_HDR_ADDR, an invalid RcvArray entry) loses
 the packet, with a log line and a count, as a write blocked by an IOMMU
 would.
 
-Collaborators: its receive block (`rcv.Receive`: the RcvArray, the budget
-of held bytes all contexts share, the counters), the interrupt controller
-(RcvAvail) and the chip's services (guest memory, events).
+Collaborators: its receive block (`ReceiveBlock`, which `rcv.Receive`
+implements: the RcvArray, the budget of held bytes all contexts share, the
+counters), the interrupt controller (RcvAvail) and the chip's services (guest
+memory, events).
 """
 from __future__ import annotations
 
+import logging
 from collections import deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from devmodel.base import DmaError
 from devmodel.fabric import Packet
+from devmodel.regs import RegisterFile
 from devmodel.wire import opa
 
 from .chip_registers import (
@@ -93,10 +96,8 @@ from .chip_registers import (
 )
 from .csr import KCTXT_STRIDE, UCTXT_STRIDE, field
 from .formats import RCV_ARRAY_ENTRY, RHF, RHF_MAX_SEQ, RcvType, rcv_array_buffer_bytes
-from .intr import IS_RCVAVAIL_START
-
-if TYPE_CHECKING:
-    from .rcv import Receive
+from .intr import IS_RCVAVAIL_START, InterruptController
+from .services import ChipServices
 
 KERNEL_CONTEXT_CSRS = ("RCV_EGR_CTRL", "RCV_TID_CTRL", "RCV_KEY_CTRL", "RCV_HDR_ADDR", "RCV_HDR_CNT",
                        "RCV_HDR_ENT_SIZE", "RCV_HDR_SIZE", "RCV_HDR_TAIL_ADDR", "RCV_AVAIL_TIME_OUT",
@@ -124,6 +125,21 @@ _PAD_SHIFT, _PAD_MASK = opa.BTH.shift["pad"], opa.BTH.mask["pad"]
 _SC4_SHIFT = opa.LRH.width["sc"]
 
 
+class ReceiveBlock(Protocol):
+    """What a context needs of its receive block (`rcv.Receive`)."""
+
+    services: ChipServices
+    intr: InterruptController
+    regs: RegisterFile
+    log: logging.Logger
+    #: bytes all contexts hold for full queues, against HOLD_BYTES_LIMIT
+    held_bytes: int
+
+    def count32(self, index: int, n: int = 1) -> None: ...
+
+    def rcv_array_entry(self, index: int) -> int: ...
+
+
 @dataclass
 class Arrival:
     """A packet the RXE has checked and classified, on its way to a context."""
@@ -143,7 +159,7 @@ class ReceiveContext:
     RHF_TID_ERR = 1 << RHF.shift["tid_err"]
     RHF_KHDR_LEN_ERR = 1 << RHF.shift["khdr_len_err"]
 
-    def __init__(self, block: "Receive", index: int):
+    def __init__(self, block: ReceiveBlock, index: int):
         self.block = block
         self.services = block.services
         self.intr = block.intr
