@@ -14,9 +14,9 @@ import re
 import time
 
 import pytest
-from test_hfi1 import hfi1_dmesg_problems
 
 from images.fabric import ACTIVE, parse_perftest, parse_pingpong
+from testkit.guest_checks import hfi1_dmesg_problems, link_directions, rc_pingpong_passes
 
 pytestmark = pytest.mark.guest
 
@@ -103,10 +103,13 @@ def test_no_undeclared_csr_access_and_no_hfi1_warning_in_either_guest(fabric):
 def test_the_link_counts_packets_and_bytes_in_both_directions(fabric):
     links = [stats["port"]["link"] for stats in fabric.server.stats().values()]
     assert links[0] == links[1], "one cable, seen from both of its HFIs"
-    directions = {name: counts for name, counts in links[0].items() if "->" in name}
-    assert len(directions) == 2, links[0]
-    for name, counts in directions.items():
-        assert counts["packets"] > 100 and counts["bytes"] > 24 * counts["packets"], (name, counts)
+    before = link_directions(fabric)
+    assert len(before) == 2, links[0]
+    rc_pingpong_passes(fabric, iterations=100, size=4096)  # this test's own traffic
+    for name, counts in link_directions(fabric).items():
+        packets = counts["packets"] - before[name]["packets"]
+        octets = counts["bytes"] - before[name]["bytes"]
+        assert packets >= 100 and octets > 100 * 4096, (name, packets, octets)
 
 
 # -- what an operator does to the cable: capture, faults (issue: fault injection) -------------

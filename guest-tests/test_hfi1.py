@@ -15,50 +15,12 @@ import time
 
 import pytest
 
-from images.fabric import rdma_device, wait_port_state
+from images.fabric import rdma_device
 from images.vm import AgentError
 from images.wait import wait_until
+from testkit.guest_checks import NO_AUTOLOAD, hfi1_dmesg_problems, load_hfi1, read_port, server_stats
 
 pytestmark = pytest.mark.guest
-
-NO_AUTOLOAD = ("modprobe.blacklist=hfi1",)
-
-#: hfi1 lines at warning level or above that the driver prints on every
-#: functional-simulator device in a small guest, with the reason.
-DMESG_ALLOWLIST = {
-    r"Number of kernel receive queues is too large for completion vector affinity to be effective":
-        "the driver's default of kernel receive queues exceeds the 1-vCPU guest's CPUs; a tuning hint, "
-        "printed on real hardware in such a guest too",
-}
-
-
-def server_stats(server, _stats_path=None) -> dict:
-    """The statistics of the server's one device."""
-    (stats,) = server.stats().values()
-    return stats
-
-
-def read_port(guest) -> tuple[str, str]:
-    port = f"/sys/class/infiniband/{rdma_device(guest)}/ports/1"
-    result = guest.run(f"cat {port}/state {port}/phys_state", check=True)
-    state, phys = result.stdout.splitlines()
-    return state.strip(), phys.strip()
-
-
-def hfi1_dmesg_problems(guest) -> list[str]:
-    lines = guest.run("dmesg --level=emerg,alert,crit,err,warn", check=True).stdout.splitlines()
-    mine = [line for line in lines if re.search(r"hfi1|HFI:|rdmavt", line)]
-    return [line for line in mine if not any(re.search(p, line) for p in DMESG_ALLOWLIST)]
-
-
-def load_hfi1(guest, want_state: str, timeout: float = 120.0) -> float:
-    """modprobe hfi1 and wait until port 1 reads `want_state`; seconds it took."""
-    start = time.monotonic()
-    guest.run("modprobe hfi1", timeout=timeout, check=True)
-    device = rdma_device(guest, timeout)  # udev: rdma-core renames it, loads ib_umad & co
-    wait_port_state(guest, device, want_state, max(1.0, start + timeout - time.monotonic()))
-    return time.monotonic() - start
-
 
 @pytest.fixture(scope="module")
 def linked(module_lab, tmp_path_factory, report_figure):
@@ -75,7 +37,7 @@ def linked(module_lab, tmp_path_factory, report_figure):
 def test_modprobe_brings_port_1_to_init_and_linkup_touching_only_declared_csrs(linked):
     guest, server, stats, seconds = linked
     assert read_port(guest) == ("2: INIT", "5: LinkUp")
-    counters = server_stats(server, stats)
+    counters = server_stats(server)
     assert counters["undeclared_csr_accesses"] == 0, counters["undeclared_offsets"]
     assert (counters["physical_state"], counters["logical_state"]) == ("LINKUP", "INIT")
 
@@ -128,7 +90,7 @@ def test_reload_three_times_without_a_link_partner_never_hangs(lab, tmp_path, re
         report_figure(f"hfi1: reload cycle {cycle + 1} (no link partner): rmmod + modprobe "
                       f"{time.monotonic() - start:.1f} s")
     assert hfi1_dmesg_problems(guest) == []
-    assert server_stats(server, stats)["undeclared_csr_accesses"] == 0
+    assert server_stats(server)["undeclared_csr_accesses"] == 0
 
 
 def test_rmmod_with_the_port_up_deadlocks_in_the_6_12_driver_on_simulator_hardware(lab):
