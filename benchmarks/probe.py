@@ -33,8 +33,6 @@ import re
 import shutil
 import sys
 import tempfile
-from collections import defaultdict
-from dataclasses import dataclass, field
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -42,6 +40,8 @@ sys.path.insert(0, str(HERE.parent))
 
 from devmodel.hfi1 import ChipConfig, Hfi1Device  # noqa: E402
 from devmodel.hfi1 import chip_registers as cr  # noqa: E402
+from emulator.trace import Access, read_trace  # noqa: E402
+from emulator.trace_compare import BlockCost, block_costs, format_stats  # noqa: E402
 from images.server import VfnicServer  # noqa: E402
 from images.vm import Guest  # noqa: E402
 
@@ -62,62 +62,21 @@ def block_of_register() -> dict[str, str]:
         device.close()
 
 
-@dataclass
-class Access:
-    time: float
-    op: str
-    name: str
-    value: int
-
-
-@dataclass
-class BlockCost:
-    reads: int = 0
-    writes: int = 0
-    busy_s: float = 0.0
-    wait_s: float = 0.0
-    waits: list[tuple[float, str]] = field(default_factory=list)
-
-    @property
-    def total_s(self) -> float:
-        return self.busy_s + self.wait_s
-
-
-def parse_trace(path: Path) -> list[Access]:
-    accesses = []
-    for line in path.read_text().splitlines()[1:]:  # after the header
-        when, _device, op, _bar, _offset, _size, name, value = line.split()
-        accesses.append(Access(float(when), op, name, int(value, 16)))
-    return accesses
-
-
 def probe_window(accesses: list[Access]) -> list[Access]:
     """From hfi1's first access to the read of DCC_CFG_PORT_CONFIG that
     saw logical state Init (set_link_state(HLS_UP_INIT)'s wait)."""
     shift = cr.DCC_CFG_PORT_CONFIG_LINK_STATE_SHIFT
     for i, access in enumerate(accesses):
-        if access.op == "R" and access.name == "DCC_CFG_PORT_CONFIG" and access.value >> shift & 7 == INIT_STATE:
+        if access.op == "R" and access.register == "DCC_CFG_PORT_CONFIG" and access.value >> shift & 7 == INIT_STATE:
             return accesses[:i + 1]
     raise RuntimeError("the trace never shows the driver reading logical state Init")
 
 
 def breakdown(window: list[Access], blocks: dict[str, str]) -> dict[str, BlockCost]:
-    costs: dict[str, BlockCost] = defaultdict(BlockCost)
-    for access, following in zip(window, window[1:] + [None]):
-        base = re.split(r"[\[+:]", access.name)[0]
-        block = blocks.get(base) or next((b for prefix, b in REGION_BLOCKS.items() if base.startswith(prefix)), "?")
-        cost = costs[block]
-        if access.op == "R":
-            cost.reads += 1
-        else:
-            cost.writes += 1
-        gap = following.time - access.time if following else 0.0
-        if gap > WAIT_GAP_S:
-            cost.wait_s += gap
-            cost.waits.append((gap, access.name))
-        else:
-            cost.busy_s += gap
-    return dict(costs)
+    def block_of(register: str) -> str:
+        base = re.split(r"[\[+:]", register)[0]
+        return blocks.get(base) or next((b for prefix, b in REGION_BLOCKS.items() if base.startswith(prefix)), "?")
+    return block_costs(window, block_of, WAIT_GAP_S)
 
 
 #: one guest command: the guest's uptime at modprobe, then once sysfs says Init
@@ -150,7 +109,7 @@ def one_run(mode: str, workdir: Path, blocks: dict[str, str]) -> dict:
         shutil.rmtree(socket_dir, ignore_errors=True)
     started, ended = float(out[0]), float(out[-1])
     first_message, port_init = dmesg_span(dmesg)
-    window = probe_window(parse_trace(trace))
+    window = probe_window(read_trace(trace))
     return {"total_s": ended - started, "load_s": first_message - started, "driver_s": port_init - first_message,
             "rest_s": ended - port_init, "accesses": len(window), "traced_s": window[-1].time - window[0].time,
             "blocks": breakdown(window, blocks)}
@@ -169,11 +128,7 @@ def report(mode: str, runs: list[dict]) -> None:
           f"{run['driver_s']:.1f} s, to sysfs {run['rest_s']:.1f} s")
     total = run["traced_s"]
     print(f"  {run['accesses']} trapped accesses over {total:.2f} s of trace, by chip block:")
-    print(f"  {'block':<12}{'reads':>8}{'writes':>8}{'busy s':>9}{'waits s':>9}{'share':>8}  longest waits")
-    for name, cost in sorted(run["blocks"].items(), key=lambda kv: -kv[1].total_s):
-        longest = ", ".join(f"{gap * 1e3:.0f} ms after {reg}" for gap, reg in sorted(cost.waits, reverse=True)[:2])
-        print(f"  {name:<12}{cost.reads:>8}{cost.writes:>8}{cost.busy_s:>9.2f}{cost.wait_s:>9.2f}"
-              f"{100 * cost.total_s / total if total else 0:>7.0f}%  {longest}")
+    print("\n".join(format_stats(run["blocks"], indent="  ")))
 
 
 def dominant(run: dict) -> str:

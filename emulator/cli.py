@@ -4,6 +4,8 @@
                 [--control PATH] [--trace FILE] [--stats FILE] [-v]
     vfnic ctl PATH COMMAND [KEY=VALUE ...]
     vfnic firmware --output DIR
+    vfnic trace-diff A B [--ignore-values REGEX] [--most N]
+    vfnic trace-stats FILE
 
 `serve` serves one device per socket, in the foreground, until SIGINT or
 SIGTERM, then removes its sockets. Devices with ports share one fabric in
@@ -17,6 +19,12 @@ fault-set link=0 from=hfi1_0 kind=drop rate=0.01`, `vfnic ctl C help`.
 that the emulated chip trusts (devmodel/hfi1/firmware.py). Copy them into a
 guest's /lib/firmware.
 
+`trace-diff` compares two MMIO traces (`serve --trace`) by what the driver
+did, ignoring timing and polling repeats, and prints the first and every
+differing access (exit status 0 the same, 1 different, like diff(1));
+`trace-stats` counts accesses and time per register block
+(emulator/trace_compare.py).
+
 Bad arguments exit with status 2 and one line; a command the control socket
 refuses exits with status 1 and one line saying why.
 """
@@ -26,6 +34,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import textwrap
@@ -36,7 +45,8 @@ from devmodel import registry
 from . import control
 from .pci.function import PciFunction
 from .server import Server, ServerError
-from .trace import MmioTrace
+from .trace import MmioTrace, TraceError, read_trace
+from .trace_compare import block_costs, diff, format_diff, format_stats
 
 
 class UsageError(Exception):
@@ -79,6 +89,14 @@ def _parser() -> argparse.ArgumentParser:
     ctl.add_argument("arguments", nargs="*", metavar="KEY=VALUE", help="the command's arguments")
     fw = sub.add_parser("firmware", help="write the hfi1 firmware files (vfnic's own, signed with its test key)")
     fw.add_argument("--output", required=True, metavar="DIR", help="where to write them (e.g. a guest's /lib/firmware)")
+    tdiff = sub.add_parser("trace-diff", help="compare two MMIO traces (serve --trace), timing and polling aside")
+    tdiff.add_argument("a", metavar="A", help="a trace file")
+    tdiff.add_argument("b", metavar="B", help="another trace file")
+    tdiff.add_argument("--ignore-values", metavar="REGEX",
+                       help="compare registers whose names match only by name, not value (e.g. DMA addresses)")
+    tdiff.add_argument("--most", type=int, metavar="N", help="print at most N differing stretches")
+    tstats = sub.add_parser("trace-stats", help="accesses and time per register block of an MMIO trace")
+    tstats.add_argument("file", metavar="FILE", help="a trace file")
     return parser
 
 
@@ -203,10 +221,40 @@ def write_firmware(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read(path: str):
+    try:
+        return read_trace(path)
+    except TraceError as e:
+        raise UsageError(str(e)) from None
+    except OSError as e:
+        raise UsageError(f"cannot read {path}: {e.strerror}") from None
+
+
+def trace_diff(args: argparse.Namespace) -> int:
+    try:
+        ignore = re.compile(args.ignore_values) if args.ignore_values else None
+    except re.error as e:
+        raise UsageError(f"--ignore-values {args.ignore_values!r}: {e}") from None
+    if args.most is not None and args.most < 1:
+        raise UsageError("--most takes a number of at least 1")
+    result = diff(_read(args.a), _read(args.b), ignore)
+    print("\n".join(format_diff(result, args.a, args.b, args.most)))
+    return 0 if result.same else 1
+
+
+def trace_stats(args: argparse.Namespace) -> int:
+    accesses = _read(args.file)
+    span = accesses[-1].time - accesses[0].time if accesses else 0.0
+    print(f"{args.file}: {len(accesses)} accesses over {span:.3f} s")
+    print("\n".join(format_stats(block_costs(accesses))))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args = _parser().parse_args(argv)
-        commands = {"ctl": ctl, "serve": serve, "firmware": write_firmware}
+        commands = {"ctl": ctl, "serve": serve, "firmware": write_firmware, "trace-diff": trace_diff,
+                    "trace-stats": trace_stats}
         return commands[args.command](args)
     except UsageError as e:
         print(f"vfnic: error: {e}", file=sys.stderr)

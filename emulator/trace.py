@@ -1,25 +1,59 @@
 """A CSR-named trace of the guest's MMIO (`vfnic serve --trace FILE`).
 
-One line per BAR access the device sees (after the transport split it into
-naturally aligned pieces), in the order they were served:
+JSON lines, one object per BAR access the device sees (after the transport
+split it into naturally aligned pieces), in the order they were served,
+after a header line:
 
-    #   time_s device  op bar offset    size register                          value
-    0.000123 hfi1_0    R  0   0x000008  8    CCE_REVISION2                     0x0000000000000003
-    0.000530 hfi1_0    W  0   0x602028  8    DC_DC8051_CFG_HOST_CMD_0          0x0000000000000301
+    {"vfnic_trace": 1, "started": "2026-12-07T18:40:00+00:00"}
+    {"t": 0.000123, "device": "hfi1_0", "op": "R", "bar": 0, "offset": "0x000008", "size": 8,
+     "register": "CCE_REVISION2", "value": "0x0000000000000003"}
 
-`register` is the model's name for the offset, one word: the kernel's CSR
-name for hfi1 ("SEND_CTXT_CTRL[3]", "RcvArray[17]", "PIO_SEND_BUFFER_SOP[2]+0x40",
-"undeclared:NEAREST+0x8" where the model declares nothing). Time is
-seconds since the trace was opened. Thread-safe: the devices of one process
-share one file.
+(one line each in the file). `t` is seconds since the trace was opened;
+`offset` and `value` are hex strings, so that 64-bit values survive tools
+that read JSON numbers as doubles. `register` is the model's name for the
+offset (`DeviceModel.register_name`), one word: the kernel's CSR name for
+hfi1 ("SEND_CTXT_CTRL[3]", "RcvArray[17]", "PIO_SEND_BUFFER_SOP[2]+0x40",
+"undeclared:NEAREST+0x8" where the model declares nothing). Thread-safe:
+the devices of one process share one file.
+
+`read_trace` reads it back (and the space-separated format of earlier
+vfnic versions); `emulator/trace_compare.py` diffs and summarises traces.
 """
 from __future__ import annotations
 
+import datetime
+import json
 import logging
 import threading
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
 log = logging.getLogger("vfnic.trace")
+
+FORMAT_VERSION = 1
+
+
+class TraceError(ValueError):
+    """A file that is not a vfnic MMIO trace, or a line that does not parse."""
+
+
+@dataclass(frozen=True)
+class Access:
+    """One traced BAR access."""
+    time: float
+    device: str
+    op: str  # "R" or "W"
+    bar: int
+    offset: int
+    size: int
+    register: str
+    value: int
+    line: int  # where it stands in its file, 1-based
+
+    def describe(self) -> str:
+        return f"{self.device} {self.op} {self.register} {self.value:#0{2 + 2 * self.size}x}"
 
 
 class MmioTrace:
@@ -29,11 +63,13 @@ class MmioTrace:
         self._lock = threading.Lock()
         self._start = time.monotonic()
         self._file = open(path, "w", buffering=1 << 16)  # open until close()
-        self._file.write("# time_s device op bar offset size register value\n")
+        started = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+        self._file.write(json.dumps({"vfnic_trace": FORMAT_VERSION, "started": started}) + "\n")
 
     def record(self, device: str, op: str, bar: int, offset: int, size: int, name: str, value: int) -> None:
-        line = (f"{time.monotonic() - self._start:.6f} {device} {op} {bar} {offset:#08x} {size} {name} "
-                f"{value:#0{2 + 2 * size}x}\n")
+        line = json.dumps({"t": round(time.monotonic() - self._start, 6), "device": device, "op": op, "bar": bar,
+                           "offset": f"{offset:#08x}", "size": size, "register": name,
+                           "value": f"{value:#0{2 + 2 * size}x}"}) + "\n"
         with self._lock:
             if self._file is None:
                 return
@@ -53,3 +89,49 @@ class MmioTrace:
                 except OSError as e:
                     log.error("closing MMIO trace %s: %s", self.path, e)
                 self._file = None
+
+
+def read_trace(path: str | Path) -> list[Access]:
+    """Every access in a trace file, in order. Raises TraceError (naming the
+    file and line) for anything that is not a trace; OSError if unreadable."""
+    return list(_accesses(Path(path)))
+
+
+def _accesses(path: Path) -> Iterator[Access]:
+    with open(path, encoding="utf-8", errors="replace") as lines:
+        header = lines.readline()
+        if header.startswith("{"):
+            parse = _json_access
+            try:
+                if json.loads(header).get("vfnic_trace") != FORMAT_VERSION:
+                    raise TraceError(f"{path}:1: a trace of another format version: {header.strip()[:80]}")
+            except (json.JSONDecodeError, AttributeError):
+                raise TraceError(f"{path}:1: not a vfnic MMIO trace (no header line)") from None
+        elif header.startswith("# time_s device op"):
+            parse = _text_access
+        else:
+            raise TraceError(f"{path}:1: not a vfnic MMIO trace (no header line)")
+        for number, text in enumerate(lines, start=2):
+            if not text.strip():
+                continue
+            try:
+                yield parse(text, number)
+            except (ValueError, KeyError, TypeError, AttributeError) as e:
+                raise TraceError(f"{path}:{number}: not a trace line ({e}): {text.strip()[:80]}") from None
+
+
+def _json_access(text: str, line: int) -> Access:
+    row = json.loads(text)
+    return Access(float(row["t"]), str(row["device"]), _op(row["op"]), int(row["bar"]), int(row["offset"], 16),
+                  int(row["size"]), str(row["register"]), int(row["value"], 16), line)
+
+
+def _text_access(text: str, line: int) -> Access:
+    when, device, op, bar, offset, size, name, value = text.split()
+    return Access(float(when), device, _op(op), int(bar), int(offset, 16), int(size), name, int(value, 16), line)
+
+
+def _op(op: str) -> str:
+    if op not in ("R", "W"):
+        raise ValueError(f"op {op!r} is neither R nor W")
+    return op

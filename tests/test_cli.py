@@ -1,6 +1,7 @@
 """`vfnic serve` as a user runs it: bad arguments, signals, the socket's life."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -9,6 +10,7 @@ import sys
 import pytest
 
 from emulator.client import Client
+from emulator.trace import read_trace
 from images.wait import wait_until
 
 
@@ -115,9 +117,11 @@ def test_the_mmio_trace_names_each_register_the_driver_touches(tmp_path):
     finally:
         proc.terminate()
         assert proc.wait(timeout=10) == 0
-    lines = [line.split() for line in trace.read_text().splitlines()[1:]]
-    assert [(op, name, value) for _, device, op, _, _, _, name, value in lines[:3]] == [
-        ("R", "CCE_REVISION2", f"{revision:#018x}"), ("W", "CCE_SCRATCH[0]", "0x0000000000001234"),
-        ("R", "CCE_SCRATCH[0]+0x4", "0x00000000")]
-    assert lines[0][1] == "hfi1" and float(lines[0][0]) >= 0
-    assert lines[3][6] == "PIO_SEND_BUFFER[0]+0x0" and lines[4][6].startswith("undeclared:")
+    accesses = read_trace(trace)
+    assert [(a.op, a.register, a.value) for a in accesses[:3]] == [
+        ("R", "CCE_REVISION2", revision), ("W", "CCE_SCRATCH[0]", 0x1234), ("R", "CCE_SCRATCH[0]+0x4", 0)]
+    assert accesses[0].device == "hfi1" and accesses[0].time >= 0
+    assert accesses[3].register == "PIO_SEND_BUFFER[0]+0x0" and accesses[4].register.startswith("undeclared:")
+    assert json.loads(trace.read_text().splitlines()[2]) == {
+        "t": accesses[1].time, "device": "hfi1", "op": "W", "bar": 0, "offset": f"{cr.CCE_SCRATCH:#08x}", "size": 8,
+        "register": "CCE_SCRATCH[0]", "value": "0x0000000000001234"}
