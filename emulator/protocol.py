@@ -106,18 +106,7 @@ IRQ_DATA_MASK = 0x7
 IRQ_ACTION_MASK = 0x38
 
 
-class RegionIndex(IntEnum):
-    BAR0 = 0
-    BAR1 = 1
-    BAR2 = 2
-    BAR3 = 3
-    BAR4 = 4
-    BAR5 = 5
-    ROM = 6
-    CONFIG = 7
-    VGA = 8
-
-
+#: BAR0-5, expansion ROM, config space, VGA (VFIO_PCI_NUM_REGIONS)
 NUM_REGIONS = 9
 
 

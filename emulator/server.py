@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from .errors import ErrnoError
-from .pci.function import NUM_REGIONS, PciFunction, RegionAccessError
+from .pci.function import PciFunction, RegionAccessError
 from .protocol import (
     DEVICE_INFO,
     DMA_MAP,
@@ -36,6 +36,7 @@ from .protocol import (
     IRQ_SET,
     MSG_TYPE_MASK,
     NUM_IRQS,
+    NUM_REGIONS,
     REGION_ACCESS,
     REGION_INFO,
     WRITE_MULTI_COUNT,

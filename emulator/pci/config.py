@@ -167,9 +167,6 @@ class ConfigSpace:
     def get16(self, off: int) -> int:
         return struct.unpack_from("<H", self.data, off)[0]
 
-    def get32(self, off: int) -> int:
-        return struct.unpack_from("<I", self.data, off)[0]
-
     def writable(self, off: int, size: int, mask: int) -> None:
         self.wmask[off:off + size] = mask.to_bytes(size, "little")
 

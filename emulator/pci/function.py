@@ -43,7 +43,6 @@ from .config import CONFIG_SIZE, ConfigSpace, MsiX, PciExpress, PowerManagement
 log = logging.getLogger("vfnic.pci")
 
 CONFIG_REGION = 7
-NUM_REGIONS = 9
 MSIX_ENTRY_SIZE = 16
 
 
