@@ -1,17 +1,36 @@
-"""The devices `vfnic serve --device NAME` knows, by name, and their options
-(`--option KEY=VALUE`). Imports are lazy so that serving testdev never loads
+"""The devices `vfnic serve --device NAME` knows, by name, their options
+(`--option KEY=VALUE`) and the files their guests need (`GuestFiles`: the
+`vfnic` command that writes them, and what the guest image installs). The
+transport (emulator/) and the guest images (images/) know devices only
+through this module. Imports are lazy so that serving testdev never loads
 the hfi1 model."""
 from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from devmodel.base import DeviceModel
 
 
 class OptionError(ValueError):
     pass
+
+
+@dataclass(frozen=True)
+class GuestFiles:
+    """Files a guest of the device needs, written by `vfnic COMMAND --output
+    DIR` and installed by the guest image under `directory`."""
+
+    command: str
+    help: str
+    #: where the guest looks for them, relative to its root
+    directory: str
+    #: "module:function", () -> {file name: contents}
+    files: str
+    #: "module:function", (directory) -> [paths written]
+    write: str
 
 
 @dataclass(frozen=True)
@@ -23,6 +42,7 @@ class DeviceEntry:
     #: a factory for `count` devices on one fabric (cabled as the device
     #: decides); None: each device stands alone
     fabric: str | None = None
+    guest_files: GuestFiles | None = None
 
 
 DEVICES = {
@@ -37,7 +57,9 @@ DEVICES = {
                   "the chip authenticates signed firmware (the guest needs the files of `vfnic firmware` in "
                   "/lib/firmware, or probe fails), negotiates the link with VerifyCap "
                   "and relays SMA idle messages; simulator (3, functional simulator), none of that"),
-    }, fabric="Hfi1Device.fabric"),
+    }, fabric="Hfi1Device.fabric", guest_files=GuestFiles(
+        "firmware", "write the hfi1 firmware files (vfnic's own, signed with its test key)", "usr/lib/firmware",
+        "devmodel.hfi1.firmware:firmware_files", "devmodel.hfi1.firmware:write_firmware")),
 }
 
 
@@ -61,6 +83,25 @@ def _resolve(entry: DeviceEntry, path: str) -> Callable:
     for attr in path.split("."):
         factory = getattr(factory, attr)
     return factory
+
+
+def _function(spec: str) -> Callable:
+    module, _, name = spec.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def guest_files(name: str) -> dict[str, bytes]:
+    """The files a guest of device `name` needs, by path relative to its root."""
+    files = DEVICES[name].guest_files
+    if files is None:
+        return {}
+    return {f"{files.directory}/{file}": data for file, data in _function(files.files)().items()}
+
+
+def write_guest_files(name: str, directory: str | Path) -> list[Path]:
+    """Write device `name`'s guest files into `directory` (created if missing); their paths."""
+    files = DEVICES[name].guest_files
+    return [] if files is None else _function(files.write)(Path(directory))
 
 
 def create(name: str, options: list[str] | None = None) -> DeviceModel:

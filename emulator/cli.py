@@ -3,9 +3,9 @@
     vfnic serve --device NAME --socket PATH [--socket PATH ...] [--option KEY=VALUE ...]
                 [--control PATH] [--trace FILE] [--stats FILE] [-v]
     vfnic ctl PATH COMMAND [KEY=VALUE ...]
-    vfnic firmware --output DIR
     vfnic trace-diff A B [--ignore-values REGEX] [--most N]
     vfnic trace-stats FILE
+    vfnic COMMAND --output DIR          (a device's guest files, e.g. hfi1's `firmware`)
 
 `serve` serves one device per socket, in the foreground, until SIGINT or
 SIGTERM, then removes its sockets. Devices with ports share one fabric in
@@ -14,10 +14,10 @@ trains with its built-in link partner. `--control` opens the control socket
 (emulator/control.py) that `ctl` talks to: `vfnic ctl C query`, `vfnic ctl C
 fault-set link=0 from=hfi1_0 kind=drop rate=0.01`, `vfnic ctl C help`.
 
-`firmware` writes the four firmware files hfi1 requests on RTL silicon
-(`--option icode=silicon`): vfnic's own, signed with the project's test key
-that the emulated chip trusts (devmodel/hfi1/firmware.py). Copy them into a
-guest's /lib/firmware.
+A device whose guests need files of vfnic's (devmodel/registry.py,
+`GuestFiles`) adds a command that writes them: `vfnic firmware --output DIR`
+writes the four files hfi1 requests on RTL silicon (`--option icode=silicon`),
+to copy into a guest's /lib/firmware.
 
 `trace-diff` compares two MMIO traces (`serve --trace`) by what the driver
 did, ignoring timing and polling repeats, and prints the first and every
@@ -87,8 +87,6 @@ def _parser() -> argparse.ArgumentParser:
     ctl.add_argument("path", help="the control socket (vfnic serve --control PATH)")
     ctl.add_argument("name", metavar="COMMAND", help="query, stats, fault-set, ..., help")
     ctl.add_argument("arguments", nargs="*", metavar="KEY=VALUE", help="the command's arguments")
-    fw = sub.add_parser("firmware", help="write the hfi1 firmware files (vfnic's own, signed with its test key)")
-    fw.add_argument("--output", required=True, metavar="DIR", help="where to write them (e.g. a guest's /lib/firmware)")
     tdiff = sub.add_parser("trace-diff", help="compare two MMIO traces (serve --trace), timing and polling aside")
     tdiff.add_argument("a", metavar="A", help="a trace file")
     tdiff.add_argument("b", metavar="B", help="another trace file")
@@ -97,6 +95,12 @@ def _parser() -> argparse.ArgumentParser:
     tdiff.add_argument("--most", type=int, metavar="N", help="print at most N differing stretches")
     tstats = sub.add_parser("trace-stats", help="accesses and time per register block of an MMIO trace")
     tstats.add_argument("file", metavar="FILE", help="a trace file")
+    for device, entry in sorted(registry.DEVICES.items()):
+        if entry.guest_files is not None:
+            files = sub.add_parser(entry.guest_files.command, help=entry.guest_files.help)
+            files.add_argument("--output", required=True, metavar="DIR",
+                               help=f"where to write them (the guest's /{entry.guest_files.directory})")
+            files.set_defaults(device=device)
     return parser
 
 
@@ -207,15 +211,13 @@ def ctl(args: argparse.Namespace) -> int:
     return 0
 
 
-def write_firmware(args: argparse.Namespace) -> int:
+def write_guest_files(args: argparse.Namespace) -> int:
     import hashlib
 
-    from devmodel.hfi1.firmware import write_firmware as write
-
     try:
-        paths = write(args.output)
+        paths = registry.write_guest_files(args.device, args.output)
     except OSError as e:
-        raise UsageError(f"cannot write firmware into {args.output}: {e.strerror}") from None
+        raise UsageError(f"cannot write {args.command} into {args.output}: {e.strerror}") from None
     for path in paths:
         print(f"{path}  {path.stat().st_size} bytes  sha256 {hashlib.sha256(path.read_bytes()).hexdigest()}")
     return 0
@@ -253,9 +255,8 @@ def trace_stats(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     try:
         args = _parser().parse_args(argv)
-        commands = {"ctl": ctl, "serve": serve, "firmware": write_firmware, "trace-diff": trace_diff,
-                    "trace-stats": trace_stats}
-        return commands[args.command](args)
+        commands = {"ctl": ctl, "serve": serve, "trace-diff": trace_diff, "trace-stats": trace_stats}
+        return commands.get(args.command, write_guest_files)(args)
     except UsageError as e:
         print(f"vfnic: error: {e}", file=sys.stderr)
         return 2

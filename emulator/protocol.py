@@ -23,7 +23,7 @@ from enum import IntEnum, IntFlag
 
 import construct as c
 
-from devmodel.wire.fixed import Fixed
+from common.fixed import Fixed
 
 HEADER_SIZE = 16
 

@@ -10,9 +10,9 @@ debootstrap:
    modules and the setup script; ~1.5 min cold.
 2. **image** (`cache/image/HASH/`): a hard-linked copy of the rootfs tree
    plus vfnic's guest files (init, agent, systemd unit, udev rule), the
-   hfi1 firmware files of `vfnic firmware` in /usr/lib/firmware (hfi1
-   requests them on RTL silicon), the custom kernel's modules if one is
-   given, packed into `root.ext4` with
+   files each device's guests need (devmodel/registry.py `GuestFiles`: hfi1's
+   firmware of `vfnic firmware` in /usr/lib/firmware, requested on RTL
+   silicon), the custom kernel's modules if one is given, packed into `root.ext4` with
    `mkfs.ext4 -d` (no loop device, no mount). Next to it: `vmlinux` (the
    kernel decompressed for PVH boot, images/kernel.py), `vmlinuz`,
    `initrd.img` (vfnic's, images/initrd.py), `initrd-debian.img` and
@@ -34,7 +34,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from devmodel.hfi1.firmware import firmware_files
+from devmodel import registry
 from images import GUEST_FILES_DIR
 from images.cache import build_once, downloads_dir, file_hash, recipe_hash, tree_hash
 from images.debian import ARCHIVE_KEYRING, PrivateApt, ProvisionError, debian_mirror, fetch_debootstrap, run_logged
@@ -157,7 +157,7 @@ def build(kernel: Path | None = None, modules: Path | None = None) -> GuestImage
         "masked_units": MASKED_UNITS,
         "custom_kernel": custom.recipe() if custom else None,
         "initrd_init": file_hash(GUEST_FILES_DIR / INITRD_INIT_SOURCE),
-        "hfi1_firmware": {name: hashlib.sha256(data).hexdigest() for name, data in firmware_files().items()},
+        "device_files": {path: hashlib.sha256(data).hexdigest() for path, data in device_files().items()},
         # The code that assembles the image: editing it rebuilds the image
         # (seconds), never the rootfs.
         "builders": {name: file_hash(Path(__file__).parent / name)
@@ -298,7 +298,7 @@ def assemble_image(work: Path, rootfs: Path, custom: CustomKernel | None) -> Non
     # unlinked first rather than written through a shared inode.
     run_logged(["cp", "-a", "--link", str(rootfs), str(stage)], "copying the root tree")
     install_guest_files(stage)
-    install_hfi1_firmware(stage)
+    install_device_files(stage)
     mask_units(stage)
     if custom:
         kernel_version = install_custom_kernel(stage, custom, work)
@@ -344,11 +344,16 @@ def install_guest_files(stage: Path) -> None:
     wants.symlink_to("../vfnic-agent.service")
 
 
-def install_hfi1_firmware(stage: Path) -> None:
-    """`vfnic firmware`'s four files where request_firmware looks (hfi1 on
-    RTL silicon, `--option icode=silicon`, refuses to probe without them)."""
-    for name, data in firmware_files().items():
-        replace_file(stage / "usr/lib/firmware" / name, data, 0o644)
+def device_files() -> dict[str, bytes]:
+    """Every device's guest files, by path relative to the guest's root."""
+    return {path: data for device in sorted(registry.DEVICES) for path, data in registry.guest_files(device).items()}
+
+
+def install_device_files(stage: Path) -> None:
+    """The files devices' guests need where they look for them (hfi1 on RTL
+    silicon, `--option icode=silicon`, refuses to probe without its firmware)."""
+    for path, data in device_files().items():
+        replace_file(stage / path, data, 0o644)
 
 
 def mask_units(stage: Path) -> None:

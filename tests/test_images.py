@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from images import cache, debian
-from images.guest import GuestImage
+from images.guest import GuestImage, device_files
 from images.initrd import ModuleTree, NewcArchive
 from images.lspci import parse_lspci
 from images.qemu import Qemu, QemuError
@@ -205,3 +205,9 @@ def test_a_footprint_is_within_ten_percent_or_one_fd_of_its_reference():
     assert not within(Footprint(9, 55_001), reference), "RSS grew by more than 10 %"
     assert within(Footprint(44, 50_000), Footprint(40, 50_000)) and not within(Footprint(45, 50_000),
                                                                               Footprint(40, 50_000))
+
+
+def test_the_image_installs_each_devices_guest_files_where_the_guest_looks():
+    files = device_files()
+    assert sorted(files) == [f"usr/lib/firmware/hfi1_{name}.fw" for name in ("dc8051", "fabric", "pcie", "sbus")]
+    assert all(len(data) == 972 for data in files.values())

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import construct as c
 
-from .fixed import Fixed
+from common.fixed import Fixed
 
 PCAP_MAGIC_NS = 0xA1B23C4D
 LINKTYPE_ERF = 197
