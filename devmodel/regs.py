@@ -18,8 +18,9 @@ Sub-word accesses (a 4-byte access to half of a 64-bit CSR) merge into the
 register: only the bytes written are affected. Hooks: `on_write(old, new)`
 runs after the value is stored; `on_read(stored) -> value` computes live
 status. An access to an offset that no table declares is served as plain
-storage, logged once with the nearest declared name, and counted in
-`undeclared`, so that gaps in a model are visible.
+storage, logged once with the nearest declared name (the first few offsets,
+then a summary a minute: common/ratelog.py), and counted in `undeclared`, so
+that gaps in a model are visible.
 """
 from __future__ import annotations
 
@@ -29,6 +30,8 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from enum import Enum
+
+from common.ratelog import RateLimitedLog
 
 ALL_ONES = (1 << 64) - 1
 
@@ -95,6 +98,7 @@ class RegisterFile:
         self._covering: dict[int, Register] = {}  # every byte offset -> its register
         self._extra: dict[int, int] = {}  # undeclared storage, by 8-byte-aligned offset
         self.undeclared: Counter[int] = Counter()
+        self._undeclared_log = RateLimitedLog(self.log, "undeclared offsets")
         self.declare(registers)
 
     # -- declaration -------------------------------------------------------
@@ -168,7 +172,7 @@ class RegisterFile:
     def _note_undeclared(self, offset: int, kind: str) -> None:
         key = offset & ~7
         if key not in self.undeclared:
-            self.log.warning("%s: %s of undeclared offset %#x (%s)", self.name, kind, offset, self.nearest(offset))
+            self._undeclared_log.warning("%s: %s of undeclared offset %#x (%s)", self.name, kind, offset, self.nearest(offset))
         self.undeclared[key] += 1
 
     def read(self, offset: int, size: int) -> int:

@@ -20,6 +20,8 @@ import logging
 import os
 import threading
 
+from common.ratelog import RateLimitedLog
+
 from .errors import ErrnoError
 from .protocol import IRQ_ACTION_MASK, IRQ_DATA_MASK, IrqIndex, IrqSetFlags
 
@@ -38,6 +40,8 @@ class InterruptLines:
         self._masked: dict[IrqIndex, list[bool]] = {i: [False] * n for i, n in self.counts.items()}
         self.pending: list[bool] = [False] * self.counts[IrqIndex.MSIX]
         self._lock = threading.Lock()
+        self._lost = RateLimitedLog(log, "lost interrupts")
+        self._missing = RateLimitedLog(log, "interrupts to missing vectors")
 
     # -- SET_IRQS ----------------------------------------------------------------
     def set_irqs(self, flags: int, index: int, start: int, count: int, fds: list[int], data: bytes = b"") -> None:
@@ -123,7 +127,7 @@ class InterruptLines:
         try:
             os.eventfd_write(fd, 1)
         except OSError as e:  # the client closed its end: the interrupt is lost, as on a dead link
-            log.warning("%s vector %d: eventfd write failed: %s", idx.name, vector, e)
+            self._lost.warning("%s vector %d: eventfd write failed: %s", idx.name, vector, e)
             return False
         return True
 
@@ -131,7 +135,7 @@ class InterruptLines:
         with self._lock:
             if self._enabled[IrqIndex.MSIX]:
                 if not 0 <= vector < self.counts[IrqIndex.MSIX]:
-                    log.warning("MSI-X vector %d does not exist (%d vectors)", vector, self.counts[IrqIndex.MSIX])
+                    self._missing.warning("MSI-X vector %d does not exist (%d vectors)", vector, self.counts[IrqIndex.MSIX])
                     return
                 if not self._signal(IrqIndex.MSIX, vector):
                     self.pending[vector] = True

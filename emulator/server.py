@@ -24,6 +24,8 @@ import threading
 from dataclasses import dataclass
 from enum import Enum
 
+from common.ratelog import RateLimitedLog
+
 from .errors import ErrnoError
 from .pci.function import PciFunction, RegionAccessError
 from .protocol import (
@@ -127,8 +129,11 @@ class Reply:
 class Connection:
     """One client's session: framing, runstate, dispatch."""
 
-    def __init__(self, sock: socket.socket, function: PciFunction, log: logging.Logger, write_multiple: bool = True):
+    def __init__(self, sock: socket.socket, function: PciFunction, log: logging.Logger, write_multiple: bool = True,
+                 refused: RateLimitedLog | None = None):
         self.sock, self.function, self.log = sock, function, log
+        #: refused messages: the first lines, then a summary a minute (the server's, across its clients)
+        self.refused = refused or RateLimitedLog(log, "refused messages")
         self.state = RunState.NEGOTIATING
         self.write_multiple = write_multiple
         self.client_caps: dict = {}
@@ -248,7 +253,7 @@ class Connection:
                 self.send(msg.msg_id, msg.command, reply or Reply())
         except ErrnoError as e:  # ProtocolError, and the DMA map's and IRQ lines' refusals
             self.counts["errors"] += 1
-            self.log.warning("%s refused: %s (%s)", _name(msg.command), e, errno.errorcode.get(e.errno, e.errno))
+            self.refused.warning("%s refused: %s (%s)", _name(msg.command), e, errno.errorcode.get(e.errno, e.errno))
             if msg.wants_reply:
                 self.send_error(msg.msg_id, msg.command, e.errno)
 
@@ -502,6 +507,7 @@ class Server:
         self.state = RunState.CLOSED
         self.clients = 0
         self.accept_failures = 0
+        self.refused = RateLimitedLog(self.log, "refused messages")
         self.connection: Connection | None = None
         self._listener: socket.socket | None = None
         self._conn_sock: socket.socket | None = None
@@ -541,7 +547,7 @@ class Server:
             self.state = RunState.NEGOTIATING
             log = self.log.getChild(f"client{self.clients}")
             log.info("client connected")
-            self.connection = Connection(sock, self.function, log, self.write_multiple)
+            self.connection = Connection(sock, self.function, log, self.write_multiple, self.refused)
             try:
                 self.connection.serve()
             except Disconnected as e:
@@ -580,6 +586,7 @@ class Server:
 
     def close(self) -> None:
         """After serve_forever returned: release the listener and remove the socket file."""
+        self.refused.flush()
         close_unix_listener(self._listener, self.path)
         self._listener = None
         for fd in (self._wake_r, self._wake_w):

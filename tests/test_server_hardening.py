@@ -1,5 +1,6 @@
 """The host side under pressure: the socket's permissions, running out of file
-descriptors, and a device model that raises on the transport's thread."""
+descriptors, a device model that raises on the transport's thread, and a
+client whose refused messages would flood the log."""
 from __future__ import annotations
 
 import errno
@@ -8,7 +9,12 @@ import os
 import stat
 import time
 
+import pytest
+
+from common.ratelog import BURST
 from devmodel.testdev import SCRATCH, TESTDEV_ID
+from emulator.client import VfioUserError
+from emulator.protocol import Command
 
 BAR0 = 0
 
@@ -98,3 +104,29 @@ def test_an_hfi1_error_on_the_transport_thread_freezes_the_chip_and_serving_goes
     assert client.read64(BAR0, cr.CCE_STATUS) & 0xF == 0xF, "SPC frozen: the driver's freeze recovery starts"
     assert client.read64(BAR0, cr.CCE_REVISION) == device.config.revision
     client.close()
+
+
+def test_refused_messages_log_their_first_lines_then_a_summary_and_are_all_counted(testdev, caplog):
+    client = testdev.client()
+    with caplog.at_level(logging.WARNING, logger="vfnic.server"):
+        for _ in range(BURST + 990):
+            with pytest.raises(VfioUserError):
+                client.request(Command.DEVICE_FEATURE)
+        testdev.server.refused.flush()  # at close; the interval has not passed
+    refused = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert refused[:BURST] == ["DEVICE_FEATURE refused: device features are not supported (ENOTTY)"] * BURST
+    assert refused[BURST:] == ["... and 990 more refused messages in 0 s (1000 in all), the latest: "
+                               "DEVICE_FEATURE refused: device features are not supported (ENOTTY)"]
+    assert testdev.server.connection.counts["errors"] == 1000
+    client.close()
+
+
+def test_a_guest_touching_many_undeclared_offsets_logs_a_few_and_counts_each(testdev, caplog):
+    client = testdev.client()
+    with caplog.at_level(logging.WARNING, logger="vfnic"):
+        for i in range(100):
+            client.write64(BAR0, 0x800 + 8 * i, i)
+        client.read64(BAR0, 0)  # the posted writes are done
+    lines = [r.getMessage() for r in caplog.records if "undeclared offset" in r.getMessage()]
+    assert len(lines) == BURST and lines[0].startswith("testdev: write of undeclared offset 0x800")
+    assert testdev.model.stats()["undeclared_csr_accesses"] == 100

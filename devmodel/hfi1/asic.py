@@ -55,6 +55,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from common.ratelog import limited
 from devmodel.regs import Access, Register
 
 from . import firmware
@@ -203,7 +204,8 @@ class Asic(Block):
         if run is not None:
             data_out, code = run(self, receiver, address, data_in)
         else:
-            self.log.warning("ASIC_CFG_SBUS_REQUEST: unknown command %#x to receiver %#x", command, receiver)
+            limited(self, self.log, "unknown SBus commands").warning(
+                "ASIC_CFG_SBUS_REQUEST: unknown command %#x to receiver %#x", command, receiver)
         self.log.debug("ASIC_CFG_SBUS_REQUEST: receiver %#x addr %#x cmd %#x in %#x -> %#x",
                        receiver, address, command, data_in, data_out)
         self.regs.set(ASIC_STS_SBUS_RESULT,

@@ -74,6 +74,7 @@ from collections import deque
 from collections.abc import Callable
 from enum import Enum
 
+from common.ratelog import limited
 from devmodel.fabric import PortIdentity
 from devmodel.regs import Access, Register
 
@@ -295,8 +296,9 @@ class Dc8051(Block):
         memories = DC_DC8051_CFG_RST_CRAM_SMASK | DC_DC8051_CFG_RST_DRAM_SMASK
         if not new & DC_DC8051_CFG_RST_M8051W_SMASK:
             if new & memories:  # the driver resets them with the core (firmware.c load_8051_firmware)
-                self.log.warning("DC_DC8051_CFG_RST %#x: memory reset without M8051W ignored (the 8051 runs "
-                                 "from them)", new)
+                limited(self, self.log, "8051 memory resets ignored").warning(
+                    "DC_DC8051_CFG_RST %#x: memory reset without M8051W ignored (the 8051 runs "
+                    "from them)", new)
             if old & DC_DC8051_CFG_RST_M8051W_SMASK:
                 self.release()
             return
@@ -389,7 +391,8 @@ class Dc8051(Block):
         if old & DC_DC8051_CFG_HOST_CMD_0_REQ_NEW_SMASK:
             return
         if not self.running:
-            self.log.warning("DC_DC8051_CFG_HOST_CMD_0: 8051 %s, command not taken", self.mcu.value)
+            limited(self, self.log, "host commands not taken").warning(
+                "DC_DC8051_CFG_HOST_CMD_0: 8051 %s, command not taken", self.mcu.value)
             return
         kind = field(new, DC_DC8051_CFG_HOST_CMD_0_REQ_TYPE_SHIFT, DC_DC8051_CFG_HOST_CMD_0_REQ_TYPE_MASK)
         data = field(new, DC_DC8051_CFG_HOST_CMD_0_REQ_DATA_SHIFT, DC_DC8051_CFG_HOST_CMD_0_REQ_DATA_MASK)
@@ -405,7 +408,7 @@ class Dc8051(Block):
         try:
             command = HostCommand(kind)
         except ValueError:
-            self.log.warning("DC_DC8051_CFG_HOST_CMD_0: unknown command %#x", kind)
+            limited(self, self.log, "unknown host commands").warning("DC_DC8051_CFG_HOST_CMD_0: unknown command %#x", kind)
             return ReturnCode.NOT_SUPPORTED, 0
         code, response = HOST_COMMANDS[command](self, data)
         self.log.debug("DC_DC8051_CFG_HOST_CMD_0: %s data=%#x -> %s", command.name, data, ReturnCode(code).name)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from enum import IntEnum
 
+from common.ratelog import limited
 from devmodel.regs import Access, Register
 
 from .chip_registers import (
@@ -125,6 +126,7 @@ class Dcc(Block):
             self.log.info("DCC_CFG_PORT_CONFIG: logical state %s -> %s (driver)",
                           LogicalState(was).name, LogicalState(want).name)
             return
-        self.log.warning("DCC_CFG_PORT_CONFIG: LINK_STATE write %d -> %d ignored", was, want)
+        limited(self, self.log, "link state writes ignored").warning(
+            "DCC_CFG_PORT_CONFIG: LINK_STATE write %d -> %d ignored", was, want)
         self.regs.set(DCC_CFG_PORT_CONFIG, (new & ~DCC_CFG_PORT_CONFIG_LINK_STATE_SMASK)
                       | (old & DCC_CFG_PORT_CONFIG_LINK_STATE_SMASK))

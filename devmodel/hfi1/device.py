@@ -43,6 +43,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from common.ratelog import limited
 from devmodel.base import DeviceHost, DeviceModel
 from devmodel.fabric import Packet, cable
 from devmodel.pci_layout import Bar, BarKind, MsixLayout, PcieLink, PciIdentity, PciLayout
@@ -393,7 +394,8 @@ class Hfi1Device(DeviceModel):
             return
         for vector in vectors:
             if vector >= self.config.msix_vectors:
-                self.log.warning("CCE_INT_MAP names MSI-X vector %d beyond the table", vector)
+                limited(self, self.log, "interrupts to vectors beyond the table").warning(
+                    "CCE_INT_MAP names MSI-X vector %d beyond the table", vector)
                 continue
             self.host.irq.trigger(vector)
 
@@ -405,7 +407,8 @@ class Hfi1Device(DeviceModel):
 
     def _in_bar0(self, bar: int, offset: int, size: int) -> bool:
         if bar != 0 or offset < 0 or offset + size > BAR0_SIZE or size not in (1, 2, 4, 8) or offset % size:
-            self.log.warning("BAR%d access at %#x size %d outside the model", bar, offset, size)
+            limited(self, self.log, "accesses outside BAR0").warning(
+                "BAR%d access at %#x size %d outside the model", bar, offset, size)
             return False
         return True
 

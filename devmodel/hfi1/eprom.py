@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from enum import IntEnum
 
+from common.ratelog import limited
 from devmodel.regs import Access, Register
 
 from .chip_registers import ASIC_EEP_ADDR_CMD_EP_ADDR_MASK, ASIC_EEP_CTL_STAT_EP_RESET_SMASK, ASIC_EEP_CTL_STAT_RESETCSR
@@ -59,7 +60,7 @@ class Eprom(Block):
         elif command == SpiCommand.RELEASE_POWERDOWN_NOID:
             self.log.debug("ASIC_EEP_ADDR_CMD: RELEASE_POWERDOWN_NOID")
         else:
-            self.log.warning("ASIC_EEP_ADDR_CMD: unsupported SPI command %#x", command)
+            limited(self, self.log, "unsupported SPI commands").warning("ASIC_EEP_ADDR_CMD: unsupported SPI command %#x", command)
 
     def _data(self, _stored: int) -> int:
         if self.read_pointer is None:

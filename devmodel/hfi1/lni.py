@@ -41,6 +41,7 @@ import logging
 from collections.abc import Callable
 from typing import Protocol
 
+from common.ratelog import limited
 from devmodel.fabric import LinkDownReason, LinkMessage, MessageKind, NodeType, PortIdentity
 from devmodel.regs import RegisterFile
 
@@ -161,7 +162,7 @@ class PhysicalLink:
             return code
         if wanted not in PhysicalState._value2member_map_:
             return ReturnCode.NOT_SUPPORTED
-        self.log.warning("CHANGE_PHY_STATE: %s -> %#x refused", state.name, wanted)
+        limited(self, self.log, "PHY state changes refused").warning("CHANGE_PHY_STATE: %s -> %#x refused", state.name, wanted)
         return ReturnCode.INVALID
 
     # Each request: the return code, or None when the current state refuses it.

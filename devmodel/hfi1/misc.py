@@ -45,6 +45,7 @@ from __future__ import annotations
 
 from enum import Enum, IntEnum
 
+from common.ratelog import limited
 from devmodel.regs import Access, Register
 
 from . import firmware
@@ -197,11 +198,12 @@ class Misc(Block):
             self.auth_failed_held = False
         elif new == RSA_CMD_START:
             if self.status is not RsaStatus.IDLE:
-                self.log.warning("MISC_CFG_RSA_CMD: START while %s, ignored (INIT first)", self.status.name)
+                limited(self, self.log, "RSA commands ignored").warning(
+                    "MISC_CFG_RSA_CMD: START while %s, ignored (INIT first)", self.status.name)
                 return
             self._run()
         elif new:
-            self.log.warning("MISC_CFG_RSA_CMD: unknown command %#x", new)
+            limited(self, self.log, "unknown RSA commands").warning("MISC_CFG_RSA_CMD: unknown command %#x", new)
 
     def _modulus(self) -> int:
         return self._key_register(MISC_CFG_RSA_MODULUS)

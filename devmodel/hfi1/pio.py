@@ -53,6 +53,7 @@ services (guest memory for credit returns, events).
 """
 from __future__ import annotations
 
+from common.ratelog import limited
 from devmodel.base import DmaError
 from devmodel.regs import Access, Register
 from devmodel.wire import opa
@@ -254,12 +255,14 @@ class PioSendContext:
         value = counter | (CR_STATUS if self.halted else 0) | reason
         dma = block.services.dma
         if base == 0 or dma is None:
-            block.log.warning("SEND_CTXT_CREDIT_RETURN_ADDR[%d] not set: credit return dropped", self.hw)
+            limited(block, block.log, "credit returns dropped").warning(
+                "SEND_CTXT_CREDIT_RETURN_ADDR[%d] not set: credit return dropped", self.hw)
             return
         try:
             dma.write(base + 8 * (self.hw & 7), value.to_bytes(8, "little"))
         except DmaError as err:
-            block.log.warning("SEND_CTXT_CREDIT_RETURN_ADDR[%d]: credit return to %#x failed: %s", self.hw, base, err)
+            limited(block, block.log, "credit returns failed").warning(
+                "SEND_CTXT_CREDIT_RETURN_ADDR[%d]: credit return to %#x failed: %s", self.hw, base, err)
             return
         self.last_returned = counter
         if block.regs.get(kctxt("SEND_CTXT_CREDIT_CTRL", self.hw)) & SEND_CTXT_CREDIT_CTRL_CREDIT_INTR_SMASK:

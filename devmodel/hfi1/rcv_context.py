@@ -50,6 +50,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Protocol
 
+from common.ratelog import limited
 from devmodel.base import DmaError
 from devmodel.fabric import Packet
 from devmodel.regs import RegisterFile
@@ -235,9 +236,10 @@ class ReceiveContext:
         code = (ctrl >> RCV_CTXT_CTRL_EGR_BUF_SIZE_SHIFT) & RCV_CTXT_CTRL_EGR_BUF_SIZE_MASK
         self.egr_buf_bytes = rcv_array_buffer_bytes(code)
         if self.entry_dw == 0 or self.queue_dw == 0:
-            self.block.log.warning("RCV_CTXT_CTRL[%d]: enabled with an invalid header queue "
-                                   "(RCV_HDR_ENT_SIZE %#x, RCV_HDR_CNT %#x): its packets will be dropped",
-                                   self.index, regs.get(RCV_HDR_ENT_SIZE + k), regs.get(RCV_HDR_CNT + k))
+            limited(self.block, self.block.log, "contexts with an invalid header queue").warning(
+                "RCV_CTXT_CTRL[%d]: enabled with an invalid header queue "
+                "(RCV_HDR_ENT_SIZE %#x, RCV_HDR_CNT %#x): its packets will be dropped",
+                self.index, regs.get(RCV_HDR_ENT_SIZE + k), regs.get(RCV_HDR_CNT + k))
         if ctrl & RCV_CTXT_CTRL_TAIL_UPD_SMASK:
             self.services.post(self._write_tail)
         self.block.log.debug("RCV_CTXT_CTRL[%d]: enabled, hdrq %#x %d dwords (%d per entry), %d eager "
@@ -437,8 +439,9 @@ class ReceiveContext:
             self.services.dma.write(address, self.tail.to_bytes(8, "little"))
         except (DmaError, AttributeError) as err:
             self.drops["dma_error"] += 1
-            self.block.log.warning("receive context %d: tail write to RCV_HDR_TAIL_ADDR %#x failed: %s",
-                                   self.index, address, err)
+            limited(self.block, self.block.log, "receive tail writes failed").warning(
+                "receive context %d: tail write to RCV_HDR_TAIL_ADDR %#x failed: %s",
+                self.index, address, err)
 
     # -- RcvAvail ---------------------------------------------------------------------
     def _interrupt(self, ctrl: int) -> None:

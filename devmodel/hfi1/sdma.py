@@ -66,6 +66,7 @@ from __future__ import annotations
 
 from enum import Enum
 
+from common.ratelog import limited
 from devmodel.base import DmaError
 from devmodel.regs import Access, Register
 
@@ -197,7 +198,8 @@ class SendDmaEngine:
                 self._enter(EngineState.CLEANING)
                 self._pending = services.after(config.sdma_cleanup_s, self._cleaned)
             elif self.state is not EngineState.CLEANED:
-                self.block.log.warning("SEND_DMA_CTRL[%d]: CLEANUP while %s ignored", self.index, self.state.value)
+                limited(self.block, self.block.log, "SDMA cleanups ignored").warning(
+                    "SEND_DMA_CTRL[%d]: CLEANUP while %s ignored", self.index, self.state.value)
         if (rising & SEND_DMA_CTRL_SDMA_ENABLE_SMASK and not new & SEND_DMA_CTRL_SDMA_HALT_SMASK
                 and self.state in (EngineState.DISABLED, EngineState.CLEANED, EngineState.HALTED)):
             self._enter(EngineState.RUNNING)
@@ -388,7 +390,8 @@ class SendDmaEngine:
         try:
             self.services.dma.write(address, self.head.to_bytes(8, "little"))
         except DmaError as err:
-            self.block.log.warning("SEND_DMA_HEAD_ADDR[%d]: head write to %#x failed: %s", self.index, address, err)
+            limited(self.block, self.block.log, "SDMA head writes failed").warning(
+                "SEND_DMA_HEAD_ADDR[%d]: head write to %#x failed: %s", self.index, address, err)
 
     def _drained(self) -> None:
         reload = self.regs.get(self.offset("SEND_DMA_RELOAD_CNT")) & 0xFFFF

@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import threading
 
+from common.ratelog import limited
 from devmodel.base import DeviceModel, DmaError
 from devmodel.pci_layout import Bar, BarKind, MsixLayout, PciIdentity, PciLayout
 from devmodel.regs import Access, Register, RegisterFile
@@ -89,7 +90,7 @@ class TestDevice(DeviceModel):
             log.debug("DMA_CMD: copied %d bytes %#x -> %#x", length, src, dst)
         except DmaError as e:
             outcome = STATUS_ERROR
-            log.warning("DMA_CMD: copy failed: %s", e)
+            limited(self, log, "failed DMA copies").warning("DMA_CMD: copy failed: %s", e)
         with self._lock:
             self.regs.clear_bits(DMA_STATUS, STATUS_BUSY)
             self.regs.set_bits(DMA_STATUS, outcome)

@@ -31,6 +31,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from common.ratelog import RateLimitedLog
 from devmodel.base import DeviceModel
 from devmodel.pci_layout import Bar
 from devmodel.regs import extract_lanes
@@ -90,6 +91,7 @@ class PciFunction:
         self.shared: dict[int, SharedMemory] = {i: self._make_shared(b) for i, b in self.bars.items() if b.shared}
         self.resets = 0
         self.model_errors = 0
+        self._model_errors_log = RateLimitedLog(log, "device model errors", burst=MAX_LOGGED_MODEL_ERRORS)
         self._special = self._special_ranges()
         self.dma = DmaSpace()
         self.irq = InterruptLines({
@@ -228,9 +230,8 @@ class PciFunction:
 
     def _model_failed(self, exc: Exception, during: str) -> None:
         self.model_errors += 1
-        if self.model_errors <= MAX_LOGGED_MODEL_ERRORS or self.model_errors % 1000 == 0:
-            log.error("device model %s raised during the %s: %s: %s [%d so far]", self.model.name or "?", during,
-                      type(exc).__name__, exc, self.model_errors, exc_info=self.model_errors == 1)
+        self._model_errors_log.error("device model %s raised during the %s: %s: %s [%d so far]", self.model.name or "?",
+                                     during, type(exc).__name__, exc, self.model_errors, exc_info=self.model_errors == 1)
 
     def pending_bits(self) -> int:
         return sum(1 << v for v, pending in enumerate(self.irq.pending) if pending)
