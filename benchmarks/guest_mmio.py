@@ -7,10 +7,10 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from images.helpers import GuestMmio
-from images.lspci import lspci
-from images.server import VfnicServer
-from images.vm import Guest
+from images.lab.lspci import lspci
+from images.lab.server import VfnicServer
+from images.lab.vm import Guest
+from images.provision.helpers import GuestMmio
 
 SCRATCH = 0x08
 

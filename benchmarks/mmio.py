@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 
 from emulator.client import Client  # noqa: E402
-from images.wait import wait_until  # noqa: E402
+from images.lab.wait import wait_until  # noqa: E402
 
 SCRATCH = 0x08
 

@@ -42,8 +42,8 @@ from devmodel.hfi1 import ChipConfig, Hfi1Device  # noqa: E402
 from devmodel.hfi1 import chip_registers as cr  # noqa: E402
 from emulator.trace import Access, read_trace  # noqa: E402
 from emulator.trace_compare import BlockCost, block_costs, format_stats  # noqa: E402
-from images.server import VfnicServer  # noqa: E402
-from images.vm import Guest  # noqa: E402
+from images.lab.server import VfnicServer  # noqa: E402
+from images.lab.vm import Guest  # noqa: E402
 
 MODES = ("simulator", "silicon")
 TARGET_S = 4.0

@@ -34,10 +34,10 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE.parent / "tests"))
 sys.path.insert(0, str(HERE.parent / "tests" / "hfi1"))
 
-from images.guest import build  # noqa: E402
-from images.qemu import Qemu  # noqa: E402
-from images.server import VfnicServer  # noqa: E402
-from images.soak import guest_factory, reload_cycles, sigkill_cycles, within  # noqa: E402
+from images.lab.server import VfnicServer  # noqa: E402
+from images.lab.soak import guest_factory, reload_cycles, sigkill_cycles, within  # noqa: E402
+from images.provision.guest_image import build  # noqa: E402
+from images.provision.qemu import Qemu  # noqa: E402
 
 
 def messages(count: int) -> dict:

@@ -33,13 +33,13 @@ from pathlib import Path
 
 import pytest
 
-from images.debian import ProvisionError
-from images.fabric import ACTIVE, INIT, Fabric
-from images.guest import GuestImage
-from images.kernels import build_guest_image, guest_kernel_choice
-from images.qemu import Qemu, QemuError
-from images.server import VfnicServer
-from images.vm import Guest, VfioUserDevice
+from images.lab.fabric import ACTIVE, INIT, Fabric
+from images.lab.server import VfnicServer
+from images.lab.vm import Guest, VfioUserDevice
+from images.provision.debian import ProvisionError
+from images.provision.guest_image import GuestImage
+from images.provision.kernel_matrix import build_guest_image, guest_kernel_choice
+from images.provision.qemu import Qemu, QemuError
 
 CHECKOUT = Path(__file__).resolve().parent.parent
 ARTIFACTS = CHECKOUT / "artifacts"

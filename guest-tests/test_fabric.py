@@ -6,7 +6,7 @@ wrote; every check parses what the tools print.
 
 Acceptance of the data-path issue. hfi1 autoloads in both guests as on real
 hardware; the guests also share a private management Ethernet link for the
-tools' out-of-band exchange (images/fabric.py).
+tools' out-of-band exchange (images/lab/fabric.py).
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from images.fabric import ACTIVE, parse_perftest, parse_pingpong
+from images.lab.fabric import ACTIVE, parse_perftest, parse_pingpong
 from testkit.guest_checks import hfi1_dmesg_problems, link_directions, rc_pingpong_passes
 
 pytestmark = pytest.mark.guest
@@ -115,7 +115,7 @@ def test_the_link_counts_packets_and_bytes_in_both_directions(fabric):
 # -- what an operator does to the cable: capture, faults (issue: fault injection) -------------
 
 def test_a_capture_of_live_traffic_decodes_as_omni_path_smps_and_verbs(fabric, tmp_path):
-    from images.tshark import provision_tshark
+    from images.provision.tshark import provision_tshark
     tshark = provision_tshark()
     pcap = str(tmp_path / "live.pcap")
     fabric.server.ctl("capture-start", link=0, file=pcap)

@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from images import ulp
-from images.fabric import ACTIVE, INIT, Fabric, parse_pingpong
+from images.lab import ulp
+from images.lab.fabric import ACTIVE, INIT, Fabric, parse_pingpong
 
 pytestmark = pytest.mark.guest
 

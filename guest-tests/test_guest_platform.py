@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 
 from devmodel.testdev import DEVICE_ID, VENDOR_ID
-from images.fabric import rdma_device
-from images.guest import build, installed_kernel_version, provision_rootfs
-from images.initrd import INITRD_MODULES, ModuleTree, module_name
-from images.lspci import lspci
-from images.vm import AgentError
+from images.lab.fabric import rdma_device
+from images.lab.lspci import lspci
+from images.lab.vm import AgentError
+from images.provision.guest_image import build, installed_kernel_version, provision_rootfs
+from images.provision.initrd import INITRD_MODULES, ModuleTree, module_name
 
 pytestmark = pytest.mark.guest
 

@@ -15,9 +15,9 @@ import time
 
 import pytest
 
-from images.fabric import rdma_device
-from images.vm import AgentError
-from images.wait import wait_until
+from images.lab.fabric import rdma_device
+from images.lab.vm import AgentError
+from images.lab.wait import wait_until
 from testkit.guest_checks import NO_AUTOLOAD, hfi1_dmesg_problems, load_hfi1, read_port, server_stats
 
 pytestmark = pytest.mark.guest

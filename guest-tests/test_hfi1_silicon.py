@@ -16,7 +16,7 @@ import re
 
 import pytest
 
-from images.fabric import ACTIVE, INIT, rdma_device
+from images.lab.fabric import ACTIVE, INIT, rdma_device
 from testkit.guest_checks import (
     NO_AUTOLOAD,
     a_flipped_firmware_byte_fails_probe_cleanly,

@@ -13,7 +13,7 @@ import re
 
 import pytest
 
-from images.fabric import ACTIVE, INIT
+from images.lab.fabric import ACTIVE, INIT
 from testkit.guest_checks import (
     NO_AUTOLOAD,
     a_flipped_firmware_byte_fails_probe_cleanly,

@@ -12,7 +12,7 @@ import os
 
 import pytest
 
-from images.soak import guest_factory, sigkill_cycles, within
+from images.lab.soak import guest_factory, sigkill_cycles, within
 
 pytestmark = pytest.mark.guest
 

@@ -11,8 +11,8 @@ import re
 import pytest
 
 from devmodel.testdev import BAR0_SIZE, DEVICE_ID, ID, MSIX_VECTORS, SCRATCH, TESTDEV_ID, VENDOR_ID
-from images.helpers import GuestMmio
-from images.lspci import PciDevice, lspci
+from images.lab.lspci import PciDevice, lspci
+from images.provision.helpers import GuestMmio
 
 pytestmark = pytest.mark.guest
 

@@ -7,7 +7,7 @@ is checked end to end with sha256; multicast membership is asked of opafm's
 SA. Acceptance of the upper-layer-protocols issue; the last test is the
 fault-injection issue's IPoIB transfer through a lossy, corrupting link.
 
-Recipes: images/ulp.py (addresses, and why the IPv6 ones share their low
+Recipes: images/lab/ulp.py (addresses, and why the IPv6 ones share their low
 24 bits).
 """
 from __future__ import annotations
@@ -17,8 +17,8 @@ import time
 
 import pytest
 
-from images import ulp
-from images.fabric import parse_perftest, rdma_device
+from images.lab import ulp
+from images.lab.fabric import parse_perftest, rdma_device
 
 pytestmark = pytest.mark.guest
 

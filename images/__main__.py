@@ -16,15 +16,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from images.debian import ProvisionError
-from images.fabric import ACTIVE, INIT, Fabric, FabricError, parse_perftest
-from images.guest import build
-from images.helpers import compile_static, mmio_helper
-from images.process import log_tail
-from images.qemu import Qemu, QemuError
-from images.server import ServerError, VfnicServer
-from images.vm import AgentError, Guest, VfioUserDevice
-from images.wait import DeadlineExceeded
+from images.lab.fabric import ACTIVE, INIT, Fabric, FabricError, parse_perftest
+from images.lab.process import log_tail
+from images.lab.server import ServerError, VfnicServer
+from images.lab.vm import AgentError, Guest, VfioUserDevice
+from images.lab.wait import DeadlineExceeded
+from images.provision.debian import ProvisionError
+from images.provision.guest_image import build
+from images.provision.helpers import compile_static, mmio_helper
+from images.provision.qemu import Qemu, QemuError
 
 log = logging.getLogger("vfnic.images")
 

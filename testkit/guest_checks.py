@@ -13,9 +13,9 @@ from __future__ import annotations
 import re
 import time
 
-from images.fabric import ACTIVE, INIT, parse_pingpong, rdma_device, wait_port_state
-from images.vm import AgentError
-from images.wait import wait_until
+from images.lab.fabric import ACTIVE, INIT, parse_pingpong, rdma_device, wait_port_state
+from images.lab.vm import AgentError
+from images.lab.wait import wait_until
 
 #: kernel arguments for a guest whose test loads hfi1 itself (and times it):
 #: hfi1 otherwise autoloads when udev sees 8086:24f0, as on real hardware

@@ -11,7 +11,7 @@ import pytest
 
 from emulator.client import Client
 from emulator.trace import read_trace
-from images.wait import wait_until
+from images.lab.wait import wait_until
 
 
 def vfnic(*args, **kw):

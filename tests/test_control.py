@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from emulator import control
-from images.wait import wait_until
+from images.lab.wait import wait_until
 
 
 def ctl(path, *args):

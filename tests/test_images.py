@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from images import cache, debian
-from images.guest import GuestImage, device_files
-from images.initrd import ModuleTree, NewcArchive
-from images.lspci import parse_lspci
-from images.qemu import Qemu, QemuError
-from images.vm import Guest, VfioUserDevice, agent_wire, resolve_accel
-from images.wait import DeadlineExceeded, wait_until
+from images.lab.lspci import parse_lspci
+from images.lab.vm import Guest, VfioUserDevice, agent_wire, resolve_accel
+from images.lab.wait import DeadlineExceeded, wait_until
+from images.provision import cache, debian
+from images.provision.guest_image import GuestImage, device_files
+from images.provision.initrd import ModuleTree, NewcArchive
+from images.provision.qemu import Qemu, QemuError
 
 LSPCI_SAMPLE = """\
 0000:01:00.0 Unassigned class [ff00]: Device [1234:11f0] (rev 01)
@@ -198,7 +198,7 @@ def test_kvm_without_a_usable_dev_kvm_is_a_clear_error(monkeypatch):
 
 
 def test_a_footprint_is_within_ten_percent_or_one_fd_of_its_reference():
-    from images.soak import Footprint, within
+    from images.lab.soak import Footprint, within
     reference = Footprint(fds=9, rss_kib=50_000)
     assert within(Footprint(10, 54_999), reference), "one fd more: a control connection still closing"
     assert not within(Footprint(11, 50_000), reference), "two fds more out of nine is a leak"

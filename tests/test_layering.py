@@ -8,6 +8,8 @@
   of devmodel they import only the contract and the registry that names the
   devices (`DEVICE_CONTRACT`).
 - The code both sides share (common/) imports neither side.
+- Provisioning (images/provision/) imports nothing of the lab that runs
+  guests (images/lab/).
 
 An import is an `import` statement or a call of `importlib.import_module`,
 `import_module` or `__import__` with a string literal."""
@@ -29,6 +31,7 @@ DEVICE_CONTRACT = (
     "devmodel.fabric",       # links and faults, which the control socket sets
 )
 IMPORT_FUNCTIONS = ("import_module", "__import__")
+PACKAGES = ("common", "devmodel", "emulator", "images")
 
 
 def _called_name(call: ast.Call) -> str | None:
@@ -42,7 +45,8 @@ def imports_of(path: Path) -> list[str]:
         if isinstance(node, ast.Import):
             names += [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            names += [node.module] if node.module != "devmodel" else [f"devmodel.{a.name}" for a in node.names]
+            # `from devmodel import hfi1` imports devmodel.hfi1
+            names += [f"{node.module}.{a.name}" for a in node.names] if node.module in PACKAGES else [node.module]
         elif (isinstance(node, ast.Call) and _called_name(node) in IMPORT_FUNCTIONS and node.args
               and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)):
             names.append(node.args[0].value)
@@ -51,6 +55,8 @@ def imports_of(path: Path) -> list[str]:
 
 def forbidden_for(package: str, name: str) -> bool:
     top = name.split(".")[0]
+    if package == "images/provision" and (name == "images.lab" or name.startswith("images.lab.")):
+        return True
     if package == "devmodel":
         return top in ("emulator", "images")
     if package == "common":
@@ -59,11 +65,16 @@ def forbidden_for(package: str, name: str) -> bool:
     return top == "devmodel" and not any(name == c or name.startswith(c + ".") for c in DEVICE_CONTRACT)
 
 
+def package_of(path: Path) -> str:
+    relative = path.relative_to(ROOT)
+    return "images/provision" if relative.parts[:2] == ("images", "provision") else relative.parts[0]
+
+
 def offending(package: str, path: Path) -> list[str]:
     return [name for name in imports_of(path) if forbidden_for(package, name)]
 
 
-MODULES = [(package, path) for package in ("devmodel", "emulator", "images", "common")
+MODULES = [(package_of(path), path) for package in PACKAGES
            for path in sorted((ROOT / package).rglob("*.py"))]
 
 
@@ -91,8 +102,10 @@ def test_the_check_sees_an_import_by_string(tmp_path, line):
     ("from devmodel import hfi1, registry\n", "emulator", ["devmodel.hfi1"]),
     ("import devmodel.testdev\n", "emulator", ["devmodel.testdev"]),
     ("from devmodel.registry import DEVICES\nfrom devmodel.base import DmaError\n", "emulator", []),
-    ("from emulator import protocol\n", "common", ["emulator"]),
+    ("from emulator import protocol\n", "common", ["emulator.protocol"]),
     ("import devmodel.base\n", "common", ["devmodel.base"]),
+    ("from images.lab.vm import Guest\nfrom images.provision import cache\n", "images/provision", ["images.lab.vm"]),
+    ("from images import lab\n", "images/provision", ["images.lab"]),
 ])
 def test_the_check_sees_a_device_known_to_the_transport_and_a_side_known_to_common(tmp_path, source, package, expected):
     sample = tmp_path / "module.py"

@@ -7,7 +7,7 @@ import pytest
 from hfi1_datapath import pair, pbc_for, settle, ud_packet
 
 from devmodel.wire import opa
-from images.tshark import provision_tshark
+from images.provision.tshark import provision_tshark
 
 UD_QP = 0x12
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from devmodel.hfi1 import chip_registers as cr
 from devmodel.hfi1 import gen_chip_registers
-from images.kernel_source import kernel_source_files
+from images.provision.kernel_source import kernel_source_files
 
 HEADER = "drivers/infiniband/hw/hfi1/chip_registers.h"
 

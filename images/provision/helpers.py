@@ -10,8 +10,8 @@ import shutil
 from pathlib import Path
 
 from images import GUEST_FILES_DIR
-from images.cache import build_once, file_hash
-from images.debian import ProvisionError, run_logged
+from images.provision.cache import build_once, file_hash
+from images.provision.debian import ProvisionError, run_logged
 
 #: Where `Guest.install_helpers()` puts them in the guest (on PATH).
 GUEST_HELPER_DIR = "/usr/local/bin"

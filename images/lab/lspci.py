@@ -108,7 +108,7 @@ def _add_field(device: PciDevice, text: str) -> Capability | None:
 
 
 def lspci(guest, *selection: str) -> list[PciDevice]:
-    """`lspci -D -vvv -nn SELECTION...` run in `guest` (an images.vm.Guest),
+    """`lspci -D -vvv -nn SELECTION...` run in `guest` (an images.lab.vm.Guest),
     parsed; e.g. lspci(guest, "-d", "1234:11f0")."""
     result = guest.run(["lspci", "-D", "-vvv", "-nn", *selection], timeout=60, check=True)
     return parse_lspci(result.stdout)

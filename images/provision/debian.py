@@ -18,7 +18,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from images.cache import build_once, cache_root, downloads_dir
+from images.provision.cache import build_once, cache_root, downloads_dir
 
 log = logging.getLogger("vfnic.images")
 

@@ -9,9 +9,9 @@ import logging
 import subprocess
 from pathlib import Path
 
-from images.cache import build_once
-from images.debian import PrivateApt, extract_debs
-from images.qemu import LIBRARY_DIRS, relativize_absolute_symlinks
+from images.provision.cache import build_once
+from images.provision.debian import PrivateApt, extract_debs
+from images.provision.qemu import LIBRARY_DIRS, relativize_absolute_symlinks
 
 log = logging.getLogger("vfnic.images")
 

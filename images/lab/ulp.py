@@ -24,8 +24,8 @@ import shlex
 import time
 from dataclasses import dataclass
 
-from images.vm import Guest
-from images.wait import wait_until
+from images.lab.vm import Guest
+from images.lab.wait import wait_until
 
 IPOIB_V4 = ("192.0.2.1", "192.0.2.2")
 IPOIB_V6 = ("2001:db8::1:0:0:1", "2001:db8::2:0:0:1")

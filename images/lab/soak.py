@@ -16,10 +16,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from images.fabric import rdma_device, wait_port_state
-from images.server import VfnicServer
-from images.vm import Guest
-from images.wait import wait_until
+from images.lab.fabric import rdma_device, wait_port_state
+from images.lab.server import VfnicServer
+from images.lab.vm import Guest
+from images.lab.wait import wait_until
 
 
 @dataclass

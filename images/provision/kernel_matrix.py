@@ -1,6 +1,6 @@
 """Debian kernels other than the image's own, for the kernel matrix: sid's
 current `linux-image-amd64`, unpacked into the cache as a "custom" kernel
-(its vmlinuz and a modules tree with modules.dep) that `images.guest.build`
+(its vmlinuz and a modules tree with modules.dep) that `images.provision.guest_image.build`
 swaps into the guest image.
 
     kernel, modules = provision_debian_kernel("sid")
@@ -15,8 +15,8 @@ import logging
 import os
 from pathlib import Path
 
-from images.cache import build_once
-from images.debian import PrivateApt, ProvisionError, extract_debs, run_logged
+from images.provision.cache import build_once
+from images.provision.debian import PrivateApt, ProvisionError, extract_debs, run_logged
 
 log = logging.getLogger("vfnic.images")
 
@@ -34,7 +34,7 @@ def guest_kernel_choice() -> str:
 def guest_depmod() -> list[str]:
     """The guest root's own depmod (trixie's kmod), run through the root's
     loader: the host may have no kmod, or an older one."""
-    from images.guest import provision_rootfs
+    from images.provision.guest_image import provision_rootfs
     tree = provision_rootfs()
     return [str(tree / "usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"), "--library-path",
             f"{tree}/usr/lib/x86_64-linux-gnu", "--argv0", "depmod", str(tree / "usr/bin/kmod")]
@@ -85,7 +85,7 @@ def provision_debian_kernel(suite: str) -> tuple[Path, Path]:
 def build_guest_image(suite: str):
     """The guest image booting `suite`'s kernel: the image as built for
     trixie, or with sid's kernel and modules swapped in."""
-    from images.guest import build
+    from images.provision.guest_image import build
     if suite == "trixie":
         return build()
     return build(*provision_debian_kernel(suite))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from images.wait import DeadlineExceeded, wait_until
+from images.lab.wait import DeadlineExceeded, wait_until
 
 
 def stop_process(process: subprocess.Popen, grace: float = 10.0) -> int:

@@ -23,8 +23,8 @@ import subprocess
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from images.cache import build_once
-from images.debian import PrivateApt, extract_debs
+from images.provision.cache import build_once
+from images.provision.debian import PrivateApt, extract_debs
 
 log = logging.getLogger("vfnic.images")
 

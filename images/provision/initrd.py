@@ -17,7 +17,7 @@ import lzma
 import subprocess
 from pathlib import Path
 
-from images.debian import ProvisionError
+from images.provision.debian import ProvisionError
 
 #: What the guest needs to reach its root disk: virtio-blk and ext4 (plus
 #: their dependencies, found in modules.dep). Built-in ones are skipped; in

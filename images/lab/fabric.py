@@ -25,9 +25,9 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
-from images.server import VfnicServer
-from images.vm import Guest, ManagementPort, Result, VfioUserDevice
-from images.wait import wait_until
+from images.lab.server import VfnicServer
+from images.lab.vm import Guest, ManagementPort, Result, VfioUserDevice
+from images.lab.wait import wait_until
 
 INIT, ACTIVE = "2: INIT", "4: ACTIVE"
 OPAFM = "/usr/lib/opa-fm/bin/opafmd"

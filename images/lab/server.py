@@ -20,8 +20,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from emulator.control import request
-from images.process import log_tail, stop_process
-from images.wait import wait_until
+from images.lab.process import log_tail, stop_process
+from images.lab.wait import wait_until
 
 
 class ServerError(RuntimeError):

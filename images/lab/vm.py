@@ -3,8 +3,8 @@
     with Guest([VfioUserDevice(Path("/tmp/x/testdev.sock"))]) as guest:
         print(guest.run("lspci -nn").stdout)
 
-`Guest` boots the cached image (images.guest) on the located QEMU
-(images.qemu) with each vfio-user device behind its own PCIe root port, and
+`Guest` boots the cached image (images.provision.guest_image) on the located QEMU
+(images.provision.qemu) with each vfio-user device behind its own PCIe root port, and
 talks to the guest through the agent (images/guest/agent.py) on a
 virtio-serial port: the host listens on a unix socket, QEMU connects to it at
 start-up, and the agent says hello once the guest is up. Nothing here sleeps
@@ -28,11 +28,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from images import GUEST_FILES_DIR
-from images.guest import GuestImage, build
-from images.helpers import GUEST_HELPER_DIR, mmio_helper
-from images.process import log_tail, stop_process
-from images.qemu import Qemu, QemuError
-from images.wait import DeadlineExceeded, as_deadline, wait_until
+from images.lab.process import log_tail, stop_process
+from images.lab.wait import DeadlineExceeded, as_deadline, wait_until
+from images.provision.guest_image import GuestImage, build
+from images.provision.helpers import GUEST_HELPER_DIR, mmio_helper
+from images.provision.qemu import Qemu, QemuError
 
 AGENT_PORT_NAME = "vfnic.agent"
 #: Kernel arguments every guest gets. `lsm=` leaves out the BPF LSM whose set-up
@@ -243,7 +243,7 @@ class Guest:
 
     `init` picks PID 1: "vfnic" (images/guest/init: udev and the agent,
     fastest) or "systemd" (the full system, masked down). `initrd` picks
-    "vfnic" (images/initrd.py, fastest) or "debian" (initramfs-tools).
+    "vfnic" (images/provision/initrd.py, fastest) or "debian" (initramfs-tools).
 
     `numa` (default) gives the guest one NUMA node holding its RAM and puts
     the root ports under a PCIe expander bridge in that node, so devices

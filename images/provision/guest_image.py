@@ -14,8 +14,8 @@ debootstrap:
    firmware of `vfnic firmware` in /usr/lib/firmware, requested on RTL
    silicon), the custom kernel's modules if one is given, packed into `root.ext4` with
    `mkfs.ext4 -d` (no loop device, no mount). Next to it: `vmlinux` (the
-   kernel decompressed for PVH boot, images/kernel.py), `vmlinuz`,
-   `initrd.img` (vfnic's, images/initrd.py), `initrd-debian.img` and
+   kernel decompressed for PVH boot, images/provision/vmlinux.py), `vmlinuz`,
+   `initrd.img` (vfnic's, images/provision/initrd.py), `initrd-debian.img` and
    `manifest.json` (every package's version, the kernel version, the
    recipe). ~5 s.
 
@@ -36,11 +36,11 @@ from pathlib import Path
 
 from devmodel import registry
 from images import GUEST_FILES_DIR
-from images.cache import build_once, downloads_dir, file_hash, recipe_hash, tree_hash
-from images.debian import ARCHIVE_KEYRING, PrivateApt, ProvisionError, debian_mirror, fetch_debootstrap, run_logged
-from images.helpers import compile_static
-from images.initrd import INITRD_MODULES, ModuleTree, build_initrd
-from images.kernel import pvh_kernel
+from images.provision.cache import build_once, downloads_dir, file_hash, recipe_hash, tree_hash
+from images.provision.debian import ARCHIVE_KEYRING, PrivateApt, ProvisionError, debian_mirror, fetch_debootstrap, run_logged
+from images.provision.helpers import compile_static
+from images.provision.initrd import INITRD_MODULES, ModuleTree, build_initrd
+from images.provision.vmlinux import pvh_kernel
 
 log = logging.getLogger("vfnic.images")
 
@@ -113,13 +113,13 @@ class GuestImage:
     @property
     def kernel(self) -> Path:
         """What guests boot: the PVH vmlinux when there is one (no
-        decompression in the guest, images/kernel.py), else the bzImage."""
+        decompression in the guest, images/provision/vmlinux.py), else the bzImage."""
         vmlinux = self.directory / "vmlinux"
         return vmlinux if vmlinux.is_file() else self.directory / "vmlinuz"
 
     @property
     def initrd(self) -> Path:
-        """vfnic's initrd (images/initrd.py): the fast default."""
+        """vfnic's initrd (images/provision/initrd.py): the fast default."""
         return self.directory / "initrd.img"
 
     @property
@@ -161,7 +161,7 @@ def build(kernel: Path | None = None, modules: Path | None = None) -> GuestImage
         # The code that assembles the image: editing it rebuilds the image
         # (seconds), never the rootfs.
         "builders": {name: file_hash(Path(__file__).parent / name)
-                     for name in ("guest.py", "initrd.py", "kernel.py")},
+                     for name in ("guest_image.py", "initrd.py", "vmlinux.py")},
     }
     directory = build_once("image", recipe, lambda work: assemble_image(work, rootfs, custom))
     return GuestImage(directory)
