@@ -207,11 +207,6 @@ class ManualScheduler(_Scheduler):
         super().__init__(clock or ManualClock(), "manual")
         self.max_jobs = max_jobs
 
-    def next_deadline(self) -> float | None:
-        with self._cond:
-            live = [deadline for deadline, _, job in self._queue if not job.cancelled]
-            return min(live) if live else None
-
     def run(self, until: float | None = None) -> int:
         """Run every job due by `until` (default: now), in order, including
         jobs those jobs schedule; the clock moves to each job's deadline.
