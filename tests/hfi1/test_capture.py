@@ -14,7 +14,7 @@ UD_QP = 0x12
 
 @pytest.fixture(scope="module")
 def tshark():
-    return provision_tshark()
+    return provision_tshark()  # unpacked by `python -m images provision`: from the cache, no network
 
 
 def smp_get_node_info(slid: int, tid: int) -> bytes:

@@ -1,6 +1,8 @@
 """The generated CSR table: it matches the kernel header it came from."""
 from __future__ import annotations
 
+import pytest
+
 from devmodel.hfi1 import chip_registers as cr
 from devmodel.hfi1 import gen_chip_registers
 from images.provision.kernel_source import kernel_source_files
@@ -31,6 +33,7 @@ def test_parser_evaluates_the_headers_expression_forms():
     assert roots["SEND_ALIAS"] == "TXE" and "SEND_CTRL_Y" not in roots
 
 
+@pytest.mark.guest  # the slow tier: it asks Debian's archive for the current linux-source (apt-get update) each run
 def test_regenerating_from_the_header_reproduces_the_committed_module():
     header = kernel_source_files([HEADER]) / HEADER  # Debian's linux-source-6.12, fetched once into the cache
     values, roots = gen_chip_registers.parse(header.read_text())
