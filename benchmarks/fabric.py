@@ -28,11 +28,8 @@ import tempfile
 from contextlib import ExitStack
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
-
-from images.lab.fabric import ACTIVE, INIT, Fabric, parse_perftest  # noqa: E402
-from images.lab.vm import Guest, ManagementPort  # noqa: E402
+from images.lab.fabric import ACTIVE, INIT, Fabric, parse_perftest
+from images.lab.vm import Guest, ManagementPort
 
 TOOLS = {  # name: (command, value, unit, higher is better)
     "ib_write_bw 64 KiB": ("ib_write_bw -F -s 65536 -n {bw_iters}", "bw_avg_mib_s", "MiB/s", True),

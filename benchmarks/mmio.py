@@ -20,12 +20,10 @@ import sys
 import tempfile
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
-sys.path.insert(0, HERE)
+from images.lab.wait import wait_until
+from testkit.client import Client
 
-from emulator.client import Client  # noqa: E402
-from images.lab.wait import wait_until  # noqa: E402
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 SCRATCH = 0x08
 
@@ -129,7 +127,7 @@ def main() -> int:
         print(f"{label:<22}{bare:>18.2f}{read:>15.2f}{ratio:>7.2f}x{write:>15.2f}")
     print(f"target: trapped read <= 1.5x bare round trip: {'met' if worst <= 1.5 else 'NOT met'} (worst {worst:.2f}x)")
     if args.guest:
-        from guest_mmio import guest_figures
+        from benchmarks.guest_mmio import guest_figures
         guest_figures(args.n)
     return 0
 

@@ -35,15 +35,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
-
-from devmodel.hfi1 import ChipConfig, Hfi1Device  # noqa: E402
-from devmodel.hfi1 import chip_registers as cr  # noqa: E402
-from emulator.trace import Access, read_trace  # noqa: E402
-from emulator.trace_compare import BlockCost, block_costs, format_stats  # noqa: E402
-from images.lab.server import VfnicServer  # noqa: E402
-from images.lab.vm import Guest  # noqa: E402
+from devmodel.hfi1 import ChipConfig, Hfi1Device
+from devmodel.hfi1 import chip_registers as cr
+from emulator.trace import Access, read_trace
+from emulator.trace_compare import BlockCost, block_costs, format_stats
+from images.lab.server import VfnicServer
+from images.lab.vm import Guest
 
 MODES = ("simulator", "silicon")
 TARGET_S = 4.0

@@ -2,10 +2,10 @@
 
   messages    random, valid and mutated vfio-user messages against a served
               testdev and a served hfi1 (half each), from a client that now
-              and then hangs up mid-message (tests/fuzzing.py)
+              and then hangs up mid-message (testkit/fuzzing.py)
   sequences   random BAR, PIO, SDMA descriptor and receive-ring sequences
               against two hfi1 models on one fabric, with the driver's
-              recovery after each (tests/hfi1/test_datapath_fuzz.py): no
+              recovery after each (testkit/hfi1/datapath_fuzz.py): no
               internal error, no hang, no write outside what the guest
               pointed at (accesses outside guest memory are refused, counted)
   qemu        guests booted one after another against one `vfnic serve
@@ -29,20 +29,16 @@ import time
 import traceback
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
-sys.path.insert(0, str(HERE.parent / "tests"))
-sys.path.insert(0, str(HERE.parent / "tests" / "hfi1"))
-
-from images.lab.server import VfnicServer  # noqa: E402
-from images.lab.soak import guest_factory, reload_cycles, sigkill_cycles, within  # noqa: E402
-from images.provision.guest_image import build  # noqa: E402
-from images.provision.qemu import Qemu  # noqa: E402
+from images.lab.server import VfnicServer
+from images.lab.soak import guest_factory, reload_cycles, sigkill_cycles, within
+from images.provision.guest_image import build
+from images.provision.qemu import Qemu
+from testkit.fuzzing import fuzz_messages
+from testkit.hfi1.datapath_fuzz import run_datapath_fuzz
+from testkit.served import ServedDevice
 
 
 def messages(count: int) -> dict:
-    from fuzzing import fuzz_messages
-    from served import ServedDevice
     figures = {}
     with tempfile.TemporaryDirectory(prefix="vfnic-soak-") as tmp:
         for device in ("testdev", "hfi1"):
@@ -61,7 +57,6 @@ def messages(count: int) -> dict:
 
 
 def sequences(count: int) -> dict:
-    from test_datapath_fuzz import run_datapath_fuzz
     started = time.monotonic()
     outcome = run_datapath_fuzz(count)
     outcome["seconds"] = round(time.monotonic() - started, 1)

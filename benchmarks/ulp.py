@@ -23,11 +23,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
-
-from images.lab import ulp  # noqa: E402
-from images.lab.fabric import ACTIVE, INIT, Fabric  # noqa: E402
+from images.lab import ulp
+from images.lab.fabric import ACTIVE, INIT, Fabric
 
 FIO_JOBS = {  # name: (fio arguments, what to read from its JSON, unit)
     "seq write 128 KiB": ("--rw=write --bs=128k --iodepth=8 --size=96M", ("write", "bw"), "MiB/s"),

@@ -4,9 +4,9 @@ from __future__ import annotations
 import os
 
 import pytest
-from served import ServedDevice
 
-from emulator.client import GuestMemory
+from testkit.client import GuestMemory
+from testkit.served import ServedDevice
 
 
 @pytest.fixture

@@ -9,9 +9,9 @@ import sys
 
 import pytest
 
-from emulator.client import Client
 from emulator.trace import read_trace
 from images.lab.wait import wait_until
+from testkit.client import Client
 
 
 def vfnic(*args, **kw):

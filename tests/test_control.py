@@ -127,7 +127,7 @@ def test_the_request_helper_reports_a_missing_socket(tmp_path):
 
 
 def test_query_shows_whether_each_device_has_a_running_client(fabric):
-    from emulator.client import Client
+    from testkit.client import Client
     path, tmp = fabric
     with Client(str(tmp / "a.sock")) as client:
         client.connect()

@@ -7,8 +7,8 @@ import random
 
 import pytest
 
-from emulator.client import GuestMemory
 from emulator.protocol import REGION_ACCESS, Command
+from testkit.client import GuestMemory
 
 BAR0 = 0
 

@@ -5,8 +5,8 @@ import os
 import pytest
 
 from devmodel.base import DmaError
-from emulator.client import GuestMemory
 from emulator.dma import DmaMapError, DmaSpace
+from testkit.client import GuestMemory
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@ each does what it says to the packets of one direction, repeatably."""
 from __future__ import annotations
 
 import pytest
-from test_fabric_link import Port
 
 from devmodel.fabric import Fault, FaultError, FaultKind, Link, LinkDownReason, LinkError, Packet
 from devmodel.wire.pcap import (
@@ -15,6 +14,7 @@ from devmodel.wire.pcap import (
     ErfHeader,
 )
 from devmodel.worker import ManualScheduler
+from testkit.fabric_link import Port
 
 
 class BigPort(Port):

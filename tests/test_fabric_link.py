@@ -12,42 +12,7 @@ from devmodel.fabric import (
     Packet,
     PortIdentity,
 )
-
-
-class Port:
-    """A LinkEnd that records what the link tells it."""
-
-    def __init__(self, name: str, guid: int):
-        self.name = name
-        self.identity = PortIdentity(guid=guid)
-        self.events: list[tuple] = []
-        self.received: list[Packet] = []
-
-    def linked(self, peer, epoch):
-        self.events.append(("linked", peer.guid, epoch))
-
-    def unlinked(self, reason, epoch):
-        self.events.append(("unlinked", reason, epoch))
-
-    def receive(self, packet):
-        self.received.append(packet)
-
-    def link_message(self, message, epoch):
-        self.events.append(("message", message.kind, message.data, epoch))
-
-    def has_room(self):
-        return len(self.received) < 3
-
-    def room(self):
-        self.events.append(("room",))
-
-
-def cabled() -> tuple[Link, Port, Port]:
-    link = Link("a<->b")
-    a, b = Port("a", 0x11), Port("b", 0x22)
-    link.attach(a)
-    link.attach(b)
-    return link, a, b
+from testkit.fabric_link import Port, cabled
 
 
 def test_the_link_comes_up_only_once_both_ends_poll_and_each_learns_the_other():

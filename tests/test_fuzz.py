@@ -8,10 +8,10 @@ from __future__ import annotations
 import os
 
 import pytest
-from fuzzing import fuzz_messages
 
 from devmodel.hfi1 import chip_registers as cr
 from devmodel.testdev import TESTDEV_ID
+from testkit.fuzzing import fuzz_messages
 
 MESSAGES = int(os.environ.get("VFNIC_FUZZ_MESSAGES", "50000"))
 

@@ -10,6 +10,8 @@
 - The code both sides share (common/) imports neither side.
 - Provisioning (images/provision/) imports nothing of the lab that runs
   guests (images/lab/).
+- The product (all of the above) never imports the test tooling (testkit/),
+  which imports the product.
 
 An import is an `import` statement or a call of `importlib.import_module`,
 `import_module` or `__import__` with a string literal."""
@@ -55,6 +57,8 @@ def imports_of(path: Path) -> list[str]:
 
 def forbidden_for(package: str, name: str) -> bool:
     top = name.split(".")[0]
+    if top == "testkit":
+        return True
     if package == "images/provision" and (name == "images.lab" or name.startswith("images.lab.")):
         return True
     if package == "devmodel":
@@ -106,6 +110,9 @@ def test_the_check_sees_an_import_by_string(tmp_path, line):
     ("import devmodel.base\n", "common", ["devmodel.base"]),
     ("from images.lab.vm import Guest\nfrom images.provision import cache\n", "images/provision", ["images.lab.vm"]),
     ("from images import lab\n", "images/provision", ["images.lab"]),
+    ("from testkit.client import Client\n", "emulator", ["testkit.client"]),
+    ("import testkit.host\n", "devmodel", ["testkit.host"]),
+    ("from testkit import guest_checks\n", "images", ["testkit"]),
 ])
 def test_the_check_sees_a_device_known_to_the_transport_and_a_side_known_to_common(tmp_path, source, package, expected):
     sample = tmp_path / "module.py"

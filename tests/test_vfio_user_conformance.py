@@ -24,7 +24,6 @@ from devmodel.testdev import (
     STATUS_DONE,
     TESTDEV_ID,
 )
-from emulator.client import Client, VfioUserError, wait_eventfd
 from emulator.protocol import (
     DMA_MAP,
     DMA_UNMAP,
@@ -40,6 +39,7 @@ from emulator.protocol import (
     Version,
     header,
 )
+from testkit.client import Client, VfioUserError, wait_eventfd
 
 BAR0, CONFIG = 0, 7
 TRIGGER_EVENTFD = IrqSetFlags.DATA_EVENTFD | IrqSetFlags.ACTION_TRIGGER

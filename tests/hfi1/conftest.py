@@ -1,14 +1,9 @@
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from hfi1_fakes import make_device
-from hfi1_guest import GuestDriver
+from testkit.hfi1.chip import make_device
+from testkit.hfi1.guest import GuestDriver
 
 
 @pytest.fixture

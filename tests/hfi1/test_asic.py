@@ -1,10 +1,9 @@
 """ASIC block: hardware mutex, chip resources, SBus, QSFP pins, EPROM."""
 from __future__ import annotations
 
-from hfi1_guest import CR_EPROM, CR_SBUS
-
 from devmodel.hfi1 import chip_registers as cr
 from devmodel.hfi1.config import PortType
+from testkit.hfi1.guest import CR_EPROM, CR_SBUS
 
 
 def test_hardware_mutex_is_taken_by_the_first_writer_and_released_by_zero(driver):

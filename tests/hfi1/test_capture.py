@@ -4,10 +4,10 @@ the sending driver put there."""
 from __future__ import annotations
 
 import pytest
-from hfi1_datapath import pair, pbc_for, settle, ud_packet
 
 from devmodel.wire import opa
 from images.provision.tshark import provision_tshark
+from testkit.hfi1.datapath import pair, pbc_for, settle, ud_packet
 
 UD_QP = 0x12
 

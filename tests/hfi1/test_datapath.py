@@ -1,4 +1,4 @@
-"""The data path block by block, on two directly attached models (hfi1_datapath.py):
+"""The data path block by block, on two directly attached models (testkit/hfi1/datapath.py):
 PIO launch and credit return, SDMA rings, receive contexts and steering, and
 what the chip does with a guest's mistakes."""
 from __future__ import annotations
@@ -6,8 +6,12 @@ from __future__ import annotations
 import logging
 
 import pytest
-from hfi1_datapath import (
-    GUEST_BASE,
+
+from devmodel.fabric import Packet
+from devmodel.hfi1 import chip_registers as cr
+from devmodel.hfi1.formats import PBC, RcvType
+from devmodel.wire import opa
+from testkit.hfi1.datapath import (
     HDRQ_ENTRY_DWORDS,
     PAYLOADS,
     RCV_TAIL_DMA,
@@ -17,11 +21,7 @@ from hfi1_datapath import (
     settle,
     ud_packet,
 )
-
-from devmodel.fabric import Packet
-from devmodel.hfi1 import chip_registers as cr
-from devmodel.hfi1.formats import PBC, RcvType
-from devmodel.wire import opa
+from testkit.host import GUEST_BASE
 
 UD_QP = 0x12  # QP map: context 2
 GENERAL_VECTOR = 0

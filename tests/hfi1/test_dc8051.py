@@ -2,15 +2,24 @@
 from __future__ import annotations
 
 import pytest
-from hfi1_guest import HCMD_SUCCESS
 
 from devmodel.fabric import NodeType
 from devmodel.hfi1 import chip_registers as cr
 from devmodel.hfi1.config import Neighbour, make_guid
-
-LOAD_CONFIG_DATA, READ_CONFIG_DATA, CHANGE_PHY_STATE, SEND_LCB_IDLE_MSG = 0x01, 0x02, 0x03, 0x04
-LINKUP_ACHIEVED, LINK_GOING_DOWN, HOST_REQ_DONE = 1 << 7, 1 << 8, 1 << 0
-GENERAL = 4
+from testkit.hfi1.dc8051 import (
+    CHANGE_PHY_STATE,
+    GENERAL,
+    HOST_REQ_DONE,
+    LINK_GOING_DOWN,
+    LINKUP_ACHIEVED,
+    LOAD_CONFIG_DATA,
+    READ_CONFIG_DATA,
+    SEND_LCB_IDLE_MSG,
+    bring_link_up,
+    logical,
+    phys,
+)
+from testkit.hfi1.guest import HCMD_SUCCESS
 
 
 @pytest.fixture
@@ -18,22 +27,6 @@ def running(driver):
     """Probe's first steps: the DC leaves reset (read_guid)."""
     driver.read_guid()
     return driver
-
-
-def phys(driver) -> int:
-    return driver.read_csr(cr.DC_DC8051_STS_CUR_STATE) & 0xFF
-
-
-def logical(driver) -> int:
-    return (driver.read_csr(cr.DCC_CFG_PORT_CONFIG) >> cr.DCC_CFG_PORT_CONFIG_LINK_STATE_SHIFT) & 0x7
-
-
-def bring_link_up(driver, host):
-    driver.set_intr_bits(248, 255, True)
-    driver.write_csr(cr.DC_DC8051_ERR_EN, (1 << 64) - 1)
-    driver.start_link()
-    host.irq.wait_for(0)
-    driver.general_interrupt()
 
 
 def test_dc_held_in_reset_until_the_driver_releases_it(driver):

@@ -1,16 +1,16 @@
 """Two HFI models cabled back to back, each driven through the project's
-vfio-user client the way the hfi1 driver drives it (hfi1_datapath.py): probe,
+vfio-user client the way the hfi1 driver drives it (testkit/hfi1/datapath.py): probe,
 receive contexts, send contexts, SDMA start-up, LinkUp, LIDs, Active; then
 packets from A's guest memory land in B's. Time is a ManualScheduler shared by
 both devices, so every run takes the same steps."""
 from __future__ import annotations
 
 import pytest
-from hfi1_datapath import EAGER_BUFFER_BYTES, HDRQ_ENTRY_DWORDS, IS_RCVAVAIL_START, pair, pbc_for, settle, ud_packet
 
 from devmodel.hfi1 import chip_registers as cr
 from devmodel.hfi1.formats import RcvType
 from devmodel.wire import opa
+from testkit.hfi1.datapath import EAGER_BUFFER_BYTES, HDRQ_ENTRY_DWORDS, IS_RCVAVAIL_START, pair, pbc_for, settle, ud_packet
 
 GENERAL, RCV_VECTOR_BASE = 0, 17  # set_up_interrupts: kernel receive context c on 1 + 16 engines + c
 UD_QP = 0x12  # QPN bit 1 set: the QP map sends it to kernel context 2

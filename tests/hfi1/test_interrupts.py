@@ -1,9 +1,8 @@
 """CCE interrupt CSRs: the VMM self-test, MSI-X routing, second-tier flags."""
 from __future__ import annotations
 
-from hfi1_guest import ALL_ONES
-
 from devmodel.hfi1 import chip_registers as cr
+from testkit.hfi1.guest import ALL_ONES
 
 
 def test_self_test_of_a_device_on_the_root_bus_passes(driver):

@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import pytest
-from hfi1_fakes import make_device
-from hfi1_guest import GuestDriver
 
 from devmodel.hfi1 import chip_registers as cr
 from devmodel.hfi1.chip_registers import CSR_OFFSETS
+from testkit.hfi1.chip import make_device
+from testkit.hfi1.guest import GuestDriver
 
 ALL_ONES = (1 << 64) - 1
 

@@ -1,9 +1,8 @@
 """Handshakes the driver waits on without a timeout: SDMA halt/clean-up, SPC freeze, CM reset."""
 from __future__ import annotations
 
-from hfi1_guest import ALL_ONES, IS_SDMAENG_ERR_START
-
 from devmodel.hfi1 import chip_registers as cr
+from testkit.hfi1.guest import ALL_ONES, IS_SDMAENG_ERR_START
 
 HALT, CLEANUP, INT_ENABLE, ENABLE = 0x2, 0x4, 0x8, 0x1
 HALTED, CLEANED_UP = cr.SEND_DMA_STATUS_ENG_HALTED_SMASK, cr.SEND_DMA_STATUS_ENG_CLEANED_UP_SMASK

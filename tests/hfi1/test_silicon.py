@@ -5,20 +5,21 @@ negotiation with VerifyCap and ConfigLT across the fabric, SMA idle
 messages to the neighbour, and the ways down (rmmod, a neighbour's planned
 down, a lost peer in LNI, dc_shutdown/dc_start).
 
-The driver's sequences are `hfi1_guest.GuestDriver`'s (the probe of
-test_probe_walk with icode 0); every test ends with no undeclared CSR
+The driver's sequences are `testkit.hfi1.guest.GuestDriver`'s (the probe of
+testkit/hfi1/probe.py with icode 0); every test ends with no undeclared CSR
 touched."""
 from __future__ import annotations
 
 import pytest
-from hfi1_fakes import FakeHost, make_device
-from hfi1_guest import HCMD_SUCCESS, REASON_REBOOT, DriverTimeout, GuestDriver, drive
-from test_probe_walk import hfi1_init, probe, remove_one
 
 from devmodel.hfi1 import Hfi1Device, firmware, firmware_key
 from devmodel.hfi1 import chip_registers as cr
 from devmodel.hfi1.config import ICODE_RTL_SILICON
 from devmodel.hfi1.dc8051_interface import LinkError
+from testkit.hfi1.chip import make_device
+from testkit.hfi1.guest import HCMD_SUCCESS, REASON_REBOOT, DriverTimeout, GuestDriver, drive
+from testkit.hfi1.probe import hfi1_init, probe, remove_one
+from testkit.host import FakeHost
 
 AUTH_FAILED = cr.MISC_ERR_STATUS_MISC_FW_AUTH_FAILED_ERR_SMASK
 KEY_MISMATCH = cr.MISC_ERR_STATUS_MISC_KEY_MISMATCH_ERR_SMASK

@@ -21,7 +21,7 @@ import struct
 import time
 from dataclasses import dataclass
 
-from .protocol import (
+from emulator.protocol import (
     DEVICE_INFO,
     DMA_MAP,
     DMA_UNMAP,

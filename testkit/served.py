@@ -5,9 +5,9 @@ from __future__ import annotations
 import threading
 
 from devmodel import registry
-from emulator.client import Client
 from emulator.pci.function import PciFunction
 from emulator.server import Server
+from testkit.client import Client
 
 
 class ServedDevice:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import random
 
-from emulator.client import GuestMemory
 from emulator.protocol import (
     DMA_MAP,
     DMA_UNMAP,
@@ -18,6 +17,7 @@ from emulator.protocol import (
     MsgFlags,
     header,
 )
+from testkit.client import GuestMemory
 
 COMMANDS = [int(c) for c in Command] + [0, 14, 19, 0xFFFF]
 

@@ -12,7 +12,7 @@
 path (chip.c hfi1_rcvctrl, hfi1_put_tid, init_qpmap_table, set_lidlmc,
 set_link_state; pio.c sc_alloc/sc_enable; pio_copy.c pio_copy; sdma.c engine
 start-up and descriptor submission) on top of the probe walk of
-test_probe_walk.py.
+testkit/hfi1/probe.py.
 
 Time is a ManualScheduler: nothing a device does on its own happens until the
 test, or a driver read (each read lets 1 us pass, as a CPU's MMIO read
@@ -23,15 +23,9 @@ from __future__ import annotations
 
 import contextlib
 import os
-import select
 import threading
-import time
 from dataclasses import dataclass, field
 
-from hfi1_guest import ALL_ONES, IS_RCVAVAIL_START, GuestDriver, poll
-from test_probe_walk import N_KRCV_QUEUES, NUM_VLS, probe
-
-from devmodel.base import DmaError
 from devmodel.fabric import cable
 from devmodel.hfi1 import ChipConfig, Hfi1Device
 from devmodel.hfi1 import chip_registers as cr
@@ -39,9 +33,14 @@ from devmodel.hfi1.config import ICODE_FUNCTIONAL_SIMULATOR, make_guid
 from devmodel.hfi1.formats import PBC, RCV_ARRAY_ENTRY, RHF, SDMA_DESC0, SDMA_DESC1
 from devmodel.wire import opa
 from devmodel.worker import ManualScheduler
+from emulator.pci.function import PciFunction
+from emulator.server import Server
+from testkit.client import Client, GuestMemory
+from testkit.hfi1.guest import IS_RCVAVAIL_START, GuestDriver, poll
+from testkit.hfi1.over_vfio_user import DeviceOverTheWire
+from testkit.hfi1.probe import N_KRCV_QUEUES, NUM_VLS, probe
+from testkit.host import GUEST_BASE, GUEST_SIZE, FakeMemory, Host, MemfdMemory, Msix
 
-GUEST_BASE = 0x1_0000_0000
-GUEST_SIZE = 32 << 20
 #: guest memory layout (offsets from GUEST_BASE)
 CREDIT_RETURN = 0x0000  # 64 bytes per group of 8 send contexts
 SDMA_HEAD_DMA = 0x0800  # 64 bytes per engine
@@ -58,88 +57,6 @@ EAGER_BUFFER_BYTES = 64 << 10
 SDMA_RING = 2048
 READ_COST_S = 1e-6  # simulated time one MMIO read takes
 FAST = dict(link_training_s=0.001, sdma_halt_s=2e-6, sdma_cleanup_s=2e-6, freeze_s=2e-6)
-
-
-# -- guest memory and interrupts -----------------------------------------------------------
-
-class FakeMemory:
-    """Guest RAM for a model used in-process (its `host.dma`)."""
-
-    def __init__(self, base: int = GUEST_BASE, size: int = GUEST_SIZE):
-        self.base, self.memory = base, bytearray(size)
-        self._lock = threading.Lock()
-        self.refused = 0  # DMA the "IOMMU" refused
-
-    def _span(self, addr: int, length: int) -> slice:
-        start = addr - self.base
-        if start < 0 or length < 0 or start + length > len(self.memory):
-            self.refused += 1
-            raise DmaError(f"DMA to {addr:#x}+{length} outside guest memory")
-        return slice(start, start + length)
-
-    def read(self, addr: int, length: int) -> bytes:
-        with self._lock:
-            return bytes(self.memory[self._span(addr, length)])
-
-    def write(self, addr: int, data: bytes) -> None:
-        with self._lock:
-            self.memory[self._span(addr, len(data))] = data
-
-
-class MemfdMemory:
-    """The guest's view of memfd-backed RAM it mapped into the server (DMA_MAP)."""
-
-    def __init__(self, guest_memory, base: int = GUEST_BASE):
-        self.guest_memory, self.base = guest_memory, base
-
-    def read(self, addr: int, length: int) -> bytes:
-        return bytes(self.guest_memory.mem[addr - self.base:addr - self.base + length])
-
-    def write(self, addr: int, data: bytes) -> None:
-        self.guest_memory.mem[addr - self.base:addr - self.base + len(data)] = data
-
-
-class Msix:
-    """MSI-X vectors as the guest counts them. `wait_for` lets simulated time
-    pass (the scheduler runs) until the vector has fired `count` times."""
-
-    def __init__(self, scheduler: ManualScheduler):
-        self.scheduler = scheduler
-        self.triggered: list[int] = []
-        self._lock = threading.Lock()
-        self.eventfds: dict[int, int] = {}
-
-    def trigger(self, vector: int) -> None:  # the device's side (in-process)
-        with self._lock:
-            self.triggered.append(vector)
-
-    def _collect(self) -> None:
-        if not self.eventfds:
-            return
-        ready, _, _ = select.select(list(self.eventfds.values()), [], [], 0)
-        for fd in ready:
-            vector = next(v for v, f in self.eventfds.items() if f == fd)
-            with self._lock:
-                self.triggered += [vector] * os.eventfd_read(fd)
-
-    def count(self, vector: int) -> int:
-        self._collect()
-        with self._lock:
-            return self.triggered.count(vector)
-
-    def wait_for(self, vector: int, count: int = 1, timeout: float = 2.0) -> None:
-        deadline = self.scheduler.clock.now() + timeout
-        while self.count(vector) < count:
-            if self.scheduler.clock.now() >= deadline:
-                raise TimeoutError(f"MSI-X vector {vector} raised {self.count(vector)} times, wanted {count} "
-                                   f"(in {timeout} s of simulated time); all: {self.triggered}")
-            self.scheduler.advance(1e-4)
-
-
-@dataclass
-class Host:
-    dma: object
-    irq: Msix
 
 
 # -- the driver's data-path sequences ----------------------------------------------------------
@@ -474,12 +391,6 @@ def _serve(stack, model, irq, scheduler):
     """Serve `model` on a socket and reach it with the project's client."""
     import tempfile
 
-    from test_over_vfio_user import DeviceOverTheWire
-
-    from emulator.client import Client, GuestMemory
-    from emulator.pci.function import PciFunction
-    from emulator.server import Server
-
     directory = tempfile.mkdtemp(prefix="vfnic-pair-", dir="/tmp")
     function = PciFunction(model)
     server = Server(os.path.join(directory, "hfi1.sock"), function)
@@ -514,5 +425,3 @@ def _serve(stack, model, irq, scheduler):
     access.scheduler = scheduler
     return access, MemfdMemory(guest)
 
-
-__all__ = ["ALL_ONES", "time"]
