@@ -1,8 +1,16 @@
 """A fake host for device models driven in-process: guest memory the model
-reaches by DMA, and MSI-X vectors as the guest counts them.
+reaches by DMA, MSI-X vectors as the guest counts them, and the time the
+guest's driver waits on.
 
-    memory = FakeMemory()                        # 32 MiB at bus address GUEST_BASE
-    model.attach(Host(memory, Msix(scheduler)))  # the model's `host.dma` and `host.irq`
+    scheduler = ManualScheduler()
+    model = Hfi1Device(config, worker=scheduler.worker("hfi1"))
+    host = FakeHost(scheduler)      # 1 MiB at GUEST_BASE, Msix, SimulatedTime
+    model.attach(host)              # the model's `host.dma` and `host.irq`
+
+A driver's wait is simulated time passing: the scheduler runs the devices'
+events that fall due, so a scenario runs the same way every time and a
+negative check ("no interrupt") is a statement about a stated stretch of
+simulated time, not about how busy the test machine was.
 """
 from __future__ import annotations
 
@@ -10,13 +18,45 @@ import os
 import select
 import threading
 import time
-from dataclasses import dataclass
 
 from devmodel.base import DmaError
 from devmodel.worker import ManualScheduler
 
 GUEST_BASE = 0x1_0000_0000
 GUEST_SIZE = 32 << 20
+READ_COST_S = 1e-6  # simulated time one MMIO read takes
+
+
+class SimulatedTime:
+    """The time a driver sees when its device runs on a ManualScheduler:
+    waiting lets the devices' events run, and each MMIO read lets
+    READ_COST_S pass, as a CPU's read of a device register takes time."""
+
+    def __init__(self, scheduler: ManualScheduler):
+        self.scheduler = scheduler
+
+    def now(self) -> float:
+        return self.scheduler.clock.now()
+
+    def wait(self, seconds: float) -> None:
+        self.scheduler.advance(seconds)
+
+    def mmio_read_done(self) -> None:
+        self.scheduler.advance(READ_COST_S)
+
+
+class RealTime:
+    """The host's monotonic clock, for a device on worker threads (served
+    over vfio-user): waiting is sleeping."""
+
+    def now(self) -> float:
+        return time.monotonic()
+
+    def wait(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+    def mmio_read_done(self) -> None:
+        pass
 
 
 class FakeMemory:
@@ -57,33 +97,6 @@ class MemfdMemory:
         self.guest_memory.mem[addr - self.base:addr - self.base + len(data)] = data
 
 
-class FakeIrq:
-    """Records `trigger(vector)` calls; tests wait for them with a deadline."""
-
-    def __init__(self):
-        self.triggered: list[int] = []
-        self._cv = threading.Condition()
-
-    def trigger(self, vector: int) -> None:
-        with self._cv:
-            self.triggered.append(vector)
-            self._cv.notify_all()
-
-    def count(self, vector: int) -> int:
-        with self._cv:
-            return self.triggered.count(vector)
-
-    def wait_for(self, vector: int, count: int = 1, timeout: float = 2.0) -> None:
-        deadline = time.monotonic() + timeout
-        with self._cv:
-            while self.triggered.count(vector) < count:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise TimeoutError(f"MSI-X vector {vector} raised {self.triggered.count(vector)} times, "
-                                       f"wanted {count}; all: {self.triggered}")
-                self._cv.wait(left)
-
-
 class Msix:
     """MSI-X vectors as the guest counts them: `trigger` from a model in
     this process, or the eventfds of a served one. `wait_for` lets simulated
@@ -122,16 +135,17 @@ class Msix:
             self.scheduler.advance(1e-4)
 
 
-@dataclass
 class Host:
-    """What a model is attached to (`device.attach(host)`)."""
+    """What a model is attached to (`device.attach(host)`: its `dma` and
+    `irq`), and the time its driver waits on."""
 
-    dma: object
-    irq: object
+    def __init__(self, dma, irq, time=None):
+        self.dma, self.irq, self.time = dma, irq, time
 
 
 class FakeHost(Host):
-    """A megabyte of guest RAM at GUEST_BASE and recorded interrupts."""
+    """Guest RAM at GUEST_BASE (1 MiB unless `memory` is given), MSI-X and
+    simulated time, all on `scheduler`."""
 
-    def __init__(self):
-        super().__init__(FakeMemory(size=1 << 20), FakeIrq())
+    def __init__(self, scheduler: ManualScheduler, memory: FakeMemory | None = None):
+        super().__init__(memory or FakeMemory(size=1 << 20), Msix(scheduler), SimulatedTime(scheduler))

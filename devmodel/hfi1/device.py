@@ -48,7 +48,7 @@ from devmodel.base import DeviceHost, DeviceModel
 from devmodel.fabric import Packet, cable
 from devmodel.pci_layout import Bar, BarKind, MsixLayout, PcieLink, PciIdentity, PciLayout
 from devmodel.regs import RegisterFile
-from devmodel.worker import Job, ScheduledWorker, ThreadScheduler, Worker
+from devmodel.worker import Job, ManualScheduler, ScheduledWorker, ThreadScheduler, Worker
 
 from .asic import Asic
 from .cce import Cce
@@ -111,12 +111,14 @@ class Hfi1Device(DeviceModel):
         return cls(ChipConfig(icode=ICODES[icode], **neighbour))
 
     @classmethod
-    def fabric(cls, count: int, link_partner: str = "present", icode: str = "silicon") -> list["Hfi1Device"]:
+    def fabric(cls, count: int, link_partner: str = "present", icode: str = "silicon",
+               scheduler: ThreadScheduler | ManualScheduler | None = None) -> list["Hfi1Device"]:
         """`count` HFIs for one `vfnic serve`: each with its own GUID (serial
         1, 2, ...), cabled back to back in pairs (1-2, 3-4, ...); an odd last
         one keeps its built-in link partner (or none). One engine thread runs
-        all their chip events (devmodel/worker.py)."""
-        engines = ThreadScheduler("hfi1-engines")
+        all their chip events (devmodel/worker.py), or `scheduler` (a test's
+        ManualScheduler)."""
+        engines = scheduler or ThreadScheduler("hfi1-engines")
         devices = []
         for i in range(count):
             cabled = i + 1 < count or i % 2 == 1

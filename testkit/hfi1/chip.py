@@ -1,12 +1,14 @@
 """The hfi1 model set up for scenario tests: a WFR with silicon-like
-capacities and faster-than-silicon timings, attached to a fake host."""
+capacities and faster-than-silicon timings, on a ManualScheduler of its
+own, attached to a fake host whose time is that scheduler's."""
 from __future__ import annotations
 
 from devmodel.hfi1 import ChipConfig, Hfi1Device
 from devmodel.hfi1.config import ICODE_FUNCTIONAL_SIMULATOR
+from devmodel.worker import ManualScheduler
 from testkit.host import FakeHost
 
-#: silicon-like capacities, faster-than-silicon timings (still asynchronous)
+#: silicon-like capacities, faster-than-silicon timings (still chip events, not immediate)
 FAST = dict(link_training_s=0.02, sdma_halt_s=0.0005, sdma_cleanup_s=0.0005, freeze_s=0.0005)
 #: The control-plane scenarios walk the functional-simulator probe (no
 #: firmware loads, the fake 8051); test_silicon passes icode=0 for silicon.
@@ -14,7 +16,19 @@ SIMULATOR = dict(icode=ICODE_FUNCTIONAL_SIMULATOR)
 
 
 def make_device(**overrides) -> tuple[Hfi1Device, FakeHost]:
-    device = Hfi1Device(ChipConfig(**{**FAST, **SIMULATOR, **overrides}))
-    host = FakeHost()
+    scheduler = ManualScheduler()
+    device = Hfi1Device(ChipConfig(**{**FAST, **SIMULATOR, **overrides}), worker=scheduler.worker("hfi1"))
+    host = FakeHost(scheduler)
     device.attach(host)
     return device, host
+
+
+def make_fabric(count: int = 2, **options) -> tuple[list[Hfi1Device], list[FakeHost]]:
+    """`Hfi1Device.fabric(count, **options)` (what `vfnic serve` builds) on
+    one ManualScheduler, each device attached to a fake host."""
+    scheduler = ManualScheduler()
+    devices = Hfi1Device.fabric(count, scheduler=scheduler, **options)
+    hosts = [FakeHost(scheduler) for _ in devices]
+    for device, host in zip(devices, hosts):
+        device.attach(host)
+    return devices, hosts

@@ -36,10 +36,10 @@ from devmodel.worker import ManualScheduler
 from emulator.pci.function import PciFunction
 from emulator.server import Server
 from testkit.client import Client, GuestMemory
-from testkit.hfi1.guest import IS_RCVAVAIL_START, GuestDriver, poll
+from testkit.hfi1.guest import IS_RCVAVAIL_START, GuestDriver
 from testkit.hfi1.over_vfio_user import DeviceOverTheWire
 from testkit.hfi1.probe import N_KRCV_QUEUES, NUM_VLS, probe
-from testkit.host import GUEST_BASE, GUEST_SIZE, FakeMemory, Host, MemfdMemory, Msix
+from testkit.host import GUEST_BASE, GUEST_SIZE, FakeMemory, Host, MemfdMemory, Msix, SimulatedTime
 
 #: guest memory layout (offsets from GUEST_BASE)
 CREDIT_RETURN = 0x0000  # 64 bytes per group of 8 send contexts
@@ -55,7 +55,6 @@ HDRQ_ENTRY_DWORDS = 32
 EAGER_BUFFERS = 8
 EAGER_BUFFER_BYTES = 64 << 10
 SDMA_RING = 2048
-READ_COST_S = 1e-6  # simulated time one MMIO read takes
 FAST = dict(link_training_s=0.001, sdma_halt_s=2e-6, sdma_cleanup_s=2e-6, freeze_s=2e-6)
 
 
@@ -72,13 +71,6 @@ class DataPathDriver(GuestDriver):
         self.sdma_tail: dict[int, int] = {}  # engine -> descq_tail (not wrapped)
         self.hdrq_head: dict[int, int] = {}  # context -> driver's head (dwords)
         self.rcv_seq: dict[int, int] = {}
-
-    def read_csr(self, offset: int) -> int:
-        value = super().read_csr(offset)
-        scheduler = getattr(self.dev, "scheduler", None)
-        if scheduler is not None:
-            scheduler.advance(READ_COST_S)
-        return value
 
     def read_uctxt_csr(self, ctxt: int, offset: int) -> int:
         return self.read_csr(offset + 0x1000 * ctxt)
@@ -233,7 +225,7 @@ class DataPathDriver(GuestDriver):
     def set_logical_state(self, state: int) -> None:
         port = self.read_csr(cr.DCC_CFG_PORT_CONFIG) & ~cr.DCC_CFG_PORT_CONFIG_LINK_STATE_SMASK
         self.write_csr(cr.DCC_CFG_PORT_CONFIG, port | state << cr.DCC_CFG_PORT_CONFIG_LINK_STATE_SHIFT)
-        poll(lambda: (self.read_csr(cr.DCC_CFG_PORT_CONFIG) >> 48) & 7 == state, 1.0,
+        self.poll(lambda: (self.read_csr(cr.DCC_CFG_PORT_CONFIG) >> 48) & 7 == state, 1.0,
              f"logical state did not change to {state}")
 
 
@@ -274,28 +266,6 @@ class Node:
 
     def stats(self) -> dict:
         return self.device.stats()
-
-
-class DirectAccess:
-    """The model reached directly (bar_read/bar_write), as GuestDriver expects."""
-
-    def __init__(self, model: Hfi1Device, scheduler: ManualScheduler):
-        self.model, self.scheduler, self.config = model, scheduler, model.config
-
-    def bar_read(self, bar, offset, size):
-        return self.model.bar_read(bar, offset, size)
-
-    def bar_write(self, bar, offset, size, value):
-        self.model.bar_write(bar, offset, size, value)
-
-    def reset(self) -> None:
-        self.model.reset()
-
-    def settle(self, timeout_s: float = 1.0) -> bool:
-        return self.model.settle(timeout_s)
-
-    def stats(self) -> dict:
-        return self.model.stats()
 
 
 def small_config(serial: int) -> ChipConfig:
@@ -376,11 +346,13 @@ def pair(over_the_wire: bool = False, up: bool = True):
             irq = Msix(scheduler)
             if over_the_wire:
                 access, memory = _serve(stack, model, irq, scheduler)
+                host = Host(memory, irq, SimulatedTime(scheduler))
             else:
                 memory = FakeMemory()
-                model.attach(Host(memory, irq))
-                access = DirectAccess(model, scheduler)
-            driver = DataPathDriver(access, Host(memory, irq), memory)
+                host = Host(memory, irq, SimulatedTime(scheduler))
+                model.attach(host)
+                access = model
+            driver = DataPathDriver(access, host, memory)
             nodes.append(Node(name, model, memory, irq, driver, lid=i + 1))
         if up:
             bring_up(nodes)
@@ -421,7 +393,5 @@ def _serve(stack, model, irq, scheduler):
             self.client.read(0, cr.CCE_REVISION, 8)
             return scheduler.run_until_idle(timeout_s) >= 0
 
-    access = WireAccess(client, model)
-    access.scheduler = scheduler
-    return access, MemfdMemory(guest)
+    return WireAccess(client, model), MemfdMemory(guest)
 

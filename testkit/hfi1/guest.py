@@ -5,10 +5,13 @@ firmware.c, eprom.c, pio.c, sdma.c, intr.c, init.c) and performs the same CSR
 reads, writes and polls, with the driver's timeouts turned into exceptions so
 that a model that would hang the guest fails the test instead. It is not a
 driver: it keeps only the software state the sequences need.
+
+Its time is its host's (`host.time`, testkit/host.py): simulated for a model
+on a ManualScheduler, where a wait runs the devices' events and every CSR
+read lets a microsecond pass; real for a model served over vfio-user.
 """
 from __future__ import annotations
 
-import time
 import zlib
 
 from devmodel.hfi1 import chip_registers as cr
@@ -41,35 +44,24 @@ class DriverTimeout(AssertionError):
     """The driver would have logged a timeout (or, for the no-timeout loops, hung)."""
 
 
-def poll(fn, timeout: float, what: str):
-    """Poll like the driver; `timeout` is the driver's, stretched to at least a
-    second so that a busy test machine is not mistaken for a missing handshake."""
-    deadline = time.monotonic() + max(timeout, 1.0)
-    while True:
-        value = fn()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise DriverTimeout(what)
-        time.sleep(0.0001)
-
-
 def drive(drivers, until, timeout: float = 5.0, what: str = "the drivers to get there") -> None:
     """Let each driver handle its interrupts and link work, round robin,
     until `until()` (several devices driven from one thread, as their
-    guests would run side by side)."""
-    deadline = time.monotonic() + timeout
+    guests would run side by side); `timeout` is in the drivers' time."""
+    clock = drivers[0].time
+    deadline = clock.now() + timeout
     while not until():
         if not [d for d in drivers if d.step()]:
-            if time.monotonic() > deadline:
+            if clock.now() > deadline:
                 raise DriverTimeout(what)
-            time.sleep(0.0005)
+            clock.wait(0.0005)
 
 
 class GuestDriver:
     def __init__(self, device, host):
         self.dev = device
         self.host = host
+        self.time = host.time
         self.hfi1_id = 0
         self.host_link_state = "OFFLINE"
         self.lcb_access_count = 0
@@ -94,9 +86,24 @@ class GuestDriver:
     def silicon(self) -> bool:
         return self.icode == ICODE_RTL_SILICON
 
+    def poll(self, fn, timeout: float, what: str):
+        """Poll like the driver; `timeout` is the driver's, stretched to at least a
+        second so that, on real time, a busy test machine is not mistaken for a
+        missing handshake."""
+        deadline = self.time.now() + max(timeout, 1.0)
+        while True:
+            value = fn()
+            if value:
+                return value
+            if self.time.now() >= deadline:
+                raise DriverTimeout(what)
+            self.time.wait(0.0001)
+
     # -- csr access (chip.c / chip.h) -----------------------------------------------
     def read_csr(self, offset: int) -> int:
-        return self.dev.bar_read(0, offset, 8)
+        value = self.dev.bar_read(0, offset, 8)
+        self.time.mmio_read_done()
+        return value
 
     def write_csr(self, offset: int, value: int) -> None:
         self.dev.bar_write(0, offset, 8, value & ALL_ONES)
@@ -295,7 +302,7 @@ class GuestDriver:
             self.say(f"{who} security engine not idle - giving up")
             return -EBUSY
         self.write_csr(cr.MISC_CFG_RSA_CMD, 2)  # RSA_CMD_START
-        deadline = time.monotonic() + 1.0  # RSA_ENGINE_TIMEOUT is 100 ms; stretched
+        deadline = self.time.now() + 1.0  # RSA_ENGINE_TIMEOUT is 100 ms; stretched
         while True:
             status = self.rsa_status()
             if status == 0:
@@ -305,7 +312,7 @@ class GuestDriver:
             if status in (2, 3):
                 ret = 0 if status == 2 else -EINVAL
                 break
-            if time.monotonic() > deadline:
+            if self.time.now() > deadline:
                 self.say(f"{who} firmware security time out")
                 ret = -ETIMEDOUT
                 break
@@ -362,11 +369,11 @@ class GuestDriver:
     def wait_fm_ready(self, timeout: float) -> bool:
         if not self.silicon:
             return True
-        deadline = time.monotonic() + timeout
+        deadline = self.time.now() + timeout
         while (self.read_csr(cr.DC_DC8051_STS_CUR_STATE) >> 16) & 0xFF != 0xA0:
-            if time.monotonic() > deadline:
+            if self.time.now() > deadline:
                 return False
-            time.sleep(0.002)
+            self.time.wait(0.002)
         return True
 
     def read_misc_status(self) -> tuple[int, int, int]:
@@ -446,7 +453,7 @@ class GuestDriver:
         reg = kind << 8 | (in_data & 0xFFFFFFFFFFFF) << 16
         self.write_csr(cr.DC_DC8051_CFG_HOST_CMD_0, reg)
         self.write_csr(cr.DC_DC8051_CFG_HOST_CMD_0, reg | cr.DC_DC8051_CFG_HOST_CMD_0_REQ_NEW_SMASK)
-        reg = poll(lambda: (r := self.read_csr(cr.DC_DC8051_CFG_HOST_CMD_1)) & 1 and r, 1.0,
+        reg = self.poll(lambda: (r := self.read_csr(cr.DC_DC8051_CFG_HOST_CMD_1)) & 1 and r, 1.0,
                    f"8051 host command {kind} timeout")
         out = reg >> 16
         if kind == 0x07:  # HCMD_READ_LCB_CSR: the top 16 bits are in EXT_DEV_1
@@ -462,7 +469,7 @@ class GuestDriver:
         self.write_csr(cr.DC_DC8051_CFG_RAM_ACCESS_CTRL, addr & 0x7FFF)
         self.write_csr(cr.DC_DC8051_CFG_RAM_ACCESS_CTRL,
                        (addr & 0x7FFF) | cr.DC_DC8051_CFG_RAM_ACCESS_CTRL_READ_ENA_SMASK)
-        poll(lambda: self.read_csr(cr.DC_DC8051_CFG_RAM_ACCESS_STATUS) & (1 << 16), 0.01, "timeout reading 8051 data")
+        self.poll(lambda: self.read_csr(cr.DC_DC8051_CFG_RAM_ACCESS_STATUS) & (1 << 16), 0.01, "timeout reading 8051 data")
         value = self.read_csr(cr.DC_DC8051_CFG_RAM_ACCESS_RD_DATA)
         self.write_csr(cr.DC_DC8051_CFG_RAM_ACCESS_CTRL, 0)
         return value
@@ -610,9 +617,9 @@ class GuestDriver:
 
     def service_interrupts(self, until, timeout: float = 2.0) -> None:
         """Run the general handler each time MSI-X vector 0 fires, until `until()`."""
-        deadline = time.monotonic() + timeout
+        deadline = self.time.now() + timeout
         while not until():
-            self.host.irq.wait_for(0, self.general_irqs_seen + 1, timeout=max(0.0, deadline - time.monotonic()))
+            self.host.irq.wait_for(0, self.general_irqs_seen + 1, timeout=max(0.0, deadline - self.time.now()))
             self.general_irqs_seen += 1
             self.general_interrupt()
 
@@ -809,9 +816,9 @@ class GuestDriver:
         wanted = "GOING_UP" if self.silicon else "POLL"
         assert self.host_link_state == wanted, \
             f"unexpected state transition from {self.host_link_state} to INIT"
-        poll(lambda: self.read_csr(cr.DC_DC8051_STS_CUR_STATE) & 0xFF == 0x50, 1.0,
+        self.poll(lambda: self.read_csr(cr.DC_DC8051_STS_CUR_STATE) & 0xFF == 0x50, 1.0,
              "physical state did not change to LINK-UP")
-        poll(lambda: (self.read_csr(cr.DCC_CFG_PORT_CONFIG) >> 48) & 7 == 2, 1.0,
+        self.poll(lambda: (self.read_csr(cr.DCC_CFG_PORT_CONFIG) >> 48) & 7 == 2, 1.0,
              "logical state did not change to INIT")
         self.write_csr(cr.RCV_CTRL, self.read_csr(cr.RCV_CTRL) | cr.RCV_CTRL_RCV_PORT_ENABLE_SMASK)
         self.handle_linkup_change_up()
@@ -864,7 +871,7 @@ class GuestDriver:
         assert self.host_link_state == "INIT"
         port = self.read_csr(cr.DCC_CFG_PORT_CONFIG) & ~cr.DCC_CFG_PORT_CONFIG_LINK_STATE_SMASK
         self.write_csr(cr.DCC_CFG_PORT_CONFIG, port | 3 << cr.DCC_CFG_PORT_CONFIG_LINK_STATE_SHIFT)
-        poll(lambda: (self.read_csr(cr.DCC_CFG_PORT_CONFIG) >> 48) & 7 == 3, 1.0, "logical state not ARMED")
+        self.poll(lambda: (self.read_csr(cr.DCC_CFG_PORT_CONFIG) >> 48) & 7 == 3, 1.0, "logical state not ARMED")
         self.host_link_state = "ARMED"
         if not self.silicon:
             self.neighbor_normal = True
@@ -876,7 +883,7 @@ class GuestDriver:
             return False
         port = self.read_csr(cr.DCC_CFG_PORT_CONFIG) & ~cr.DCC_CFG_PORT_CONFIG_LINK_STATE_SMASK
         self.write_csr(cr.DCC_CFG_PORT_CONFIG, port | 4 << cr.DCC_CFG_PORT_CONFIG_LINK_STATE_SHIFT)
-        poll(lambda: (self.read_csr(cr.DCC_CFG_PORT_CONFIG) >> 48) & 7 == 4, 1.0, "logical state not ACTIVE")
+        self.poll(lambda: (self.read_csr(cr.DCC_CFG_PORT_CONFIG) >> 48) & 7 == 4, 1.0, "logical state not ACTIVE")
         self.host_link_state = "ACTIVE"
         self.send_idle_sma(2)  # SMA_IDLE_ACTIVE
         return True
@@ -928,11 +935,11 @@ class GuestDriver:
         self.host_link_state = "GOING_OFFLINE"
         code, _ = self.do_8051_command(0x03, self.remote_link_down_reason << 8 | 0x90)
         assert code == HCMD_SUCCESS, "Failed to transition to Offline link state"
-        poll(lambda: self.read_csr(cr.DC_DC8051_STS_CUR_STATE) & 0xF0 == 0x90, 10.0,
+        self.poll(lambda: self.read_csr(cr.DC_DC8051_STS_CUR_STATE) & 0xF0 == 0x90, 10.0,
              "timeout waiting for phy link offline.quiet substates")
         self.write_csr(cr.DC_DC8051_CFG_CSR_ACCESS_SEL, 0x3)
         self.write_csr(cr.DC_LCB_ERR_EN, ALL_ONES)
-        poll(lambda: (self.read_csr(cr.DCC_CFG_PORT_CONFIG) >> 48) & 7 == 1, 1.0, "logical state not Down")
+        self.poll(lambda: (self.read_csr(cr.DCC_CFG_PORT_CONFIG) >> 48) & 7 == 1, 1.0, "logical state not Down")
         self.host_link_state = "LINK_COOLDOWN"
         assert self.wait_fm_ready(7.0), "After going offline, timed out waiting for the 8051 to become ready"
         self.host_link_state = "OFFLINE"
@@ -952,12 +959,12 @@ class GuestDriver:
         self.write_csr(cr.SEND_CM_GLOBAL_CREDIT, 0)
         sendctrl = self.read_csr(cr.SEND_CTRL)  # pio_send_control(PSC_CM_RESET) -> __cm_reset
         self.write_csr(cr.SEND_CTRL, sendctrl | cr.SEND_CTRL_CM_RESET_SMASK)
-        poll(lambda: not self.read_csr(cr.SEND_CTRL) & cr.SEND_CTRL_CM_RESET_SMASK, 1.0,
+        self.poll(lambda: not self.read_csr(cr.SEND_CTRL) & cr.SEND_CTRL_CM_RESET_SMASK, 1.0,
              "__cm_reset spins forever")
 
     def wait_for_freeze_status(self, freeze: bool) -> None:
         want = ALL_FROZE if freeze else 0
-        poll(lambda: self.read_csr(cr.CCE_STATUS) & ALL_FROZE == want, 0.02,
+        self.poll(lambda: self.read_csr(cr.CCE_STATUS) & ALL_FROZE == want, 0.02,
              f"Time out waiting for SPC {'' if freeze else 'un'}freeze")
 
     def handle_freeze(self) -> None:
@@ -988,7 +995,7 @@ class GuestDriver:
         if errors:
             self.write_kctxt_csr(hw, cr.SEND_CTXT_ERR_CLEAR, errors)
         self.write_csr(cr.SEND_PIO_INIT_CTXT, (hw & 0xFF) << 8 | cr.SEND_PIO_INIT_CTXT_PIO_SINGLE_CTXT_INIT_SMASK)
-        reg = poll(lambda: (r := self.read_csr(cr.SEND_PIO_INIT_CTXT)) & 0x4 == 0 and (r | 1 << 63), 0.001,
+        reg = self.poll(lambda: (r := self.read_csr(cr.SEND_PIO_INIT_CTXT)) & 0x4 == 0 and (r | 1 << 63), 0.001,
                    "PIO send context init is stuck")
         assert not reg & 0x8, "PIO send context init had an error"
         self.write_kctxt_csr(hw, cr.SEND_CTXT_CTRL, ctrl | 1)
@@ -1023,11 +1030,11 @@ class GuestDriver:
             self.sdma_err_halt_wait(engine)
 
     def sdma_err_halt_wait(self, engine: int) -> None:
-        poll(lambda: self.read_kctxt_csr(engine, cr.SEND_DMA_STATUS) & cr.SEND_DMA_STATUS_ENG_HALTED_SMASK, 0.01,
+        self.poll(lambda: self.read_kctxt_csr(engine, cr.SEND_DMA_STATUS) & cr.SEND_DMA_STATUS_ENG_HALTED_SMASK, 0.01,
              f"SDMA engine {engine} - timeout waiting for engine to halt")
         self.sdma_state[engine] = "s15_hw_start_up_clean_wait"
         self.sdma_sendctrl(engine, intenable=True, cleanup=True)
-        poll(lambda: self.read_kctxt_csr(engine, cr.SEND_DMA_STATUS) & cr.SEND_DMA_STATUS_ENG_CLEANED_UP_SMASK,
+        self.poll(lambda: self.read_kctxt_csr(engine, cr.SEND_DMA_STATUS) & cr.SEND_DMA_STATUS_ENG_CLEANED_UP_SMASK,
              1.0, f"sdma_hw_clean_up_task: engine {engine} never cleaned up (tasklet spins forever)")
         self.sdma_hw_start_up(engine)
         self.sdma_state[engine] = "s20_idle"

@@ -81,6 +81,3 @@ def _find_capability(client: Client, cap_id: int) -> int:
     raise LookupError(f"capability {cap_id:#x} not found")
 
 
-class Host:
-    def __init__(self, irq):
-        self.irq = irq

@@ -6,6 +6,7 @@ import pytest
 from devmodel.hfi1 import ChipConfig, Hfi1Device
 from devmodel.hfi1 import chip_registers as cr
 from devmodel.pci_layout import BarKind
+from devmodel.worker import ManualScheduler
 
 NUM_VLS = 8
 
@@ -91,7 +92,8 @@ def test_config_rejects_capacities_the_driver_would_trip_on():
 
 
 def test_smaller_chip_shrinks_the_per_context_register_arrays():
-    small = Hfi1Device(ChipConfig(rcv_contexts=16, send_contexts=32, rcv_array_count=2048))
+    small = Hfi1Device(ChipConfig(rcv_contexts=16, send_contexts=32, rcv_array_count=2048),
+                       worker=ManualScheduler().worker("small"))
     try:
         assert small.bar_read(0, cr.RCV_CONTEXTS, 8) == 16
         small.bar_read(0, cr.RCV_CTXT_CTRL + 0x100 * 16, 8)  # context 16 does not exist

@@ -20,8 +20,9 @@ from testkit.client import Client, GuestMemory
 from testkit.hfi1.chip import FAST, SIMULATOR
 from testkit.hfi1.dc8051 import READ_CONFIG_DATA, bring_link_up, logical, phys
 from testkit.hfi1.guest import HCMD_SUCCESS, GuestDriver
-from testkit.hfi1.over_vfio_user import DeviceOverTheWire, EventfdInterrupts, Host
+from testkit.hfi1.over_vfio_user import DeviceOverTheWire, EventfdInterrupts
 from testkit.hfi1.probe import CREDIT_RETURN_BASE, load_to_link_up, remove_one
+from testkit.host import Host, RealTime
 
 
 @pytest.fixture
@@ -38,7 +39,7 @@ def wire(tmp_path):
     client.dma_map(memory, CREDIT_RETURN_BASE)
     irq = EventfdInterrupts(client, 8)
     device = DeviceOverTheWire(client, model)
-    yield device, Host(irq), memory
+    yield device, Host(memory, irq, RealTime()), memory  # a served model runs on its own worker thread
     irq.close()
     client.close()
     server.stop()

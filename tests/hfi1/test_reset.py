@@ -76,7 +76,7 @@ def test_flr_returns_registers_to_reset_values_but_keeps_asic_semaphores(driver,
 
 @pytest.fixture
 def slow_chip():
-    """Link training and SDMA halts that take seconds: an FLR surely lands first."""
+    """Link training and SDMA halts that take 2 s of simulated time: the FLR lands first."""
     device, host = make_device(link_training_s=2.0, sdma_halt_s=2.0)
     yield device, host, GuestDriver(device, host)
     device.close()
@@ -89,7 +89,7 @@ def test_flr_cancels_link_training_in_flight(slow_chip):
     driver.write_csr(cr.DC_DC8051_ERR_EN, ALL_ONES)
     driver.start_link()
     device.reset()
-    assert device.settle(timeout_s=3.0), "the training event was cancelled, not postponed"
+    assert device.settle(timeout_s=3.0), "the training event was cancelled, not postponed"  # 3 s simulated
     assert host.irq.triggered == [] and driver.read_csr(cr.DCC_CFG_PORT_CONFIG) >> 48 & 7 == 1
 
 

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import pytest
 
-from devmodel.hfi1 import Hfi1Device, firmware, firmware_key
 from devmodel.hfi1 import chip_registers as cr
+from devmodel.hfi1 import firmware, firmware_key
 from devmodel.hfi1.config import ICODE_RTL_SILICON
 from devmodel.hfi1.dc8051_interface import LinkError
-from testkit.hfi1.chip import make_device
+from testkit.hfi1.chip import make_device, make_fabric
 from testkit.hfi1.guest import HCMD_SUCCESS, REASON_REBOOT, DriverTimeout, GuestDriver, drive
 from testkit.hfi1.probe import hfi1_init, probe, remove_one
-from testkit.host import FakeHost
 
 AUTH_FAILED = cr.MISC_ERR_STATUS_MISC_FW_AUTH_FAILED_ERR_SMASK
 KEY_MISMATCH = cr.MISC_ERR_STATUS_MISC_KEY_MISMATCH_ERR_SMASK
@@ -275,13 +274,8 @@ def test_a_broadcast_group_write_reaches_its_members_only(silicon):
 
 @pytest.fixture
 def pair():
-    devices = Hfi1Device.fabric(2, icode="silicon")
-    drivers = []
-    for device in devices:
-        host = FakeHost()
-        device.attach(host)
-        drivers.append(GuestDriver(device, host))
-    yield devices, drivers
+    devices, hosts = make_fabric(2, icode="silicon")
+    yield devices, [GuestDriver(device, host) for device, host in zip(devices, hosts)]
     for device in devices:
         device.close()
 
