@@ -13,8 +13,8 @@ import pytest
 
 from common.ratelog import BURST
 from devmodel.testdev import SCRATCH, TESTDEV_ID
-from emulator.client import VfioUserError
 from emulator.protocol import Command
+from testkit.client import VfioUserError
 
 BAR0 = 0
 
