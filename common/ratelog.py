@@ -16,9 +16,11 @@ seconds, when the next one arrives (or on `flush()`):
 what it counts per event (offsets, messages).
 
 `limited(owner, log, kind)` is the one an object makes on first use, so a
-call site turns into a rate-limited one without a constructor change:
+call site turns into a rate-limited one without a constructor change, and
+`counts(*owners)` is what a device's `stats()` reports of them:
 
     limited(self, self.log, "accesses outside BAR0").warning("BAR%d access ...", bar)
+    counts(self, *self.blocks)   # {"accesses outside BAR0": 3, ...}
 """
 from __future__ import annotations
 
@@ -99,3 +101,14 @@ def limited(owner: object, log: logging.Logger, kind: str) -> RateLimitedLog:
         if kind not in kinds:
             kinds[kind] = RateLimitedLog(log, kind)
         return kinds[kind]
+
+
+def counts(*owners: object) -> dict[str, int]:
+    """Events seen per kind by the limiters `limited` made for `owners`,
+    logged or held back alike (kinds of several owners add up)."""
+    totals: dict[str, int] = {}
+    with _limiters_lock:
+        for owner in owners:
+            for kind, limiter in _limiters.get(id(owner), {}).items():
+                totals[kind] = totals.get(kind, 0) + limiter.count
+    return dict(sorted(totals.items()))

@@ -107,6 +107,7 @@ def _parser() -> argparse.ArgumentParser:
 def _stats(servers: list[Server]) -> dict:
     return {s.path: {"clients": s.clients, "resets": s.function.resets,
                      "messages": dict(s.connection.counts) if s.connection else {},
+                     "refused_messages": s.refused.count,
                      **s.function.model.stats()} for s in servers}
 
 

@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from common.ratelog import RateLimitedLog, limited
+from common.ratelog import RateLimitedLog, counts, limited
 
 
 class ManualClock:
@@ -80,3 +80,18 @@ def test_limited_is_one_log_per_owner_and_kind_and_goes_with_its_owner():
     del a
     gc.collect()
     assert limited(Owner(), log, "x").count == 0
+
+
+def test_counts_add_up_each_kind_over_the_owners_logged_or_held_back():
+    class Owner:
+        pass
+
+    log = logging.getLogger("test.ratelog")
+    chip, block, stranger = Owner(), Owner(), Owner()
+    for _ in range(25):  # beyond the burst: most are held back, all are counted
+        limited(block, log, "undeclared offsets").warning("write of undeclared offset")
+    limited(chip, log, "undeclared offsets").warning("once more")
+    limited(chip, log, "accesses outside BAR0").warning("BAR2")
+    limited(stranger, log, "accesses outside BAR0").warning("not ours")
+    assert counts(chip, block) == {"accesses outside BAR0": 1, "undeclared offsets": 26}
+    assert counts() == {}

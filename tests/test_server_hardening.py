@@ -118,6 +118,7 @@ def test_refused_messages_log_their_first_lines_then_a_summary_and_are_all_count
     assert refused[BURST:] == ["... and 990 more refused messages in 0 s (1000 in all), the latest: "
                                "DEVICE_FEATURE refused: device features are not supported (ENOTTY)"]
     assert testdev.server.connection.counts["errors"] == 1000
+    assert testdev.server.refused.count == 1000, "the server's count across its clients (stats: refused_messages)"
     client.close()
 
 

@@ -43,7 +43,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from common.ratelog import limited
+from common.ratelog import counts, limited
 from devmodel.base import DeviceHost, DeviceModel
 from devmodel.fabric import Packet, cable
 from devmodel.pci_layout import Bar, BarKind, MsixLayout, PcieLink, PciIdentity, PciLayout
@@ -275,6 +275,7 @@ class Hfi1Device(DeviceModel):
                 "port": {"guid": f"{self.config.guid:#018x}", "sent": self.port.sent,
                          "dropped_link_down": self.port.dropped_link_down,
                          "link": self.port.link.counters() if self.port.link else None},
+                "warnings": counts(self, *self.blocks),
                 "internal_errors": [f"{block}: {message}" for block, message in self.faults],
                 "internal_error_count": self.fault_count,
             }

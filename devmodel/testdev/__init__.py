@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from common.ratelog import limited
+from common.ratelog import counts, limited
 from devmodel.base import DeviceModel, DmaError
 from devmodel.pci_layout import Bar, BarKind, MsixLayout, PciIdentity, PciLayout
 from devmodel.regs import Access, Register, RegisterFile
@@ -107,7 +107,7 @@ class TestDevice(DeviceModel):
         self.worker.stop()
 
     def stats(self) -> dict:
-        return {"undeclared_csr_accesses": sum(self.regs.undeclared.values())}
+        return {"undeclared_csr_accesses": sum(self.regs.undeclared.values()), "warnings": counts(self)}
 
 
 class SharedMemoryTestDevice(TestDevice):

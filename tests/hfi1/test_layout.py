@@ -32,6 +32,13 @@ def test_bar0_is_64_mib_as_hfi1_pcie_ddinit_demands(device):
     assert bar.size == cr.TXE + cr.TXE_PIO_SEND_OFFSET + 32 * 0x100000  # TXE_PIO_SEND + TXE_PIO_SIZE
 
 
+def test_accesses_outside_bar0_are_ignored_and_counted_in_the_stats(device):
+    for i in range(50):  # a guest (or a fuzzer) poking beyond the 64 MiB, or at another BAR
+        device.bar_write(0, (64 << 20) + 8 * i, 8, i)
+    assert device.bar_read(2, 0, 8) == 0
+    assert device.stats()["warnings"]["accesses outside BAR0"] == 51
+
+
 def test_msix_table_and_pba_sit_where_wfr_has_them(device):
     msix = device.layout().msix
     assert (msix.table_bar, msix.table_offset) == (0, cr.CCE_MSIX_TABLE_LOWER)
