@@ -52,6 +52,7 @@ class Drop:
     MALFORMED = "malformed packet"
     BAD_SMP = "malformed SMP"
     UNSERVED = "management class the switch does not serve"
+    UNASKED = "a response or TrapRepress the switch did not wait for"
     TRAP_UNROUTABLE = "trap with no route to the SM"
     SMP_NOT_VL15 = "SMP on a data SC"
 
@@ -80,6 +81,9 @@ class Switch:
         self.pma = PerformanceAgent({0: self.counters0, **{n: p.counters for n, p in self.ports.items()}})
         self.drops: Counter[str] = Counter()
         self.traps_sent = 0
+        #: ingress packets forwarded, and management packets answered (with the drops: every packet)
+        self.forwarded = 0
+        self.answered = 0
         self.internal_errors = 0
         self._tid = 0
 
@@ -266,6 +270,7 @@ class Switch:
         if out.egress_full():
             out.blocked.add(port.number)
             return None
+        self.forwarded += 1
         return [(out, self._with_sc(packet, self.forwarding.sc_out(port.number, out_number, packet.sc)))]
 
     def _multicast(self, port: SwitchPort, packet: Packet, index: int) -> list | None:
@@ -287,6 +292,7 @@ class Switch:
             targets.append((out, self._with_sc(packet, self.forwarding.sc_out(port.number, number, packet.sc))))
         for out, _ in targets:
             out.counters.port_multicast_xmit_pkts += 1
+        self.forwarded += 1
         return targets
 
     @staticmethod
@@ -340,6 +346,7 @@ class Switch:
             forwarded = build_mad_packet(request.mad, slid=request.slid, dlid=request.dlid, sc=request.sc,
                                          sl=request.sl, dest_qp=0, src_qp=request.src_qp, pkey=request.pkey,
                                          qkey=request.qkey)
+            self.forwarded += 1
             return [(out, forwarded)]
         if step is smi.Next.SEND:
             verdict, reason = smi.send(smp, True, port.number)
@@ -362,6 +369,7 @@ class Switch:
         if not self._can_send(port, opa.SC_VL15):
             return self._drop(port, smi.DropReason.DEAD_PORT)
         self.counters0.transmitted(len(reply.data))
+        self.answered += 1
         return [(port, reply)]
 
     def _local(self, port: SwitchPort, packet: Packet, request=None) -> list | None:
@@ -375,13 +383,15 @@ class Switch:
             return self._drop(port, Drop.BAD_SMP)
         mad = answer(request.mad, port.number, self.sma, self.pma)
         if mad is None:
-            return self._drop(port, Drop.UNSERVED) if request.mad[3] & 0x80 == 0 and request.mad[3] != 7 else []
+            unasked = request.mad[3] & 0x80 or request.mad[3] == w.Method.TRAP_REPRESS
+            return self._drop(port, Drop.UNASKED if unasked else Drop.UNSERVED)
         reply = reply_packet(request, mad, slid=self.lid)
         out_number = port.number if request.slid == PERMISSIVE_9B else self.forwarding.unicast(request.slid)
         out = self.ports.get(out_number) if out_number is not None else None
         if out is None or not self._can_send(out, reply.sc):
             return self._drop(port, Drop.UNPROGRAMMED if out is None else Drop.DEAD_PORT)
         self.counters0.transmitted(len(reply.data))
+        self.answered += 1
         return [(out, reply)]
 
     # -- what tools read --------------------------------------------------------------------------------

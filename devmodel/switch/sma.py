@@ -14,6 +14,7 @@ the agent reads and writes (`SmaNode`): its identity, its ports
 from __future__ import annotations
 
 import logging
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -98,9 +99,12 @@ class SubnetManagementAgent:
         spec = self.table.get(request.attr_id)
         if spec is None or (request.method == w.Method.SET and spec.set is None):
             raise SmaError(w.Status.UNSUPPORTED_METHOD_ATTR, f"attribute {request.attr_id:#x}")
-        if request.method == w.Method.SET:
-            spec.set(self, request)
-        return spec.get(self, request)
+        try:
+            if request.method == w.Method.SET:
+                spec.set(self, request)
+            return spec.get(self, request)
+        except (c.ConstructError, ValueError, IndexError, struct.error) as error:
+            raise invalid(f"malformed attribute data: {error}") from None
 
     def _aggregate(self, request: Request) -> tuple[int, bytes]:
         count = request.am & 0xFF
