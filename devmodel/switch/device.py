@@ -41,12 +41,26 @@ from .port import SwitchPort
 from .sma import SubnetManagementAgent
 
 INGRESS_BATCH = 64
+#: switch hops a packet may take before it is dropped: what a real switch's packet lifetime
+#: (SwitchInfo.LifeTimeValue, HOQLife) does to a packet caught in a routing loop
+MAX_SWITCH_HOPS = 64
+
+
+class ForwardedPacket(Packet):
+    """A packet a switch forwarded: it counts the switches it crossed."""
+
+    __slots__ = ("hops",)
+
+    def __init__(self, data: bytes, sc: int, bypass: bool, sealed: bool, hops: int):
+        super().__init__(data, sc, bypass=bypass, sealed=sealed)
+        self.hops = hops
 
 
 class Drop:
     UNPROGRAMMED = "unprogrammed DLID"
     NO_PORT = "LFT/MFT names a port the switch does not have"
     LOOP = "egress port is the ingress port"
+    LIFETIME = "packet lifetime exceeded (a routing loop)"
     NOT_ACTIVE = "data packet on a port that is not Active"
     DEAD_PORT = "egress port is down"
     MALFORMED = "malformed packet"
@@ -73,7 +87,8 @@ class Switch:
         self._lock = threading.Lock()
         self._outbox: list[Callable[[], None]] = []
         self.port0 = ManagedPort(0, self)
-        self.port0.link_up(PortIdentity(guid=guid, port_no=0))  # the management port is always up
+        self.port0.link_up(PortIdentity(guid=guid, port_no=0))  # the management port is always up,
+        self.port0.neighbor_normal = True  # and has no neighbour whose idle message it would wait for
         self.ports: dict[int, SwitchPort] = {n: SwitchPort(self, n) for n in range(1, num_ports + 1)}
         self.counters0 = PortCounters()
         self.forwarding = ForwardingTables(num_ports)
@@ -267,17 +282,21 @@ class Switch:
         if not self._can_send(out, packet.sc):
             out.counters.port_xmit_discards += 1
             return self._drop(port, Drop.DEAD_PORT)
+        if getattr(packet, "hops", 0) >= MAX_SWITCH_HOPS:
+            return self._drop(port, Drop.LIFETIME)
         if out.egress_full():
             out.blocked.add(port.number)
             return None
         self.forwarded += 1
-        return [(out, self._with_sc(packet, self.forwarding.sc_out(port.number, out_number, packet.sc)))]
+        return [(out, self._onward(packet, self.forwarding.sc_out(port.number, out_number, packet.sc)))]
 
     def _multicast(self, port: SwitchPort, packet: Packet, index: int) -> list | None:
         targets = []
         members = [n for n in self.forwarding.multicast(index) if n != port.number]
         if not members:
             return self._drop(port, Drop.UNPROGRAMMED)
+        if getattr(packet, "hops", 0) >= MAX_SWITCH_HOPS:
+            return self._drop(port, Drop.LIFETIME)
         for number in members:
             out = self.ports.get(number)
             if out is None:
@@ -289,23 +308,25 @@ class Switch:
             if out.egress_full():
                 out.blocked.add(port.number)
                 return None
-            targets.append((out, self._with_sc(packet, self.forwarding.sc_out(port.number, number, packet.sc))))
+            targets.append((out, self._onward(packet, self.forwarding.sc_out(port.number, number, packet.sc))))
         for out, _ in targets:
             out.counters.port_multicast_xmit_pkts += 1
         self.forwarded += 1
         return targets
 
     @staticmethod
-    def _with_sc(packet: Packet, sc: int) -> Packet:
-        if sc == packet.sc:
-            return packet
-        data = bytearray(packet.data)
-        if packet.bypass:
-            word = opa.LRH_16B.put(opa.LRH_16B.word(data, 0), "sc", sc)
-            data[:opa.LRH_16B_BYTES] = word.to_bytes(opa.LRH_16B_BYTES, "little")
-        else:
-            data[0] = (sc & 0xF) << 4 | (data[0] & 0xF)
-        return Packet(bytes(data), sc, bypass=packet.bypass, sealed=packet.sealed)
+    def _onward(packet: Packet, sc: int) -> ForwardedPacket:
+        """`packet` as it leaves: one more hop, its SC rewritten (the ICRC does not cover it)."""
+        data = packet.data
+        if sc != packet.sc:
+            data = bytearray(data)
+            if packet.bypass:
+                word = opa.LRH_16B.put(opa.LRH_16B.word(data, 0), "sc", sc)
+                data[:opa.LRH_16B_BYTES] = word.to_bytes(opa.LRH_16B_BYTES, "little")
+            else:
+                data[0] = (sc & 0xF) << 4 | (data[0] & 0xF)
+            data = bytes(data)
+        return ForwardedPacket(data, sc, packet.bypass, packet.sealed, getattr(packet, "hops", 0) + 1)
 
     # -- management traffic ---------------------------------------------------------------------------
     def _smp(self, port: SwitchPort, packet: Packet, dlid: int) -> list | None:

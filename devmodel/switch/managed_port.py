@@ -19,7 +19,7 @@ from typing import Protocol
 import construct as c
 
 from devmodel.fabric import NodeType, PortIdentity
-from devmodel.wire.opa_sma import PORT_INFO, PhysState, PortInfo, PortState
+from devmodel.wire.opa_sma import PORT_INFO, VL_ARB_BLOCK_BYTES, PhysState, PortInfo, PortState
 
 #: chip.h SMA_IDLE_*: the payload of an SMA idle message ([47:8] of the 48-bit message)
 SMA_IDLE_ARM = 1
@@ -97,7 +97,7 @@ class ManagedPort:
         self.sc_to_vlr = bytearray(32)
         self.sc_to_vlt = bytearray(32)
         self.sc_to_vlnt = bytearray(32)
-        self.vl_arb = {0: bytearray(32), 1: bytearray(32), 2: bytearray(32), 3: bytearray(128)}
+        self.vl_arb = {section: bytearray(VL_ARB_BLOCK_BYTES) for section in range(4)}
         self.buffer_control = bytearray(132)
         self.state_changes = 0
 

@@ -291,8 +291,7 @@ def _vl_arb_section(agent: SubnetManagementAgent, req: Request) -> tuple[list[Ma
     section = (req.am >> 16) & 0xFF
     if section not in (0, 1, 2, 3):
         raise invalid("VLArb section")
-    size = w.VL_ARB_PREEMPT_MATRIX_BYTES if section == 3 else w.VL_ARB_TABLE_BYTES
-    return agent.ports_of(req, size), section, size
+    return agent.ports_of(req, w.VL_ARB_BLOCK_BYTES), section, w.VL_ARB_BLOCK_BYTES
 
 
 def get_vl_arb(agent: SubnetManagementAgent, req: Request) -> bytes:

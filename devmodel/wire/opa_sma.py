@@ -301,7 +301,9 @@ MFT_BLOCK_BYTES = 64
 SC_TABLE_BYTES = 32  # SLtoSC, SCtoSL, SCtoVLx, one SCtoSC block
 BUFFER_CONTROL_BYTES = 132  # opa: reserved 2 | overall shared limit 2 | 32 x (dedicated 2, shared 2)
 BUFFER_CONTROL_STRIDE = 136  # blocks of a multi-port request are padded to 8 bytes
-VL_ARB_TABLE_BYTES = 32  # 16 (VL, weight) entries: hfi1's VL_ARB_TABLE_SIZE
+#: STL_VLARB_TABLE: a union of 128 (VL, weight) elements and the 32 x u32 preemption
+#: matrix, so a block per port is 256 bytes (hfi1 fills the first 16 elements)
+VL_ARB_BLOCK_BYTES = 256
 VL_ARB_PREEMPT_MATRIX_BYTES = 128
 SWITCH_CONGESTION_SETTING_BYTES = 76
 HFI_CONGESTION_SETTING_BYTES = 4 + 32 * 6
