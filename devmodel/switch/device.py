@@ -33,7 +33,7 @@ from devmodel.wire import opa_sma as w
 
 from . import smi
 from .forwarding import MULTICAST_9B, MULTICAST_16B, PERMISSIVE_9B, ForwardingTables
-from .mad_packet import MAD_OFFSET, build_mad_packet, parse_mad_packet, reply_packet
+from .mad_packet import build_mad_packet, parse_mad_packet, reply_packet
 from .managed_port import ManagedPort
 from .management import answer, trap_mad
 from .pma import PerformanceAgent, PortCounters
@@ -61,7 +61,7 @@ class Drop:
     NO_PORT = "LFT/MFT names a port the switch does not have"
     LOOP = "egress port is the ingress port"
     LIFETIME = "packet lifetime exceeded (a routing loop)"
-    NOT_ACTIVE = "data packet on a port that is not Active"
+    NOT_ACTIVE = "data packet on a port that is not Armed or Active"
     DEAD_PORT = "egress port is down"
     MALFORMED = "malformed packet"
     BAD_SMP = "malformed SMP"
@@ -128,8 +128,8 @@ class Switch:
         """Do `action` once the lock is released (calls into links and peers)."""
         self._outbox.append(action)
 
-    def count_drop(self, reason, port: SwitchPort | None = None, n: int = 1) -> None:
-        self.drops[str(reason.value if hasattr(reason, "value") else reason)] += n
+    def count_drop(self, reason: str, n: int = 1) -> None:
+        self.drops[str(reason)] += n
 
     # -- SmaNode -----------------------------------------------------------------------------
     def managed_port(self, number: int) -> ManagedPort | None:
@@ -250,8 +250,8 @@ class Switch:
         port.counters.received(len(data), multicast)
         if packet.sc == opa.SC_VL15:
             return self._smp(port, packet, dlid)
-        if port.managed.state != w.PortState.ACTIVE:
-            return self._drop(port, Drop.NOT_ACTIVE)
+        if port.managed.state not in (w.PortState.ARMED, w.PortState.ACTIVE):
+            return self._drop(port, Drop.NOT_ACTIVE)  # IBA: Armed receives data packets, only Active sends them
         if multicast:
             return self._multicast(port, packet, dlid - MULTICAST_9B)
         if dlid == PERMISSIVE_9B:
@@ -427,4 +427,4 @@ class Switch:
             }
 
 
-__all__ = ["MAD_OFFSET", "Drop", "Switch"]
+__all__ = ["Drop", "ForwardedPacket", "Switch"]

@@ -18,7 +18,7 @@ import threading
 from collections import deque
 from typing import TYPE_CHECKING
 
-from devmodel.fabric import Link, LinkDownReason, LinkMessage, MessageKind, NodeType, Packet, PortIdentity
+from devmodel.fabric import Link, LinkDownReason, LinkMessage, NodeType, Packet, PortIdentity
 
 from .managed_port import ManagedPort
 from .pma import PortCounters
@@ -116,7 +116,7 @@ class SwitchPort:
             if link is None or not link.is_up(self.epoch):
                 dropped = len(self.egress)
                 self.egress.clear()
-                self.switch.count_drop("egress port went down", self, dropped)
+                self.switch.count_drop("egress port went down", dropped)
                 self.counters.port_xmit_discards += dropped
                 break
             if not link.peer_has_room(self):
@@ -127,7 +127,7 @@ class SwitchPort:
                 self.counters.transmitted(len(packet.data))
             else:
                 self.counters.port_xmit_discards += 1
-                self.switch.count_drop("egress port went down", self)
+                self.switch.count_drop("egress port went down")
             sent += 1
         if self.egress and sent == EGRESS_BATCH:
             self.schedule_pump()
@@ -152,5 +152,3 @@ class SwitchPort:
             self.link.offline(self, LinkDownReason.TAKEN_DOWN)
             self.link.polling(self, self.identity)
 
-
-CONFIGLT = MessageKind.CONFIGLT_READY

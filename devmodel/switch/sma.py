@@ -178,12 +178,10 @@ def get_node_description(agent: SubnetManagementAgent, req: Request) -> bytes:
 
 
 def get_node_info(agent: SubnetManagementAgent, req: Request) -> bytes:
-    node = agent.node
-    port = node.managed_port(req.in_port if not agent.is_switch else 0)
-    port_guid = node.guid if agent.is_switch or port is None else node.guid
+    node = agent.node  # one GUID for node and port: hfi1's port 1, a switch's port 0
     return w.NodeInfo.build(dict(
         base_version=0x80, class_version=0x80, node_type=node.node_type, num_ports=node.num_ports, reserved=0,
-        system_image_guid=node.guid, node_guid=node.guid, port_guid=port_guid,
+        system_image_guid=node.guid, node_guid=node.guid, port_guid=node.guid,
         partition_cap=32 if agent.is_switch else 16, device_id=node.device_id, revision=0,
         local_port_num=req.in_port, vendor_id=0x001175))
 
