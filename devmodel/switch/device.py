@@ -74,7 +74,8 @@ class Drop:
 class Switch:
     node_type = w.NodeTypeCode.SWITCH
 
-    def __init__(self, name: str, guid: int, num_ports: int, worker, description: str | None = None):
+    def __init__(self, name: str, guid: int, num_ports: int, worker, description: str | None = None,
+                 neighbor_normal_at_armed: bool = False):
         if not 1 <= num_ports <= 254:
             raise ValueError("a switch has 1..254 ports")
         self.name = name
@@ -90,6 +91,8 @@ class Switch:
         self.port0.link_up(PortIdentity(guid=guid, port_no=0))  # the management port is always up,
         self.port0.neighbor_normal = True  # and has no neighbour whose idle message it would wait for
         self.ports: dict[int, SwitchPort] = {n: SwitchPort(self, n) for n in range(1, num_ports + 1)}
+        for port in self.ports.values():
+            port.managed.normal_at_armed = neighbor_normal_at_armed
         self.counters0 = PortCounters()
         self.forwarding = ForwardingTables(num_ports)
         self.sma = SubnetManagementAgent(self, is_switch=True, forwarding=self.forwarding)

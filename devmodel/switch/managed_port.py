@@ -100,6 +100,10 @@ class ManagedPort:
         self.vl_arb = {section: bytearray(VL_ARB_BLOCK_BYTES) for section in range(4)}
         self.buffer_control = bytearray(132)
         self.state_changes = 0
+        #: take NeighborNormal at Armed without the neighbour's idle message: the shortcut
+        #: hfi1 takes in functional-simulator mode (chip.c set_link_state(HLS_UP_ARMED)),
+        #: for neighbours that do not send idle messages (vfnic's hfi1 in that mode)
+        self.normal_at_armed = False
 
     # -- the link's news ---------------------------------------------------------------
     def link_up(self, neighbor: PortIdentity) -> None:
@@ -146,6 +150,8 @@ class ManagedPort:
             return False  # hfi1: "Cannot move to Active with NeighborNormal 0"
         old = self.state
         self._enter(state)
+        if state == PortState.ARMED and self.normal_at_armed:
+            self.neighbor_normal = True
         if old != state and state == PortState.ARMED:
             self.owner.send_idle(self, sma_idle_message(SMA_IDLE_ARM))
         elif old != state and state == PortState.ACTIVE:

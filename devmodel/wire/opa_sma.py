@@ -306,7 +306,7 @@ BUFFER_CONTROL_STRIDE = 136  # blocks of a multi-port request are padded to 8 by
 VL_ARB_BLOCK_BYTES = 256
 VL_ARB_PREEMPT_MATRIX_BYTES = 128
 SWITCH_CONGESTION_SETTING_BYTES = 76
-HFI_CONGESTION_SETTING_BYTES = 4 + 32 * 6
+HFI_CONGESTION_SETTING_BYTES = 4 + 2 + 32 * 6  # opa_congestion_setting_attr: control map, port control, 32 entries
 
 # -- the PMA (class 0x04) ------------------------------------------------------------------
 
