@@ -61,10 +61,17 @@ def through_a_switch():
 
 
 def set_state(switch: Switch, port: int, state: int) -> int:
-    info = switch.managed_port(port).live_port_info()
-    info.ps_phys_state = state
-    status, _ = switch.sma.process(w.Method.SET, w.Attr.PORT_INFO, 1 << 24 | port, w.PortInfo.build(info), 1)
-    return status
+    """The SMA's Set(PortInfo) as a switch event (what an SMP from the SM becomes)."""
+    statuses = []
+
+    def set_port():
+        info = switch.managed_port(port).live_port_info()
+        info.ps_phys_state = state
+        statuses.append(switch.sma.process(w.Method.SET, w.Attr.PORT_INFO, 1 << 24 | port,
+                                           w.PortInfo.build(info), 1)[0])
+    switch.post(set_port)
+    switch.worker.settle()
+    return statuses[0]
 
 
 def test_hfi1_links_up_with_the_switch_as_its_neighbour():

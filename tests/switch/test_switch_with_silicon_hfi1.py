@@ -1,0 +1,76 @@
+"""A silicon-mode hfi1 (RTL silicon, the 8051's real link negotiation) cabled to a
+switch: VerifyCap and ConfigLT with the switch's link layer, then the SMA idle
+message handshake in both directions -- the HFI's Armed gives the switch port
+NeighborNormal, the switch port's Armed gives the HFI NeighborNormal -- so both
+ends go Active without any shortcut."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "hfi1"))
+
+import pytest
+from hfi1_fakes import FakeHost
+from hfi1_guest import GuestDriver, drive
+from test_probe_walk import hfi1_init, probe
+
+from devmodel.fabric import cable
+from devmodel.hfi1 import Hfi1Device
+from devmodel.hfi1.config import ChipConfig, make_guid
+from devmodel.switch import Switch
+from devmodel.wire import opa_sma as w
+from devmodel.worker import ThreadScheduler
+
+SWITCH_GUID = 0x0011750000100000
+
+
+@pytest.fixture
+def hfi_on_a_switch():
+    engines = ThreadScheduler("switch-silicon")
+    device = Hfi1Device(ChipConfig(guid=make_guid(1), neighbour=None, icode=0), worker=engines.worker("hfi1"))
+    switch = Switch("sw0", SWITCH_GUID, 2, engines.worker("sw0"))
+    host = FakeHost()
+    device.attach(host)
+    cable(device.port, switch.ports[1], timer=engines.timer("link").after)
+    driver = GuestDriver(device, host)
+    driver.icode = 0
+    yield device, switch, driver
+    device.close()
+    engines.stop()
+
+
+def set_switch_port(switch: Switch, port: int, state: int) -> int:
+    """The SMA's Set(PortInfo) as a switch event (what an SMP from the SM becomes)."""
+    statuses = []
+
+    def set_state():
+        info = switch.managed_port(port).live_port_info()
+        info.ps_phys_state = state
+        statuses.append(switch.sma.process(w.Method.SET, w.Attr.PORT_INFO, 1 << 24 | port,
+                                           w.PortInfo.build(info), 1)[0])
+    switch.post(set_state)
+    assert switch.worker.settle(0.1)
+    return statuses[0]
+
+
+def test_silicon_hfi1_and_switch_port_go_active_through_each_others_idle_messages(hfi_on_a_switch):
+    device, switch, driver = hfi_on_a_switch
+    learnt = probe(driver)
+    hfi1_init(driver, learnt)
+    driver.sdma_start()
+    drive([driver], lambda: driver.host_link_state == "INIT", 10.0, "port Init with the switch as neighbour")
+    assert driver.neighbor["guid"] == SWITCH_GUID and driver.mgmt_allowed == 1
+    port = switch.ports[1].managed
+    assert port.state == w.PortState.INIT and port.neighbor.guid == device.config.guid
+
+    driver.set_port_armed()
+    assert device.worker.settle(0.1) and switch.worker.settle(0.1)
+    assert port.neighbor_normal, "the HFI's SMA_IDLE_ARM reached the switch port"
+    assert not driver.set_port_active(), "the switch port has not armed: the HFI's NeighborNormal is 0"
+    assert set_switch_port(switch, 1, w.PortState.ARMED) == 0
+    drive([driver], lambda: driver.neighbor_normal, 2.0, "the switch's SMA_IDLE_ARM at the HFI")
+    assert driver.set_port_active()
+    assert set_switch_port(switch, 1, w.PortState.ACTIVE) == 0
+    assert device.stats()["logical_state"] == "ACTIVE" and port.state == w.PortState.ACTIVE
+    assert device.stats()["undeclared_csr_accesses"] == 0
