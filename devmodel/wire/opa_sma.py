@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import construct as c
 
-from .fixed import Fixed
+from common.fixed import Fixed
 
 # -- the SMP --------------------------------------------------------------------------
 SMP_BYTES = 2048

@@ -9,25 +9,6 @@ shortcut (`neighbor_normal_at_armed`)."""
 from __future__ import annotations
 
 import contextlib
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).parents[1] / "hfi1"))
-
-from hfi1_datapath import (
-    HDRQ_ENTRY_DWORDS,
-    DataPathDriver,
-    DirectAccess,
-    FakeMemory,
-    Host,
-    Msix,
-    Node,
-    bring_up,
-    pbc_for,
-    settle,
-    small_config,
-    ud_packet,
-)
 
 from devmodel.fabric import cable
 from devmodel.hfi1 import Hfi1Device
@@ -37,6 +18,17 @@ from devmodel.switch import Switch
 from devmodel.switch.managed_port import SMA_IDLE_ARM
 from devmodel.wire import opa_sma as w
 from devmodel.worker import ManualScheduler
+from testkit.hfi1.datapath import (
+    HDRQ_ENTRY_DWORDS,
+    DataPathDriver,
+    Node,
+    bring_up,
+    pbc_for,
+    settle,
+    small_config,
+    ud_packet,
+)
+from testkit.host import FakeMemory, Host, Msix, SimulatedTime
 
 SWITCH_GUID = 0x0011750000100000
 UD_QP = 0x12  # kernel receive context 2 (test_fabric_scenarios.py)
@@ -53,8 +45,9 @@ def through_a_switch():
             stack.callback(model.close)
             cable(model.port, switch.ports[i + 1], timer=scheduler.timer(f"link{i}").after)
             irq, memory = Msix(scheduler), FakeMemory()
-            model.attach(Host(memory, irq))
-            driver = DataPathDriver(DirectAccess(model, scheduler), Host(memory, irq), memory)
+            host = Host(memory, irq, SimulatedTime(scheduler))
+            model.attach(host)
+            driver = DataPathDriver(model, host, memory)
             nodes.append(Node(name, model, memory, irq, driver, lid=i + 1))
         bring_up(nodes)
         yield scheduler, switch, nodes[0], nodes[1]

@@ -5,39 +5,33 @@ NeighborNormal, the switch port's Armed gives the HFI NeighborNormal -- so both
 ends go Active without any shortcut."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).parents[1] / "hfi1"))
-
 import pytest
-from hfi1_fakes import FakeHost
-from hfi1_guest import GuestDriver, drive
-from test_probe_walk import hfi1_init, probe
 
 from devmodel.fabric import cable
 from devmodel.hfi1 import Hfi1Device
 from devmodel.hfi1.config import ChipConfig, make_guid
 from devmodel.switch import Switch
 from devmodel.wire import opa_sma as w
-from devmodel.worker import ThreadScheduler
+from devmodel.worker import ManualScheduler
+from testkit.hfi1.guest import GuestDriver, drive
+from testkit.hfi1.probe import hfi1_init, probe
+from testkit.host import FakeHost
 
 SWITCH_GUID = 0x0011750000100000
 
 
 @pytest.fixture
 def hfi_on_a_switch():
-    engines = ThreadScheduler("switch-silicon")
+    engines = ManualScheduler()
     device = Hfi1Device(ChipConfig(guid=make_guid(1), neighbour=None, icode=0), worker=engines.worker("hfi1"))
     switch = Switch("sw0", SWITCH_GUID, 2, engines.worker("sw0"))
-    host = FakeHost()
+    host = FakeHost(engines)
     device.attach(host)
     cable(device.port, switch.ports[1], timer=engines.timer("link").after)
     driver = GuestDriver(device, host)
     driver.icode = 0
     yield device, switch, driver
     device.close()
-    engines.stop()
 
 
 def set_switch_port(switch: Switch, port: int, state: int) -> int:
