@@ -115,3 +115,21 @@ def test_the_built_in_partner_agrees_to_linkup_and_echoes_idle_messages():
         ("message", MessageKind.CONFIGLT_READY, 0, 0), ("message", MessageKind.IDLE, 0x103, 0)]
     assert [m.kind for m in partner.messages_received] == [
         MessageKind.CONFIGLT_READY, MessageKind.IDLE, MessageKind.PLANNED_DOWN]
+
+
+def test_an_inbound_buffer_queues_one_ingress_event_per_burst_and_gives_credits_back_at_half():
+    from devmodel.fabric import InboundBuffer, Packet
+    buffer = InboundBuffer(limit=4)
+    posts = [buffer.push(Packet(bytes([n]), sc=0)) for n in range(4)]
+    assert posts == [True, False, False, False], "a burst costs one queued ingress event"
+    assert not buffer.has_room(), "four packets: the sender's credits are spent"
+    buffer.begin()
+    buffer.packets.popleft()
+    assert buffer.repost(), "packets still wait and no event is queued: post another"
+    assert not buffer.repost() and not buffer.push(Packet(b"x", sc=0)), "one queued at a time"
+    assert buffer.has_room() is False and not buffer.drained()
+    buffer.begin()
+    for _ in range(2):
+        buffer.packets.popleft()
+    assert buffer.drained() and buffer.has_room() and len(buffer) == 2
+    assert buffer.discard() == 2 and buffer.push(Packet(b"y", sc=0)), "after a reset the next packet posts again"

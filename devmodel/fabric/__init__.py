@@ -4,6 +4,7 @@
                                 messages, counters, faults, take-down,
                                 capture), PortIdentity, BuiltInPartner
     devmodel/fabric/packet.py   Packet
+    devmodel/fabric/inbound.py  InboundBuffer: a link end's receive buffer and credits
     devmodel/fabric/faults.py   Fault: drop, corrupt, delay, duplicate, reorder
     devmodel/fabric/capture.py  LinkCapture: pcap files Wireshark reads as OPA
 
@@ -13,6 +14,7 @@ never block) is what lets a later transport carry it across processes.
 """
 from .capture import LinkCapture
 from .faults import Fault, FaultError, FaultKind
+from .inbound import InboundBuffer
 from .link import (
     BuiltInPartner,
     DirectionCounters,
@@ -28,7 +30,7 @@ from .link import (
 )
 from .packet import Packet
 
-__all__ = ["BuiltInPartner", "DirectionCounters", "Fault", "FaultError", "FaultKind", "Link", "LinkCapture",
+__all__ = ["BuiltInPartner", "DirectionCounters", "Fault", "FaultError", "FaultKind", "InboundBuffer", "Link", "LinkCapture",
            "LinkDownReason", "LinkEnd", "LinkError", "LinkMessage", "LinkState", "MessageKind", "NodeType", "Packet",
            "PortIdentity", "cable"]
 

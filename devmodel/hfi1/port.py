@@ -28,11 +28,10 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections import deque
 from collections.abc import Callable
 from typing import Protocol
 
-from devmodel.fabric import BuiltInPartner, Link, LinkDownReason, LinkMessage, Packet, PortIdentity
+from devmodel.fabric import BuiltInPartner, InboundBuffer, Link, LinkDownReason, LinkMessage, Packet, PortIdentity
 
 from .services import ChipServices
 
@@ -41,7 +40,6 @@ INGRESS_BATCH = 64
 #: packets a port buffers from the link before its peer must wait (the link's
 #: credits: senders stall, nothing is dropped), and where they may go on
 INBOUND_LIMIT = 512
-INBOUND_RESUME = INBOUND_LIMIT // 2
 
 
 class PhysicalLinkEvents(Protocol):
@@ -67,8 +65,7 @@ class Hfi1Port:
         self.log = logging.getLogger(f"vfnic.hfi1.port.{name}")
         self.link: Link | None = None
         self.partner: BuiltInPartner | None = None
-        self.inbound: deque[Packet] = deque()
-        self._ingress_posted = False
+        self.inbound = InboundBuffer(INBOUND_LIMIT)
         self._waiting: list = []  # engines waiting for room at the peer
         self._lock = threading.Lock()
         self.sent = 0
@@ -149,45 +146,32 @@ class Hfi1Port:
         self.services.post(lambda: self.physical.message_received(message, epoch))
 
     def receive(self, packet: Packet) -> None:
-        with self._lock:
-            self.inbound.append(packet)
-            if self._ingress_posted:
-                return
-            self._ingress_posted = True
-        self.services.post(self._ingress)
+        if self.inbound.push(packet):
+            self.services.post(self._ingress)
 
     def _ingress(self) -> None:
         """Chip event: hand a batch of inbound packets to the receive block
         (as many as were waiting when it started, at most INGRESS_BATCH)."""
-        with self._lock:
-            self._ingress_posted = False
-            batch = min(len(self.inbound), INGRESS_BATCH)
-        receive = self._receive
+        self.inbound.begin()
+        batch = min(len(self.inbound), INGRESS_BATCH)
+        receive, packets = self._receive, self.inbound.packets
         try:
             for _ in range(batch):
-                receive(self.inbound.popleft())
+                receive(packets.popleft())
         finally:
-            with self._lock:
-                repost = bool(self.inbound) and not self._ingress_posted
-                self._ingress_posted |= repost
-                drained = len(self.inbound) <= INBOUND_RESUME
-            if repost:
+            if self.inbound.repost():
                 self.services.post(self._ingress)
-            if drained and self.link is not None:
+            if self.inbound.drained() and self.link is not None:
                 self.link.room_freed(self)
 
     def discard_inbound(self) -> int:
         """Reset: packets in flight to this chip are lost."""
-        with self._lock:
-            count = len(self.inbound)
-            self.inbound.clear()
-            self._ingress_posted = False
-        return count
+        return self.inbound.discard()
 
     # -- flow control: a link is lossless, a sender waits for room ---------------------
     def has_room(self) -> bool:
         """May the other end send to us (LinkEnd)? Like a link's buffer credits."""
-        return len(self.inbound) < INBOUND_LIMIT
+        return self.inbound.has_room()
 
     def peer_has_room(self) -> bool:
         return self.link is None or self.link.peer_has_room(self)

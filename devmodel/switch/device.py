@@ -202,20 +202,20 @@ class Switch:
 
     # -- packets ----------------------------------------------------------------------------------
     def ingress(self, port: SwitchPort) -> None:
-        port.take_ingress_batch()
-        handled = 0
-        while port.inbound and handled < INGRESS_BATCH:
-            packet = port.inbound[0]
+        port.inbound.begin()
+        handled, inbound = 0, port.inbound.packets
+        while inbound and handled < INGRESS_BATCH:
+            packet = inbound[0]
             targets = self._route(port, packet)
             if targets is None:  # an egress queue is full: hold the line
                 break
-            port.inbound.popleft()
+            inbound.popleft()
             handled += 1
             for out, outgoing in targets:
                 self._enqueue(out, outgoing)
-        if port.inbound and handled == INGRESS_BATCH:
+        if inbound and handled == INGRESS_BATCH:
             self.later(port.repost_ingress)
-        if port.inbound_drained() and port.link is not None:
+        if port.inbound.drained() and port.link is not None:
             link = port.link
             self.later(lambda: link.room_freed(port))
 

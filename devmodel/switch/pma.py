@@ -10,6 +10,7 @@ counters count flits (8 bytes), as the OPA PMA does.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 
 from devmodel.wire import opa_sma as w
@@ -88,32 +89,31 @@ class PerformanceAgent:
             redirect_tc_fl=0, redirect_lid=0, redirect_sl_qp=0, redirect_qkey=0, trap_gid=bytes(16), trap_tc_fl=0,
             trap_lid=0, trap_hl_qp=0, trap_qkey=0, trap_pkey=0, redirect_pkey=0, trap_sl_rsvd=0, reserved=bytes(3)))
 
-    def _data_counters(self, am: int, data: bytes) -> tuple[int, bytes]:
+    def _per_port(self, data: bytes, record: Callable[[int, PortCounters, int], bytes]) -> tuple[int, bytes]:
+        """A PortSelect request answered with one `record(port, counters, vls)`
+        per selected port after the echoed selection."""
         request = w.PORT_SELECT.parse(data)
         ports = self._selected(request["port_select_mask"])
-        vls = bin(request["select_mask"]).count("1")
         if ports is None:
             return w.Status.INVALID_FIELD, data
+        vls = bin(request["select_mask"]).count("1")
         out = bytearray(data[:w.PORT_SELECT.size])
         for port in ports:
-            counters = self.counters[port]
-            values = [counters.get(n) for n in w.DATA_COUNTER_NAMES[:-1]] + [counters.error_summary()]
-            out += w.PORT_DATA_COUNTERS.pack(port, bytes(3), 0, *values) + bytes(w.VL_DATA_COUNTER_BYTES * vls)
+            out += record(port, self.counters[port], vls)
         return 0, bytes(out)
 
+    def _data_counters(self, am: int, data: bytes) -> tuple[int, bytes]:
+        def record(port: int, counters: PortCounters, vls: int) -> bytes:
+            values = [counters.get(n) for n in w.DATA_COUNTER_NAMES[:-1]] + [counters.error_summary()]
+            return w.PORT_DATA_COUNTERS.pack(port, bytes(3), 0, *values) + bytes(w.VL_DATA_COUNTER_BYTES * vls)
+        return self._per_port(data, record)
+
     def _error_counters(self, am: int, data: bytes) -> tuple[int, bytes]:
-        request = w.PORT_SELECT.parse(data)
-        ports = self._selected(request["port_select_mask"])
-        vls = bin(request["select_mask"]).count("1")
-        if ports is None:
-            return w.Status.INVALID_FIELD, data
-        out = bytearray(data[:w.PORT_SELECT.size])
-        for port in ports:
-            counters = self.counters[port]
-            out += w.PORT_ERROR_COUNTERS.pack(port, bytes(7), *[counters.get(n) for n in w.ERROR_COUNTER_NAMES],
-                                              0, counters.link_downed & 0xFFFFFFFF, 0, bytes(7))
-            out += bytes(w.VL_ERROR_COUNTER_BYTES * vls)
-        return 0, bytes(out)
+        def record(port: int, counters: PortCounters, vls: int) -> bytes:
+            return (w.PORT_ERROR_COUNTERS.pack(port, bytes(7), *[counters.get(n) for n in w.ERROR_COUNTER_NAMES],
+                                               0, counters.link_downed & 0xFFFFFFFF, 0, bytes(7))
+                    + bytes(w.VL_ERROR_COUNTER_BYTES * vls))
+        return self._per_port(data, record)
 
     def _clear(self, am: int, data: bytes) -> tuple[int, bytes]:
         request = w.CLEAR_PORT_STATUS.parse(data)
@@ -125,11 +125,4 @@ class PerformanceAgent:
         return 0, data[:w.CLEAR_PORT_STATUS.size]
 
     def _error_info(self, am: int, data: bytes) -> tuple[int, bytes]:
-        request = w.PORT_SELECT.parse(data)
-        ports = self._selected(request["port_select_mask"])
-        if ports is None:
-            return w.Status.INVALID_FIELD, data
-        out = bytearray(data[:w.PORT_SELECT.size])
-        for port in ports:
-            out += bytes([port]) + bytes(w.PORT_ERROR_INFO_BYTES - 1)  # nothing latched
-        return 0, bytes(out)
+        return self._per_port(data, lambda port, _counters, _vls: bytes([port]) + bytes(w.PORT_ERROR_INFO_BYTES - 1))

@@ -18,7 +18,7 @@ import threading
 from collections import deque
 from typing import TYPE_CHECKING
 
-from devmodel.fabric import Link, LinkDownReason, LinkMessage, NodeType, Packet, PortIdentity
+from devmodel.fabric import InboundBuffer, Link, LinkDownReason, LinkMessage, NodeType, Packet, PortIdentity
 
 from .managed_port import ManagedPort
 from .pma import PortCounters
@@ -27,7 +27,6 @@ if TYPE_CHECKING:
     from .device import Switch
 
 INBOUND_LIMIT = 256
-INBOUND_RESUME = INBOUND_LIMIT // 2
 EGRESS_LIMIT = 256
 EGRESS_BATCH = 64
 SWITCH_DEVICE_ID = 0x2718
@@ -42,11 +41,10 @@ class SwitchPort:
         self.counters = PortCounters()
         self.link: Link | None = None
         self.epoch = -1
-        self.inbound: deque[Packet] = deque()
+        self.inbound = InboundBuffer(INBOUND_LIMIT)
         self.egress: deque[Packet] = deque()
         self.blocked: set[int] = set()  # ingress ports waiting for room in this egress queue
         self._lock = threading.Lock()
-        self._ingress_posted = False
         self._pump_posted = False
 
     @property
@@ -71,30 +69,19 @@ class SwitchPort:
         self.switch.post(lambda: self.switch.port_message(self, message, epoch))
 
     def receive(self, packet: Packet) -> None:
-        with self._lock:
-            self.inbound.append(packet)
-            if self._ingress_posted:
-                return
-            self._ingress_posted = True
-        self.switch.post(lambda: self.switch.ingress(self))
+        if self.inbound.push(packet):
+            self.switch.post(lambda: self.switch.ingress(self))
 
     def has_room(self) -> bool:
-        return len(self.inbound) < INBOUND_LIMIT
+        return self.inbound.has_room()
 
     def room(self) -> None:
         self.schedule_pump()
 
     # -- the switch's side ----------------------------------------------------------------------
-    def take_ingress_batch(self) -> None:
-        with self._lock:
-            self._ingress_posted = False
-
     def repost_ingress(self) -> None:
-        with self._lock:
-            if self._ingress_posted or not self.inbound:
-                return
-            self._ingress_posted = True
-        self.switch.post(lambda: self.switch.ingress(self))
+        if self.inbound.repost():
+            self.switch.post(lambda: self.switch.ingress(self))
 
     def schedule_pump(self) -> None:
         with self._lock:
@@ -135,9 +122,6 @@ class SwitchPort:
             waiting, self.blocked = self.blocked, set()
             for number in waiting:
                 self.switch.ports[number].repost_ingress()
-
-    def inbound_drained(self) -> bool:
-        return len(self.inbound) <= INBOUND_RESUME
 
     def send_message(self, message: LinkMessage) -> None:
         if self.link is not None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 
 import pytest
-from fabric import Fabric, FakeEnd, dr_smp, gmp_packet, lr_smp, response_data, smp_packet, status_of
 
 from devmodel.fabric import cable
 from devmodel.simnode import SimulatedHfi
@@ -14,19 +13,15 @@ from devmodel.switch.mad_packet import parse_mad_packet
 from devmodel.wire import opa
 from devmodel.wire import opa_sma as w
 from devmodel.worker import ThreadScheduler
+from testkit.switch_fabric import Fabric, FakeEnd, dr_smp, gmp_packet, lr_smp, response_data, smp_packet, status_of
 
 
 def lids(fabric: Fabric) -> Fabric:
     """The SM has LID 1, the switch 2, the simulated HFI 5 (port 2)."""
-    info = fabric.switch.managed_port(0).live_port_info()
-    info.lid, info.sm_lid, info.ps_phys_state = 2, 1, 0
-    fabric.dr(w.Method.SET, w.Attr.PORT_INFO, 1 << 24, [1], w.PortInfo.build(info))
+    fabric.route({5: 2})
     hfi = fabric.hfi.port.live_port_info()
     hfi.lid, hfi.sm_lid, hfi.ps_phys_state = 5, 1, 0
     assert status_of(fabric.dr(w.Method.SET, w.Attr.PORT_INFO, 1 << 24 | 1, [1, 2], w.PortInfo.build(hfi))) == 0
-    lft = bytearray([0xFF] * 64)
-    lft[1], lft[2], lft[5] = 1, 0, 2
-    fabric.dr(w.Method.SET, w.Attr.LINEAR_FWD, 1 << 24, [1], bytes(lft))
     return fabric
 
 

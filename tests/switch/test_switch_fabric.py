@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import time
 
-from fabric import PS_PHYS_STATE_OFFSET, FakeEnd, data_packet, dr_smp, response_data, smp_packet, status_of
-
 from devmodel.fabric import cable
 from devmodel.simnode import SimulatedHfi
 from devmodel.switch import Drop, Switch, smi
 from devmodel.switch.mad_packet import parse_mad_packet
 from devmodel.wire import opa_sma as w
 from devmodel.worker import ManualScheduler
+from testkit.switch_fabric import PS_PHYS_STATE_OFFSET, FakeEnd, data_packet, dr_smp, response_data, smp_packet, status_of
 
 
 class TwoSwitches:

@@ -1,26 +1,18 @@
 """Forwarding: LFT and MFT, drops counted, SC mapping, PMA counters, credit back-pressure."""
 from __future__ import annotations
 
-from fabric import Fabric, data_packet, gmp_packet, lr_smp, response_data, status_of
-
 from devmodel.fabric import Packet
 from devmodel.switch import Drop
 from devmodel.switch.mad_packet import parse_mad_packet
 from devmodel.switch.port import EGRESS_LIMIT
 from devmodel.wire import opa
 from devmodel.wire import opa_sma as w
+from testkit.switch_fabric import Fabric, data_packet, gmp_packet, lr_smp, response_data, status_of
 
 
 def programmed(fabric: Fabric, routes: dict[int, int]) -> Fabric:
     """LIDs: the SM 1, the switch 2; `routes` LID -> port; ports 1, 3, 4 Active."""
-    info = fabric.switch.managed_port(0).live_port_info()
-    info.lid, info.sm_lid, info.ps_phys_state = 2, 1, 0
-    fabric.dr(w.Method.SET, w.Attr.PORT_INFO, 1 << 24, [1], w.PortInfo.build(info))
-    lft = bytearray([0xFF] * 64)
-    lft[1], lft[2] = 1, 0
-    for lid, port in routes.items():
-        lft[lid] = port
-    assert status_of(fabric.dr(w.Method.SET, w.Attr.LINEAR_FWD, 1 << 24, [1], bytes(lft))) == 0
+    fabric.route(routes)
     for port in (1, 3, 4):
         fabric.activate(port)
     return fabric

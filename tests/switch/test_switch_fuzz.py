@@ -5,11 +5,10 @@ from __future__ import annotations
 import random
 import time
 
-from fabric import Fabric, dr_smp, lr_smp, smp_packet
-
 from devmodel.fabric import Packet
 from devmodel.switch import smi
 from devmodel.wire import opa_sma as w
+from testkit.switch_fabric import Fabric, dr_smp, lr_smp, smp_packet
 
 ATTRS = [w.Attr.NODE_INFO, w.Attr.PORT_INFO, w.Attr.SWITCH_INFO, w.Attr.LINEAR_FWD, w.Attr.MULTICAST_FWD,
          w.Attr.AGGREGATE, w.Attr.PKEY_TABLE, w.Attr.SC_TO_SC, w.Attr.VL_ARB, w.Attr.BUFFER_CONTROL, 0x7777]

@@ -2,12 +2,11 @@
 PortInfo, the forwarding tables, port states and Trap 128."""
 from __future__ import annotations
 
-from fabric import SM_GUID, SWITCH_GUID, Fabric, dr_smp, lr_smp, response_data, smp_packet, status_of
-
 from devmodel.switch import smi
 from devmodel.switch.mad_packet import parse_mad_packet
 from devmodel.switch.managed_port import SMA_IDLE_ARM
 from devmodel.wire import opa_sma as w
+from testkit.switch_fabric import SM_GUID, SWITCH_GUID, Fabric, dr_smp, lr_smp, response_data, smp_packet, status_of
 
 
 def test_dr_get_node_info_of_the_switch_names_the_arrival_port():
@@ -114,12 +113,7 @@ def test_a_simulated_hfi_goes_active_once_the_switch_port_is_armed():
 
 def test_trap_128_goes_to_the_sm_when_a_port_goes_down():
     fabric = Fabric()
-    info = fabric.switch.managed_port(0).live_port_info()
-    info.lid, info.sm_lid, info.ps_phys_state = 2, 1, 0
-    fabric.dr(w.Method.SET, w.Attr.PORT_INFO, 1 << 24, [1], w.PortInfo.build(info))
-    lft = bytearray([0xFF] * 64)
-    lft[1], lft[2] = 1, 0
-    assert status_of(fabric.dr(w.Method.SET, w.Attr.LINEAR_FWD, 1 << 24, [1], bytes(lft))) == 0
+    fabric.route()
     before = len(fabric.sm.received)
     fabric.links[3].take_down()
     fabric.run()
@@ -136,16 +130,11 @@ def test_trap_128_goes_to_the_sm_when_a_port_goes_down():
 
 def test_lid_routed_smp_to_port_0_is_answered_back_along_the_lft():
     fabric = Fabric()
-    info = fabric.switch.managed_port(0).live_port_info()
-    info.lid, info.sm_lid, info.ps_phys_state = 2, 1, 0
-    fabric.dr(w.Method.SET, w.Attr.PORT_INFO, 1 << 24, [1], w.PortInfo.build(info))
-    lft = bytearray([0xFF] * 64)
-    lft[1], lft[2] = 1, 0
-    fabric.dr(w.Method.SET, w.Attr.LINEAR_FWD, 1 << 24, [1], bytes(lft))
+    fabric.route()
     reply = fabric.ask(lr_smp(w.Method.GET, w.Attr.NODE_INFO, 0), slid=1, dlid=2)
     assert w.NodeInfo.parse(reply[32:32 + 44]).node_guid == SWITCH_GUID
     got = response_data(fabric.dr(w.Method.GET, w.Attr.LINEAR_FWD, 1 << 24, [1]))[:64]
-    assert got == bytes(lft)
+    assert got == bytes([0xFF, 1, 0] + [0xFF] * 61), "LID 1 out of port 1, LID 2 to port 0, the rest unprogrammed"
 
 
 def test_unknown_attribute_and_method_get_error_statuses_not_silence():

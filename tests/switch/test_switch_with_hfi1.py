@@ -29,6 +29,7 @@ from testkit.hfi1.datapath import (
     ud_packet,
 )
 from testkit.host import FakeMemory, Host, Msix, SimulatedTime
+from testkit.switch_fabric import set_port_state_in_the_sma
 
 SWITCH_GUID = 0x0011750000100000
 UD_QP = 0x12  # kernel receive context 2 (test_fabric_scenarios.py)
@@ -53,20 +54,6 @@ def through_a_switch():
         yield scheduler, switch, nodes[0], nodes[1]
 
 
-def set_state(switch: Switch, port: int, state: int) -> int:
-    """The SMA's Set(PortInfo) as a switch event (what an SMP from the SM becomes)."""
-    statuses = []
-
-    def set_port():
-        info = switch.managed_port(port).live_port_info()
-        info.ps_phys_state = state
-        statuses.append(switch.sma.process(w.Method.SET, w.Attr.PORT_INFO, 1 << 24 | port,
-                                           w.PortInfo.build(info), 1)[0])
-    switch.post(set_port)
-    switch.worker.settle()
-    return statuses[0]
-
-
 def test_hfi1_links_up_with_the_switch_as_its_neighbour():
     with through_a_switch() as (scheduler, switch, a, b):
         for n, node in ((1, a), (2, b)):
@@ -83,8 +70,8 @@ def test_a_ud_packet_crosses_the_switch_from_a_to_b():
             assert node.driver.send_idle_sma(SMA_IDLE_ARM) == 2, "HCMD SEND_LCB_IDLE_MSG completes"
         settle(a, b)
         for port in (1, 2):
-            assert set_state(switch, port, w.PortState.ARMED) == 0
-            assert set_state(switch, port, w.PortState.ACTIVE) == 0
+            assert set_port_state_in_the_sma(switch, port, w.PortState.ARMED) == 0
+            assert set_port_state_in_the_sma(switch, port, w.PortState.ACTIVE) == 0
         lft = bytearray([0xFF] * 64)
         lft[a.lid], lft[b.lid] = 1, 2
         assert switch.sma.process(w.Method.SET, w.Attr.LINEAR_FWD, 1 << 24, bytes(lft), 1)[0] == 0

@@ -16,6 +16,7 @@ from devmodel.worker import ManualScheduler
 from testkit.hfi1.guest import GuestDriver, drive
 from testkit.hfi1.probe import hfi1_init, probe
 from testkit.host import FakeHost
+from testkit.switch_fabric import set_port_state_in_the_sma
 
 SWITCH_GUID = 0x0011750000100000
 
@@ -34,20 +35,6 @@ def hfi_on_a_switch():
     device.close()
 
 
-def set_switch_port(switch: Switch, port: int, state: int) -> int:
-    """The SMA's Set(PortInfo) as a switch event (what an SMP from the SM becomes)."""
-    statuses = []
-
-    def set_state():
-        info = switch.managed_port(port).live_port_info()
-        info.ps_phys_state = state
-        statuses.append(switch.sma.process(w.Method.SET, w.Attr.PORT_INFO, 1 << 24 | port,
-                                           w.PortInfo.build(info), 1)[0])
-    switch.post(set_state)
-    assert switch.worker.settle(0.1)
-    return statuses[0]
-
-
 def test_silicon_hfi1_and_switch_port_go_active_through_each_others_idle_messages(hfi_on_a_switch):
     device, switch, driver = hfi_on_a_switch
     learnt = probe(driver)
@@ -62,9 +49,9 @@ def test_silicon_hfi1_and_switch_port_go_active_through_each_others_idle_message
     assert device.worker.settle(0.1) and switch.worker.settle(0.1)
     assert port.neighbor_normal, "the HFI's SMA_IDLE_ARM reached the switch port"
     assert not driver.set_port_active(), "the switch port has not armed: the HFI's NeighborNormal is 0"
-    assert set_switch_port(switch, 1, w.PortState.ARMED) == 0
+    assert set_port_state_in_the_sma(switch, 1, w.PortState.ARMED) == 0
     drive([driver], lambda: driver.neighbor_normal, 2.0, "the switch's SMA_IDLE_ARM at the HFI")
     assert driver.set_port_active()
-    assert set_switch_port(switch, 1, w.PortState.ACTIVE) == 0
+    assert set_port_state_in_the_sma(switch, 1, w.PortState.ACTIVE) == 0
     assert device.stats()["logical_state"] == "ACTIVE" and port.state == w.PortState.ACTIVE
     assert device.stats()["undeclared_csr_accesses"] == 0

@@ -144,6 +144,19 @@ class Fabric:
         assert smi.receive(smp, False, 1, 1) == (smi.Verdict.HANDLE, None), "the SM's HFI accepts the response"
         return reply
 
+    def route(self, routes: dict[int, int] | None = None) -> None:
+        """What the SM does first: the switch's port 0 gets LID 2 (the SM's
+        is 1), and LFT block 0 sends LID 1 out of port 1, LID 2 to port 0
+        and each LID of `routes` out of its port."""
+        info = self.switch.managed_port(0).live_port_info()
+        info.lid, info.sm_lid, info.ps_phys_state = 2, 1, 0
+        assert status_of(self.dr(w.Method.SET, w.Attr.PORT_INFO, 1 << 24, [1], w.PortInfo.build(info))) == 0
+        lft = bytearray([0xFF] * 64)
+        lft[1], lft[2] = 1, 0
+        for lid, port in (routes or {}).items():
+            lft[lid] = port
+        assert status_of(self.dr(w.Method.SET, w.Attr.LINEAR_FWD, 1 << 24, [1], bytes(lft))) == 0
+
     def set_switch_port_state(self, port: int, state: int) -> int:
         info = w.PortInfo.build(self.switch.managed_port(port).live_port_info())
         info = bytearray(info)
@@ -162,3 +175,19 @@ class Fabric:
         if end is not None:
             end.idle(SMA_IDLE_ACTIVE)
             self.run()
+
+
+def set_port_state_in_the_sma(switch: Switch, port: int, state: int) -> int:
+    """The SMA's Set(PortInfo) of switch port `port` to `state`, run as a
+    switch event (what an SMP from the SM becomes there); its MAD status."""
+    statuses = []
+
+    def set_state():
+        info = switch.managed_port(port).live_port_info()
+        info.ps_phys_state = state
+        statuses.append(switch.sma.process(w.Method.SET, w.Attr.PORT_INFO, 1 << 24 | port,
+                                           w.PortInfo.build(info), 1)[0])
+    switch.post(set_state)
+    switch.worker.settle()
+    return statuses[0]
+
