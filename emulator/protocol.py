@@ -48,6 +48,15 @@ class Command(IntEnum):
     MIG_DATA_WRITE = 18
 
 
+
+def command_name(command: int) -> str:
+    """REGION_READ for 9; messages name what they refuse even when it is no command we know."""
+    try:
+        return Command(command).name
+    except ValueError:
+        return f"command {command}"
+
+
 class MsgFlags(IntFlag):
     TYPE_COMMAND = 0x0
     TYPE_REPLY = 0x1

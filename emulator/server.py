@@ -55,6 +55,7 @@ from .protocol import (
     RegionFlags,
     SparseMmapCap,
     Version,
+    command_name,
     fds_ancillary,
     fds_received,
     header,
@@ -88,7 +89,7 @@ class StateError(ProtocolError):
     """A command that is not valid in the connection's current runstate."""
 
     def __init__(self, command: int, state: RunState):
-        super().__init__(errno.EINVAL, f"{_name(command)} is not valid while {state.value}")
+        super().__init__(errno.EINVAL, f"{command_name(command)} is not valid while {state.value}")
 
 
 class FramingError(Exception):
@@ -97,13 +98,6 @@ class FramingError(Exception):
 
 class Disconnected(Exception):
     pass
-
-
-def _name(command: int) -> str:
-    try:
-        return Command(command).name
-    except ValueError:
-        return f"command {command}"
 
 
 @dataclass
@@ -173,7 +167,7 @@ class Connection:
         if msg_size < HEADER_SIZE or msg_size > MAX_MESSAGE_SIZE:
             for fd in fds:
                 os.close(fd)
-            raise FramingError(f"message {msg_id} ({_name(command)}) claims size {msg_size}")
+            raise FramingError(f"message {msg_id} ({command_name(command)}) claims size {msg_size}")
         payload = self._recv_exact(msg_size - HEADER_SIZE) if msg_size > HEADER_SIZE else b""
         return Message(msg_id, command, flags, payload, fds, bool(msg_flags & socket.MSG_CTRUNC))
 
@@ -253,7 +247,7 @@ class Connection:
                 self.send(msg.msg_id, msg.command, reply or Reply())
         except ErrnoError as e:  # ProtocolError, and the DMA map's and IRQ lines' refusals
             self.counts["errors"] += 1
-            self.refused.warning("%s refused: %s (%s)", _name(msg.command), e, errno.errorcode.get(e.errno, e.errno))
+            self.refused.warning("%s refused: %s (%s)", command_name(msg.command), e, errno.errorcode.get(e.errno, e.errno))
             if msg.wants_reply:
                 self.send_error(msg.msg_id, msg.command, e.errno)
 
@@ -262,9 +256,9 @@ class Connection:
         if command in (Command.DEVICE_FEATURE,):
             return errno.ENOTTY, "device features are not supported"
         if command in (Command.DEVICE_GET_REGION_IO_FDS, Command.MIG_DATA_READ, Command.MIG_DATA_WRITE):
-            return errno.ENOTSUP, f"{_name(command)} is not supported"
+            return errno.ENOTSUP, f"{command_name(command)} is not supported"
         if command in (Command.DMA_READ, Command.DMA_WRITE):
-            return errno.EINVAL, f"{_name(command)} goes from server to client"
+            return errno.EINVAL, f"{command_name(command)} goes from server to client"
         return errno.ENOSYS, f"unknown command {command}"
 
     # -- helpers -----------------------------------------------------------------------
@@ -272,13 +266,13 @@ class Connection:
     def _fixed(msg: Message, layout, what: str = "") -> tuple:
         if len(msg.payload) < layout.size:
             raise ProtocolError(errno.EINVAL,
-                                f"{what or _name(msg.command)}: payload of {len(msg.payload)} bytes, need {layout.size}")
+                                f"{what or command_name(msg.command)}: payload of {len(msg.payload)} bytes, need {layout.size}")
         return layout.unpack_from(msg.payload)
 
     def _no_fds(self, msg: Message) -> None:
         if msg.fds:
             self._close_fds(msg)
-            raise ProtocolError(errno.EINVAL, f"{_name(msg.command)} carries no file descriptors")
+            raise ProtocolError(errno.EINVAL, f"{command_name(msg.command)} carries no file descriptors")
 
     # -- handlers --------------------------------------------------------------------
     def version(self, msg: Message) -> Reply:

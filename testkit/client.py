@@ -21,29 +21,7 @@ import struct
 import time
 from dataclasses import dataclass
 
-from emulator.protocol import (
-    DEVICE_INFO,
-    DMA_MAP,
-    DMA_UNMAP,
-    HEADER,
-    HEADER_SIZE,
-    IRQ_INFO,
-    IRQ_SET,
-    REGION_ACCESS,
-    REGION_INFO,
-    WRITE_MULTI_COUNT,
-    WRITE_MULTI_ENTRY,
-    Command,
-    DmaMapFlags,
-    IrqIndex,
-    IrqSetFlags,
-    MsgFlags,
-    SparseMmapCap,
-    Version,
-    fds_ancillary,
-    fds_received,
-    header,
-)
+from emulator import protocol as vfio_user
 
 QEMU_CAPABILITIES = {
     "max_msg_fds": 16,
@@ -55,13 +33,13 @@ QEMU_CAPABILITIES = {
 }
 
 
-_NO_REPLY, _ERROR = int(MsgFlags.NO_REPLY), int(MsgFlags.ERROR)
-_REGION_READ = int(Command.REGION_READ)
+_NO_REPLY, _ERROR = int(vfio_user.MsgFlags.NO_REPLY), int(vfio_user.MsgFlags.ERROR)
+_REGION_READ = int(vfio_user.Command.REGION_READ)
 
 
 class VfioUserError(Exception):
     def __init__(self, command: int, errno_: int):
-        super().__init__(f"{Command(command).name if command in Command._value2member_map_ else command} failed: "
+        super().__init__(f"{vfio_user.command_name(command)} failed: "
                          f"{errno.errorcode.get(errno_, errno_)}")
         self.errno = errno_
 
@@ -112,9 +90,9 @@ class Client:
         """Connect (unless open already) and negotiate VERSION; the server's capabilities."""
         if self.sock is None:
             self.open()
-        reply = self.request(Command.VERSION, Version.build(dict(
+        reply = self.request(vfio_user.Command.VERSION, vfio_user.Version.build(dict(
             major=0, minor=0, caps=json.dumps({"capabilities": QEMU_CAPABILITIES if caps is None else caps}))))
-        self.server_caps = json.loads(Version.parse(reply.payload).caps)["capabilities"]
+        self.server_caps = json.loads(vfio_user.Version.parse(reply.payload).caps)["capabilities"]
         return self.server_caps
 
     def close(self) -> None:
@@ -137,13 +115,13 @@ class Client:
         if not fds:
             self.sock.sendall(data)
             return
-        sent = self.sock.sendmsg([data], fds_ancillary(fds))
+        sent = self.sock.sendmsg([data], vfio_user.fds_ancillary(fds))
         if sent < len(data):
             self.sock.sendall(data[sent:])
 
     def send(self, command: int, payload: bytes = b"", fds: tuple[int, ...] = (), no_reply: bool = False) -> int:
         msg_id = self._new_id()
-        self.send_raw(header(msg_id, command, len(payload), _NO_REPLY if no_reply else 0) + payload, fds)
+        self.send_raw(vfio_user.header(msg_id, command, len(payload), _NO_REPLY if no_reply else 0) + payload, fds)
         return msg_id
 
     def _fill(self, deadline: float) -> None:
@@ -162,7 +140,7 @@ class Client:
             raise ConnectionError("server closed the connection")
         self._buf += data
         if anc:
-            self._fds += fds_received(anc)
+            self._fds += vfio_user.fds_received(anc)
 
     def _set_timeout(self, seconds: float) -> None:
         # Coarse: a recv that blocks in the kernel costs one system call,
@@ -174,12 +152,12 @@ class Client:
 
     def receive(self, timeout: float | None = None) -> tuple[int, Reply]:
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
-        while len(self._buf) < HEADER_SIZE:
+        while len(self._buf) < vfio_user.HEADER_SIZE:
             self._fill(deadline)
-        msg_id, command, size, flags, error_no = HEADER.unpack_from(self._buf)
+        msg_id, command, size, flags, error_no = vfio_user.HEADER.unpack_from(self._buf)
         while len(self._buf) < size:
             self._fill(deadline)
-        payload = bytes(self._buf[HEADER_SIZE:size])
+        payload = bytes(self._buf[vfio_user.HEADER_SIZE:size])
         del self._buf[:size]
         fds, self._fds = self._fds, []
         return msg_id, Reply(command, flags, error_no, payload, fds)
@@ -196,55 +174,59 @@ class Client:
 
     # -- commands ------------------------------------------------------------------
     def get_info(self) -> dict:
-        return DEVICE_INFO.parse(self.request(Command.DEVICE_GET_INFO, DEVICE_INFO.build(argsz=16)).payload)
+        reply = self.request(vfio_user.Command.DEVICE_GET_INFO, vfio_user.DEVICE_INFO.build(argsz=16))
+        return vfio_user.DEVICE_INFO.parse(reply.payload)
 
     def region_info(self, index: int, argsz: int = 32) -> tuple[dict, list, list[int]]:
         """(info, sparse mmap areas, fds); asks again with a larger argsz if caps did not fit."""
-        reply = self.request(Command.DEVICE_GET_REGION_INFO, REGION_INFO.build(argsz=argsz, index=index))
-        info = REGION_INFO.parse(reply.payload)
+        reply = self.request(vfio_user.Command.DEVICE_GET_REGION_INFO, vfio_user.REGION_INFO.build(argsz=argsz, index=index))
+        info = vfio_user.REGION_INFO.parse(reply.payload)
         if info["argsz"] > argsz:
             for fd in reply.fds:
                 os.close(fd)
             return self.region_info(index, info["argsz"])
         areas = []
         if info["cap_offset"]:
-            areas = [(a.offset, a.size) for a in SparseMmapCap.parse(reply.payload[info["cap_offset"]:]).areas]
+            areas = [(a.offset, a.size) for a in vfio_user.SparseMmapCap.parse(reply.payload[info["cap_offset"]:]).areas]
         return info, areas, reply.fds
 
     def irq_info(self, index: int) -> dict:
-        return IRQ_INFO.parse(self.request(Command.DEVICE_GET_IRQ_INFO, IRQ_INFO.build(argsz=16, index=index)).payload)
+        reply = self.request(vfio_user.Command.DEVICE_GET_IRQ_INFO, vfio_user.IRQ_INFO.build(argsz=16, index=index))
+        return vfio_user.IRQ_INFO.parse(reply.payload)
 
     def set_irqs(self, index: int, flags: int, start: int = 0, count: int = 0, fds: tuple[int, ...] = (),
                  data: bytes = b"") -> None:
-        body = IRQ_SET.build(argsz=20, flags=flags, index=index, start=start, count=count) + data
-        self.request(Command.DEVICE_SET_IRQS, body, fds)
+        body = vfio_user.IRQ_SET.build(argsz=20, flags=flags, index=index, start=start, count=count) + data
+        self.request(vfio_user.Command.DEVICE_SET_IRQS, body, fds)
 
     def enable_msix(self, vector: int) -> int:
         """Give the server an eventfd for one MSI-X vector, as QEMU does when the guest unmasks it."""
         efd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
-        self.set_irqs(IrqIndex.MSIX, IrqSetFlags.DATA_EVENTFD | IrqSetFlags.ACTION_TRIGGER, vector, 1, (efd,))
+        trigger = vfio_user.IrqSetFlags.DATA_EVENTFD | vfio_user.IrqSetFlags.ACTION_TRIGGER
+        self.set_irqs(vfio_user.IrqIndex.MSIX, trigger, vector, 1, (efd,))
         return efd
 
     def dma_map(self, memory: GuestMemory | None, address: int, size: int | None = None, offset: int = 0,
                 writable: bool = True) -> None:
         size = memory.size - offset if size is None else size
-        flags = DmaMapFlags.READ | (DmaMapFlags.WRITE if writable else 0)
-        self.request(Command.DMA_MAP, DMA_MAP.build(argsz=32, flags=flags, offset=offset, address=address, size=size),
+        flags = vfio_user.DmaMapFlags.READ | (vfio_user.DmaMapFlags.WRITE if writable else 0)
+        self.request(vfio_user.Command.DMA_MAP,
+                     vfio_user.DMA_MAP.build(argsz=32, flags=flags, offset=offset, address=address, size=size),
                      (memory.fd,) if memory else ())
 
     def dma_unmap(self, address: int, size: int, flags: int = 0) -> None:
-        self.request(Command.DMA_UNMAP, DMA_UNMAP.build(argsz=24, flags=flags, address=address, size=size))
+        self.request(vfio_user.Command.DMA_UNMAP, vfio_user.DMA_UNMAP.build(argsz=24, flags=flags, address=address, size=size))
 
     def read(self, region: int, offset: int, count: int) -> bytes:
-        reply = self.request(_REGION_READ, REGION_ACCESS.pack(offset, region, count))
-        return reply.payload[REGION_ACCESS.size:]
+        reply = self.request(_REGION_READ, vfio_user.REGION_ACCESS.pack(offset, region, count))
+        return reply.payload[vfio_user.REGION_ACCESS.size:]
 
     def write(self, region: int, offset: int, data: bytes, posted: bool = False) -> None:
-        payload = REGION_ACCESS.pack(offset, region, len(data)) + data
+        payload = vfio_user.REGION_ACCESS.pack(offset, region, len(data)) + data
         if posted:
-            self.send(Command.REGION_WRITE, payload, no_reply=True)
+            self.send(vfio_user.Command.REGION_WRITE, payload, no_reply=True)
         else:
-            self.request(Command.REGION_WRITE, payload)
+            self.request(vfio_user.Command.REGION_WRITE, payload)
 
     def read64(self, region: int, offset: int) -> int:
         return int.from_bytes(self.read(region, offset, 8), "little")
@@ -254,12 +236,12 @@ class Client:
 
     def write_multi(self, writes: list[tuple[int, int, bytes]]) -> None:
         """Posted, like QEMU's."""
-        body = WRITE_MULTI_COUNT.pack(len(writes)) + b"".join(
-            WRITE_MULTI_ENTRY.pack(off, region, len(d), d) for region, off, d in writes)
-        self.send(Command.REGION_WRITE_MULTI, body, no_reply=True)
+        body = vfio_user.WRITE_MULTI_COUNT.pack(len(writes)) + b"".join(
+            vfio_user.WRITE_MULTI_ENTRY.pack(off, region, len(d), d) for region, off, d in writes)
+        self.send(vfio_user.Command.REGION_WRITE_MULTI, body, no_reply=True)
 
     def reset(self) -> None:
-        self.request(Command.DEVICE_RESET)
+        self.request(vfio_user.Command.DEVICE_RESET)
 
 
 def wait_eventfd(fd: int, timeout: float) -> int:
