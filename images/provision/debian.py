@@ -11,10 +11,12 @@ keys that also sign sid.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -183,6 +185,42 @@ def extract_debs(debs: list[Path], root: Path) -> None:
     root.mkdir(parents=True, exist_ok=True)
     for deb in debs:
         run_logged(["dpkg-deb", "-x", str(deb), str(root)], f"unpacking {deb.name}")
+
+
+def relativize_absolute_symlinks(root: Path) -> None:
+    """Make absolute symlinks inside an unpacked root point inside it.
+
+    Packages link e.g. firmware into place with absolute targets, which would
+    resolve against the host's /usr once the root is not `/`.
+    """
+    for path in root.rglob("*"):
+        if path.is_symlink():
+            target = os.readlink(path)
+            if target.startswith("/"):
+                inside = root / target.lstrip("/")
+                path.unlink()
+                path.symlink_to(os.path.relpath(inside, path.parent))
+
+
+def provision_unpacked(kind: str, suite: str, packages: list[str], layout: int,
+                       check: Callable[[Path], dict]) -> Path:
+    """The root of `packages` and their dependency closure from `suite`,
+    unpacked into the cache on first use (the QEMU, tshark): no maintainer
+    script runs and absolute symlinks point inside the root, so its program
+    runs through the root's own loader. `check(root)` proves it runs and
+    returns what the build's manifest.json says of it beside the package
+    versions. Bump `layout` when the unpacked layout or its fix-ups change."""
+    def build(work: Path) -> None:
+        downloaded = PrivateApt(suite).download(packages)
+        root = work / "root"
+        log.info("%s: unpacking %d %s packages", kind, len(downloaded), suite)
+        extract_debs([path for _, path in downloaded], root)
+        relativize_absolute_symlinks(root)
+        manifest = {"suite": suite, **check(root),
+                    "packages": {package.name: package.version for package, _ in downloaded}}
+        (work / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+
+    return build_once(kind, {"suite": suite, "packages": packages, "layout": layout}, build) / "root"
 
 
 def fetch_debootstrap(suite: str = "trixie") -> Path:

@@ -23,8 +23,7 @@ import subprocess
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from images.provision.cache import build_once
-from images.provision.debian import PrivateApt, extract_debs
+from images.provision.debian import provision_unpacked
 
 log = logging.getLogger("vfnic.images")
 
@@ -129,38 +128,14 @@ class Qemu:
             raise QemuError(f"{self.origin} (QEMU {self.version}) has no vfio-user-pci device")
 
 
-def relativize_absolute_symlinks(root: Path) -> None:
-    """Make absolute symlinks inside an unpacked root point inside it.
-
-    Packages link e.g. firmware into place with absolute targets, which would
-    resolve against the host's /usr once the root is not `/`.
-    """
-    for path in root.rglob("*"):
-        if path.is_symlink():
-            target = os.readlink(path)
-            if target.startswith("/"):
-                inside = root / target.lstrip("/")
-                path.unlink()
-                path.symlink_to(os.path.relpath(inside, path.parent))
-
-
 def provision_qemu() -> Path:
     """The root of sid's QEMU unpacked into the cache (built on first use)."""
-    recipe = {"suite": QEMU_SUITE, "packages": QEMU_PACKAGES, "layout": QEMU_LAYOUT}
-    return build_once("qemu", recipe, _build_qemu_root) / "root"
+    return provision_unpacked("qemu", QEMU_SUITE, QEMU_PACKAGES, QEMU_LAYOUT, _check_qemu_root)
 
 
-def _build_qemu_root(work: Path) -> None:
-    apt = PrivateApt(QEMU_SUITE)
-    downloaded = apt.download(QEMU_PACKAGES)
-    root = work / "root"
-    log.info("qemu: unpacking %d %s packages", len(downloaded), QEMU_SUITE)
-    extract_debs([path for _, path in downloaded], root)
-    relativize_absolute_symlinks(root)
+def _check_qemu_root(root: Path) -> dict:
     unversioned = Qemu.from_root(root, version="")
     qemu = replace(unversioned, version=unversioned.query_version())
     qemu.check()
-    manifest = {"suite": QEMU_SUITE, "qemu_version": qemu.version,
-                "packages": {package.name: package.version for package, _ in downloaded}}
-    (work / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     log.info("qemu: QEMU %s from %s is ready", qemu.version, QEMU_SUITE)
+    return {"qemu_version": qemu.version}

@@ -4,16 +4,11 @@ that the host needs no Wireshark and a different Debian release does not
 matter."""
 from __future__ import annotations
 
-import json
-import logging
 import subprocess
 from pathlib import Path
 
-from images.provision.cache import build_once
-from images.provision.debian import PrivateApt, extract_debs
-from images.provision.qemu import LIBRARY_DIRS, relativize_absolute_symlinks
-
-log = logging.getLogger("vfnic.images")
+from images.provision.debian import provision_unpacked
+from images.provision.qemu import LIBRARY_DIRS
 
 TSHARK_SUITE = "trixie"
 TSHARK_PACKAGES = ["tshark"]
@@ -49,21 +44,12 @@ class Tshark:
 
 def provision_tshark() -> Tshark:
     """Debian's tshark, unpacked into the cache on first use."""
-    recipe = {"suite": TSHARK_SUITE, "packages": TSHARK_PACKAGES, "layout": TSHARK_LAYOUT}
-    return Tshark(build_once("tshark", recipe, _build) / "root")
+    return Tshark(provision_unpacked("tshark", TSHARK_SUITE, TSHARK_PACKAGES, TSHARK_LAYOUT, _check))
 
 
-def _build(work: Path) -> None:
-    apt = PrivateApt(TSHARK_SUITE)
-    downloaded = apt.download(TSHARK_PACKAGES)
-    root = work / "root"
-    log.info("tshark: unpacking %d %s packages", len(downloaded), TSHARK_SUITE)
-    extract_debs([path for _, path in downloaded], root)
-    relativize_absolute_symlinks(root)
+def _check(root: Path) -> dict:
     (root / "config").mkdir()
     version = Tshark(root).run("--version")
     if version.returncode != 0:
         raise RuntimeError(f"the unpacked tshark does not run: {version.stderr.strip()}")
-    manifest = {"suite": TSHARK_SUITE, "version": version.stdout.splitlines()[0],
-                "packages": {package.name: package.version for package, _ in downloaded}}
-    (work / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return {"version": version.stdout.splitlines()[0]}
