@@ -29,6 +29,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from images.lab.fabric import ACTIVE, INIT, Fabric, parse_perftest
+from images.lab.process import run_directory
 from images.lab.vm import Guest, ManagementPort
 
 TOOLS = {  # name: (command, value, unit, higher is better)
@@ -108,15 +109,9 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the guests' and server's logs")
     args = parser.parse_args()
     iterations = {"bw_iters": args.bw_iters, "lat_iters": args.lat_iters}
-    workdir = Path(tempfile.mkdtemp(prefix="vfnic-bench-fabric-"))
-    try:
+    with run_directory("vfnic-bench-fabric-", args.keep) as workdir:
         ours = vfnic(workdir, iterations)
         theirs = rxe(workdir, iterations)
-    finally:
-        if args.keep:
-            print(f"logs in {workdir}", file=sys.stderr)
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
     print("\nRDMA between two TCG guests (1 vCPU each), vfnic against Soft-RoCE, same run")
     print(f"{'test':<20}{'vfnic':>12}{'rxe':>12}{'unit':>7}{'ratio':>9}  {'vfnic CPU/packet':>17}")
     verdicts = []

@@ -39,6 +39,7 @@ from devmodel.hfi1 import ChipConfig, Hfi1Device
 from devmodel.hfi1 import chip_registers as cr
 from emulator.trace import Access, read_trace
 from emulator.trace_compare import BlockCost, block_costs, format_stats
+from images.lab.process import run_directory
 from images.lab.server import VfnicServer
 from images.lab.vm import Guest
 
@@ -143,19 +144,13 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the traces and the guests' and server's logs")
     args = parser.parse_args()
     blocks = block_of_register()
-    workdir = Path(tempfile.mkdtemp(prefix="vfnic-bench-probe-"))
     results: dict[str, list[dict]] = {}
-    try:
+    with run_directory("vfnic-bench-probe-", args.keep, "traces and logs") as workdir:
         for mode in args.mode or MODES:
             results[mode] = []
             for i in range(args.runs):
                 print(f"{mode}: run {i + 1}/{args.runs}", flush=True)
                 results[mode].append(one_run(mode, workdir / mode / f"run{i + 1}", blocks))
-    finally:
-        if args.keep:
-            print(f"traces and logs in {workdir}", file=sys.stderr)
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
     print("\nmodprobe hfi1 to port 1 Init, one TCG guest (1 vCPU), one HFI with its built-in link partner")
     for mode, runs in results.items():
         report(mode, runs)

@@ -1,8 +1,13 @@
-"""Child processes (QEMU, `vfnic serve`): stopping them by PID and quoting
-their logs in error messages."""
+"""Child processes (QEMU, `vfnic serve`): stopping them by PID, quoting
+their logs in error messages, and the directory a run keeps them in."""
 from __future__ import annotations
 
+import shutil
 import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from images.lab.wait import DeadlineExceeded, wait_until
@@ -28,3 +33,17 @@ def log_tail(path: Path, lines: int = 20) -> str:
         return "    (no log)"
     tail = text.strip().splitlines()[-lines:]
     return "\n".join(f"    {line}" for line in tail) if tail else "    (empty log)"
+
+
+@contextmanager
+def run_directory(prefix: str, keep: bool, what: str = "logs") -> Iterator[Path]:
+    """A fresh directory for a run's logs (and traces): removed when the run
+    ends unless `keep`, in which case where it is goes to stderr."""
+    workdir = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield workdir
+    finally:
+        if keep:
+            print(f"{what} in {workdir}", file=sys.stderr)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
