@@ -30,6 +30,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.files import close_logging_error
+
 log = logging.getLogger("vfnic.trace")
 
 FORMAT_VERSION = 1
@@ -84,10 +86,7 @@ class MmioTrace:
     def close(self) -> None:
         with self._lock:
             if self._file is not None:
-                try:
-                    self._file.close()
-                except OSError as e:
-                    log.error("closing MMIO trace %s: %s", self.path, e)
+                close_logging_error(self._file, log, f"MMIO trace {self.path}")
                 self._file = None
 
 

@@ -5,14 +5,7 @@ from __future__ import annotations
 import pytest
 
 from devmodel.fabric import Fault, FaultError, FaultKind, Link, LinkDownReason, LinkError, Packet
-from devmodel.wire.pcap import (
-    ERF_TYPE_OPA_9B,
-    LINKTYPE_ERF,
-    PCAP_FILE_HEADER,
-    PCAP_MAGIC_NS,
-    PCAP_RECORD_HEADER,
-    ErfHeader,
-)
+from devmodel.wire.pcap import ERF_TYPE_OPA_9B, LINKTYPE_ERF, PCAP_FILE_HEADER, PCAP_MAGIC_NS, erf_records
 from devmodel.worker import ManualScheduler
 from testkit.fabric_link import Port
 
@@ -167,11 +160,6 @@ def test_a_capture_records_what_arrives_as_erf_opa_9b_records(wire, tmp_path):
     data = path.read_bytes()
     header = PCAP_FILE_HEADER.parse(data)
     assert header["magic"] == PCAP_MAGIC_NS and header["linktype"] == LINKTYPE_ERF
-    pos, records = PCAP_FILE_HEADER.size, []
-    while pos < len(data):
-        record = PCAP_RECORD_HEADER.parse(data, pos)
-        erf = ErfHeader.parse(data[pos + 16:pos + 32])
-        payload = data[pos + 32:pos + 16 + record["incl_len"]]
-        records.append((erf.type, erf.flags & 3, erf.wlen, int.from_bytes(payload[:4], "big")))
-        pos += 16 + record["incl_len"]
+    records = [(erf.type, erf.flags & 3, erf.wlen, int.from_bytes(payload[:4], "big"))
+               for erf, payload in erf_records(data)]
     assert records == [(ERF_TYPE_OPA_9B, 0, 40, 1), (ERF_TYPE_OPA_9B, 0, 40, 2), (ERF_TYPE_OPA_9B, 1, 48, 0)]

@@ -18,17 +18,8 @@ import logging
 import threading
 import time
 
-from devmodel.wire.pcap import (
-    ERF_FLAG_VLEN,
-    ERF_HEADER_BYTES,
-    ERF_TYPE_OPA_9B,
-    LINKTYPE_ERF,
-    PCAP_FILE_HEADER,
-    PCAP_MAGIC_NS,
-    PCAP_RECORD_HEADER,
-    ErfHeader,
-    erf_timestamp,
-)
+from common.files import close_logging_error
+from devmodel.wire.pcap import erf_opa_9b_record, pcap_file_header
 
 from .packet import Packet
 
@@ -44,8 +35,7 @@ class LinkCapture:
         self.bytes = 0
         self._lock = threading.Lock()
         self._file = open(path, "wb")  # open until stop()
-        self._file.write(PCAP_FILE_HEADER.build(magic=PCAP_MAGIC_NS, version_major=2, version_minor=4,
-                                                snaplen=SNAPLEN, linktype=LINKTYPE_ERF))
+        self._file.write(pcap_file_header(SNAPLEN))
         self._file.flush()
 
     @property
@@ -53,19 +43,13 @@ class LinkCapture:
         return self._file is not None
 
     def record(self, sender: str, packet: Packet) -> None:
-        now = time.time_ns()
-        seconds, nanoseconds = divmod(now, 1_000_000_000)
-        data = packet.data[:SNAPLEN - ERF_HEADER_BYTES]
         interface = 0 if sender == self.directions[0] else 1
-        erf = ErfHeader.build(dict(ts=erf_timestamp(seconds, nanoseconds), type=ERF_TYPE_OPA_9B,
-                                   flags=ERF_FLAG_VLEN | interface, rlen=ERF_HEADER_BYTES + len(data), lctr=0,
-                                   wlen=min(len(packet.data), 0xFFFF)))
-        length = len(erf) + len(data)
+        record = erf_opa_9b_record(time.time_ns(), interface, packet.data, SNAPLEN)
         with self._lock:
             if self._file is None:
                 return
             try:
-                self._file.write(PCAP_RECORD_HEADER.pack(seconds, nanoseconds, length, length) + erf + data)
+                self._file.write(record)
             except OSError as e:
                 log.error("capture to %s stopped: %s", self.path, e)
                 self._close()
@@ -85,10 +69,7 @@ class LinkCapture:
 
     def _close(self) -> None:
         if self._file is not None:
-            try:
-                self._file.close()
-            except OSError as e:
-                log.error("closing capture %s: %s", self.path, e)
+            close_logging_error(self._file, log, f"capture {self.path}")
             self._file = None
 
     def describe(self) -> dict:

@@ -19,6 +19,8 @@ record type 29, OPA 9B; Intel's opapacketcapture writes the same layout).
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import construct as c
 
 from common.fixed import Fixed
@@ -64,3 +66,31 @@ assert ErfHeader.sizeof() == ERF_HEADER_BYTES  # mixed byte orders: built with c
 def erf_timestamp(seconds: int, nanoseconds: int) -> int:
     """ERF's 32.32 fixed-point time."""
     return seconds << 32 | (nanoseconds << 32) // 1_000_000_000
+
+
+def pcap_file_header(snaplen: int) -> bytes:
+    """The header of a pcap file of ERF records with nanosecond timestamps."""
+    return PCAP_FILE_HEADER.build(magic=PCAP_MAGIC_NS, version_major=2, version_minor=4, snaplen=snaplen,
+                                  linktype=LINKTYPE_ERF)
+
+
+def erf_opa_9b_record(time_ns: int, interface: int, packet: bytes, snaplen: int) -> bytes:
+    """One pcap record: `packet` as an ERF OPA 9B record on capture interface
+    `interface` (0 or 1), cut to fit `snaplen`, its length on the wire kept."""
+    seconds, nanoseconds = divmod(time_ns, 1_000_000_000)
+    data = packet[:snaplen - ERF_HEADER_BYTES]
+    erf = ErfHeader.build(dict(ts=erf_timestamp(seconds, nanoseconds), type=ERF_TYPE_OPA_9B,
+                               flags=ERF_FLAG_VLEN | interface, rlen=ERF_HEADER_BYTES + len(data), lctr=0,
+                               wlen=min(len(packet), 0xFFFF)))
+    length = len(erf) + len(data)
+    return PCAP_RECORD_HEADER.pack(seconds, nanoseconds, length, length) + erf + data
+
+
+def erf_records(data: bytes) -> Iterator[tuple[c.Container, bytes]]:
+    """The (ERF header, packet) of each record of a pcap file of ERF records."""
+    pos = PCAP_FILE_HEADER.size
+    while pos < len(data):
+        record = PCAP_RECORD_HEADER.parse(data, pos)
+        start = pos + PCAP_RECORD_HEADER.size
+        yield ErfHeader.parse(data[start:start + ERF_HEADER_BYTES]), data[start + ERF_HEADER_BYTES:start + record["incl_len"]]
+        pos = start + record["incl_len"]
