@@ -16,6 +16,14 @@ def space():
     s.clear()
 
 
+@pytest.fixture
+def page(space):
+    """(memory, region): one page of guest memory, mapped writable at 0x10000."""
+    mem = GuestMemory(0x1000)
+    yield mem, space.add(0x10000, 0x1000, True, os.dup(mem.fd), 0)
+    mem.close()
+
+
 def test_an_access_spanning_two_adjacent_maps_is_served_from_both(space):
     mem = GuestMemory(0x2000)
     space.add(0x10000, 0x1000, True, os.dup(mem.fd), 0)
@@ -26,12 +34,9 @@ def test_an_access_spanning_two_adjacent_maps_is_served_from_both(space):
 
 
 @pytest.mark.parametrize("addr,length", [(0x0, 4), (0x10FFF, 2), (0xFFFF, 2), ((1 << 64) - 1, 2)])
-def test_accesses_outside_the_maps_raise_dma_error(space, addr, length):
-    mem = GuestMemory(0x1000)
-    space.add(0x10000, 0x1000, True, os.dup(mem.fd), 0)
+def test_accesses_outside_the_maps_raise_dma_error(space, page, addr, length):
     with pytest.raises(DmaError):
         space.read(addr, length)
-    mem.close()
 
 
 def test_too_many_maps_are_refused(space):
@@ -42,9 +47,8 @@ def test_too_many_maps_are_refused(space):
     assert e.value.errno == errno.ENOSPC
 
 
-def test_a_view_reaches_guest_memory_until_its_map_is_removed(space):
-    mem = GuestMemory(0x1000)
-    space.add(0x10000, 0x1000, True, os.dup(mem.fd), 0)
+def test_a_view_reaches_guest_memory_until_its_map_is_removed(space, page):
+    mem, _ = page
     view = space.view(0x10100, 16, writable=True)
     view.write(0, b"\1\2\3\4")
     assert mem.mem[0x100:0x104] == b"\1\2\3\4" and view.read(0, 4) == b"\1\2\3\4"
@@ -54,7 +58,6 @@ def test_a_view_reaches_guest_memory_until_its_map_is_removed(space):
         view.read(0, 4)
     with pytest.raises(DmaError, match="after its map was removed"):
         view.write(0, b"x")
-    mem.close()
 
 
 def test_a_dead_view_never_reaches_the_map_that_replaces_its_own(space):
@@ -71,24 +74,19 @@ def test_a_dead_view_never_reaches_the_map_that_replaces_its_own(space):
     new.close()
 
 
-def test_unmap_closes_the_mapping_at_once(space):
-    mem = GuestMemory(0x1000)
-    region = space.add(0x10000, 0x1000, True, os.dup(mem.fd), 0)
+def test_unmap_closes_the_mapping_at_once(space, page):
+    _, region = page
     space.view(0x10000, 16).read()
     space.remove(0x10000, 0x1000)
     assert region.mapping.closed
-    mem.close()
 
 
-def test_a_view_is_bounded_and_a_read_only_one_refuses_writes(space):
-    mem = GuestMemory(0x1000)
-    space.add(0x10000, 0x1000, True, os.dup(mem.fd), 0)
+def test_a_view_is_bounded_and_a_read_only_one_refuses_writes(space, page):
     view = space.view(0x10000, 16)
     with pytest.raises(DmaError, match="outside the DMA view"):
         view.read(8, 9)
     with pytest.raises(DmaError, match="read-only"):
         view.write(0, b"x")
-    mem.close()
 
 
 def test_a_bad_fd_is_refused(space):

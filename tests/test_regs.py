@@ -1,6 +1,8 @@
 """Register semantics declared as data."""
 import logging
 
+import pytest
+
 from devmodel.regs import Access, Register, RegisterFile, register_array
 
 
@@ -26,29 +28,18 @@ def test_rw_register_stores_and_calls_its_hook():
     assert regs.read(0x00, 8) == 0x1234 and calls == [(0x5, 0x1234)]
 
 
-def test_ro_register_ignores_writes():
+@pytest.mark.parametrize("writes,offset,value", [
+    pytest.param([(0x08, 0)], 0x08, 0xABCD, id="ro_register_ignores_writes"),
+    pytest.param([(0x10, 0x30)], 0x10, 0xC0, id="w1c_clears_only_the_bits_written_as_one"),
+    pytest.param([(0x18, 0x01), (0x18, 0x30)], 0x18, 0x31, id="w1s_sets_the_bits_written_as_one_and_keeps_the_others"),
+    pytest.param([(0x18, 0x1F0)], 0x18, 0xF0, id="w1s_sets_only_writable_bits"),
+    pytest.param([(0x38, 0xFFFF)], 0x38, 0x0F0F, id="writable_mask_protects_reserved_bits"),
+])
+def test_writes_leave_what_the_access_type_and_the_writable_mask_say(writes, offset, value):
     regs, _ = make()
-    regs.write(0x08, 8, 0)
-    assert regs.read(0x08, 8) == 0xABCD
-
-
-def test_w1c_clears_only_the_bits_written_as_one():
-    regs, _ = make()
-    regs.write(0x10, 8, 0x30)
-    assert regs.read(0x10, 8) == 0xC0
-
-
-def test_w1s_sets_the_bits_written_as_one_and_keeps_the_others():
-    regs, _ = make()
-    regs.write(0x18, 8, 0x01)
-    regs.write(0x18, 8, 0x30)
-    assert regs.read(0x18, 8) == 0x31
-
-
-def test_w1s_sets_only_writable_bits():
-    regs, _ = make()
-    regs.write(0x18, 8, 0x1F0)
-    assert regs.read(0x18, 8) == 0xF0
+    for at, data in writes:
+        regs.write(at, 8, data)
+    assert regs.read(offset, 8) == value
 
 
 def test_self_clearing_bit_runs_the_hook_then_reads_zero():
@@ -68,12 +59,6 @@ def test_sub_word_access_touches_only_its_bytes():
     regs.write(0x00, 8, 0x1111111111111111)
     regs.write(0x04, 4, 0xAABBCCDD)
     assert regs.read(0x00, 8) == 0xAABBCCDD11111111 and regs.read(0x06, 2) == 0xAABB
-
-
-def test_writable_mask_protects_reserved_bits():
-    regs, _ = make()
-    regs.write(0x38, 8, 0xFFFF)
-    assert regs.read(0x38, 8) == 0x0F0F
 
 
 def test_arrays_repeat_a_register_with_a_stride():
