@@ -75,7 +75,7 @@ from .dc8051_interface import (
 )
 from .dcc import Dcc, LogicalState
 from .port import Hfi1Port
-from .services import ChipServices
+from .services import ChipServices, cancel_jobs
 
 #: where the host may ask for LinkUp in functional-simulator mode
 _SIMULATOR_LINKUP_FROM = (PhysicalState.POLLING, PhysicalState.CONFIGPHY)
@@ -240,9 +240,7 @@ class PhysicalLink:
             self._training = self.services.after(self.config.link_training_s, self._training_done)
 
     def _stop_timers(self) -> None:
-        for job in (self._training, self._handshake):
-            if job is not None:
-                job.cancel()
+        cancel_jobs(self._training, self._handshake)
         self._training = self._handshake = None
 
     def partner_linked(self, peer: PortIdentity, epoch: int) -> None:

@@ -102,7 +102,7 @@ from .intr import (
 )
 from .port import Hfi1Port
 from .send import Send
-from .services import ChipServices
+from .services import ChipServices, cancel_jobs
 
 ENGINE_CSRS = ("SEND_DMA_BASE_ADDR", "SEND_DMA_HEAD_ADDR", "SEND_DMA_PRIORITY_THLD",
                "SEND_DMA_RELOAD_CNT", "SEND_DMA_MEMORY", "SEND_DMA_CHECK_ENABLE",
@@ -171,9 +171,7 @@ class SendDmaEngine:
         self.step_posted = False
 
     def _cancel(self) -> None:
-        for job in (self._pending, self._idle_timer):
-            if job is not None:
-                job.cancel()
+        cancel_jobs(self._pending, self._idle_timer)
         self._pending = self._idle_timer = None
 
     def _status(self, halted: bool, cleaned: bool) -> None:

@@ -13,6 +13,9 @@ implementation:
     now()           the worker's clock
     emit(packet)    a packet for the link, handed over once the lock is released
     internal_error  contain a model bug: log it, freeze the chip
+
+`cancel_jobs(self._training, self._handshake)` cancels a block's pending
+chip events, kept in attributes that are None while nothing is pending.
 """
 from __future__ import annotations
 
@@ -44,3 +47,10 @@ class ChipServices(Protocol):
     def emit(self, packet: "Packet") -> None: ...
 
     def internal_error(self, exc: BaseException, during: str) -> None: ...
+
+
+def cancel_jobs(*jobs: "Job | None") -> None:
+    """Cancel each of `jobs` that is not None."""
+    for job in jobs:
+        if job is not None:
+            job.cancel()
