@@ -24,13 +24,12 @@ from __future__ import annotations
 import datetime
 import json
 import logging
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.files import close_logging_error
+from common.files import SideFile
 
 log = logging.getLogger("vfnic.trace")
 
@@ -62,32 +61,22 @@ class MmioTrace:
     def __init__(self, path: str):
         self.path = path
         self.lines = 0
-        self._lock = threading.Lock()
         self._start = time.monotonic()
-        self._file = open(path, "w", buffering=1 << 16)  # open until close()
+        file = open(path, "w", buffering=1 << 16)  # open until close()
         started = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
-        self._file.write(json.dumps({"vfnic_trace": FORMAT_VERSION, "started": started}) + "\n")
+        file.write(json.dumps({"vfnic_trace": FORMAT_VERSION, "started": started}) + "\n")
+        self._out = SideFile(file, log, f"MMIO trace {path}")
 
     def record(self, device: str, op: str, bar: int, offset: int, size: int, name: str, value: int) -> None:
         line = json.dumps({"t": round(time.monotonic() - self._start, 6), "device": device, "op": op, "bar": bar,
                            "offset": f"{offset:#08x}", "size": size, "register": name,
                            "value": f"{value:#0{2 + 2 * size}x}"}) + "\n"
-        with self._lock:
-            if self._file is None:
-                return
-            try:
-                self._file.write(line)
-            except OSError as e:
-                log.error("MMIO trace to %s stopped: %s", self.path, e)
-                self._file = None
-                return
-            self.lines += 1
+        with self._out.lock:
+            if self._out.write(line):
+                self.lines += 1
 
     def close(self) -> None:
-        with self._lock:
-            if self._file is not None:
-                close_logging_error(self._file, log, f"MMIO trace {self.path}")
-                self._file = None
+        self._out.close()
 
 
 def read_trace(path: str | Path) -> list[Access]:

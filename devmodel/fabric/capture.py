@@ -15,10 +15,9 @@ capture with a log line, never the link.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 
-from common.files import close_logging_error
+from common.files import SideFile
 from devmodel.wire.pcap import erf_opa_9b_record, pcap_file_header
 
 from .packet import Packet
@@ -33,44 +32,29 @@ class LinkCapture:
         self.directions = directions
         self.packets = 0
         self.bytes = 0
-        self._lock = threading.Lock()
-        self._file = open(path, "wb")  # open until stop()
-        self._file.write(pcap_file_header(SNAPLEN))
-        self._file.flush()
+        file = open(path, "wb")  # open until stop()
+        file.write(pcap_file_header(SNAPLEN))
+        file.flush()
+        self._out = SideFile(file, log, f"capture {path}")
 
     @property
     def active(self) -> bool:
-        return self._file is not None
+        return self._out.open
 
     def record(self, sender: str, packet: Packet) -> None:
         interface = 0 if sender == self.directions[0] else 1
         record = erf_opa_9b_record(time.time_ns(), interface, packet.data, SNAPLEN)
-        with self._lock:
-            if self._file is None:
-                return
-            try:
-                self._file.write(record)
-            except OSError as e:
-                log.error("capture to %s stopped: %s", self.path, e)
-                self._close()
-                return
-            self.packets += 1
-            self.bytes += len(packet.data)
+        with self._out.lock:
+            if self._out.write(record):
+                self.packets += 1
+                self.bytes += len(packet.data)
 
     def flush(self) -> None:
-        with self._lock:
-            if self._file is not None:
-                self._file.flush()
+        self._out.flush()
 
     def stop(self) -> dict:
-        with self._lock:
-            self._close()
+        self._out.close()
         return self.describe()
-
-    def _close(self) -> None:
-        if self._file is not None:
-            close_logging_error(self._file, log, f"capture {self.path}")
-            self._file = None
 
     def describe(self) -> dict:
         return {"file": self.path, "packets": self.packets, "bytes": self.bytes, "active": self.active}
