@@ -9,14 +9,16 @@
   run; if that is impossible every guest test fails with the reason (and,
   under CI=true, any skipped guest test is a failure too).
   VFNIC_GUEST_KERNEL=sid boots every guest on Debian sid's kernel instead
-  of trixie's; test_kernel_matrix.py runs its checks on sid in every run.
+  of trixie's; test_hfi1_silicon.py runs its checks on sid too in every run.
 - `vfnic_server(device, count=1)`: starts `vfnic serve` with `count`
   sockets and waits for them.
 - `boot_guest(*servers_or_sockets)`: boots a guest with those devices, waits
   until its agent answers, installs the host-built helpers (vfnic-mmio).
 - `lab` / `module_lab`: the object behind those two (`lab.server`,
   `lab.guest`), per test or shared by a module's tests: a boot costs ~15 s
-  under TCG, so checks that can share a guest should.
+  under TCG, so checks that can share a guest should. `kernel_lab`: a
+  module's Lab once on the default platform's kernel and once on sid's,
+  so every test of the module that uses it runs on both kernels.
 - Teardown always runs: guests are powered off (then killed by PID),
   servers get SIGTERM (then SIGKILL). When a test fails, its servers' and
   guests' logs are copied to artifacts/<test>/ and listed at the end.
@@ -87,11 +89,12 @@ def pytest_terminal_summary(terminalreporter, config):
 class GuestPlatform:
     qemu: Qemu
     image: GuestImage
+    kernel: str  # the Debian suite whose kernel the guests boot: trixie, sid
 
 
 def provision_platform(suite: str) -> GuestPlatform:
     try:
-        return GuestPlatform(Qemu.locate(), build_guest_image(suite))
+        return GuestPlatform(Qemu.locate(), build_guest_image(suite), suite)
     except (ProvisionError, QemuError) as error:
         # A failure, not a skip: guest tests that silently do not run prove
         # nothing. Leave them out on purpose with `-m 'not guest'`.
@@ -197,16 +200,17 @@ def item_failed(item) -> bool:
                for when in ("setup", "call"))
 
 
-def run_lab(request, platform: GuestPlatform, directory: Path, items):
+def run_lab(request, platform: GuestPlatform, directory: Path, items, variant: str = ""):
     """Yield a Lab; afterwards close it, and keep its logs if any of
-    `items()` (the tests that used it) failed."""
+    `items()` (the tests that used it) failed, in artifacts/ under the
+    requesting node's name (and `variant`'s, where a module has several)."""
     lab = Lab(platform, directory)
     try:
         yield lab
     finally:
         lab.close()
         if any(item_failed(item) for item in items()):
-            test_name = request.node.nodeid.split("/")[-1].replace(".py::", ".")
+            test_name = request.node.nodeid.split("/")[-1].replace(".py::", ".") + variant
             name = re.sub(r"[^\w.-]+", "_", test_name)
             kept = lab.keep_logs(ARTIFACTS / name)
             request.config.stash[KEPT_LOGS].append((request.node.nodeid, kept))
@@ -227,13 +231,23 @@ def module_lab(request, guest_platform, tmp_path_factory):
                        lambda: [i for i in request.session.items if i.nodeid.startswith(prefix)])
 
 
-@pytest.fixture(scope="module")
-def sid_lab(request, tmp_path_factory):
-    """A Lab shared by a module's tests whose guests boot Debian sid's
-    current kernel, whatever VFNIC_GUEST_KERNEL says (test_kernel_matrix.py)."""
+@pytest.fixture(scope="module", params=("default", "sid"))
+def kernel_lab(request, tmp_path_factory):
+    """A Lab shared by a module's tests, once per kernel: the default
+    platform's (VFNIC_GUEST_KERNEL's choice, trixie's unless told) and Debian
+    sid's current one whatever VFNIC_GUEST_KERNEL says. Every test using it
+    runs on both, one kernel's tests after the other's (`[default]`, `[sid]`);
+    `@pytest.mark.parametrize("kernel_lab", ["sid"], indirect=True)` keeps a
+    test to one of them."""
+    which = request.param
+    platform = request.getfixturevalue("guest_platform") if which == "default" else provision_platform(which)
     prefix = f"{request.node.nodeid}::"
-    yield from run_lab(request, provision_platform("sid"), tmp_path_factory.mktemp("sid-lab"),
-                       lambda: [i for i in request.session.items if i.nodeid.startswith(prefix)])
+
+    def items():
+        return [i for i in request.session.items if i.nodeid.startswith(prefix)
+                and getattr(getattr(i, "callspec", None), "params", {}).get("kernel_lab") == which]
+
+    yield from run_lab(request, platform, tmp_path_factory.mktemp(f"{which}-kernel-lab"), items, f"-{which}")
 
 
 @pytest.fixture(scope="session")

@@ -66,20 +66,6 @@ def test_the_sa_lists_both_ports_in_the_ipoib_broadcast_group(fabric):
         assert members == {"0x0011750000000001", "0x0011750000000002"}, out
 
 
-@pytest.mark.parametrize("direction", ["A->B", "B->A"])
-def test_iperf3_over_ipoib_datagram_mode(fabric, direction, report_figure):
-    client, server = (A, B) if direction == "A->B" else (B, A)
-    result = ulp.iperf3(fabric.guests[server], fabric.guests[client], ulp.IPOIB_V4[server])
-    assert result.receiver_mbit_s > 0, result.text
-    report_figure(f"ulp: iperf3 over IPoIB datagram {direction}: {result.receiver_mbit_s:.1f} Mbit/s")
-
-
-def test_64_mib_over_ipoib_datagram_mode_arrive_intact(fabric, report_figure):
-    sent, received, seconds = ulp.send_file(fabric.guests[A], fabric.guests[B], ulp.IPOIB_V4[B])
-    assert sent == received
-    report_figure(f"ulp: 64 MiB with nc over IPoIB datagram: {seconds:.1f} s, sha256 equal")
-
-
 # -- RDMA CM over the IPoIB addresses ----------------------------------------------------------
 
 def test_rping_with_verification_over_rdma_cm(fabric):
@@ -141,30 +127,46 @@ def test_srp_moves_64_mib_both_ways_intact(fabric, report_figure):
     report_figure(f"ulp: SRP 64 MiB O_DIRECT write + read back: {seconds:.1f} s, sha256 equal")
 
 
-# -- IPoIB, connected mode ----------------------------------------------------------------------
+# -- IPoIB traffic, in datagram mode and then in connected mode ---------------------------------
+
+@pytest.fixture(scope="class")
+def ipoib_mode(request, fabric) -> str:
+    """The IPoIB mode the class's tests run in: the interfaces came up in
+    datagram mode; connected mode (RC, MTU 65520) is switched to once, after
+    every datagram-mode test, and stays for the tests after it."""
+    if request.param == "connected":
+        for guest, ifname in zip(fabric.guests, fabric.ipoib):
+            ulp.set_ipoib_mode(guest, ifname, "connected")
+    return request.param
+
+
+@pytest.mark.parametrize("ipoib_mode", ["datagram", "connected"], indirect=True, scope="class")
+class TestIpoibTraffic:
+    """Each test runs once per mode: every datagram-mode run first, then every connected-mode one."""
+
+    @pytest.mark.parametrize("direction", ["A->B", "B->A"])
+    def test_iperf3_over_ipoib(self, fabric, ipoib_mode, direction, report_figure):
+        client, server = (A, B) if direction == "A->B" else (B, A)
+        result = ulp.iperf3(fabric.guests[server], fabric.guests[client], ulp.IPOIB_V4[server])
+        assert result.receiver_mbit_s > 0, result.text
+        report_figure(f"ulp: iperf3 over IPoIB {ipoib_mode} {direction}: {result.receiver_mbit_s:.1f} Mbit/s")
+
+    def test_64_mib_over_ipoib_arrive_intact(self, fabric, ipoib_mode, report_figure):
+        sent, received, seconds = ulp.send_file(fabric.guests[A], fabric.guests[B], ulp.IPOIB_V4[B])
+        assert sent == received
+        report_figure(f"ulp: 64 MiB with nc over IPoIB {ipoib_mode}: {seconds:.1f} s, sha256 equal")
+
+
+# -- IPoIB, connected mode (switched to by TestIpoibTraffic) -----------------------------------
 
 def test_connected_mode_pings_with_64_kib_datagrams(fabric):
     for guest, ifname in zip(fabric.guests, fabric.ipoib):
-        ulp.set_ipoib_mode(guest, ifname, "connected")
+        assert guest.run(f"cat /sys/class/net/{ifname}/mode", check=True).stdout.strip() == "connected"
         assert guest.run(f"cat /sys/class/net/{ifname}/mtu", check=True).stdout.strip() == "65520"
     for me, peer in ((A, B), (B, A)):
         for address in (ulp.IPOIB_V4[peer], ulp.IPOIB_V6[peer]):
             result = ulp.ping(fabric.guests[me], address, size=60000)
             assert result["received"] == 3, result["text"]
-
-
-@pytest.mark.parametrize("direction", ["A->B", "B->A"])
-def test_iperf3_over_ipoib_connected_mode(fabric, direction, report_figure):
-    client, server = (A, B) if direction == "A->B" else (B, A)
-    result = ulp.iperf3(fabric.guests[server], fabric.guests[client], ulp.IPOIB_V4[server])
-    assert result.receiver_mbit_s > 0, result.text
-    report_figure(f"ulp: iperf3 over IPoIB connected {direction}: {result.receiver_mbit_s:.1f} Mbit/s")
-
-
-def test_64_mib_over_ipoib_connected_mode_arrive_intact(fabric, report_figure):
-    sent, received, seconds = ulp.send_file(fabric.guests[A], fabric.guests[B], ulp.IPOIB_V4[B])
-    assert sent == received
-    report_figure(f"ulp: 64 MiB with nc over IPoIB connected: {seconds:.1f} s, sha256 equal")
 
 
 def test_64_mib_over_connected_mode_survive_1_percent_drop_and_half_a_percent_corruption(fabric, report_figure):

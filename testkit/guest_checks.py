@@ -1,7 +1,6 @@
 """What the guest tests check of hfi1 in a running guest, and the scenarios
-they repeat on more than one kernel (trixie's in test_hfi1_silicon.py, sid's
-in test_kernel_matrix.py): each parses what the guest printed, none sleeps
-for a fixed time.
+test_hfi1_silicon.py runs on more than one kernel (trixie's and sid's): each
+parses what the guest printed, none sleeps for a fixed time.
 
     load_hfi1(guest, INIT)                         # modprobe, wait for port 1's state
     hfi1_dmesg_problems(guest) == []               # no hfi1 warning beyond the allowlist
