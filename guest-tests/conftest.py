@@ -30,6 +30,7 @@ import re
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -148,10 +149,13 @@ class Lab:
             guest.install_helpers()
         return guest
 
-    def active_fabric(self, label: str, report_figure, args: tuple[str, ...] = ()) -> Fabric:
+    def active_fabric(self, label: str, report_figure, args: tuple[str, ...] = (),
+                      prepare: Callable[[Fabric], None] | None = None) -> Fabric:
         """Two guests on one `vfnic serve --device hfi1` with two sockets
         (and --stats, --control), booted side by side; once both ports are
-        Init, opafm in the first brings both Active. Reports both times."""
+        Init, `prepare(fabric)` runs if given (it may reload the driver, and
+        leaves both ports Init again), then opafm in the first brings both
+        Active. Reports both times."""
         work = self.directory / f"fabric{len(self.servers)}"
         work.mkdir()
         server = self.server("hfi1", count=2, args=("--stats", str(work / "stats.json"),
@@ -162,6 +166,9 @@ class Lab:
         fabric.wait_ports(INIT)
         report_figure(f"{label}: two guests booted, both ports Init {time.monotonic() - started:.1f} s after "
                       f"QEMU started (TCG, 1 vCPU each)")
+        if prepare is not None:
+            prepare(fabric)
+            fabric.wait_ports(INIT)
         fabric.start_subnet_manager()
         fabric.wait_ports(ACTIVE)
         report_figure(f"{label}: opafm to both ports Active: {time.monotonic() - fabric.sm_started_at:.1f} s")

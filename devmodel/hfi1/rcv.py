@@ -280,7 +280,7 @@ class Receive(Block):
             if len(data) >= kdeth + _KDETH0_BYTES:
                 tid_ctrl = (int.from_bytes(data[kdeth:kdeth + _KDETH0_BYTES], "little") >> _TID_CTRL_SHIFT) \
                     & _TID_CTRL_MASK
-            rcv_type = RcvType.EXPECTED if tid_ctrl in (1, 2) else RcvType.EAGER
+            rcv_type = RcvType.EXPECTED if tid_ctrl else RcvType.EAGER
         else:
             hdr_len = (opa.HEADER_BYTES_BY_OPCODE[opcode] or opa.LRH_BYTES + opa.BTH_BYTES) + bth - opa.LRH_BYTES
         errors = 0

@@ -191,7 +191,8 @@ class ReceiveContext:
         self._retry_posted = False
         self.delivered = 0
         self.drops = {"disabled": 0, "hdrq_full": 0, "eager_full": 0, "held_overflow": 0, "dma_error": 0,
-                      "too_large": 0}
+                      "too_large": 0, "tid_error": 0}
+        self.expected = 0  # KDETH packets placed through expected (TID) entries
         # geometry, latched at enable
         self.hdr_addr = 0
         self.entry_dw = 32
@@ -201,7 +202,7 @@ class ReceiveContext:
         self.egr_buf_bytes = 0
 
     def counters(self) -> dict:
-        return {"delivered": self.delivered, "held": len(self.held),
+        return {"delivered": self.delivered, "held": len(self.held), "expected": self.expected,
                 **{k: v for k, v in self.drops.items() if v}}
 
     def any_drops(self) -> bool:
@@ -411,7 +412,16 @@ class ReceiveContext:
 
     def _place_expected(self, arrival: Arrival) -> int:
         """A KDETH packet with a TID: payload into the expected buffer the
-        RcvArray names. Returns RHF error bits (TidErr when it does not fit)."""
+        RcvArray names. Returns RHF error bits: TidErr, with nothing
+        written, when an entry is outside the context's expected range or
+        invalid, or the payload does not fit.
+
+        KDETH.TID names a pair of RcvArray entries (2 * TID, 2 * TID + 1,
+        counted from RCV_TID_CTRL's base); TIDCtrl picks the first (1), the
+        second (2) or both as one buffer, the first's pages followed by the
+        second's (3: PSM2 merges the two halves of a pair so that one
+        packet may cross from one to the other). KDETH.Offset counts 4-byte
+        units, or 64-byte units with KDETH.OM."""
         data, hdr_len = arrival.packet.data, arrival.hdr_len
         bth = hdr_len - opa.KDETH_HEADER_BYTES + opa.LRH_BYTES
         kdeth = bth + opa.BTH_BYTES
@@ -423,14 +433,34 @@ class ReceiveContext:
         tid_ctrl = self.regs.get(RCV_TID_CTRL + self.kernel_csr_offset)
         base = 8 * field(tid_ctrl, RCV_TID_CTRL_TID_BASE_INDEX_SHIFT, RCV_TID_CTRL_TID_BASE_INDEX_MASK)
         count = 8 * field(tid_ctrl, RCV_TID_CTRL_TID_PAIR_CNT_SHIFT, RCV_TID_CTRL_TID_PAIR_CNT_MASK)
-        index = 2 * tid + arrival.tid_ctrl - 1
+        indexes = [2 * tid + half for half in (0, 1) if arrival.tid_ctrl >> half & 1]
         payload = data[hdr_len:len(data) - opa.ICRC_BYTES - pad]
-        entry = self.block.rcv_array_entry(base + index) if index < count else 0
-        size = rcv_array_buffer_bytes(RCV_ARRAY_ENTRY.get(entry, "size_code"))
+        buffers = []  # (guest address, bytes) of each entry, in placement order
+        for index in indexes:
+            entry = self.block.rcv_array_entry(base + index) if index < count else 0
+            size = rcv_array_buffer_bytes(RCV_ARRAY_ENTRY.get(entry, "size_code"))
+            buffers.append(((RCV_ARRAY_ENTRY.get(entry, "address_4k") << 12), size))
         start = offset * (64 if om else 4)
-        if size == 0 or start + len(payload) > size:
+        if any(size == 0 for _, size in buffers) or start + len(payload) > sum(size for _, size in buffers):
+            self.drops["tid_error"] += 1
+            if self.drops["tid_error"] == 1:
+                self.block.log.info("receive context %d: TidErr (first of this context, counted in stats): "
+                                    "TID %d TIDCtrl %d offset %d bytes, %d payload bytes; RcvArray entries %s "
+                                    "of %d from %d", self.index, tid, arrival.tid_ctrl, start, len(payload),
+                                    [(base + i, hex(self.block.rcv_array_entry(base + i))) for i in indexes],
+                                    count, base)
             return self.RHF_TID_ERR
-        self.services.dma.write((RCV_ARRAY_ENTRY.get(entry, "address_4k") << 12) + start, payload)
+        written = 0
+        for address, size in buffers:
+            if start >= size:
+                start -= size
+                continue
+            piece = payload[written:written + size - start]
+            if piece:
+                self.services.dma.write(address + start, piece)
+            written += len(piece)
+            start = 0
+        self.expected += 1
         return 0
 
     def _write_tail(self) -> None:

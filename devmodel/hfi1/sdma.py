@@ -293,8 +293,9 @@ class SendDmaEngine:
                 if not self._one_packet(base, count):
                     break
             else:
-                self._post_step()
-                return
+                if self.head != self.tail:  # a full batch that drained the ring still goes idle below
+                    self._post_step()
+                    return
         except DescriptorError as err:
             self._error(err)
             return

@@ -57,6 +57,8 @@ GUEST_PACKAGES = [
     "rdma-core", "ibverbs-utils", "ibverbs-providers", "rdmacm-utils", "perftest", "qperf",
     "infiniband-diags",
     "opa-basic-tools", "opa-fm", "libpsm2-2", "libfabric-bin",
+    # MPI over PSM2 (mtl psm2, mtl ofi): Open MPI 5, NetPIPE and mpi4py
+    "openmpi-bin", "netpipe-openmpi", "python3-mpi4py",
     # the upper-layer protocols' tools: IP over the fabric, NVMe over Fabrics, SRP and LIO
     "iperf3", "netcat-openbsd", "nvme-cli", "fio", "targetcli-fb", "srptools",
 ]

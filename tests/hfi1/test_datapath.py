@@ -195,6 +195,25 @@ def test_int_req_and_the_progress_period_raise_their_sources(fabric):
     assert not status_bit(a, 192 + engine)
 
 
+def test_a_ring_drained_by_a_full_engine_batch_still_raises_idle(fabric):
+    """User SDMA (no INT_REQ, HEAD_TO_HOST only) learns of completions from
+    the Idle interrupt alone: a request of exactly ENGINE_BATCH packets (a
+    PSM2 1 MiB window: 128 packets) must not leave the engine drained and silent."""
+    from devmodel.hfi1.sdma import ENGINE_BATCH
+    _, a, b = fabric
+    engine = 4
+    packet = ud_packet(b.lid, a.lid, UD_QP, bytes(16))
+    frame = pbc_for(packet).to_bytes(8, "little") + packet
+    a.memory.write(GUEST_BASE + PAYLOADS, frame)
+    a.driver.write_kctxt_csr(engine, cr.SEND_DMA_RELOAD_CNT, 0xc9)
+    for _ in range(2 * ENGINE_BATCH):
+        a.driver.sdma_descriptors(engine, [(GUEST_BASE + PAYLOADS, len(frame))], flags1=1)
+    a.driver.write_kctxt_csr(engine, cr.SEND_DMA_TAIL, a.driver.sdma_tail[engine])
+    settle(a, b)
+    assert a.driver.sdma_head(engine) == 2 * ENGINE_BATCH and delivered(b, 2) == 2 * ENGINE_BATCH
+    assert status_bit(a, 224 + engine), "drained: the Idle interrupt tells the driver"
+
+
 @pytest.mark.parametrize("mistake,error", [
     ("a buffer outside guest memory", cr.SEND_DMA_ENG_ERR_STATUS_SDMA_MEM_READ_ERR_SMASK),
     ("no FIRST on the first descriptor", cr.SEND_DMA_ENG_ERR_STATUS_SDMA_FIRST_DESC_ERR_SMASK),
