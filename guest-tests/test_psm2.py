@@ -39,11 +39,7 @@ def test_the_naming_policy_keeps_the_kernel_name_psm2_looks_for(psm2):
         assert free >= 1, f"{guest.name}: no free user context"
 
 
-@pytest.mark.parametrize("size,iterations", [
-    (8, 100),
-    pytest.param(MIB, 10, marks=pytest.mark.xfail(strict=True, reason=(
-        "rendezvous: expected packets reach the peer but end in TidErr and retransmission (issue 13)"))),
-], ids=["8B", "1MiB"])
+@pytest.mark.parametrize("size,iterations", [(8, 100), (MIB, 10)], ids=["8B", "1MiB"])
 def test_fi_pingpong_psm2_checks_its_data_between_the_guests(psm2, size, iterations, report_figure):
     before = expected_packets(psm2)
     run = fi_pingpong(psm2, size, iterations, timeout=240)

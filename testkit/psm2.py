@@ -50,14 +50,19 @@ def listening(guest, port: int) -> bool:
     return bool(guest.run(f"ss -Hltn 'sport = :{port}'").stdout.strip())
 
 
-_ROW = re.compile(r"^\s*(\d+)\s+(\d+)\s+=(\d+)\s+(\S+)\s+([\d.]+)s\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s*$", re.M)
+_ROW = re.compile(r"^\s*(\d+[kmg]?)\s+(\d+)\s+=(\d+)\s+(\S+)\s+([\d.]+)s\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s*$",
+                  re.M)
+_SUFFIX = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 
 
 def parse_fi_pingpong(output: str) -> dict | None:
-    """fi_pingpong's result row: bytes, iterations sent and acknowledged,
-    total, seconds, MB/sec, usec/xfer, Mxfers/sec."""
+    """fi_pingpong's result row: bytes (it prints 1m for 1048576),
+    iterations sent and acknowledged, total, seconds, MB/sec, usec/xfer,
+    Mxfers/sec."""
     match = _ROW.search(output)
     if not match:
         return None
-    return {"bytes": int(match[1]), "sent": int(match[2]), "acked": int(match[3]), "seconds": float(match[5]),
-            "mb_s": float(match[6]), "usec_per_xfer": float(match[7]), "mxfers_s": float(match[8])}
+    size = re.fullmatch(r"(\d+)([kmg]?)", match[1])
+    return {"bytes": int(size[1]) * _SUFFIX[size[2]], "sent": int(match[2]), "acked": int(match[3]),
+            "seconds": float(match[5]), "mb_s": float(match[6]), "usec_per_xfer": float(match[7]),
+            "mxfers_s": float(match[8])}

@@ -16,7 +16,8 @@
     per context c, kernel page 0x1100000 + 0x100c (`ReceiveContext`, rcv_context.py)
     per context c, user page 0x1300000 + 0x1000c: RCV_HDR_TAIL (RO), RCV_HDR_HEAD,
       RCV_EGR_INDEX_HEAD, RCV_TID_FLOW_TABLE[32]
-    RcvArray            0x1200000 + 8i  one TID entry per index (formats.RCV_ARRAY_ENTRY)
+    RcvArray            0x1200000 + 8i  one TID entry per index (formats.RCV_ARRAY_ENTRY); a
+                        write changes an entry only with WriteEnable (bit 63) set
 
 A packet from the link (`receive_packet`, a chip event on the worker) is
 checked (port enabled, logical state, DLID, length, ICRC), classified (IB,
@@ -56,6 +57,7 @@ from .chip_registers import (
     DCC_CFG_PORT_CONFIG1_TARGET_DLID_MASK,
     DCC_CFG_PORT_CONFIG1_TARGET_DLID_SHIFT,
     RCV_ARRAY,
+    RCV_ARRAY_RT_WRITE_ENABLE_SMASK,
     RCV_BTH_QP,
     RCV_BTH_QP_KDETH_QP_MASK,
     RCV_BTH_QP_KDETH_QP_SHIFT,
@@ -127,6 +129,7 @@ class Receive(Block):
         contexts = config.rcv_contexts
         self.errors = ErrorFlags(self.intr, RXE_ERR_INT, "RCV_ERR_STATUS", "RCV_ERR_CLEAR", "RCV_ERR_MASK")
         self.rcv_array = np.zeros(config.rcv_array_count, dtype=np.uint64)
+        self.rcv_array_staging: dict[int, int] = {}  # entries written in parts, WriteEnable not yet seen
         self.held_bytes = 0  # packets all contexts hold for full queues (bounded)
         self.contexts = [ReceiveContext(self, c) for c in range(contexts)]
         self.dropped: dict[str, int] = {}
@@ -167,6 +170,7 @@ class Receive(Block):
 
     def reset(self) -> None:
         self.rcv_array[:] = 0
+        self.rcv_array_staging.clear()
         for context in self.contexts:
             context.reset()
         self.dropped.clear()
@@ -209,8 +213,18 @@ class Receive(Block):
         return extract_lanes(int(self.rcv_array[index]), byte, size)
 
     def rcv_array_write(self, offset: int, size: int, value: int) -> None:
+        """The driver writes the RcvArray through a write-combining map
+        (`hfi1_put_tid`), whose flushes may carry whole 64-byte lines: an
+        entry changes only when the qword written has WriteEnable (bit 63)
+        set, which every `hfi1_put_tid` sets; the other qwords of the line
+        leave their entries alone. A write narrower than the entry is
+        staged until the byte holding WriteEnable arrives."""
         index, byte = divmod(offset - RCV_ARRAY, 8)
-        self.rcv_array[index] = merge_lanes(int(self.rcv_array[index]), byte, size, value)
+        staged = merge_lanes(self.rcv_array_staging.pop(index, int(self.rcv_array[index])), byte, size, value)
+        if byte + size < 8:
+            self.rcv_array_staging[index] = staged
+        elif staged & RCV_ARRAY_RT_WRITE_ENABLE_SMASK:
+            self.rcv_array[index] = staged
 
     def rcv_array_entry(self, index: int) -> int:
         return int(self.rcv_array[index]) if 0 <= index < len(self.rcv_array) else 0

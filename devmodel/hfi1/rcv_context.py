@@ -69,6 +69,7 @@ from .chip_registers import (
     RCV_CTXT_CTRL_INTR_AVAIL_SMASK,
     RCV_CTXT_CTRL_ONE_PACKET_PER_EGR_BUFFER_SMASK,
     RCV_CTXT_CTRL_TAIL_UPD_SMASK,
+    RCV_CTXT_CTRL_TID_FLOW_ENABLE_SMASK,
     RCV_EGR_CTRL,
     RCV_EGR_CTRL_EGR_BASE_INDEX_MASK,
     RCV_EGR_CTRL_EGR_BASE_INDEX_SHIFT,
@@ -94,6 +95,7 @@ from .chip_registers import (
     RCV_TID_CTRL_TID_BASE_INDEX_SHIFT,
     RCV_TID_CTRL_TID_PAIR_CNT_MASK,
     RCV_TID_CTRL_TID_PAIR_CNT_SHIFT,
+    RCV_TID_FLOW_TABLE,
 )
 from .csr import KCTXT_STRIDE, UCTXT_STRIDE, field
 from .formats import RCV_ARRAY_ENTRY, RHF, RHF_MAX_SEQ, RcvType, rcv_array_buffer_bytes
@@ -112,6 +114,8 @@ HOLD_BYTES_LIMIT = 64 << 20
 #: RCV_AVAIL_TIME_OUT ticks: 64 core clocks of 1.242 ns (ASIC_CCLOCK_PS)
 TIMEOUT_TICK_S = 64 * 1.242e-9
 RCV_BUF_OVFL_CNT = 10
+#: RCV_COUNTER_ARRAY32 indexes the driver reads (chip.c RcvTidFlowGenMismatch, ...SeqMismatch)
+RCV_TID_FLOW_GEN_MISMATCH_CNT, RCV_TID_FLOW_SEQ_MISMATCH_CNT = 20, 23
 #: the RHF fields a delivery fills, (shift, mask) from its declaration (formats.RHF)
 _RHF = {name: (RHF.shift[name], RHF.mask[name]) for name in
         ("pkt_len", "rcv_type", "use_egr_buf", "egr_index", "dc_info", "rcv_seq", "egr_offset", "hdrq_offset")}
@@ -124,6 +128,19 @@ _OM_SHIFT, _OM_MASK = opa.KDETH0.shift["om"], opa.KDETH0.mask["om"]
 _PAD_SHIFT, _PAD_MASK = opa.BTH.shift["pad"], opa.BTH.mask["pad"]
 #: SC[4], the RHF's DcInfo: the bits above the LRH's 4-bit SC field
 _SC4_SHIFT = opa.LRH.width["sc"]
+_SH_SHIFT = opa.KDETH0.shift["sh"]
+_PSN_SHIFT, _PSN_MASK = opa.BTH.shift["psn"], opa.BTH.mask["psn"]
+#: a KDETH packet's flow: BTH.DestQP[15:11] (PSM2's HFI_BTH_FLOWID); its PSN is
+#: generation [30:11] and sequence [10:0] (HFI1_KDETH_BTH_SEQ_SHIFT)
+FLOW_SHIFT, FLOW_MASK = 11, 0x1F
+SEQ_BITS, GEN_MASK = 11, 0xFFFFF
+SEQ_MASK = (1 << SEQ_BITS) - 1
+#: RCV_TID_FLOW_TABLE entry (PSM2's HFI_TF_*, tid_rdma.c)
+TF_FLOW_VALID, TF_HDR_SUPP_EN, TF_KEEP_AFTER_SEQ_ERR, TF_KEEP_ON_GEN_ERR = 1 << 32, 1 << 33, 1 << 34, 1 << 35
+TF_KEEP_PAYLOAD_ON_GEN_ERR, TF_SEQ_MISMATCH, TF_GEN_MISMATCH = 1 << 36, 1 << 37, 1 << 38
+#: RHF.RcvTypeErr of an expected packet (common.h RHF_RTE_EXPECTED_FLOW_*)
+RTE_FLOW_SEQ_ERR, RTE_FLOW_GEN_ERR = 0x2, 0x4
+_RTE_SHIFT = RHF.shift["rcv_type_err"]
 
 
 class ReceiveBlock(Protocol):
@@ -152,6 +169,8 @@ class Arrival:
     dest_qp: int
     tid_ctrl: int
     vl15: bool = False
+    #: its TidFlow verdict, kept while the packet waits for room (judged once)
+    flow: "FlowVerdict | None" = None
 
 
 class ReceiveContext:
@@ -193,6 +212,8 @@ class ReceiveContext:
         self.drops = {"disabled": 0, "hdrq_full": 0, "eager_full": 0, "held_overflow": 0, "dma_error": 0,
                       "too_large": 0, "tid_error": 0}
         self.expected = 0  # KDETH packets placed through expected (TID) entries
+        self.suppressed = 0  # ... of which no header reached the header queue (TidFlow header suppression)
+        self.flow_errors = {"seq": 0, "gen": 0}
         # geometry, latched at enable
         self.hdr_addr = 0
         self.entry_dw = 32
@@ -203,6 +224,8 @@ class ReceiveContext:
 
     def counters(self) -> dict:
         return {"delivered": self.delivered, "held": len(self.held), "expected": self.expected,
+                "headers_suppressed": self.suppressed,
+                **{f"flow_{k}_errors": v for k, v in self.flow_errors.items() if v},
                 **{k: v for k, v in self.drops.items() if v}}
 
     def any_drops(self) -> bool:
@@ -309,6 +332,24 @@ class ReceiveContext:
             self.drops["dma_error"] += 1
             return True
         regs, ctrl = self.regs, self.regs.get(RCV_CTXT_CTRL + self.kernel_csr_offset)
+        flow = None
+        if arrival.rcv_type is RcvType.EXPECTED and ctrl & RCV_CTXT_CTRL_TID_FLOW_ENABLE_SMASK:
+            flow = arrival.flow = arrival.flow or self._tid_flow(arrival)
+            if flow.suppress and not flow.committed and not arrival.errors:
+                # in sequence, KDETH.SH, the flow suppresses headers: the
+                # payload lands and no header-queue entry is used
+                if self.services.dma is None:
+                    self.drops["dma_error"] += 1
+                    return True
+                try:
+                    flow.commit()
+                    if self._place_expected(arrival) == 0:
+                        self.suppressed += 1
+                        return True
+                    flow.suppress = False  # a TidErr is always reported
+                except DmaError:
+                    self.drops["dma_error"] += 1
+                    return True
         next_tail = (self.tail + self.entry_dw) % self.queue_dw
         if next_tail == self._head():
             if ctrl & RCV_CTXT_CTRL_DONT_DROP_RHQ_FULL_SMASK:
@@ -327,7 +368,16 @@ class ReceiveContext:
             self.drops["dma_error"] += 1
             return True
         try:
-            if arrival.rcv_type is RcvType.EXPECTED:
+            if flow is not None and flow.committed:
+                rhf |= self.RHF_TID_ERR  # placed above, and refused
+            elif flow is not None and flow.error:
+                rhf |= flow.error << _RTE_SHIFT
+                flow.commit()
+                if flow.keep_payload:
+                    rhf |= self._place_expected(arrival)
+            elif arrival.rcv_type is RcvType.EXPECTED:
+                if flow is not None:
+                    flow.commit()
                 rhf |= self._place_expected(arrival)
             elif len(data) - hdr_len > (0 if arrival.rcv_type is RcvType.BYPASS else opa.ICRC_BYTES):
                 placed = self._place_eager(data, hdr_len, ctrl)
@@ -463,6 +513,45 @@ class ReceiveContext:
         self.expected += 1
         return 0
 
+    def _tid_flow(self, arrival: Arrival) -> "FlowVerdict":
+        """Check an expected packet against its TidFlow entry (the context's
+        user page, RCV_TID_FLOW_TABLE[BTH.DestQP[15:11]]), without changing
+        it yet (a packet may wait for a full header queue and come back).
+
+        A valid flow expects generation GenVal and sequence SeqNum. In
+        sequence: the payload is placed, SeqNum moves on, and with
+        HdrSuppEnabled and KDETH.SH no header is written. A generation
+        mismatch sets GenMismatch and reports RcvTypeErr FlowGenErr (the
+        payload kept only with KeepPayloadOnGenErr; the flow invalidated
+        unless KeepOnGenErr); a sequence mismatch sets SeqMismatch and
+        reports FlowSeqErr, the payload dropped, SeqNum kept for the
+        retransmission software asks for (tid_rdma.c, PSM2's
+        ips_protoexp_handle_tf_seqerr). An invalid flow checks nothing."""
+        data, hdr_len = arrival.packet.data, arrival.hdr_len
+        bth = hdr_len - opa.KDETH_HEADER_BYTES + opa.LRH_BYTES
+        kdeth0 = int.from_bytes(data[bth + opa.BTH_BYTES:bth + opa.BTH_BYTES + _KDETH0_BYTES], "little")
+        psn = (int.from_bytes(data[bth:bth + opa.BTH_BYTES], "big") >> _PSN_SHIFT) & _PSN_MASK
+        flow = (arrival.dest_qp >> FLOW_SHIFT) & FLOW_MASK
+        offset = RCV_TID_FLOW_TABLE + self.user_csr_offset + 8 * flow
+        entry = self.regs.get(offset)
+        verdict = FlowVerdict(self, offset, entry)
+        if not entry & TF_FLOW_VALID:
+            return verdict
+        seq, gen = psn & SEQ_MASK, (psn >> SEQ_BITS) & GEN_MASK
+        if gen != (entry >> SEQ_BITS) & GEN_MASK:
+            verdict.error, verdict.kind = RTE_FLOW_GEN_ERR, "gen"
+            verdict.new = entry | TF_GEN_MISMATCH
+            if not entry & TF_KEEP_ON_GEN_ERR:
+                verdict.new &= ~TF_FLOW_VALID
+            verdict.keep_payload = bool(entry & TF_KEEP_PAYLOAD_ON_GEN_ERR)
+        elif seq != entry & SEQ_MASK:
+            verdict.error, verdict.kind = RTE_FLOW_SEQ_ERR, "seq"
+            verdict.new = entry | TF_SEQ_MISMATCH
+        else:
+            verdict.new = (entry & ~SEQ_MASK) | ((seq + 1) & SEQ_MASK)
+            verdict.suppress = bool(entry & TF_HDR_SUPP_EN and kdeth0 >> _SH_SHIFT & 1)
+        return verdict
+
     def _write_tail(self) -> None:
         address = self.regs.get(RCV_HDR_TAIL_ADDR + self.kernel_csr_offset)
         try:
@@ -492,3 +581,26 @@ class ReceiveContext:
         ctrl = self.regs.get(RCV_CTXT_CTRL + self.kernel_csr_offset)
         if self.enabled and ctrl & RCV_CTXT_CTRL_INTR_AVAIL_SMASK and self._unread():
             self.intr.raise_source(IS_RCVAVAIL_START + self.index)
+
+
+class FlowVerdict:
+    """What a TidFlow entry says of one expected packet (`_tid_flow`);
+    `commit()` writes the entry's new state once the packet is processed."""
+
+    def __init__(self, context: ReceiveContext, offset: int, entry: int):
+        self.context, self.offset, self.entry, self.new = context, offset, entry, entry
+        self.error = 0
+        self.kind = ""
+        self.suppress = False
+        self.keep_payload = False
+        self.committed = False
+
+    def commit(self) -> None:
+        if self.committed:
+            return
+        self.committed = True
+        if self.kind:
+            self.context.flow_errors[self.kind] += 1
+            self.context.block.count32(RCV_TID_FLOW_GEN_MISMATCH_CNT if self.kind == "gen"
+                                       else RCV_TID_FLOW_SEQ_MISMATCH_CNT)
+        self.context.regs.set(self.offset, self.new)

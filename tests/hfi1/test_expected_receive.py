@@ -11,6 +11,15 @@ from hfi1_datapath import GUEST_BASE, pair, settle
 from devmodel.fabric import Packet
 from devmodel.hfi1 import chip_registers as cr
 from devmodel.hfi1.formats import RcvType
+from devmodel.hfi1.rcv_context import (
+    FLOW_SHIFT,
+    RCV_TID_FLOW_SEQ_MISMATCH_CNT,
+    TF_FLOW_VALID,
+    TF_GEN_MISMATCH,
+    TF_HDR_SUPP_EN,
+    TF_KEEP_AFTER_SEQ_ERR,
+    TF_SEQ_MISMATCH,
+)
 from devmodel.wire import opa
 
 #: user-like contexts of the small config (0..2 are the kernel's)
@@ -44,12 +53,13 @@ def page(n: int) -> int:
 
 
 def kdeth_packet(node, ctxt: int, payload: bytes, tid_ctrl: int, tid: int, offset: int, om: int = 0,
-                 psn: int = 0) -> bytes:
+                 psn: int = 0, flow: int = 0, sh: int = 0) -> bytes:
     """What PSM2 or the driver's user SDMA puts on the wire for an expected
     transfer: LRH, BTH (KDETH QP prefix, context in DestQP[7:0]), KDETH with
     TIDCtrl/TID/Offset/OM, PSM2's 28-byte header rest, payload."""
-    kdeth = opa.KDETH0.build(kver=1, sh=0, intr=0, tid_ctrl=tid_ctrl, tid=tid, om=om, offset=offset) + bytes(4)
-    body = opa.BTH.build(opcode=0xC0, pkey=0xFFFF, dest_qp=opa.KDETH_QP_PREFIX << 16 | ctxt, psn=psn) \
+    kdeth = opa.KDETH0.build(kver=1, sh=sh, intr=0, tid_ctrl=tid_ctrl, tid=tid, om=om, offset=offset) + bytes(4)
+    dest_qp = opa.KDETH_QP_PREFIX << 16 | flow << FLOW_SHIFT | ctxt
+    body = opa.BTH.build(opcode=0xC0, pkey=0xFFFF, dest_qp=dest_qp, psn=psn) \
         + kdeth + bytes(28) + payload
     return opa.LRH.build(sc=0, lnh=opa.LNH_BTH, dlid=node.lid, slid=1, pkt_len=(8 + len(body)) // 4 + 1) + body
 
@@ -132,3 +142,125 @@ def test_a_kdeth_packet_for_a_context_that_does_not_exist_is_dropped_and_counted
     inject(b, kdeth_packet(b, 0xF0, pattern(64), tid_ctrl=1, tid=0, offset=0))
     assert any("does not exist" in why for why in b.stats()["rcv"]["dropped"])
     assert b.stats()["internal_errors"] == []
+
+
+def test_a_write_combined_line_changes_only_the_entries_with_write_enable(fabric):
+    """hfi1_put_tid writes the RcvArray through a write-combining map; QEMU
+    may hand a flushed 64-byte line to the device with the qwords the CPU
+    did not write as zeros. Only WriteEnable (bit 63) makes a qword an entry
+    write, so programming entry 1 of a line leaves entry 0 of it alone."""
+    from devmodel.hfi1.formats import RCV_ARRAY_ENTRY
+    from emulator.pci.function import split_access
+    _, _, b = fabric
+    first = expected_base(USER_A)
+    b.driver.hfi1_put_tid(first, page(0), 0x1000)
+    line = bytearray(64)
+    entry1 = RCV_ARRAY_ENTRY.encode(write_enable=1, size_code=1, address_4k=page(1) >> 12)
+    line[8:16] = entry1.to_bytes(8, "little")
+    offset = cr.RCV_ARRAY + 8 * first
+    for off, size in split_access(offset, 64):  # what the transport does with a 64-byte REGION_WRITE
+        b.driver.dev.bar_write(0, off, size, int.from_bytes(line[off - offset:off - offset + size], "little"))
+    assert b.driver.read_csr(offset + 8) == entry1
+    assert b.driver.read_csr(offset) & (1 << 36) - 1 == page(0) >> 12, "entry 0 kept"
+    # an entry written in two halves takes effect with the half that holds WriteEnable
+    entry2 = RCV_ARRAY_ENTRY.encode(write_enable=1, size_code=1, address_4k=page(2) >> 12)
+    before = b.driver.read_csr(offset + 16)
+    b.driver.dev.bar_write(0, offset + 16, 4, entry2 & 0xFFFFFFFF)
+    assert b.driver.read_csr(offset + 16) == before
+    b.driver.dev.bar_write(0, offset + 20, 4, entry2 >> 32)
+    assert b.driver.read_csr(offset + 16) == entry2
+    inject(b, kdeth_packet(b, USER_A, pattern(64), tid_ctrl=3, tid=0, offset=0x1000 // 4))
+    assert b.memory.read(page(1), 64) == pattern(64)
+
+
+# -- TidFlow and header suppression ------------------------------------------------------
+
+FLOW = 5
+GENERATION = 0x1234
+
+
+def enable_tid_flow(b, entry: int) -> None:
+    """user_init's RCV_CTXT_CTRL TidFlowEnable, and PSM2's tidflow entry (hfi_tidflow_set_entry)."""
+    ctrl = b.driver.read_kctxt_csr(USER_A, cr.RCV_CTXT_CTRL)
+    b.driver.write_kctxt_csr(USER_A, cr.RCV_CTXT_CTRL, ctrl | cr.RCV_CTXT_CTRL_TID_FLOW_ENABLE_SMASK)
+    b.driver.write_uctxt_csr(USER_A, cr.RCV_TID_FLOW_TABLE + 8 * FLOW, entry)
+
+
+def flow_entry(b) -> int:
+    return b.driver.read_uctxt_csr(USER_A, cr.RCV_TID_FLOW_TABLE + 8 * FLOW)
+
+
+def psn(seq: int, gen: int = GENERATION) -> int:
+    return gen << 11 | seq
+
+
+def rhf_seqs(b, entries: int) -> list[int]:
+    return [b.driver.hdrq_entry(USER_A, i)[0]["rcv_seq"] for i in range(entries)]
+
+
+@pytest.fixture
+def flow_fabric(fabric):
+    _, _, b = fabric
+    b.driver.hfi1_put_tid(expected_base(USER_A), page(0), 0x4000)
+    enable_tid_flow(b, TF_FLOW_VALID | TF_HDR_SUPP_EN | TF_KEEP_AFTER_SEQ_ERR | GENERATION << 11)
+    return b
+
+
+def test_in_sequence_packets_with_sh_land_without_headers_and_the_last_one_reports(flow_fabric):
+    b = flow_fabric
+    for seq in range(3):
+        inject(b, kdeth_packet(b, USER_A, pattern(1024, seq), tid_ctrl=1, tid=0, offset=seq * 256,
+                               psn=psn(seq), flow=FLOW, sh=int(seq < 2)))
+    assert rhf_seqs(b, 2) == [1, 0], "one header: the packet without KDETH.SH"
+    rhf, header = b.driver.hdrq_entry(USER_A, 0)
+    assert rhf["rcv_type"] == RcvType.EXPECTED and not rhf["rcv_type_err"] and header[8 + 8:8 + 12] == \
+        psn(2).to_bytes(4, "big")
+    for seq in range(3):
+        assert b.memory.read(page(0) + 1024 * seq, 1024) == pattern(1024, seq)
+    assert flow_entry(b) & 0x7FF == 3, "SeqNum moved past the last packet"
+    stats = counters(b, USER_A)
+    assert stats["expected"] == 3 and stats["headers_suppressed"] == 2
+
+
+def test_a_sequence_gap_reports_flow_seq_err_drops_the_payload_and_keeps_seqnum(flow_fabric):
+    b = flow_fabric
+    inject(b, kdeth_packet(b, USER_A, pattern(512), tid_ctrl=1, tid=0, offset=0, psn=psn(0), flow=FLOW, sh=1))
+    inject(b, kdeth_packet(b, USER_A, pattern(512, 2), tid_ctrl=1, tid=0, offset=256, psn=psn(2), flow=FLOW, sh=1))
+    rhf, _ = b.driver.hdrq_entry(USER_A, 0)
+    assert rhf["rcv_type"] == RcvType.EXPECTED and rhf["rcv_type_err"] == 0x2, "RHF_RTE_EXPECTED_FLOW_SEQ_ERR"
+    assert b.memory.read(page(0) + 1024, 512) == bytes(512), "the out-of-sequence payload is not placed"
+    entry = flow_entry(b)
+    assert entry & TF_SEQ_MISMATCH and entry & 0x7FF == 1 and entry & TF_FLOW_VALID
+    assert b.driver.read_csr(cr.RCV_COUNTER_ARRAY32 + 8 * RCV_TID_FLOW_SEQ_MISMATCH_CNT) == 1
+    # the retransmission from the expected sequence is accepted
+    inject(b, kdeth_packet(b, USER_A, pattern(512, 1), tid_ctrl=1, tid=0, offset=128, psn=psn(1), flow=FLOW))
+    assert b.driver.hdrq_entry(USER_A, 1)[0]["rcv_type_err"] == 0
+    assert b.memory.read(page(0) + 512, 512) == pattern(512, 1)
+
+
+def test_an_old_generation_reports_flow_gen_err_and_invalidates_the_flow(flow_fabric):
+    b = flow_fabric
+    inject(b, kdeth_packet(b, USER_A, pattern(256), tid_ctrl=1, tid=0, offset=0, psn=psn(0, GENERATION - 1),
+                           flow=FLOW, sh=1))
+    rhf, _ = b.driver.hdrq_entry(USER_A, 0)
+    assert rhf["rcv_type_err"] == 0x4 and rhf["rcv_seq"] == 1, "RHF_RTE_EXPECTED_FLOW_GEN_ERR, header kept"
+    assert b.memory.read(page(0), 256) == bytes(256)
+    entry = flow_entry(b)
+    assert entry & TF_GEN_MISMATCH and not entry & TF_FLOW_VALID, "no KeepOnGenErr: the flow is closed"
+    assert counters(b, USER_A)["flow_gen_errors"] == 1
+
+
+def test_an_invalid_flow_checks_nothing_and_suppresses_nothing(fabric):
+    _, _, b = fabric
+    b.driver.hfi1_put_tid(expected_base(USER_A), page(0), 0x1000)
+    enable_tid_flow(b, TF_HDR_SUPP_EN)  # FlowValid clear
+    inject(b, kdeth_packet(b, USER_A, pattern(256), tid_ctrl=1, tid=0, offset=0, psn=psn(7, 3), flow=FLOW, sh=1))
+    rhf, _ = b.driver.hdrq_entry(USER_A, 0)
+    assert rhf["rcv_seq"] == 1 and not rhf["rcv_type_err"] and b.memory.read(page(0), 256) == pattern(256)
+
+
+def test_a_tid_error_is_reported_even_on_a_packet_whose_header_would_be_suppressed(flow_fabric):
+    b = flow_fabric
+    inject(b, kdeth_packet(b, USER_A, pattern(256), tid_ctrl=2, tid=0, offset=0, psn=psn(0), flow=FLOW, sh=1))
+    rhf, _ = b.driver.hdrq_entry(USER_A, 0)
+    assert rhf["rcv_seq"] == 1 and rhf["tid_err"], "entry 1 of the pair was never written"

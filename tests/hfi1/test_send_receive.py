@@ -59,8 +59,10 @@ def test_pio_init_engine_never_reports_busy_or_error(driver):
 def test_rcv_array_is_storage_behind_its_own_window(device):
     entry = cr.RCV_ARRAY + 8 * 4095
     device.bar_write(0, entry, 8, 1 << 63 | 0xABC)
-    device.bar_write(0, entry + 4, 4, 0x1)  # a partial write merges
-    assert device.bar_read(0, entry, 8) == 0x1_0000_0ABC
+    device.bar_write(0, entry + 4, 4, 0x1)  # no WriteEnable (bit 63): the entry is left alone
+    assert device.bar_read(0, entry, 8) == 1 << 63 | 0xABC
+    device.bar_write(0, entry + 4, 4, 0x8000_0001)  # a partial write with WriteEnable merges
+    assert device.bar_read(0, entry, 8) == 1 << 63 | 0x1_0000_0ABC
     assert device.stats()["undeclared_csr_accesses"] == 0
 
 
