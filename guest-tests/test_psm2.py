@@ -10,10 +10,20 @@ reload hfi1 before opafm brings the ports Active (testkit/psm2.py).
 """
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from testkit.guest_checks import hfi1_dmesg_problems
-from testkit.psm2 import fi_pingpong, keep_kernel_names, parse_fi_pingpong
+from testkit.psm2 import (
+    PINGPONG_PATH,
+    fi_pingpong,
+    install_mpi_launcher,
+    keep_kernel_names,
+    mpirun,
+    parse_fi_pingpong,
+    parse_netpipe,
+)
 
 pytestmark = pytest.mark.guest
 
@@ -54,6 +64,39 @@ def test_fi_pingpong_psm2_checks_its_data_between_the_guests(psm2, size, iterati
         placed = [after - was for after, was in zip(expected_packets(psm2), before)]
         assert all(n >= iterations * size // 10240 for n in placed), \
             f"1 MiB messages must land through expected (TID) entries on both sides: {placed}"
+
+
+@pytest.mark.parametrize("mtl", ["psm2", "ofi"])
+def test_an_open_mpi_ping_pong_over_psm2_checks_its_data_between_the_guests(psm2, mtl, report_figure):
+    """mpirun in guest 0 starts rank 1 in guest 1 (PRRTE's daemon through
+    vfnic-rsh on the management link); the ranks talk over the cm PML with
+    the psm2 MTL, or the ofi MTL on libfabric's psm2 provider."""
+    install_mpi_launcher(psm2)
+    before = expected_packets(psm2)
+    run = mpirun(psm2, f"{PINGPONG_PATH} 10 8 65536 {MIB}", mtl=mtl)
+    assert run.ok, f"{run.rc}: {run.stdout}{run.stderr}"
+    rows = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
+    *rows, allreduce = rows
+    assert [row["bytes"] for row in rows] == [8, 65536, MIB], run.stdout
+    assert all(row["errors"] == 0 for row in rows), rows
+    assert allreduce == {"allreduce_doubles": 1 << 17, "errors": 0}, allreduce
+    placed = [after - was for after, was in zip(expected_packets(psm2), before)]
+    assert all(n >= 10 * MIB // 10240 for n in placed), f"1 MiB messages go through expected entries: {placed}"
+    for row in rows:
+        report_figure(f"psm2: Open MPI mtl {mtl} ping-pong {row['bytes']} B: {row['latency_us']:.0f} us, "
+                      f"{row['mb_s']:.2f} MB/s")
+
+
+def test_netpipe_over_open_mpi_and_psm2_runs_to_1_mib(psm2, report_figure):
+    install_mpi_launcher(psm2)
+    run = mpirun(psm2, "NPopenmpi -u 1048576 -p 0 -o /tmp/np.out", timeout=600)
+    assert run.ok, f"{run.rc}: {run.stdout}{run.stderr}"
+    rows = parse_netpipe(run.stdout + run.stderr)  # NetPIPE prints its rows on stderr
+    assert rows and rows[-1]["bytes"] == MIB and all(r["mbps"] > 0 for r in rows), run.stdout + run.stderr
+    best = max(rows, key=lambda r: r["mbps"])
+    report_figure(f"psm2: NetPIPE (NPopenmpi, mtl psm2) {len(rows)} sizes to 1 MiB: {rows[0]['usec']:.0f} us at "
+                  f"{rows[0]['bytes']} B, peak {best['mbps']:.0f} Mbit/s at {best['bytes']} B, "
+                  f"{rows[-1]['mbps']:.0f} Mbit/s at 1 MiB")
 
 
 def test_no_undeclared_csr_access_internal_error_or_hfi1_warning(psm2):

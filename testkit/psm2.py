@@ -66,3 +66,133 @@ def parse_fi_pingpong(output: str) -> dict | None:
     return {"bytes": int(size[1]) * _SUFFIX[size[2]], "sent": int(match[2]), "acked": int(match[3]),
             "seconds": float(match[5]), "mb_s": float(match[6]), "usec_per_xfer": float(match[7]),
             "mxfers_s": float(match[8])}
+
+
+# -- Open MPI between the guests -----------------------------------------------------------
+#
+# mpirun (PRRTE) starts its daemon on the other host through an "rsh agent"
+# (`AGENT HOST COMMAND`, ssh by default). The guests have no ssh; a few lines
+# of Python on the management link stand in for it: vfnic-rshd in each guest
+# runs what it is sent under /bin/sh and streams the output back, vfnic-rsh is
+# the agent mpirun is given (`--prtemca plm_ssh_agent /usr/local/bin/vfnic-rsh`).
+
+RSH_PORT = 2222
+RSHD_PATH, RSH_PATH = "/usr/local/bin/vfnic-rshd", "/usr/local/bin/vfnic-rsh"
+RSHD = f'''#!/usr/bin/python3
+"""vfnic-rshd: run one /bin/sh command per connection, output back, then its exit code."""
+import socket, subprocess, threading
+
+def serve(conn):
+    with conn:
+        command = conn.makefile("rb").readline().decode()
+        proc = subprocess.Popen(["/bin/sh", "-c", command], stdin=subprocess.DEVNULL,
+                                stdout=conn.fileno(), stderr=conn.fileno())
+        rc = proc.wait()
+        conn.sendall(("\\n__vfnic_rc=%d\\n" % rc).encode())
+
+listener = socket.create_server(("", {RSH_PORT}))
+while True:
+    conn, _ = listener.accept()
+    threading.Thread(target=serve, args=(conn,), daemon=True).start()
+'''
+RSH = f'''#!/usr/bin/python3
+"""vfnic-rsh HOST COMMAND...: what mpirun's ssh agent would do, over vfnic-rshd."""
+import re, socket, sys
+
+args = sys.argv[1:]
+while args and args[0].startswith("-"):  # ssh options PRRTE may add (-x, -T)
+    args = args[1:]
+host, command = args[0], " ".join(args[1:])
+conn = socket.create_connection((host, {RSH_PORT}))
+conn.sendall(command.replace("\\n", " ").encode() + b"\\n")
+held = b""  # the last bytes, which may be the exit-code line
+while True:
+    chunk = conn.recv(65536)
+    if not chunk:
+        break
+    held += chunk
+    sys.stdout.buffer.write(held[:-32])
+    sys.stdout.flush()
+    held = held[-32:]
+match = re.search(rb"\\n__vfnic_rc=(\\d+)\\n$", held)
+sys.stdout.buffer.write(held[:match.start()] if match else held)
+sys.exit(int(match[1]) if match else 255)
+'''
+
+#: an MPI ping-pong with data checks (mpi4py): each size, `iterations` round
+#: trips, every byte compared; rank 0 prints one JSON line per size, then one
+#: for a checked 1 MiB allreduce
+PINGPONG_PATH = "/usr/local/bin/vfnic-mpi-pingpong"
+PINGPONG = '''#!/usr/bin/python3
+import json, sys, time
+from array import array
+from mpi4py import MPI
+
+comm = MPI.COMM_WORLD
+rank, peer = comm.Get_rank(), 1 - comm.Get_rank()
+iterations = int(sys.argv[1])
+for size in (int(s) for s in sys.argv[2:]):
+    send = bytearray((i * 7 + size) & 0xFF for i in range(size))
+    recv = bytearray(size)
+    errors = 0
+    comm.Barrier()
+    start = time.perf_counter()
+    for _ in range(iterations):
+        if rank == 0:
+            comm.Send([send, MPI.BYTE], dest=peer, tag=size)
+            comm.Recv([recv, MPI.BYTE], source=peer, tag=size)
+        else:
+            comm.Recv([recv, MPI.BYTE], source=peer, tag=size)
+            comm.Send([recv, MPI.BYTE], dest=peer, tag=size)
+        errors += recv != send
+    elapsed = time.perf_counter() - start
+    total = comm.allreduce(errors, op=MPI.SUM)
+    if rank == 0:
+        half_rtt = elapsed / iterations / 2
+        print(json.dumps({"bytes": size, "iterations": iterations, "errors": total,
+                          "latency_us": half_rtt * 1e6, "mb_s": size / half_rtt / 1e6}), flush=True)
+# an allreduce of 1 MiB of doubles: element i sums to 2 * i + 1 over the two ranks
+count = 1 << 17
+vector = array("d", (float(rank + i) for i in range(count)))
+result = array("d", bytes(8 * count))
+comm.Allreduce([vector, MPI.DOUBLE], [result, MPI.DOUBLE], op=MPI.SUM)
+wrong = sum(result[i] != 2 * i + 1 for i in range(count))
+wrong = comm.allreduce(wrong, op=MPI.SUM)
+if rank == 0:
+    print(json.dumps({"allreduce_doubles": count, "errors": wrong}), flush=True)
+'''
+
+
+def install_mpi_launcher(fabric: Fabric) -> None:
+    """vfnic-rshd running in every guest, vfnic-rsh and the ping-pong program on every guest.
+    Each guest gets a host name of its own (all boot as vfnic-guest, and
+    PRRTE takes two daemons with one name for one node), known to the other."""
+    hosts = "".join(f"{guest.management.ip} mpi{i}\n" for i, guest in enumerate(fabric.guests))
+    for i, guest in enumerate(fabric.guests):
+        guest.run(f"hostname mpi{i} && echo '{hosts}' >> /etc/hosts", check=True)
+        guest.put(RSHD_PATH, RSHD, mode=0o755)
+        guest.put(RSH_PATH, RSH, mode=0o755)
+        guest.put(PINGPONG_PATH, PINGPONG, mode=0o755)
+        if not guest.run(f"ss -Hltn 'sport = :{RSH_PORT}' | grep -q .").ok:
+            guest.run(f"{RSHD_PATH} </dev/null >/run/vfnic-rshd.log 2>&1 &", check=True)
+
+
+def mpirun(fabric: Fabric, program: str, mtl: str = "psm2", timeout: float = 300.0, extra: str = ""):
+    """`mpirun` in guest 0, one rank in each guest, with the cm PML over
+    `mtl` (psm2, or ofi with libfabric's psm2 provider)."""
+    hosts = ",".join(f"mpi{i}:1" for i in range(len(fabric.guests)))
+    subnet = fabric.guests[0].management.ip.rsplit(".", 1)[0] + ".0/24"
+    mtl_options = "--mca mtl psm2" if mtl == "psm2" else "--mca mtl ofi --mca mtl_ofi_provider_include psm2"
+    command = (f"mpirun --allow-run-as-root -np 2 --host {hosts} --map-by node "
+               f"--prtemca plm_ssh_agent {RSH_PATH} --prtemca oob_tcp_if_include {subnet} "
+               f"--mca pml cm {mtl_options} --mca btl self {extra} {program}")
+    return fabric.guests[0].run(command, timeout=timeout)
+
+
+_NETPIPE_ROW = re.compile(r"^\s*\d+:\s+(\d+) bytes\s+(\d+) times -->\s+([\d.]+) Mbps in\s+([\d.]+) usec", re.M)
+
+
+def parse_netpipe(output: str) -> list[dict]:
+    """NetPIPE's rows: `N: BYTES bytes TIMES times --> MBPS Mbps in USEC usec`."""
+    return [{"bytes": int(m[1]), "times": int(m[2]), "mbps": float(m[3]), "usec": float(m[4])}
+            for m in _NETPIPE_ROW.finditer(output)]

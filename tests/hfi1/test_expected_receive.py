@@ -264,3 +264,53 @@ def test_a_tid_error_is_reported_even_on_a_packet_whose_header_would_be_suppress
     inject(b, kdeth_packet(b, USER_A, pattern(256), tid_ctrl=2, tid=0, offset=0, psn=psn(0), flow=FLOW, sh=1))
     rhf, _ = b.driver.hdrq_entry(USER_A, 0)
     assert rhf["rcv_seq"] == 1 and rhf["tid_err"], "entry 1 of the pair was never written"
+
+
+def test_random_kdeth_packets_write_only_into_their_own_contexts_pages(fabric):
+    """A fuzz of expected packets from a peer that lies (random TIDs, TIDCtrl,
+    offsets, offset modes, flows, PSNs, lengths, contexts) into a context with
+    a random mix of valid, invalid and too-small entries and a TidFlow table
+    in random states: nothing fails inside, and no byte changes outside that
+    context's own pages, header queue, eager buffers and tail word."""
+    import os
+    import random
+
+    from hfi1_datapath import DUMMY_TAIL, GUEST_SIZE
+    _, _, b = fabric
+    rng = random.Random(13)
+    sequences = int(os.environ.get("VFNIC_FUZZ_SEQUENCES", "3000")) // 10 or 1
+    own = [page(i) for i in range(2 * PAIRS)]
+    for ctxt, first in ((USER_A, 0), (USER_B, 32)):
+        for i in range(2 * PAIRS):
+            b.driver.hfi1_put_tid(expected_base(ctxt) + i, page(first + i), 0x1000)
+    ctrl = b.driver.read_kctxt_csr(USER_A, cr.RCV_CTXT_CTRL)
+    b.driver.write_kctxt_csr(USER_A, cr.RCV_CTXT_CTRL, ctrl | cr.RCV_CTXT_CTRL_TID_FLOW_ENABLE_SMASK)
+    before = bytes(b.memory.memory)
+    for _ in range(sequences):
+        index = rng.randrange(2 * PAIRS)  # reprogram one of the context's entries: valid, invalid or small
+        size = rng.choice([0x1000, 0x2000, 0])
+        address = own[index] if size != 0x2000 else own[index & ~1]
+        b.driver.hfi1_put_tid(expected_base(USER_A) + index, address, 0x1000 if size == 0x2000 else size)
+        b.driver.write_uctxt_csr(USER_A, cr.RCV_TID_FLOW_TABLE + 8 * rng.randrange(32), rng.getrandbits(39))
+        for _ in range(10):
+            ctxt = USER_A if rng.random() < 0.9 else rng.choice([0xF0, 0x7F])
+            payload = rng.randbytes(4 * rng.randrange(1, 1025))
+            inject(b, kdeth_packet(b, ctxt, payload, tid_ctrl=rng.randrange(4), tid=rng.randrange(1024),
+                                   offset=rng.randrange(1 << 15) if rng.random() < 0.3 else rng.randrange(2048),
+                                   om=rng.randrange(2), psn=rng.getrandbits(31), flow=rng.randrange(32),
+                                   sh=rng.randrange(2)))
+        # the process consumes what arrived (header queue, and the eager buffers of TIDCtrl 0 packets)
+        b.driver.write_uctxt_csr(USER_A, cr.RCV_HDR_HEAD, b.driver.read_uctxt_csr(USER_A, cr.RCV_HDR_TAIL))
+        b.driver.write_uctxt_csr(USER_A, cr.RCV_EGR_INDEX_HEAD, b.device.rcv.contexts[USER_A].egr_index)
+    assert b.stats()["internal_errors"] == []
+    allowed = [(page(0), page(2 * PAIRS)), (b.driver.hdrq_address(USER_A), b.driver.hdrq_address(USER_A + 1)),
+               (b.driver.eager_address(USER_A, 0), b.driver.eager_address(USER_A + 1, 0)),
+               (GUEST_BASE + DUMMY_TAIL, GUEST_BASE + DUMMY_TAIL + 8)]
+    after = bytes(b.memory.memory)
+    changed = [i for i in range(0, GUEST_SIZE, 4096) if before[i:i + 4096] != after[i:i + 4096]]
+    for offset in changed:
+        address = GUEST_BASE + offset
+        assert any(lo <= address < hi for lo, hi in allowed), f"page {address:#x} changed"
+    stats = counters(b, USER_A)
+    assert stats["expected"] and stats["tid_error"] and stats.get("flow_seq_errors", 0) + \
+        stats.get("flow_gen_errors", 0), stats
