@@ -14,6 +14,7 @@ import json
 
 import pytest
 
+from images.wait import wait_until
 from testkit.guest_checks import hfi1_dmesg_problems
 from testkit.psm2 import (
     PINGPONG_PATH,
@@ -64,6 +65,30 @@ def test_fi_pingpong_psm2_checks_its_data_between_the_guests(psm2, size, iterati
         placed = [after - was for after, was in zip(expected_packets(psm2), before)]
         assert all(n >= iterations * size // 10240 for n in placed), \
             f"1 MiB messages must land through expected (TID) entries on both sides: {placed}"
+
+
+def test_a_psm2_process_killed_mid_transfer_leaves_its_context_reusable(psm2):
+    """Both fi_pingpong processes killed while 1 MiB messages are in flight
+    (user SDMA requests outstanding, TIDs registered): the driver's close
+    waits for the SDMA completions and frees the context, and the next job runs."""
+    server, client = psm2.guests[1], psm2.guests[0]
+    port = psm2.port()
+    command = f"fi_pingpong -p psm2 -e rdm -c -S {MIB} -I 100000"
+    before = expected_packets(psm2)
+    pids = {server: server.run(f"{command} -B {port} </dev/null >/dev/null 2>&1 & echo $!", check=True).stdout}
+    wait_until(lambda: server.run(f"ss -Hltn 'sport = :{port}' | grep -q .").ok, 60, "fi_pingpong to listen")
+    pids[client] = client.run(f"{command} -P {port} {server.management.ip} </dev/null >/dev/null 2>&1 & echo $!",
+                              check=True).stdout
+    wait_until(lambda: all(now > was for now, was in zip(expected_packets(psm2), before)), 120,
+               "1 MiB messages under way in both directions")
+    for guest, pid in pids.items():
+        guest.run(f"kill -KILL {int(pid)}", check=True)
+    for guest in psm2.guests:
+        wait_until(lambda g=guest: g.run("cat /sys/class/infiniband/hfi1_0/nfreectxts").stdout.strip()
+                   == g.run("cat /sys/class/infiniband/hfi1_0/nctxts").stdout.strip(), 60,
+                   f"{guest.name}'s user context to be free again")
+    run = fi_pingpong(psm2, MIB, 2)
+    assert run.ok, run.explain()
 
 
 @pytest.mark.parametrize("mtl", ["psm2", "ofi"])

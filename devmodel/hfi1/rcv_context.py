@@ -90,6 +90,10 @@ from .chip_registers import (
     RCV_HDR_HEAD_HEAD_MASK,
     RCV_HDR_OVFL_CNT,
     RCV_HDR_TAIL_ADDR,
+    RCV_KEY_CTRL,
+    RCV_KEY_CTRL_JOB_KEY_ENABLE_SMASK,
+    RCV_KEY_CTRL_JOB_KEY_VALUE_MASK,
+    RCV_KEY_CTRL_JOB_KEY_VALUE_SHIFT,
     RCV_TID_CTRL,
     RCV_TID_CTRL_TID_BASE_INDEX_MASK,
     RCV_TID_CTRL_TID_BASE_INDEX_SHIFT,
@@ -129,6 +133,7 @@ _PAD_SHIFT, _PAD_MASK = opa.BTH.shift["pad"], opa.BTH.mask["pad"]
 #: SC[4], the RHF's DcInfo: the bits above the LRH's 4-bit SC field
 _SC4_SHIFT = opa.LRH.width["sc"]
 _SH_SHIFT = opa.KDETH0.shift["sh"]
+_JKEY_SHIFT, _JKEY_MASK = opa.KDETH1.shift["jkey"], opa.KDETH1.mask["jkey"]
 _PSN_SHIFT, _PSN_MASK = opa.BTH.shift["psn"], opa.BTH.mask["psn"]
 #: a KDETH packet's flow: BTH.DestQP[15:11] (PSM2's HFI_BTH_FLOWID); its PSN is
 #: generation [30:11] and sequence [10:0] (HFI1_KDETH_BTH_SEQ_SHIFT)
@@ -210,7 +215,7 @@ class ReceiveContext:
         self._retry_posted = False
         self.delivered = 0
         self.drops = {"disabled": 0, "hdrq_full": 0, "eager_full": 0, "held_overflow": 0, "dma_error": 0,
-                      "too_large": 0, "tid_error": 0}
+                      "too_large": 0, "tid_error": 0, "job_key": 0}
         self.expected = 0  # KDETH packets placed through expected (TID) entries
         self.suppressed = 0  # ... of which no header reached the header queue (TidFlow header suppression)
         self.flow_errors = {"seq": 0, "gen": 0}
@@ -309,11 +314,29 @@ class ReceiveContext:
         if not self.enabled:
             self.drops["disabled"] += 1
             return
+        if arrival.rcv_type in (RcvType.EXPECTED, RcvType.EAGER) and not self._job_key_matches(arrival):
+            self.drops["job_key"] += 1
+            return
         if self.held:  # keep order behind packets already waiting
             self._hold(arrival)
             return
         if not self._place(arrival):
             self._hold(arrival)
+
+    def _job_key_matches(self, arrival: Arrival) -> bool:
+        """RCV_KEY_CTRL (hfi1_set_ctxt_jkey, for user contexts): with
+        JobKeyEnable, a KDETH packet whose J_KEY (KDETH word 1, bits 15:0)
+        is not the context's is dropped, so one job cannot write into
+        another's queues [inferred: drop, not an RHF error]."""
+        key_ctrl = self.regs.get(RCV_KEY_CTRL + self.kernel_csr_offset)
+        if not key_ctrl & RCV_KEY_CTRL_JOB_KEY_ENABLE_SMASK:
+            return True
+        data, hdr_len = arrival.packet.data, arrival.hdr_len
+        kdeth1 = hdr_len - opa.KDETH_HEADER_BYTES + opa.LRH_BYTES + opa.BTH_BYTES + _KDETH0_BYTES
+        if len(data) < kdeth1 + opa.KDETH1.size:
+            return False
+        jkey = (int.from_bytes(data[kdeth1:kdeth1 + opa.KDETH1.size], "little") >> _JKEY_SHIFT) & _JKEY_MASK
+        return jkey == field(key_ctrl, RCV_KEY_CTRL_JOB_KEY_VALUE_SHIFT, RCV_KEY_CTRL_JOB_KEY_VALUE_MASK)
 
     def _hold(self, arrival: Arrival) -> None:
         size = len(arrival.packet.data)

@@ -53,11 +53,12 @@ def page(n: int) -> int:
 
 
 def kdeth_packet(node, ctxt: int, payload: bytes, tid_ctrl: int, tid: int, offset: int, om: int = 0,
-                 psn: int = 0, flow: int = 0, sh: int = 0) -> bytes:
+                 psn: int = 0, flow: int = 0, sh: int = 0, jkey: int = 0) -> bytes:
     """What PSM2 or the driver's user SDMA puts on the wire for an expected
     transfer: LRH, BTH (KDETH QP prefix, context in DestQP[7:0]), KDETH with
     TIDCtrl/TID/Offset/OM, PSM2's 28-byte header rest, payload."""
-    kdeth = opa.KDETH0.build(kver=1, sh=sh, intr=0, tid_ctrl=tid_ctrl, tid=tid, om=om, offset=offset) + bytes(4)
+    kdeth = opa.KDETH0.build(kver=1, sh=sh, intr=0, tid_ctrl=tid_ctrl, tid=tid, om=om, offset=offset) \
+        + opa.KDETH1.build(hcrc=0, jkey=jkey)
     dest_qp = opa.KDETH_QP_PREFIX << 16 | flow << FLOW_SHIFT | ctxt
     body = opa.BTH.build(opcode=0xC0, pkey=0xFFFF, dest_qp=dest_qp, psn=psn) \
         + kdeth + bytes(28) + payload
@@ -314,3 +315,19 @@ def test_random_kdeth_packets_write_only_into_their_own_contexts_pages(fabric):
     stats = counters(b, USER_A)
     assert stats["expected"] and stats["tid_error"] and stats.get("flow_seq_errors", 0) + \
         stats.get("flow_gen_errors", 0), stats
+
+
+def test_a_context_with_a_job_key_takes_only_kdeth_packets_that_carry_it(fabric):
+    """hfi1_set_ctxt_jkey: RCV_KEY_CTRL JobKeyEnable and the job's key; a
+    packet from another job (another J_KEY) never reaches the queues."""
+    _, _, b = fabric
+    b.driver.hfi1_put_tid(expected_base(USER_A), page(0), 0x1000)
+    b.driver.write_kctxt_csr(USER_A, cr.RCV_KEY_CTRL, cr.RCV_KEY_CTRL_JOB_KEY_ENABLE_SMASK | 0x1234)
+    inject(b, kdeth_packet(b, USER_A, pattern(256, 1), tid_ctrl=1, tid=0, offset=0, jkey=0x4321))
+    inject(b, kdeth_packet(b, USER_A, pattern(64, 2), tid_ctrl=0, tid=0, offset=0, jkey=0x4321))
+    assert b.memory.read(page(0), 256) == bytes(256) and counters(b, USER_A)["job_key"] == 2
+    assert counters(b, USER_A)["delivered"] == 0
+    inject(b, kdeth_packet(b, USER_A, pattern(256, 3), tid_ctrl=1, tid=0, offset=0, jkey=0x1234))
+    assert b.memory.read(page(0), 256) == pattern(256, 3) and b.driver.hdrq_entry(USER_A, 0)[0]["rcv_seq"] == 1
+    inject(b, kdeth_packet(b, USER_B, pattern(64, 4), tid_ctrl=0, tid=0, offset=0, jkey=0x4321))
+    assert counters(b, USER_B)["delivered"] == 1, "no JobKeyEnable: any J_KEY"
