@@ -24,22 +24,25 @@ NAMING_RULE = 'ACTION=="add", SUBSYSTEM=="infiniband", PROGRAM="rdma_rename %k N
 FI_PINGPONG_PORT = 47592
 
 
-def keep_kernel_names(fabric: Fabric) -> None:
+def keep_kernel_names(fabric: Fabric, user_contexts: int | None = None) -> None:
     """Install the NAME_KERNEL rule in both guests and reload hfi1 so that
-    udev applies it; re-read the device names from sysfs."""
+    udev applies it (with `num_user_contexts` if given: the driver's default
+    is one per CPU); re-read the device names from sysfs."""
+    options = f" num_user_contexts={user_contexts}" if user_contexts else ""
     for guest in fabric.guests:
         guest.put(NAMING_RULE_PATH, NAMING_RULE)
         guest.run("udevadm control --reload", check=True)
-        guest.run("rmmod hfi1 && modprobe hfi1", timeout=120, check=True)
+        guest.run(f"rmmod hfi1 && modprobe hfi1{options}", timeout=120, check=True)
     fabric.devices = [rdma_device(guest) for guest in fabric.guests]
 
 
 def fi_pingpong(fabric: Fabric, size: int, iterations: int, timeout: float = 300.0,
-                env: str = "", server: int = 1, client: int = 0) -> ToolRun:
+                env: str = "", server: int = 1, client: int = 0, port: int | None = None) -> ToolRun:
     """`fi_pingpong -p psm2 -e rdm -c` (-c checks the data; -v only logs) with `size`-byte
     messages: server in guest `server`, client in guest `client`. `env` is
-    prefixed to both commands (e.g. "PSM2_TID=0")."""
-    port = fabric.port()
+    prefixed to both commands (e.g. "PSM2_TID=0"); `port`, the out-of-band
+    TCP port, defaults to a fresh one."""
+    port = port or fabric.port()
     command = f"{env} fi_pingpong -p psm2 -e rdm -c -S {size} -I {iterations}".strip()
     server_guest = fabric.guests[server]
     return fabric.run_commands(f"{command} -B {port}", f"{command} -P {port} {server_guest.management.ip}",
