@@ -14,7 +14,7 @@ import json
 
 import pytest
 
-from images.wait import wait_until
+from images.lab.wait import wait_until
 from testkit.guest_checks import hfi1_dmesg_problems
 from testkit.psm2 import (
     PINGPONG_PATH,

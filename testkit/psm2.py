@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 
-from images.fabric import Fabric, ToolRun, rdma_device
+from images.lab.fabric import Fabric, ToolRun, rdma_device
 
 #: overrides /usr/lib/udev/rules.d/60-rdma-persistent-naming.rules (same file name)
 NAMING_RULE_PATH = "/etc/udev/rules.d/60-rdma-persistent-naming.rules"

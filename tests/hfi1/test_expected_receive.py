@@ -1,12 +1,11 @@
 """Expected receive: KDETH packets placed by TID straight into the pages an
 RcvArray PT_EXPECTED entry names (what PSM2's rendezvous and the driver's
 TID_UPDATE rely on), on two models driven as the driver does
-(hfi1_datapath.py), and what the chip does with bad TIDs: TidErr in the RHF,
+(testkit/hfi1/datapath.py), and what the chip does with bad TIDs: TidErr in the RHF,
 nothing written, never another context's memory."""
 from __future__ import annotations
 
 import pytest
-from hfi1_datapath import GUEST_BASE, pair, settle
 
 from devmodel.fabric import Packet
 from devmodel.hfi1 import chip_registers as cr
@@ -21,6 +20,8 @@ from devmodel.hfi1.rcv_context import (
     TF_SEQ_MISMATCH,
 )
 from devmodel.wire import opa
+from testkit.hfi1.datapath import pair, settle
+from testkit.host import GUEST_BASE
 
 #: user-like contexts of the small config (0..2 are the kernel's)
 USER_A, USER_B = 3, 4
@@ -40,7 +41,7 @@ def fabric():
 
 
 def expected_base(ctxt: int) -> int:
-    return 64 * ctxt + 16  # after the context's eager entries (hfi1_datapath: 64 * ctxt, 8 of them)
+    return 64 * ctxt + 16  # after the context's eager entries (testkit.hfi1.datapath: 64 * ctxt, 8 of them)
 
 
 def tid_ctrl(ctxt: int) -> int:
@@ -276,7 +277,8 @@ def test_random_kdeth_packets_write_only_into_their_own_contexts_pages(fabric):
     import os
     import random
 
-    from hfi1_datapath import DUMMY_TAIL, GUEST_SIZE
+    from testkit.hfi1.datapath import DUMMY_TAIL
+    from testkit.host import GUEST_SIZE
     _, _, b = fabric
     rng = random.Random(13)
     sequences = int(os.environ.get("VFNIC_FUZZ_SEQUENCES", "3000")) // 10 or 1

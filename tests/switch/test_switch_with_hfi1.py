@@ -1,4 +1,4 @@
-"""Two hfi1 models (driven as the hfi1 driver drives them, tests/hfi1/hfi1_datapath.py)
+"""Two hfi1 models (driven as the hfi1 driver drives them, testkit/hfi1/datapath.py)
 cabled to a switch instead of to each other: LinkUp with the switch as neighbour,
 and a UD packet from A's guest memory crosses the switch by the LFT into B's.
 
