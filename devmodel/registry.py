@@ -10,6 +10,7 @@ import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from devmodel.base import DeviceModel
 
@@ -43,6 +44,11 @@ class DeviceEntry:
     #: decides); None: each device stands alone
     fabric: str | None = None
     guest_files: GuestFiles | None = None
+    #: a factory for `count` devices each cabled to one edge switch (`vfnic
+    #: serve --switch`): (count, switch_ports, **options) -> (devices, fabric
+    #: nodes); a node has name, stats(), status() and close(). None: the
+    #: device has no switched fabric
+    switched_fabric: str | None = None
 
 
 DEVICES = {
@@ -57,7 +63,7 @@ DEVICES = {
                   "the chip authenticates signed firmware (the guest needs the files of `vfnic firmware` in "
                   "/lib/firmware, or probe fails), negotiates the link with VerifyCap "
                   "and relays SMA idle messages; simulator (3, functional simulator), none of that"),
-    }, fabric="Hfi1Device.fabric", guest_files=GuestFiles(
+    }, fabric="Hfi1Device.fabric", switched_fabric="Hfi1Device.switched_fabric", guest_files=GuestFiles(
         "firmware", "write the hfi1 firmware files (vfnic's own, signed with its test key)", "usr/lib/firmware",
         "devmodel.hfi1.firmware:firmware_files", "devmodel.hfi1.firmware:write_firmware")),
 }
@@ -123,3 +129,37 @@ def create_fabric(name: str, count: int, options: list[str] | None = None) -> li
         return [create(name, options) for _ in range(count)]
     chosen = parse_options(name, options or [])
     return _resolve(entry, entry.fabric)(count, **{k.replace("-", "_"): v for k, v in chosen.items()})
+
+
+class FabricNode(Protocol):
+    """A part of a served fabric that is no PCI function (a switch): what
+    `vfnic serve` reports of it and stops."""
+
+    name: str
+
+    def stats(self) -> dict: ...
+
+    def status(self) -> dict: ...
+
+    def close(self) -> None: ...
+
+
+def create_switched_fabric(name: str, count: int, options: list[str] | None = None,
+                           switch_ports: int = 0) -> tuple[list[DeviceModel], list[FabricNode]]:
+    """`count` devices each cabled to a port of one edge switch of
+    `switch_ports` ports (0: the device's default, a few more than `count`);
+    the devices and the fabric's other nodes (the switch). OptionError if the
+    device has no switched fabric or the switch is too small."""
+    if name not in DEVICES:
+        raise KeyError(f"unknown device {name!r} (known: {', '.join(sorted(DEVICES))})")
+    entry = DEVICES[name]
+    if entry.switched_fabric is None:
+        switched = ", ".join(sorted(n for n, e in DEVICES.items() if e.switched_fabric)) or "none"
+        raise OptionError(f"{name} cannot be cabled to a switch (devices that can: {switched})")
+    if switch_ports and switch_ports < count:
+        raise OptionError(f"a switch of {switch_ports} ports cannot take {count} devices")
+    if not 0 <= switch_ports <= 254:
+        raise OptionError(f"a switch has 1..254 ports, not {switch_ports}")
+    chosen = parse_options(name, options or [])
+    return _resolve(entry, entry.switched_fabric)(count, switch_ports,
+                                                  **{k.replace("-", "_"): v for k, v in chosen.items()})

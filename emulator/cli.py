@@ -1,7 +1,7 @@
 """`vfnic` command line.
 
     vfnic serve --device NAME --socket PATH [--socket PATH ...] [--option KEY=VALUE ...]
-                [--control PATH] [--trace FILE] [--stats FILE] [-v]
+                [--switch [PORTS]] [--control PATH] [--trace FILE] [--stats FILE] [-v]
     vfnic ctl PATH COMMAND [KEY=VALUE ...]
     vfnic trace-diff A B [--ignore-values REGEX] [--most N]
     vfnic trace-stats FILE
@@ -10,7 +10,10 @@
 `serve` serves one device per socket, in the foreground, until SIGINT or
 SIGTERM, then removes its sockets. Devices with ports share one fabric in
 this process: two hfi1 sockets are two HFIs cabled back to back; a lone hfi1
-trains with its built-in link partner. `--control` opens the control socket
+trains with its built-in link partner. With `--switch` every device is
+cabled to a port of one edge switch instead (PORTS ports, by default a few
+more than the sockets; docs/switch.md), whose state, ports and counters
+`ctl C query` and `--stats` include. `--control` opens the control socket
 (emulator/control.py) that `ctl` talks to: `vfnic ctl C query`, `vfnic ctl C
 fault-set link=0 from=hfi1_0 kind=drop rate=0.01`, `vfnic ctl C help`.
 
@@ -78,6 +81,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--socket", required=True, action="append", help="AF_UNIX socket path; repeat for more devices")
     serve.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                        help="a device option, e.g. hfi1's link-partner=none; repeat for more")
+    serve.add_argument("--switch", nargs="?", const=0, type=int, metavar="PORTS",
+                       help="cable every device to one edge switch (of PORTS ports; default: a few spare)")
     serve.add_argument("--stats", help="write device statistics as JSON here on exit and on SIGUSR1")
     serve.add_argument("--control", metavar="PATH", help="open a control socket here (see vfnic ctl)")
     serve.add_argument("--trace", metavar="FILE", help="write every MMIO access, with the register's name, here")
@@ -104,18 +109,19 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _stats(servers: list[Server]) -> dict:
-    return {s.path: {"clients": s.clients, "resets": s.function.resets,
-                     "messages": dict(s.connection.counts) if s.connection else {},
-                     "refused_messages": s.refused.count,
-                     **s.function.model.stats()} for s in servers}
+def _stats(servers: list[Server], nodes: list = ()) -> dict:
+    return {**{s.path: {"clients": s.clients, "resets": s.function.resets,
+                        "messages": dict(s.connection.counts) if s.connection else {},
+                        "refused_messages": s.refused.count,
+                        **s.function.model.stats()} for s in servers},
+            **{f"{node.name} (switch)": node.stats() for node in nodes}}
 
 
-def _write_stats(path: str | None, servers: list[Server]) -> None:
+def _write_stats(path: str | None, servers: list[Server], nodes: list = ()) -> None:
     if path:
         tmp = f"{path}.tmp"
         with open(tmp, "w") as f:
-            json.dump(_stats(servers), f, indent=2)
+            json.dump(_stats(servers, nodes), f, indent=2)
         os.replace(tmp, path)
 
 
@@ -135,7 +141,13 @@ def serve(args: argparse.Namespace) -> int:
     except OSError as e:
         raise UsageError(f"cannot write the trace {args.trace}: {e.strerror}") from None
     servers = []
-    models = registry.create_fabric(args.device, len(args.socket), args.option)
+    if args.switch is None:
+        models, nodes = registry.create_fabric(args.device, len(args.socket), args.option), []
+    else:
+        try:
+            models, nodes = registry.create_switched_fabric(args.device, len(args.socket), args.option, args.switch)
+        except registry.OptionError as e:
+            raise UsageError(str(e)) from None
     try:
         for path, model in zip(args.socket, models):
             ports = model.ports()
@@ -146,7 +158,8 @@ def serve(args: argparse.Namespace) -> int:
             server.bind()
         controller = None
         if args.control:
-            controller = control.ControlServer(args.control, control.Controller(servers, lambda: _stats(servers)))
+            controller = control.ControlServer(args.control, control.Controller(
+                servers, lambda: _stats(servers, nodes), nodes))
             controller.bind()
     except ServerError as e:
         for s in servers:
@@ -154,6 +167,8 @@ def serve(args: argparse.Namespace) -> int:
             s.function.close()
         for model in models[len(servers):]:
             model.close()
+        for node in nodes:
+            node.close()
         if trace is not None:
             trace.close()
         raise UsageError(str(e)) from None
@@ -164,7 +179,7 @@ def serve(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGUSR1, lambda *_: _write_stats(args.stats, servers))
+    signal.signal(signal.SIGUSR1, lambda *_: _write_stats(args.stats, servers, nodes))
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     threads = [threading.Thread(target=s.serve_forever, name=f"serve-{i}", daemon=True) for i, s in enumerate(servers)]
     for t in threads:
@@ -183,7 +198,9 @@ def serve(args: argparse.Namespace) -> int:
     for s in servers:
         s.close()
         s.function.close()
-    _write_stats(args.stats, servers)
+    for node in nodes:
+        node.close()
+    _write_stats(args.stats, servers, nodes)
     for s in servers:
         undeclared = s.function.model.stats().get("undeclared_csr_accesses", 0)
         print(f"vfnic: {s.path}: {s.clients} client(s), {undeclared} undeclared register access(es)", file=sys.stderr)

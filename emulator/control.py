@@ -8,8 +8,9 @@ commands in the style of QMP, one JSON object per line.
 
 Commands (`help` lists them with their arguments):
 
-    query           devices (socket, clients, ports) and links (state,
-                    counters per direction, faults, capture)
+    query           devices (socket, clients, ports), links (state,
+                    counters per direction, faults, capture) and, with
+                    serve --switch, the switch (every port's state, counters)
     stats           what SIGUSR1 writes to --stats
     fault-set       link, from (the sending end), kind (drop, corrupt, delay,
                     duplicate, reorder), rate and/or count, seed, delay_ms
@@ -72,8 +73,10 @@ class Controller:
     servers) and the links between their ports. Thread-safe as far as the
     devices and links are."""
 
-    def __init__(self, servers: list, stats: Callable[[], dict]):
+    def __init__(self, servers: list, stats: Callable[[], dict], nodes: list = ()):
         self.servers = servers
+        #: the fabric's nodes that are no PCI function (a switch: registry.FabricNode)
+        self.nodes = list(nodes)
         self._stats = stats
         self.commands = {c.name: c for c in (
             Command("query", self.query, (), (), "devices, their ports, and the links between them"),
@@ -147,7 +150,10 @@ class Controller:
                 "clients": server.clients,
                 "ports": [port.status() for port in model.ports()],
             })
-        return {"devices": devices, "links": [link.describe() for link in self.links()]}
+        reply = {"devices": devices, "links": [link.describe() for link in self.links()]}
+        if self.nodes:
+            reply["switches"] = [node.status() for node in self.nodes]
+        return reply
 
     def fault_set(self, a: dict) -> dict:
         link = self.link(a["link"])

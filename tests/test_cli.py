@@ -29,6 +29,9 @@ def vfnic(*args, **kw):
     (["serve", "--device", "hfi1", "--socket", "x.sock", "--option", "icode=fpga"],
      "icode takes silicon or simulator"),
     (["firmware"], "required: --output"),
+    (["serve", "--device", "testdev", "--socket", "x.sock", "--switch"], "testdev cannot be cabled to a switch"),
+    (["serve", "--device", "hfi1", "--socket", "a.sock", "--socket", "b.sock", "--switch", "1"],
+     "a switch of 1 ports cannot take 2 devices"),
 ])
 def test_bad_arguments_exit_2_with_one_line(tmp_path, args, message):
     result = vfnic(*args, cwd=tmp_path)
@@ -125,3 +128,26 @@ def test_the_mmio_trace_names_each_register_the_driver_touches(tmp_path):
     assert json.loads(trace.read_text().splitlines()[2]) == {
         "t": accesses[1].time, "device": "hfi1", "op": "W", "bar": 0, "offset": f"{cr.CCE_SCRATCH:#08x}", "size": 8,
         "register": "CCE_SCRATCH[0]", "value": "0x0000000000001234"}
+
+
+def test_serve_switch_cables_every_hfi_to_one_switch_that_query_and_stats_show(tmp_path):
+    """`--switch`: three HFIs on one edge switch (3 + 4 spare ports); with no
+    driver the HFIs' ports stay down, so the switch's do too, and nothing failed."""
+    sockets = [str(tmp_path / f"h{i}.sock") for i in range(3)]
+    control, stats = str(tmp_path / "c.sock"), tmp_path / "stats.json"
+    proc = subprocess.Popen([sys.executable, "-m", "emulator.cli", "serve", "--device", "hfi1",
+                             *[a for s in sockets for a in ("--socket", s)], "--switch", "--control", control,
+                             "--stats", str(stats)], stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: os.path.exists(control) or proc.poll() is not None, 20.0, "the control socket")
+        query = json.loads(vfnic("ctl", control, "query").stdout)
+        (switch,) = query["switches"]
+        assert switch["name"] == "sw0" and switch["num_ports"] == 7 and switch["internal_errors"] == 0
+        assert [p["link"] for p in switch["ports"]] == [f"hfi1_{i}<->sw0.p{i + 1}" for i in range(3)] + [None] * 4
+        assert {p["state"] for p in switch["ports"]} == {"DOWN"}
+        assert [link["name"] for link in query["links"]] == [f"hfi1_{i}<->sw0.p{i + 1}" for i in range(3)]
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=10) == 0
+    written = json.loads(stats.read_text())
+    assert set(written) == {*sockets, "sw0 (switch)"} and written["sw0 (switch)"]["drops"] == {}

@@ -85,6 +85,10 @@ from .send import Send
 
 BAR0_SIZE = TXE_PIO_SEND + TXE_PIO_SIZE  # 64 MiB: hfi1_pcie_ddinit refuses anything else
 MAX_FAULTS = 32  # internal errors kept (and logged in full) per device
+#: `switched_fabric`: the edge switch's node GUID (Intel's OUI, serial 0x100000, clear of the HFIs'),
+#: and the ports it has beyond one per HFI when no count is given
+SWITCH_GUID = 0x0011750000100000
+SPARE_SWITCH_PORTS = 4
 
 
 @dataclass(frozen=True)
@@ -130,6 +134,34 @@ class Hfi1Device(DeviceModel):
             name = f"{a.device_name}<->{b.device_name}"
             cable(a.port, b.port, name=name, timer=engines.timer(name).after)
         return devices
+
+    @classmethod
+    def switched_fabric(cls, count: int, switch_ports: int = 0, link_partner: str = "present",
+                        icode: str = "silicon", scheduler: ThreadScheduler | ManualScheduler | None = None
+                        ) -> tuple[list["Hfi1Device"], list]:
+        """`count` HFIs, each cabled to a port of one edge switch ("sw0", ports
+        1..count; `switch_ports` ports in all, or count + SPARE_SWITCH_PORTS if 0),
+        the switch's events on the same engine thread as the HFIs. The HFIs and
+        [the switch]. `link_partner` does not apply: every HFI has the switch.
+        With icode=simulator the switch ports take NeighborNormal at Armed, as
+        such an hfi1 does itself (docs/switch.md)."""
+        from devmodel.switch import Switch
+
+        ports = switch_ports or count + SPARE_SWITCH_PORTS
+        if ports < count:
+            raise ValueError(f"a switch of {ports} ports cannot take {count} HFIs")
+        engines = scheduler or ThreadScheduler("hfi1-engines")
+        devices = []
+        for i in range(count):
+            name = f"hfi1_{i}" if count > 1 else "hfi1"
+            config = ChipConfig(guid=make_guid(i + 1), neighbour=None, icode=ICODES[icode])
+            devices.append(cls(config, worker=engines.worker(name), name=name))
+        switch = Switch("sw0", SWITCH_GUID, ports, engines.worker("sw0"),
+                        neighbor_normal_at_armed=icode == "simulator")
+        for number, device in enumerate(devices, start=1):
+            name = f"{device.device_name}<->sw0.p{number}"
+            cable(device.port, switch.ports[number], name=name, timer=engines.timer(name).after)
+        return devices, [switch]
 
     def __init__(self, config: ChipConfig | None = None, worker: Worker | ScheduledWorker | None = None,
                  name: str = "hfi1"):

@@ -426,8 +426,38 @@ class Switch:
                 "ports": {n: {"state": p.managed.state, "egress": len(p.egress), "inbound": len(p.inbound),
                               **vars(p.counters)} for n, p in self.ports.items()},
                 "drops": dict(self.drops), "traps_sent": self.traps_sent, "internal_errors": self.internal_errors,
+                "forwarded": self.forwarded, "answered": self.answered,
                 "sma": {"requests": self.sma.requests, "errors": self.sma.errors},
             }
+
+    def status(self) -> dict:
+        """What `vfnic ctl C query` shows of the switch: every port's state, neighbour, link and counters."""
+        with self._lock:
+            ports = []
+            for n, p in self.ports.items():
+                managed = p.managed
+                neighbor = managed.neighbor
+                ports.append({
+                    "port": n, "state": PORT_STATE_NAMES.get(managed.state, str(managed.state)),
+                    "neighbor_normal": bool(managed.neighbor_normal),
+                    "neighbor_guid": f"{neighbor.guid:#018x}" if neighbor is not None else None,
+                    "link": p.link.name if p.link is not None else None,
+                    "egress": len(p.egress), "inbound": len(p.inbound), "counters": dict(vars(p.counters)),
+                })
+            return {"name": self.name, "kind": "switch", "guid": f"{self.guid:#018x}", "lid": self.lid,
+                    "num_ports": self.num_ports, "ports": ports, "drops": dict(self.drops),
+                    "forwarded": self.forwarded, "answered": self.answered, "traps_sent": self.traps_sent,
+                    "internal_errors": self.internal_errors}
+
+    def close(self) -> None:
+        """Stop the switch's worker (its scheduler's thread ends with the last user)."""
+        stop = getattr(self.worker, "stop", None)
+        if stop is not None:
+            stop()
+
+
+PORT_STATE_NAMES = {w.PortState.NOP: "NOP", w.PortState.DOWN: "DOWN", w.PortState.INIT: "INIT",
+                    w.PortState.ARMED: "ARMED", w.PortState.ACTIVE: "ACTIVE"}
 
 
 __all__ = ["Drop", "ForwardedPacket", "Switch"]
