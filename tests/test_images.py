@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from images.lab.lspci import parse_lspci
+from images.lab.management_hub import ManagementHub
 from images.lab.vm import Guest, VfioUserDevice, agent_wire, resolve_accel
 from images.lab.wait import DeadlineExceeded, wait_until
 from images.provision import cache, debian
@@ -184,6 +185,29 @@ def test_without_numa_ram_is_the_machine_backend_and_root_ports_sit_on_pcie0(tmp
     assert "-numa" not in argv and not any(arg.startswith("pxb-pcie") for arg in argv)
     assert argv[argv.index("-machine") + 1].endswith(",memory-backend=mem0")
     assert "pcie-root-port,id=rp0,bus=pcie.0,chassis=1,x-speed=8,x-width=16" in argv
+
+
+def test_the_management_hub_repeats_each_frame_to_every_other_member(tmp_path):
+    """Three guests' management NICs (unix datagram sockets, as QEMU's dgram
+    netdev binds them) on one hub: a frame from one reaches the two others."""
+    import socket
+    with ManagementHub(tmp_path, 3) as hub:
+        assert [p.address for p in hub.ports] == ["10.77.0.1/24", "10.77.0.2/24", "10.77.0.3/24"]
+        assert len({p.mac for p in hub.ports}) == 3 and {p.remote for p in hub.ports} == {hub.path}
+        nics = []
+        for port in hub.ports:
+            nic = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            nic.bind(str(port.local))
+            nic.settimeout(5)
+            nics.append(nic)
+        nics[1].sendto(b"frame from 2", str(hub.path))
+        assert [nics[i].recv(100) for i in (0, 2)] == [b"frame from 2", b"frame from 2"]
+        nics[1].settimeout(0.2)
+        with pytest.raises(socket.timeout):
+            nics[1].recv(100)
+        for nic in nics:
+            nic.close()
+    assert not hub.path.exists()
 
 
 def test_unknown_accelerator_is_refused():

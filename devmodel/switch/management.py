@@ -51,7 +51,8 @@ def answer(mad: bytearray, in_port: int, sma: SubnetManagementAgent, pma: Perfor
     mad[METHOD] = w.Method.GET_RESP
     direction = w.DR_DIRECTION if mgmt_class == opa.MGMT_CLASS_SUBN_DIRECTED_ROUTE else 0
     mad[STATUS:STATUS + 2] = (status | direction).to_bytes(2, "big")
-    mad[start:end] = reply
+    mad[start:end] = reply  # grows a header-only Get by the attribute
+    mad.extend(bytes(-len(mad) % 8))  # whole 8-byte units, as hfi1's SMA rounds its responses
     return mad
 
 

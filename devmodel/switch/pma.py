@@ -75,7 +75,7 @@ class PerformanceAgent:
             status, reply = handler(am, data)
         except (ValueError, IndexError):
             status, reply = w.Status.INVALID_FIELD, b""
-        return status, reply[:len(data)].ljust(len(data), b"\0")
+        return status, reply.ljust(len(data), b"\0")  # a short (header-only) Get gets the whole attribute
 
     def _selected(self, mask: bytes) -> list[int] | None:
         ports = w.port_select(mask)

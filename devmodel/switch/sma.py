@@ -80,7 +80,9 @@ class SubnetManagementAgent:
 
     # -- one SMP's data ------------------------------------------------------------------
     def process(self, method: int, attr_id: int, am: int, data: bytes, in_port: int) -> tuple[int, bytes]:
-        """(status, reply data as long as `data`)."""
+        """(status, reply data): as long as `data`, or longer if the attribute is
+        (a Get may carry no data at all: hfi1's SMA answers with the request's
+        length plus the attribute's, and opafm's Gets are header-only)."""
         self.requests += 1
         request = Request(method, attr_id, am, data, in_port)
         try:
@@ -89,7 +91,7 @@ class SubnetManagementAgent:
             if attr_id == w.Attr.AGGREGATE:
                 return self._aggregate(request)
             reply = self._one(request)
-            return 0, _fit(reply, len(data))
+            return 0, _fit(reply, max(len(data), len(reply)))
         except SmaError as error:
             self.errors += 1
             log.debug("%s attr %#x am %#x: status %#x %s", self.node.description[:16], attr_id, am, error.status, error)
@@ -149,7 +151,9 @@ class SubnetManagementAgent:
                 raise invalid("no such port")
             return [port]
         start = request.am & 0xFF
-        if count * stride > len(request.data):
+        # what a directed-route SMP holds (the smaller of the two kinds; a
+        # header-only Get carries no data, and its answer grows to fit)
+        if count * stride > max(len(request.data), w.SMP_DR_DATA_BYTES):
             raise invalid("reply does not fit")
         ports = [self.node.managed_port(n) for n in range(start, start + count)]
         if any(p is None for p in ports):

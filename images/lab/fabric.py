@@ -1,14 +1,15 @@
-"""Two guests on a two-HFI fabric: what the demo, the guest tests and the
-benchmarks all need.
+"""Guests on a fabric of HFIs: what the demo, the guest tests and the
+benchmarks all need. Two HFIs are cabled back to back; more (or two with
+`vfnic serve --switch`) are all cabled to one edge switch.
 
     with Fabric.launch(workdir) as fabric:       # vfnic serve with two sockets, two guests
         fabric.start_subnet_manager()            # opafm in guest 0
         fabric.wait_ports("4: ACTIVE")
         server, client = fabric.run_pair("ibv_rc_pingpong -c -n 20")
 
-Each guest has one emulated HFI (the two are cabled back to back inside one
-`vfnic serve`) and a private management Ethernet link to the other
-(`ManagementPort`), as on a real cluster: the RDMA tools exchange their
+Each guest has one emulated HFI (all of one `vfnic serve`) and a private
+management Ethernet: a link to the other for two guests (`ManagementPort`),
+a hub on the host for more (`ManagementHub`), as on a real cluster: the RDMA tools exchange their
 queue-pair numbers over TCP before any RDMA traffic flows. Device names come
 from sysfs, never from the image: stock Debian renames hfi1_0 (opap...).
 Nothing sleeps for a fixed time: a server tool's readiness is its listening
@@ -25,6 +26,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
+from images.lab.management_hub import ManagementHub
 from images.lab.server import VfnicServer
 from images.lab.vm import Guest, ManagementPort, Result, VfioUserDevice
 from images.lab.wait import wait_until
@@ -82,11 +84,13 @@ class ToolRun:
 
 
 class Fabric:
-    """Two guests, one HFI each, cabled back to back (see the module docstring)."""
+    """Guests, one HFI each, of one server (see the module docstring)."""
 
-    def __init__(self, server: VfnicServer, guests: Sequence[Guest]):
+    def __init__(self, server: VfnicServer, guests: Sequence[Guest], hub: ManagementHub | None = None):
         self.server = server
         self.guests = list(guests)
+        #: the management network's hub (more than two guests); None: a point-to-point link
+        self.hub = hub
         self.devices: list[str] = []
         self._next_port = FIRST_TOOL_PORT
         self.sm_started_at: float | None = None
@@ -101,18 +105,34 @@ class Fabric:
     @classmethod
     def boot(cls, server: VfnicServer, start_guest: Callable[..., Guest], socket_dir: Path,
              **guest_options) -> "Fabric":
-        """Boot a guest on each of `server`'s two sockets side by side
+        """Boot a guest on each of `server`'s sockets side by side
         (`start_guest(devices, management=..., **options)` starts one without
         waiting: the guest-test lab's, or a plain Guest), each with one end of
-        the management link, and find their hfi1 devices."""
-        ends = ManagementPort.pair(socket_dir)
-        guests = [start_guest([VfioUserDevice(path)], management=end, **guest_options)
-                  for path, end in zip(server.sockets, ends)]
-        for guest in guests:
-            guest.wait_ready()
-        fabric = cls(server, guests)
-        fabric.devices = [rdma_device(g) for g in guests]
+        the management link (two guests) or a port of a management hub (more),
+        and find their hfi1 devices. `close()` stops the hub."""
+        hub = None
+        if len(server.sockets) == 2:
+            ends = ManagementPort.pair(socket_dir)
+        else:
+            hub = ManagementHub(socket_dir, len(server.sockets)).start()
+            ends = hub.ports
+        try:
+            guests = [start_guest([VfioUserDevice(path)], management=end, **guest_options)
+                      for path, end in zip(server.sockets, ends)]
+            for guest in guests:
+                guest.wait_ready()
+            fabric = cls(server, guests, hub)
+            fabric.devices = [rdma_device(g) for g in guests]
+        except BaseException:
+            if hub is not None:
+                hub.close()
+            raise
         return fabric
+
+    def close(self) -> None:
+        """Stop what the fabric owns beyond its guests and server (the management hub)."""
+        if self.hub is not None:
+            self.hub.close()
 
     def wait_ports(self, wanted: str, timeout: float = 180.0) -> list[float]:
         return [wait_port_state(g, d, wanted, timeout) for g, d in zip(self.guests, self.devices)]

@@ -18,6 +18,19 @@ def test_dr_get_node_info_of_the_switch_names_the_arrival_port():
     assert info.base_version == info.class_version == 0x80
 
 
+def test_a_header_only_get_as_opafm_sends_it_gets_the_whole_attribute_back():
+    """opafm's Gets carry no data: the response grows by the attribute (hfi1's
+    SMA adds the attribute's size to the request's), in whole 8-byte units."""
+    fabric = Fabric()
+    for path in ([1], [1, 2]):
+        request = dr_smp(w.Method.GET, w.Attr.NODE_INFO, 0, path)[:w.SMP_DR_HEADER_BYTES]
+        reply = fabric.ask(request)
+        assert len(reply) == w.SMP_DR_HEADER_BYTES + -(-w.NodeInfo.sizeof() // 8) * 8 and status_of(reply) == 0
+        assert w.NodeInfo.parse(response_data(reply)).node_type == (2 if path == [1] else 1)
+    request = dr_smp(w.Method.GET, w.Attr.PORT_INFO, 4 << 24 | 1, [1])[:w.SMP_DR_HEADER_BYTES]
+    assert len(response_data(fabric.ask(request))) == 4 * w.PortInfo.sizeof()
+
+
 def test_dr_get_node_info_through_the_switch_reaches_a_simulated_hfi_and_comes_back():
     fabric = Fabric()
     reply = fabric.dr(w.Method.GET, w.Attr.NODE_INFO, 0, [1, 2])
