@@ -16,13 +16,15 @@ from .sma import SubnetManagementAgent
 METHOD, STATUS, ATTR_ID, ATTR_MOD = 3, 4, 16, 20
 
 
-def _data_area(mad: bytearray) -> tuple[int, int]:
+def _data_area(mad: bytearray) -> tuple[int, int, int]:
+    """(start, end as received, the most the class holds) of `mad`'s data."""
     if mad[1] == opa.MGMT_CLASS_SUBN_DIRECTED_ROUTE:
-        start = w.SMP_DR_HEADER_BYTES
-        return start, min(len(mad), start + w.SMP_DR_DATA_BYTES)
-    if mad[1] == opa.MGMT_CLASS_SUBN_LID_ROUTED:
-        return w.SMP_HEADER_BYTES, min(len(mad), w.SMP_HEADER_BYTES + w.SMP_LID_DATA_BYTES)
-    return w.PMA_HEADER_BYTES, min(len(mad), w.PMA_HEADER_BYTES + w.PMA_DATA_BYTES)
+        start, room = w.SMP_DR_HEADER_BYTES, w.SMP_DR_DATA_BYTES
+    elif mad[1] == opa.MGMT_CLASS_SUBN_LID_ROUTED:
+        start, room = w.SMP_HEADER_BYTES, w.SMP_LID_DATA_BYTES
+    else:
+        start, room = w.PMA_HEADER_BYTES, w.PMA_DATA_BYTES
+    return start, min(len(mad), start + room), room
 
 
 def answer(mad: bytearray, in_port: int, sma: SubnetManagementAgent, pma: PerformanceAgent | None) -> bytearray | None:
@@ -34,7 +36,7 @@ def answer(mad: bytearray, in_port: int, sma: SubnetManagementAgent, pma: Perfor
     if method & 0x80 or method == w.Method.TRAP_REPRESS:
         return None
     mgmt_class = mad[1]
-    start, end = _data_area(mad)
+    start, end, room = _data_area(mad)
     if end < start:
         return None
     attr_id = int.from_bytes(mad[ATTR_ID:ATTR_ID + 2], "big")
@@ -43,7 +45,7 @@ def answer(mad: bytearray, in_port: int, sma: SubnetManagementAgent, pma: Perfor
     if mad[2] != 0x80:
         status, reply = w.Status.BAD_VERSION, data
     elif mgmt_class in (opa.MGMT_CLASS_SUBN_DIRECTED_ROUTE, opa.MGMT_CLASS_SUBN_LID_ROUTED):
-        status, reply = sma.process(method, attr_id, am, data, in_port)
+        status, reply = sma.process(method, attr_id, am, data, in_port, room)
     elif mgmt_class == opa.MGMT_CLASS_PERF_MGMT and pma is not None:
         status, reply = pma.process(method, attr_id, am, data)
     else:

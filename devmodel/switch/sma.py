@@ -79,22 +79,29 @@ class SubnetManagementAgent:
         self.errors = 0
 
     # -- one SMP's data ------------------------------------------------------------------
-    def process(self, method: int, attr_id: int, am: int, data: bytes, in_port: int) -> tuple[int, bytes]:
-        """(status, reply data): as long as `data`, or longer if the attribute is
-        (a Get may carry no data at all: hfi1's SMA answers with the request's
-        length plus the attribute's, and opafm's Gets are header-only)."""
+    def process(self, method: int, attr_id: int, am: int, data: bytes, in_port: int,
+                room: int = 0) -> tuple[int, bytes]:
+        """(status, reply data). `data` is the request's data area as it came
+        (opafm's Gets carry none, its Aggregates only their segments' start);
+        `room` the most the SMP can hold (0: just `data`). The request is read
+        zero-padded to `room`, as hfi1's SMA reads it in a full-size MAD, and
+        the reply is as long as `data` or as long as the answer needs, if
+        longer (hfi1 adds the attribute's size to the request's)."""
         self.requests += 1
-        request = Request(method, attr_id, am, data, in_port)
+        room = max(room, len(data))
+        request = Request(method, attr_id, am, bytes(data).ljust(room, b"\0"), in_port)
         try:
             if method not in (w.Method.GET, w.Method.SET):
                 raise SmaError(w.Status.UNSUPPORTED_METHOD, f"method {method:#x}")
             if attr_id == w.Attr.AGGREGATE:
-                return self._aggregate(request)
+                status, reply, used = self._aggregate(request)
+                return status, reply[:max(len(data), used)]
             reply = self._one(request)
-            return 0, _fit(reply, max(len(data), len(reply)))
+            return 0, _fit(reply, max(len(data), min(len(reply), room)))
         except SmaError as error:
             self.errors += 1
-            log.debug("%s attr %#x am %#x: status %#x %s", self.node.description[:16], attr_id, am, error.status, error)
+            log.info("%s: method %#x attr %#x am %#x: status %#x (%s)", self.node.description.decode(errors="replace"),
+                     method, attr_id, am, error.status, error)
             return error.status, _fit(b"", len(data))
 
     def _one(self, request: Request) -> bytes:
@@ -108,7 +115,8 @@ class SubnetManagementAgent:
         except (c.ConstructError, ValueError, IndexError, struct.error) as error:
             raise invalid(f"malformed attribute data: {error}") from None
 
-    def _aggregate(self, request: Request) -> tuple[int, bytes]:
+    def _aggregate(self, request: Request) -> tuple[int, bytes, int]:
+        """(status, the data area, the bytes its segments take)."""
         count = request.am & 0xFF
         if count == 0 or count > w.AGGREGATE_MAX_SEGMENTS:
             raise invalid("aggregate segment count")
@@ -132,10 +140,10 @@ class SubnetManagementAgent:
                 out[offset + 2:offset + 4] = (err_len | w.AGGREGATE_ERROR).to_bytes(2, "big")
                 out[start:end] = bytes(length)
                 status = error.status if error.status != w.Status.INVALID_FIELD else 0
-                return status, bytes(out)
+                return status, bytes(out), end
             out[start:end] = _fit(reply, length)
             offset = end
-        return 0, bytes(out)
+        return 0, bytes(out), offset
 
     # -- helpers for the handlers ------------------------------------------------------------
     def ports_of(self, request: Request, stride: int) -> list[ManagedPort]:
@@ -151,9 +159,7 @@ class SubnetManagementAgent:
                 raise invalid("no such port")
             return [port]
         start = request.am & 0xFF
-        # what a directed-route SMP holds (the smaller of the two kinds; a
-        # header-only Get carries no data, and its answer grows to fit)
-        if count * stride > max(len(request.data), w.SMP_DR_DATA_BYTES):
+        if count * stride > len(request.data):
             raise invalid("reply does not fit")
         ports = [self.node.managed_port(n) for n in range(start, start + count)]
         if any(p is None for p in ports):

@@ -67,6 +67,19 @@ def test_aggregate_get_of_node_description_port_info_and_switch_info():
     assert switch_info.u2 & w.SWITCH_INFO_ENHANCED_PORT0 and switch_info.routing_mode_supported == w.ROUTE_LINEAR
 
 
+def test_an_aggregate_get_cut_after_its_last_segment_header_is_answered_in_full():
+    """What opafm's discovery sends: the segments' data need not be there; the
+    SMA reads the SMP as full-size, and the reply holds every segment."""
+    fabric = Fabric()
+    segments = [(w.Attr.NODE_DESCRIPTION, 0, 64), (w.Attr.PORT_INFO, 1 << 24 | 0, 248), (w.Attr.SWITCH_INFO, 0, 88)]
+    data = b"".join(w.AGGREGATE_SEGMENT.pack(attr, length // 8, am) + bytes(length) for attr, am, length in segments)
+    request = dr_smp(w.Method.GET, w.Attr.AGGREGATE, len(segments), [1], data)[:w.SMP_DR_HEADER_BYTES + 64 + 248 + 24]
+    reply = fabric.ask(request)
+    assert status_of(reply) == 0 and len(response_data(reply)) == len(data)
+    assert response_data(reply)[8:8 + 64].rstrip(b"\0") == b"vfnic switch sw0"
+    assert w.SwitchInfo.parse(response_data(reply)[-88:][:84]).linear_fdb_cap >= 0xC000
+
+
 def test_aggregate_marks_the_failing_segment_and_stops():
     fabric = Fabric()
     data = w.AGGREGATE_SEGMENT.pack(w.Attr.NODE_INFO, 44 // 8 + 1, 0) + bytes(48)
