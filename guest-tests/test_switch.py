@@ -22,8 +22,7 @@ import pytest
 
 from images.lab.fabric import ACTIVE, INIT, Fabric, parse_pingpong
 
-pytestmark = [pytest.mark.guest, pytest.mark.xfail(
-    strict=True, reason="opafm's sweep of the switch does not complete yet (work in progress)")]
+pytestmark = pytest.mark.guest
 
 GUESTS = int(os.environ.get("VFNIC_SWITCH_GUESTS", "3"))
 SWITCH = "sw0 (switch)"
@@ -92,10 +91,12 @@ def test_opafm_brings_every_hfi_port_and_its_switch_port_active(switched):
 def test_the_sa_knows_one_switch_and_every_hfi(switched):
     """opafabricinfo (opa-basic-tools) asks the SA in guest 0; opasaquery from the last guest crosses the switch."""
     info = switched.guests[0].run("opafabricinfo", timeout=120, check=True).stdout
-    counts = {key: int(value) for key, value in re.findall(r"Number of (HFIs|Switch Chips):\s*(\d+)", info)}
-    assert counts == {"HFIs": GUESTS, "Switch Chips": 1}, info
+    counts = {key: int(value) for key, value in re.findall(r"Number of (HFIs|Switches|HFI Links):\s*(\d+)", info)}
+    assert counts == {"HFIs": GUESTS, "Switches": 1, "HFI Links": GUESTS}, info
     nodes = switched.guests[-1].run("opasaquery -o node", timeout=120, check=True).stdout
-    types = re.findall(r"Type:\s*(\w+)", nodes)
+    guids = set(re.findall(r"NodeGuid:\s*(0x[0-9a-f]+)", nodes))
+    assert guids == {f"{0x0011750000000001 + i:#018x}" for i in range(GUESTS)} | {"0x0011750000100000"}, nodes
+    types = re.findall(r"\bType:\s*(FI|SW)\b", nodes)
     assert sorted(types) == sorted(["FI"] * GUESTS + ["SW"]), nodes
 
 

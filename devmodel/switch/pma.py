@@ -53,6 +53,11 @@ class PortCounters:
                 setattr(self, f.name, 0)
 
 
+#: DataPortCounters.LinkQualityIndicator: 5, excellent (an emulated cable has no bit errors; opafm's PM
+#: counts 0 as a link-integrity problem)
+LINK_QUALITY_EXCELLENT = 5
+
+
 class PerformanceAgent:
     def __init__(self, counters: dict[int, PortCounters]):
         self.counters = counters  # port number -> counters
@@ -105,7 +110,8 @@ class PerformanceAgent:
     def _data_counters(self, am: int, data: bytes) -> tuple[int, bytes]:
         def record(port: int, counters: PortCounters, vls: int) -> bytes:
             values = [counters.get(n) for n in w.DATA_COUNTER_NAMES[:-1]] + [counters.error_summary()]
-            return w.PORT_DATA_COUNTERS.pack(port, bytes(3), 0, *values) + bytes(w.VL_DATA_COUNTER_BYTES * vls)
+            return (w.PORT_DATA_COUNTERS.pack(port, bytes(3), LINK_QUALITY_EXCELLENT, *values)
+                    + bytes(w.VL_DATA_COUNTER_BYTES * vls))
         return self._per_port(data, record)
 
     def _error_counters(self, am: int, data: bytes) -> tuple[int, bytes]:

@@ -254,6 +254,20 @@ def get_port_state_info(agent: SubnetManagementAgent, req: Request) -> bytes:
     return b"".join(out)
 
 
+def set_port_state_info(agent: SubnetManagementAgent, req: Request) -> None:
+    """Each named port's PortState / PortPhysicalState at once (opafm's
+    cascade activation of a switch: all its ports Armed, then Active); NOP
+    leaves a port as it is. As Set(PortInfo), a refused transition makes the
+    status InvalidField, the other ports still move (hfi1 `__subn_set_opa_psi`)."""
+    refused = False
+    for i, port in enumerate(agent.ports_of(req, w.PORT_STATE_INFO.size)):
+        states = w.PORT_STATE_INFO.unpack_from(req.data, i * w.PORT_STATE_INFO.size)[3]
+        if not port.request_state(states & 0xF, states >> 4):
+            refused = True
+    if refused:
+        raise invalid("port state transition")
+
+
 def _pkey_port(agent: SubnetManagementAgent, req: Request) -> tuple[ManagedPort, int, int]:
     count, block = (req.am >> 24) & 0xFF, req.am & 0x7FF
     number = (req.am >> 16) & 0xFF if agent.is_switch else req.in_port
@@ -402,7 +416,7 @@ COMMON_ATTRIBUTES: dict[int, AttributeSpec] = {
     w.Attr.NODE_DESCRIPTION: AttributeSpec(get_node_description),
     w.Attr.NODE_INFO: AttributeSpec(get_node_info),
     w.Attr.PORT_INFO: AttributeSpec(get_port_info, set_port_info),
-    w.Attr.PORT_STATE_INFO: AttributeSpec(get_port_state_info),
+    w.Attr.PORT_STATE_INFO: AttributeSpec(get_port_state_info, set_port_state_info),
     w.Attr.PKEY_TABLE: AttributeSpec(get_pkey_table, set_pkey_table),
     w.Attr.SL_TO_SC: _table_attribute("sl_to_sc", per_port=False),
     w.Attr.SC_TO_SL: _table_attribute("sc_to_sl", per_port=False),

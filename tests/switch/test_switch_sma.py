@@ -109,6 +109,28 @@ def test_port_state_info_for_every_port():
     assert states == [w.PortState.INIT] * 5
 
 
+def test_set_port_state_info_arms_then_activates_ports_at_once_as_opafms_cascade_activation():
+    fabric = Fabric()
+
+    def set_states(state: int) -> int:
+        data = b"".join(w.PORT_STATE_INFO.pack(0, 0, 0, state, 0, 0) for _ in range(5))  # ports 0..4
+        reply = fabric.dr(w.Method.SET, w.Attr.PORT_STATE_INFO, 5 << 24 | 0, [1], data)
+        return status_of(reply)
+
+    assert set_states(w.PortState.ARMED) == 0
+    assert [fabric.switch.managed_port(n).state for n in range(5)] == [w.PortState.ARMED] * 5
+    for end in fabric.ends.values():
+        end.idle(SMA_IDLE_ARM)
+    fabric.sm.idle(SMA_IDLE_ARM)
+    fabric.run()
+    assert set_states(w.PortState.ACTIVE) == w.Status.INVALID_FIELD, "port 2's simulated HFI has not armed"
+    states = [fabric.switch.managed_port(n).state for n in range(5)]
+    assert states == [w.PortState.ACTIVE, w.PortState.ACTIVE, w.PortState.ARMED, w.PortState.ACTIVE,
+                      w.PortState.ACTIVE], "the other ports moved"
+    assert set_states(w.PortState.NOP) == 0, "NOP leaves every port as it is"
+    assert fabric.switch.managed_port(2).state == w.PortState.ARMED
+
+
 def test_armed_to_active_only_after_the_neighbours_idle_message():
     fabric = Fabric()
     assert fabric.set_switch_port_state(3, w.PortState.ARMED) == 0
