@@ -82,3 +82,27 @@ class ManagementHub:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m images.lab.management_hub DIR COUNT`: run a hub for COUNT
+    guests in DIR until interrupted; prints each guest's NIC arguments."""
+    import argparse
+    import time
+
+    parser = argparse.ArgumentParser(prog="python -m images.lab.management_hub", description=main.__doc__)
+    parser.add_argument("directory", type=Path)
+    parser.add_argument("count", type=int)
+    args = parser.parse_args(argv)
+    with ManagementHub(args.directory, args.count) as hub:
+        for i, port in enumerate(hub.ports):
+            print(f"guest {i} ({port.address}): {' '.join(port.qemu_args())}", flush=True)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
