@@ -338,6 +338,8 @@ class Switch:
             return self._drop(port, Drop.BAD_SMP)
         mad = mad_packet.mad
         if mad[1] == opa.MGMT_CLASS_SUBN_DIRECTED_ROUTE:
+            if dlid != PERMISSIVE_9B and dlid != self.lid:
+                return self._unicast(port, packet, dlid)  # the LID-routed part of an LR-DR SMP, passing through
             return self._directed(port, mad_packet)
         if mad[1] != opa.MGMT_CLASS_SUBN_LID_ROUTED:
             return self._drop(port, Drop.BAD_SMP)
@@ -350,6 +352,8 @@ class Switch:
             smp = smi.DrSmp(request.mad)
         except ValueError:
             return self._drop(port, smi.DropReason.TRUNCATED)
+        if smi.starts_directed_part(smp) and request.dlid == self.lid and self.lid:
+            return self._start_directed_part(port, request, smp)
         verdict, reason = smi.receive(smp, True, port.number, self.num_ports)
         if verdict is smi.Verdict.DISCARD:
             return self._drop(port, reason)
@@ -377,8 +381,44 @@ class Switch:
             if verdict is smi.Verdict.DISCARD:
                 return self._drop(port, reason)
         if smp.returning:
+            if smp.hop_ptr == 0 and not smp.slid_permissive:
+                return self._end_directed_part(port, request, smp)
             return self._drop(port, smi.DropReason.NO_SM)
         return self._answer_directed(port, request, smp)
+
+    def _start_directed_part(self, port: SwitchPort, request, smp: smi.DrSmp) -> list | None:
+        """An LR-DR SMP: LID-routed to us, its directed part starts here (IBA
+        C14-9: this switch sends it on as if it had originated it), out of
+        InitialPath[1], with the permissive LID in the LRH from here on."""
+        out_number = smp.initial(1)
+        out = self.ports.get(out_number)
+        if out is None:
+            return self._drop(port, smi.DropReason.PATH_PORT)
+        verdict, reason = smi.send(smp, True, out_number)
+        if verdict is smi.Verdict.DISCARD:
+            return self._drop(port, reason)
+        return self._forward_smp(port, out, request, slid=PERMISSIVE_9B, dlid=PERMISSIVE_9B)
+
+    def _end_directed_part(self, port: SwitchPort, request, smp: smi.DrSmp) -> list | None:
+        """The response to an LR-DR SMP at the end of its directed part (C14-13:
+        hop pointer 0, a non-permissive DrSLID): LID-routed on to DrSLID."""
+        dr_slid = smp.dr_slid
+        out_number = self.forwarding.unicast(dr_slid) if dr_slid < MULTICAST_9B else None
+        out = self.ports.get(out_number) if out_number is not None else None
+        if out is None:
+            return self._drop(port, Drop.UNPROGRAMMED)
+        return self._forward_smp(port, out, request, slid=self.lid, dlid=dr_slid)
+
+    def _forward_smp(self, port: SwitchPort, out: SwitchPort, request, slid: int, dlid: int) -> list | None:
+        if not self._can_send(out, opa.SC_VL15):
+            return self._drop(port, smi.DropReason.DEAD_PORT)
+        if out.egress_full():
+            out.blocked.add(port.number)
+            return None
+        packet = build_mad_packet(request.mad, slid=slid, dlid=dlid, sc=request.sc, sl=request.sl, dest_qp=0,
+                                  src_qp=request.src_qp, pkey=request.pkey, qkey=request.qkey)
+        self.forwarded += 1
+        return [(out, packet)]
 
     def _answer_directed(self, port: SwitchPort, request, smp: smi.DrSmp) -> list:
         mad = answer(request.mad, port.number, self.sma, None)

@@ -13,9 +13,13 @@ reference reads as one: `receive` (a packet arriving on `port`), `forward`
 (what to do with it next), `send` (a packet leaving by `port`). A rule that
 says "discard" names why (`DropReason`); the switch counts every drop.
 
-Only the permissive-DLID/SLID forms are forwarded: an LR-DR SMP (a LID-routed
-part before or after the directed part; opafm marks switches
-`noLRDRSupport` and never sends one) is dropped as `LR_DR`.
+LR-DR (a LID-routed part before the directed part, a non-permissive DrSLID)
+is the switch's to do, not these rules' (as in smi.h, which an end node
+runs): `starts_directed_part` says an SMP LID-routed to a switch begins its
+directed part there, and a response that reaches hop pointer 0 at a switch
+with a non-permissive DrSLID is LID-routed on to DrSLID (devmodel/switch/
+device.py). opafm 10.10.3 initializes the HFIs behind a switch with LR-DR
+first.
 """
 from __future__ import annotations
 
@@ -87,6 +91,10 @@ class DrSmp:
     def slid_permissive(self) -> bool:
         return int.from_bytes(self.mad[DR_SLID:DR_SLID + 4], "big") == PERMISSIVE_LID32
 
+    @property
+    def dr_slid(self) -> int:
+        return int.from_bytes(self.mad[DR_SLID:DR_SLID + 4], "big")
+
     def initial(self, hop: int) -> int:
         return self.mad[INITIAL_PATH + hop] if 0 <= hop < MAX_PATH_HOPS else 0xFF
 
@@ -95,6 +103,12 @@ class DrSmp:
 
     def set_return(self, hop: int, port: int) -> None:
         self.mad[RETURN_PATH + hop] = port
+
+
+def starts_directed_part(smp: DrSmp) -> bool:
+    """An outbound LR-DR SMP whose LID-routed part ends here: hop pointer 0, a
+    directed part to go (hop count > 0) and a DrSLID the response goes back to."""
+    return not smp.returning and smp.hop_ptr == 0 and 0 < smp.hop_cnt < MAX_PATH_HOPS and not smp.slid_permissive
 
 
 def receive(smp: DrSmp, is_switch: bool, port: int, num_ports: int) -> tuple[Verdict, DropReason | None]:

@@ -200,3 +200,28 @@ def test_a_dr_smp_through_a_dead_port_is_dropped_and_counted():
     fabric.run()
     assert fabric.switch.drops[smi.DropReason.DEAD_PORT.value] == 1
     assert not fabric.ends[4].received
+
+
+def test_an_lr_dr_smp_starts_its_directed_part_at_the_switch_and_its_answer_is_lid_routed_back():
+    """opafm initializes the HFIs behind a switch with LR-DR first: LID-routed
+    to the switch (LRH DLID = its LID, DrSLID = the SM's LID), directed from
+    there; the response leaves the directed part at the switch and goes on
+    LID-routed to DrSLID."""
+    fabric = Fabric()
+    info = fabric.switch.managed_port(0).live_port_info()
+    info.lid, info.sm_lid, info.ps_phys_state = 7, 1, 0
+    assert status_of(fabric.dr(w.Method.SET, w.Attr.PORT_INFO, 1 << 24, [1], w.PortInfo.build(info))) == 0
+    lft = bytearray([0xFF] * 64)
+    lft[1], lft[7] = 1, 0
+    assert status_of(fabric.dr(w.Method.SET, w.Attr.LINEAR_FWD, 1 << 24, [1], bytes(lft))) == 0
+    initial = bytearray(64)
+    initial[1] = 2  # out of the switch's port 2: the simulated HFI
+    mad = bytearray(w.SMP_DR.pack(0x80, 0x81, 0x80, w.Method.GET, 0, 0, 1, 9, w.Attr.NODE_INFO, 0, 0, 0,
+                                  1, w.PERMISSIVE_LID32, bytes(initial), bytes(64), bytes(8)))
+    reply = fabric.ask(mad, slid=1, dlid=7)
+    smp = smi.DrSmp(reply)
+    assert smp.returning and smp.hop_ptr == 0 and status_of(reply) == 0
+    assert w.NodeInfo.parse(response_data(reply)).node_guid == fabric.hfi.guid
+    (packet,) = [parse_mad_packet(p) for p in fabric.sm.received[-1:]]
+    assert (packet.dlid, packet.slid) == (1, 7), "LID-routed from the switch to DrSLID"
+    assert "hop pointer out of range" not in fabric.switch.drops
