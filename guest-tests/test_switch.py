@@ -21,6 +21,7 @@ import time
 import pytest
 
 from images.lab.fabric import ACTIVE, INIT, Fabric, parse_pingpong
+from images.lab.wait import wait_until
 
 pytestmark = pytest.mark.guest
 
@@ -28,14 +29,38 @@ GUESTS = int(os.environ.get("VFNIC_SWITCH_GUESTS", "3"))
 SWITCH = "sw0 (switch)"
 
 
+def opafm_log(fabric: Fabric) -> list[str]:
+    """opafm's log lines: it logs to syslog, which the guest's init sends to the console."""
+    text = fabric.guests[0].console_log.read_text(errors="replace")
+    return [line for line in text.splitlines() if "fm0_sm[" in line]
+
+
+def pkey_tables(fabric: Fabric) -> list[str]:
+    """Each guest's first P_Key entries, as the driver holds them."""
+    return [" ".join(g.run(f"cd /sys/class/infiniband/{d}/ports/1/pkeys && cat 0 1 2 3", check=True).stdout.split())
+            for g, d in zip(fabric.guests, fabric.devices)]
+
+
+def wait_settled(fabric: Fabric, timeout: float = 120.0, quiet: float = 2.0) -> list[str]:
+    """opafm goes on after the ports are Active: the rest of its first sweep,
+    then delayed P_Key writes and client reregistration. Wait until its first
+    sweep has ended and every guest's P_Key table has stayed the same for
+    `quiet` seconds; the tables."""
+    wait_until(lambda: any("DISCOVERY CYCLE END" in line for line in opafm_log(fabric)), timeout,
+               "opafm's first sweep to end", explain=lambda: "\n".join(opafm_log(fabric)[-10:]))
+    seen = {"tables": pkey_tables(fabric), "since": time.monotonic()}
+
+    def quiet_for_long_enough() -> list[str] | None:
+        tables = pkey_tables(fabric)
+        if tables != seen["tables"]:
+            seen.update(tables=tables, since=time.monotonic())
+        return tables if time.monotonic() - seen["since"] >= quiet else None
+    return wait_until(quiet_for_long_enough, timeout, "the guests' P_Key tables to settle")
+
+
 def save_diagnostics(fabric: Fabric, work) -> None:
-    """opafm's output and the switch's view, next to the logs a failed test keeps."""
-    try:
-        out = fabric.guests[0].run("cat /run/opafm.out; ls /var/log; tail -n 400 /var/log/opafm.log 2>/dev/null",
-                                   timeout=30).stdout
-        (work / "opafm.log").write_text(out)
-    except Exception as error:  # diagnostics only
-        (work / "opafm.log").write_text(f"could not read opafm's output: {error}")
+    """opafm's log and the switch's view, next to the logs a failed test keeps."""
+    (work / "opafm.log").write_text("\n".join(opafm_log(fabric)))
     try:
         (work / "switch-status.log").write_text(json.dumps(fabric.server.ctl("query"), indent=2))
     except Exception as error:
@@ -61,6 +86,9 @@ def switched(module_lab, report_figure):
         finally:
             save_diagnostics(fabric, work)
         report_figure(f"switch: opafm to all {GUESTS} ports Active: {time.monotonic() - fabric.sm_started_at:.1f} s")
+        settled = wait_settled(fabric)
+        report_figure(f"switch: opafm's sweep over and P_Keys settled {time.monotonic() - fabric.sm_started_at:.1f} s "
+                      f"after its start (P_Keys 0-3: {settled[0]})")
         yield fabric
         save_diagnostics(fabric, work)
     finally:
@@ -86,6 +114,10 @@ def test_opafm_brings_every_hfi_port_and_its_switch_port_active(switched):
     cabled = [p for p in switch["ports"] if p["link"]]
     assert [p["state"] for p in cabled] == ["ACTIVE"] * GUESTS, cabled
     assert switch["lid"] and switch["lid"] not in lids
+    sweeps = [line for line in opafm_log(switched) if "DISCOVERY CYCLE END" in line]
+    assert sweeps and f"1 SWs, {GUESTS} HFIs, {GUESTS} end ports" in sweeps[-1], sweeps
+    problems = [line for line in opafm_log(switched) if re.search(r"\b(ERROR|WARN)\b", line)]
+    assert problems == [], problems
 
 
 def test_the_sa_knows_one_switch_and_every_hfi(switched):
