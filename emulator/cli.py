@@ -6,6 +6,7 @@
     vfnic trace-diff A B [--ignore-values REGEX] [--most N]
     vfnic trace-stats FILE
     vfnic COMMAND --output DIR          (a device's guest files, e.g. hfi1's `firmware`)
+    vfnic up | down | status | exec | cp | console ...   (installed commands, see below)
 
 `serve` serves one device per socket, in the foreground, until SIGINT or
 SIGTERM, then removes its sockets. Devices with ports share one fabric in
@@ -27,6 +28,12 @@ did, ignoring timing and polling repeats, and prints the first and every
 differing access (exit status 0 the same, 1 different, like diff(1));
 `trace-stats` counts accesses and time per register block
 (emulator/trace_compare.py).
+
+Other packages add commands through the `vfnic.commands` entry points
+(importlib.metadata): each is a function `register(subparsers)` that adds
+a sub-command and sets `run=function(args) -> status` on it. vfnic's own
+lab registers `up`, `down`, `status`, `exec`, `cp` and `console` this way
+(images/lab/commands.py), so this module knows no lab and no device.
 
 Bad arguments exit with status 2 and one line; a command the control socket
 refuses exits with status 1 and one line saying why.
@@ -100,6 +107,7 @@ def _parser() -> argparse.ArgumentParser:
     tdiff.add_argument("--most", type=int, metavar="N", help="print at most N differing stretches")
     tstats = sub.add_parser("trace-stats", help="accesses and time per register block of an MMIO trace")
     tstats.add_argument("file", metavar="FILE", help="a trace file")
+    add_installed_commands(sub)
     for device, entry in sorted(registry.DEVICES.items()):
         if entry.guest_files is not None:
             files = sub.add_parser(entry.guest_files.command, help=entry.guest_files.help)
@@ -107,6 +115,23 @@ def _parser() -> argparse.ArgumentParser:
                                help=f"where to write them (the guest's /{entry.guest_files.directory})")
             files.set_defaults(device=device)
     return parser
+
+
+#: the entry point group other packages register commands in
+COMMANDS_GROUP = "vfnic.commands"
+
+
+def add_installed_commands(sub) -> None:
+    """Let each `vfnic.commands` entry point add its sub-command; one that
+    cannot be loaded is reported and left out, never fatal to the others."""
+    from importlib.metadata import entry_points
+    for entry in sorted(entry_points(group=COMMANDS_GROUP), key=lambda e: e.name):
+        if entry.name in sub.choices:
+            continue  # two installs of one package (an editable and a plain one) register twice
+        try:
+            entry.load()(sub)
+        except Exception as e:  # a broken plugin must not take `vfnic serve` down with it
+            print(f"vfnic: warning: command {entry.name!r} ({entry.value}) cannot be loaded: {e}", file=sys.stderr)
 
 
 def _stats(servers: list[Server], nodes: list = ()) -> dict:
@@ -274,6 +299,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = _parser().parse_args(argv)
         commands = {"ctl": ctl, "serve": serve, "trace-diff": trace_diff, "trace-stats": trace_stats}
+        if hasattr(args, "run"):
+            return args.run(args)
         return commands.get(args.command, write_guest_files)(args)
     except UsageError as e:
         print(f"vfnic: error: {e}", file=sys.stderr)

@@ -104,12 +104,14 @@ class Fabric:
 
     @classmethod
     def boot(cls, server: VfnicServer, start_guest: Callable[..., Guest], socket_dir: Path,
-             **guest_options) -> "Fabric":
+             prepare: Callable[[Guest], None] | None = None, **guest_options) -> "Fabric":
         """Boot a guest on each of `server`'s sockets side by side
         (`start_guest(devices, management=..., **options)` starts one without
         waiting: the guest-test lab's, or a plain Guest), each with one end of
         the management link (two guests) or a port of a management hub (more),
-        and find their hfi1 devices. `close()` stops the hub."""
+        and find their hfi1 devices. `prepare(guest)` runs in each guest once
+        it is up, before its device is looked for (e.g. loading a developer's
+        hfi1.ko, images/lab/modules.py). `close()` stops the hub."""
         hub = None
         if len(server.sockets) == 2:
             ends = ManagementPort.pair(socket_dir)
@@ -121,6 +123,9 @@ class Fabric:
                       for path, end in zip(server.sockets, ends)]
             for guest in guests:
                 guest.wait_ready()
+            if prepare is not None:
+                for guest in guests:
+                    prepare(guest)
             fabric = cls(server, guests, hub)
             fabric.devices = [rdma_device(g) for g in guests]
         except BaseException:

@@ -52,6 +52,11 @@ class VfnicServer:
 
     def start(self) -> "VfnicServer":
         """Start the server and wait until all its sockets exist."""
+        self.start_process()
+        return self.wait_started()
+
+    def start_process(self) -> subprocess.Popen:
+        """Start the server process without waiting for its sockets."""
         if self.process is not None:
             raise RuntimeError(f"`vfnic serve --device {self.device}` is already running "
                                f"(PID {self.process.pid})")
@@ -61,6 +66,10 @@ class VfnicServer:
         with open(self.log, "wb") as log:
             self.process = subprocess.Popen(self.command_line(), stdin=subprocess.DEVNULL,
                                             stdout=log, stderr=subprocess.STDOUT)
+        return self.process
+
+    def wait_started(self) -> "VfnicServer":
+        """Wait until the started server's sockets exist (stopping it if they never do)."""
         try:
             wait_until(self._sockets_ready, self.start_timeout,
                        f"`vfnic serve --device {self.device}` to create {len(self.sockets)} socket(s)",

@@ -7,7 +7,8 @@ swaps into the guest image.
     image = build(kernel=kernel, modules=modules)
 
 The guest tests choose with VFNIC_GUEST_KERNEL (`trixie`, the default: the
-image's own; `sid`): see guest-tests/conftest.py.
+image's own; `sid`; a Debian kernel .deb; a kernel build tree), as `vfnic up
+--kernel` does: see guest-tests/conftest.py and docs/driver-developers.md.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import logging
 import os
 from pathlib import Path
 
-from images.provision.cache import build_once
+from images.provision.cache import build_once, file_hash
 from images.provision.debian import PrivateApt, ProvisionError, extract_debs, run_logged
 
 log = logging.getLogger("vfnic.images")
@@ -25,10 +26,94 @@ KERNEL_LAYOUT = 1
 
 
 def guest_kernel_choice() -> str:
+    """VFNIC_GUEST_KERNEL: a suite name (trixie, the default; sid), a Debian
+    kernel package (.deb) or a kernel build tree (see `kernel_spec`)."""
     choice = os.environ.get("VFNIC_GUEST_KERNEL", "trixie")
-    if choice not in KERNELS:
-        raise ProvisionError(f"VFNIC_GUEST_KERNEL={choice!r}: choose one of {', '.join(KERNELS)}")
+    try:
+        check_kernel_spec(choice)
+    except ProvisionError as error:
+        raise ProvisionError(f"VFNIC_GUEST_KERNEL={choice!r}: {error}") from None
     return choice
+
+
+def check_kernel_spec(spec: str) -> str:
+    """What `spec` names: "suite", "deb" or "tree"; ProvisionError (one
+    line) if it is none of them."""
+    if spec in KERNELS:
+        return "suite"
+    path = Path(spec)
+    if spec.endswith(".deb"):
+        if not path.is_file():
+            raise ProvisionError(f"kernel package {spec} does not exist")
+        return "deb"
+    if path.is_dir():
+        if not (path / BZIMAGE).is_file():
+            raise ProvisionError(f"{spec} is a directory without {BZIMAGE}: not a built kernel tree")
+        if not _tree_modules(path):
+            raise ProvisionError(f"{spec} has no installed modules: run `make modules_install "
+                                 f"INSTALL_MOD_PATH={path / MODULES_INSTALL}` there (or give --kernel-modules)")
+        return "tree"
+    if not path.exists() and "/" not in spec:
+        raise ProvisionError(f"unknown kernel {spec!r}: a suite ({', '.join(KERNELS)}), a .deb or a kernel build tree")
+    raise ProvisionError(f"kernel {spec} does not exist" if not path.exists()
+                         else f"kernel {spec} is neither a .deb nor a kernel build tree")
+
+
+#: in a kernel build tree: the image, and where `vfnic up` looks for modules_install's output
+BZIMAGE = "arch/x86/boot/bzImage"
+MODULES_INSTALL = "modules-install"
+
+
+def _tree_modules(tree: Path) -> Path | None:
+    """The INSTALL_MOD_PATH of a build tree: TREE/modules-install, or TREE
+    itself if it holds lib/modules."""
+    for root in (tree / MODULES_INSTALL, tree):
+        if (root / "lib/modules").is_dir():
+            return root
+    return None
+
+
+def provision_deb_kernel(deb: Path) -> tuple[Path, Path]:
+    """(vmlinuz, modules root) of a Debian linux-image .deb (and, beside it,
+    its linux-modules-*.deb of the same version, for split packages)."""
+    deb = deb.resolve()
+    companions = sorted(p for p in deb.parent.glob("linux-modules-*.deb") if p != deb)
+
+    def unpack(work: Path) -> None:
+        root = work / "root"
+        extract_debs([deb, *companions], root)
+        _normalise_kernel_root(root, deb.name, "a .deb")
+
+    recipe = {"deb": file_hash(deb), "companions": [file_hash(p) for p in companions], "layout": KERNEL_LAYOUT}
+    root = build_once("kernel", recipe, unpack) / "root"
+    vmlinuz = next((root / "boot").glob("vmlinuz-*"))
+    return vmlinuz, root
+
+
+def _normalise_kernel_root(root: Path, what: str, suite: str) -> str:
+    """Move a kernel package's files where CustomKernel expects them
+    (ROOT/lib/modules/VERSION, ROOT/boot/vmlinuz-VERSION) and run depmod."""
+    usr_modules = root / "usr/lib/modules"
+    modules_dir = usr_modules if usr_modules.is_dir() else root / "lib/modules"
+    if not modules_dir.is_dir():
+        raise ProvisionError(f"{what} holds no kernel modules (is it a linux-image package?)")
+    versions = [p.name for p in modules_dir.iterdir() if p.is_dir()]
+    if len(versions) != 1:
+        raise ProvisionError(f"{what} holds kernel versions {versions}, expected one")
+    version = versions[0]
+    if modules_dir == usr_modules:  # the layout CustomKernel expects: ROOT/lib/modules/VERSION
+        (root / "lib").mkdir(exist_ok=True)
+        os.rename(usr_modules, root / "lib/modules")
+    vmlinuz = root / "boot" / f"vmlinuz-{version}"
+    beside_modules = root / "lib/modules" / version / "vmlinuz"  # where newer packages put it
+    if beside_modules.is_file():
+        vmlinuz.parent.mkdir(exist_ok=True)
+        os.rename(beside_modules, vmlinuz)
+    log.info("kernel: depmod %s (%s)", version, suite)
+    run_logged([*guest_depmod(), "-b", str(root), version], f"depmod for {version}")
+    if not vmlinuz.is_file():
+        raise ProvisionError(f"{what} has no boot/vmlinuz-{version}")
+    return version
 
 
 def guest_depmod() -> list[str]:
@@ -57,24 +142,7 @@ def provision_debian_kernel(suite: str) -> tuple[Path, Path]:
                     what=f"downloading {', '.join(p.name for p in packages)}")
         root = work / "root"
         extract_debs([apt.archives / p.filename for p in packages], root)
-        usr_modules = root / "usr/lib/modules"
-        modules_dir = usr_modules if usr_modules.is_dir() else root / "lib/modules"
-        versions = [p.name for p in modules_dir.iterdir() if p.is_dir()]
-        if len(versions) != 1:
-            raise ProvisionError(f"{image.name} holds kernel versions {versions}, expected one")
-        version = versions[0]
-        if modules_dir == usr_modules:  # the layout CustomKernel expects: ROOT/lib/modules/VERSION
-            (root / "lib").mkdir(exist_ok=True)
-            os.rename(usr_modules, root / "lib/modules")
-        vmlinuz = root / "boot" / f"vmlinuz-{version}"
-        beside_modules = root / "lib/modules" / version / "vmlinuz"  # where newer packages put it
-        if beside_modules.is_file():
-            vmlinuz.parent.mkdir(exist_ok=True)
-            os.rename(beside_modules, vmlinuz)
-        log.info("kernel: depmod %s (%s)", version, suite)
-        run_logged([*guest_depmod(), "-b", str(root), version], f"depmod for {version}")
-        if not vmlinuz.is_file():
-            raise ProvisionError(f"{image.name} has no boot/vmlinuz-{version}")
+        _normalise_kernel_root(root, image.name, suite)
 
     recipe = {"suite": suite, "packages": {p.name: p.version for p in packages}, "layout": KERNEL_LAYOUT}
     root = build_once("kernel", recipe, unpack) / "root"
@@ -82,10 +150,19 @@ def provision_debian_kernel(suite: str) -> tuple[Path, Path]:
     return vmlinuz, root
 
 
-def build_guest_image(suite: str):
-    """The guest image booting `suite`'s kernel: the image as built for
-    trixie, or with sid's kernel and modules swapped in."""
+def build_guest_image(spec: str):
+    """The guest image booting the kernel `spec` names: a suite (the image
+    as built for trixie, or with sid's kernel and modules swapped in), a
+    Debian kernel .deb, or a kernel build tree (its bzImage and the
+    modules `make modules_install INSTALL_MOD_PATH=TREE/modules-install`
+    wrote)."""
     from images.provision.guest_image import build
-    if suite == "trixie":
+    kind = check_kernel_spec(spec)
+    if spec == "trixie":
         return build()
-    return build(*provision_debian_kernel(suite))
+    if kind == "suite":
+        return build(*provision_debian_kernel(spec))
+    if kind == "deb":
+        return build(*provision_deb_kernel(Path(spec)))
+    tree = Path(spec)
+    return build(tree / BZIMAGE, _tree_modules(tree))
