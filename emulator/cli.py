@@ -311,4 +311,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m emulator.cli`: run the importable module's main, so that the
+    # commands of entry points (which import emulator.cli) and this one share
+    # one UsageError.
+    from emulator.cli import main as module_main
+    sys.exit(module_main())
