@@ -9,7 +9,11 @@
   run; if that is impossible every guest test fails with the reason (and,
   under CI=true, any skipped guest test is a failure too).
   VFNIC_GUEST_KERNEL=sid boots every guest on Debian sid's kernel instead
-  of trixie's; test_hfi1_silicon.py runs its checks on sid too in every run.
+  of trixie's (or a Debian kernel .deb, or a kernel build tree: as `vfnic
+  up --kernel`); test_hfi1_silicon.py runs its checks on sid too in every run.
+  VFNIC_GUEST_MODULES=A.ko:B.ko loads those modules (e.g. a developer's
+  hfi1.ko) in every guest instead of the kernel's own (images/lab/modules.py),
+  so the whole suite runs against a developer's build.
 - `vfnic_server(device, count=1)`: starts `vfnic serve` with `count`
   sockets and waits for them.
 - `boot_guest(*servers_or_sockets)`: boots a guest with those devices, waits
@@ -37,6 +41,8 @@ from pathlib import Path
 import pytest
 
 from images.lab.fabric import ACTIVE, INIT, Fabric
+from images.lab.modules import DRIVER, GuestModules, ModuleError, from_environment
+from images.lab.modules import ENVIRONMENT as MODULES_ENVIRONMENT
 from images.lab.server import VfnicServer
 from images.lab.vm import Guest, VfioUserDevice
 from images.provision.debian import ProvisionError
@@ -90,13 +96,15 @@ def pytest_terminal_summary(terminalreporter, config):
 class GuestPlatform:
     qemu: Qemu
     image: GuestImage
-    kernel: str  # the Debian suite whose kernel the guests boot: trixie, sid
+    kernel: str  # what the guests boot: a Debian suite (trixie, sid), a kernel .deb or a build tree
+    modules: GuestModules = GuestModules(())
 
 
-def provision_platform(suite: str) -> GuestPlatform:
+def provision_platform(suite: str, modules: str | None = None) -> GuestPlatform:
     try:
-        return GuestPlatform(Qemu.locate(), build_guest_image(suite), suite)
-    except (ProvisionError, QemuError) as error:
+        image = build_guest_image(suite)
+        return GuestPlatform(Qemu.locate(), image, suite, from_environment(modules, image.kernel_version))
+    except (ProvisionError, QemuError, ModuleError) as error:
         # A failure, not a skip: guest tests that silently do not run prove
         # nothing. Leave them out on purpose with `-m 'not guest'`.
         pytest.fail(f"cannot provision guests ({suite} kernel): {error}", pytrace=False)
@@ -110,7 +118,7 @@ def guest_platform() -> GuestPlatform:
         suite = guest_kernel_choice()
     except ProvisionError as error:
         pytest.fail(str(error), pytrace=False)
-    return provision_platform(suite)
+    return provision_platform(suite, os.environ.get(MODULES_ENVIRONMENT))
 
 
 class Lab:
@@ -140,8 +148,16 @@ class Lab:
         several can boot at once: call `guest.wait_ready()` and
         `guest.install_helpers()` afterwards."""
         name = f"guest{len(self.guests)}"
+        modules = self.platform.modules
         options = {"image": self.platform.image, "qemu": self.platform.qemu, **options}
+        options["kernel_args"] = [*modules.kernel_args(), *options.get("kernel_args", ())]
         guest = Guest(devices_of(attach), workdir=self.directory / name, name=name, **options)
+        if modules:
+            # A test that holds hfi1 back to load it itself gets the modules
+            # installed, not loaded: its own modprobe then loads them.
+            held_back = any(arg.startswith("modprobe.blacklist=") and DRIVER in arg.split("=", 1)[1].split(",")
+                            for arg in options["kernel_args"][len(modules.kernel_args()):])
+            guest.on_ready.append(lambda g: modules.install(g, load=not held_back))
         self.guests.append(guest)
         guest.start()
         if wait:

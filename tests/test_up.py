@@ -337,3 +337,11 @@ def test_a_signal_inside_a_deferred_block_lands_when_it_ends():
         time.sleep(0.05)
     finally:
         interrupts.restore()
+
+
+def test_the_pytest_plugin_imports_nothing_of_the_lab_until_its_fixture_is_used():
+    code = ("import sys, testkit.pytest_plugin; "
+            "print(sorted(m for m in sys.modules if m.startswith(('images', 'emulator', 'devmodel'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "PYTHONPATH": str(Path(cli.__file__).parents[1])})
+    assert out.stdout.strip() == "[]", out

@@ -55,7 +55,8 @@ def register_up(sub) -> None:
     up.add_argument("--trace", metavar="FILE", help="write every MMIO access to FILE (vfnic trace-diff/-stats)")
     up.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                     help="an hfi1 device option for vfnic serve; repeatable")
-    up.add_argument("--timeout", type=float, default=600.0, help="seconds allowed for the ports to come up")
+    up.add_argument("--timeout", type=float, default=600.0,
+                    help="seconds allowed for the guests to boot and their ports to come up (default 600)")
     up.add_argument("-d", "--detach", action="store_true",
                     help="return once the fabric is ready, leaving it running in the background")
     up.set_defaults(run=run_up)

@@ -131,9 +131,11 @@ class GuestModules:
         held = dict.fromkeys([*self.names, DRIVER])
         return [f"modprobe.blacklist={','.join(held)}"]
 
-    def install(self, guest, timeout: float = 120.0) -> None:
+    def install(self, guest, timeout: float = 300.0, load: bool = True) -> None:
         """Copy the modules into `guest`, run depmod for its kernel, load
-        them and the driver; ModuleError with the guest's dmesg on failure."""
+        them and the driver (unless `load` is false: a test that loads the
+        driver itself, and times it); ModuleError with the guest's dmesg
+        on failure."""
         if not self.modules:
             return
         release = guest.run("uname -r", check=True).stdout.strip()
@@ -143,7 +145,10 @@ class GuestModules:
         before = int(guest.run("dmesg | wc -l", check=True).stdout.strip() or 0)
         depmod = guest.run(f"depmod -a {shlex.quote(release)}", timeout=timeout)
         if not depmod.ok:
-            raise ModuleError(f"{guest.name}: depmod failed: {(depmod.stderr or depmod.stdout).strip()}")
+            why = f"timed out after {timeout:.0f} s" if depmod.timed_out else f"exited with status {depmod.rc}"
+            raise ModuleError(f"{guest.name}: depmod -a {release} {why}: {(depmod.stderr or depmod.stdout).strip()}")
+        if not load:
+            return
         for name in dict.fromkeys([*self.names, DRIVER]):
             loaded = guest.run(f"modprobe {shlex.quote(name)}", timeout=timeout)
             if not loaded.ok:

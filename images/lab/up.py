@@ -345,6 +345,8 @@ class UpOptions:
     trace: str | None = None
     server_options: tuple[str, ...] = ()
     timeout: float = 600.0
+    #: where the logs go (default ~/.cache/vfnic/logs/NAME, replaced by the next `up` of that name)
+    logs: str | None = None
 
 
 def check_options(options: UpOptions) -> None:
@@ -376,7 +378,7 @@ class Up:
         self.options = options
         self.say = say
         self.state_dir = StateDir(options.name)
-        self.logs = cache_root() / "logs" / options.name
+        self.logs = Path(options.logs) if options.logs else cache_root() / "logs" / options.name
         self.stack = contextlib.ExitStack()
         self.interrupts = Interrupts()
         self.state: dict = {}
@@ -448,7 +450,7 @@ class Up:
         def start_guest(devices, **guest_options) -> Guest:
             name = f"guest{next(count)}"
             guest = Guest(devices, image=image, qemu=qemu, workdir=self.logs / name, name=name,
-                          init=options.init, memory=options.memory,
+                          init=options.init, memory=options.memory, boot_timeout=options.timeout,
                           kernel_args=modules.kernel_args(), **guest_options)
             self.stack.callback(guest.close)
             with self.interrupts.deferred():

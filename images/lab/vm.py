@@ -306,6 +306,9 @@ class Guest:
         self._started_at = 0.0
         #: Seconds from starting QEMU to the agent's hello.
         self.boot_seconds: float | None = None
+        #: Run with the guest once, when it is first ready (e.g. loading a
+        #: developer's modules, images/lab/modules.py), before wait_ready returns.
+        self.on_ready: list = []
 
     # --- paths and command line ----------------------------------------------
 
@@ -399,6 +402,8 @@ class Guest:
             self.boot_seconds = time.monotonic() - self._started_at
             if self.management:
                 self._configure_management(deadline)
+            for hook in self.on_ready:
+                hook(self)
         return hello
 
     def _configure_management(self, deadline) -> None:

@@ -1,0 +1,197 @@
+"""`vfnic up` as a user runs it: a subprocess started from a directory
+outside the checkout, commands through `vfnic exec`, `vfnic down` leaving
+no process (by the PIDs `up` recorded) and no socket; SIGINT at several
+points of the start leaving nothing either; a developer's module that the
+guest kernel refuses reported with the guest's dmesg and status 2.
+
+The module used is the guest kernel's own hfi1 (its .ko.xz from the image's
+root tree), loaded through --module: the path a developer's rebuilt hfi1.ko
+takes (updates/, depmod, modprobe), with a driver known to work.
+"""
+from __future__ import annotations
+
+import json
+import lzma
+import os
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from images.lab.up import Recorded
+from images.lab.wait import wait_until
+from images.provision.guest_image import installed_kernel_version, provision_rootfs
+
+pytestmark = pytest.mark.guest
+
+CHECKOUT = Path(__file__).resolve().parent.parent
+
+
+class UpProcess:
+    """`vfnic up ARGS` started in `cwd`, its output collected line by line."""
+
+    def __init__(self, run_dir: Path, cwd: Path, *args: str):
+        self.run_dir, self.cwd = run_dir, cwd
+        self.env = {**os.environ, "VFNIC_RUN_DIR": str(run_dir), "PYTHONPATH": str(CHECKOUT)}
+        self.process = subprocess.Popen([*self.vfnic(), "up", *args], cwd=cwd, env=self.env, text=True,
+                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.lines: list[str] = []
+        self.reader = threading.Thread(target=lambda: self.lines.extend(self.process.stdout), daemon=True)
+        self.reader.start()
+
+    @staticmethod
+    def vfnic() -> list[str]:
+        return [sys.executable, "-m", "emulator.cli"]
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def state(self, name: str = "default") -> dict:
+        try:
+            return json.loads((self.run_dir / name / "state.json").read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return {}
+
+    def wait_for(self, condition, timeout: float, what: str):
+        def check():
+            if self.process.poll() is not None:
+                pytest.fail(f"vfnic up exited ({self.process.returncode}) before {what}:\n{self.output}")
+            return condition(self.state())
+        return wait_until(check, timeout, what, explain=lambda: self.output)
+
+    def run(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        return subprocess.run([*self.vfnic(), *args], cwd=self.cwd, env=self.env, text=True, capture_output=True,
+                              timeout=timeout)
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(90)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+        # whatever it recorded and left, by PID
+        for p in self.state().get("processes", []):
+            Recorded.from_json(p).stop()
+
+
+@pytest.fixture
+def places():
+    run_dir = Path(tempfile.mkdtemp(prefix="vfnic-up-", dir="/tmp"))  # short: unix socket paths
+    outside = Path(tempfile.mkdtemp(prefix="vfnic-user-"))
+    yield run_dir / "run", outside
+    import shutil
+    shutil.rmtree(run_dir, ignore_errors=True)
+    shutil.rmtree(outside, ignore_errors=True)
+
+
+def stock_hfi1() -> Path:
+    tree = provision_rootfs()
+    return tree / "usr/lib/modules" / installed_kernel_version(tree) / "kernel/drivers/infiniband/hw/hfi1/hfi1.ko.xz"
+
+
+def assert_nothing_left(state: dict, run_dir: Path) -> None:
+    recorded = [Recorded.from_json(p) for p in state.get("processes", [])]
+    assert recorded, state
+    assert [p for p in recorded if p.alive()] == []
+    assert not (run_dir / state.get("name", "default")).exists(), list((run_dir / "default").iterdir())
+
+
+def test_up_exec_down_from_outside_the_checkout(places, report_figure):
+    run_dir, outside = places
+    module = outside / "hfi1.ko.xz"
+    module.write_bytes(stock_hfi1().read_bytes())
+    started = time.monotonic()
+    up = UpProcess(run_dir, outside, "--guests", "2", "--module", module.name)
+    try:
+        state = up.wait_for(lambda s: s if s.get("phase") == "ready" else None, 480, "the fabric to be ready")
+        report_figure(f"vfnic up --guests 2 --module hfi1.ko.xz: both ports Active {time.monotonic() - started:.1f} s "
+                      f"after the command started")
+        wait_until(lambda: "stop: Ctrl-C here" in up.output, 10, "up to print how to reach the guests")
+        for guest in ("guest0", "guest1"):
+            assert f"{guest}  address 10.77.0." in up.output and f"vfnic exec {guest} -- CMD" in up.output
+            port = up.run("exec", guest, "--", "cat /sys/class/infiniband/*/ports/1/state")
+            assert (port.returncode, port.stdout.strip()) == (0, "4: ACTIVE"), port
+            origin = up.run("exec", guest, "--", "modinfo", "-n", "hfi1")
+            assert "/updates/vfnic/hfi1.ko.xz" in origin.stdout, origin
+        failed = up.run("exec", "guest1", "--", "ls /nonexistent; exit 3")
+        assert failed.returncode == 3 and "nonexistent" in failed.stderr
+        assert "control socket" in up.output
+        query = up.run("ctl", state["control_socket"], "query")
+        assert query.returncode == 0 and "hfi1" in query.stdout, query
+        down = up.run("down")
+        assert down.returncode == 0, down
+        assert up.process.wait(60) == 0, up.output
+        assert_nothing_left(state, run_dir)
+    finally:
+        up.kill()
+
+
+@pytest.mark.parametrize("point", ["server started", "QEMUs started", "guests booting"])
+def test_sigint_while_starting_leaves_nothing(places, point):
+    run_dir, outside = places
+    up = UpProcess(run_dir, outside, "--guests", "2", "--no-sm")
+    conditions = {
+        "server started": lambda s: any(p["what"] == "vfnic serve" for p in s.get("processes", [])),
+        "QEMUs started": lambda s: sum(p["what"].startswith("QEMU") for p in s.get("processes", [])) == 2,
+    }
+    try:
+        state = up.wait_for(lambda s: s if conditions.get(point, conditions["QEMUs started"])(s) else None, 120, point)
+        if point == "guests booting":
+            time.sleep(5)
+            state = up.state()
+        up.process.send_signal(signal.SIGINT)
+        assert up.process.wait(90) == 130, up.output
+        assert "interrupted" in up.output
+        assert_nothing_left(state, run_dir)
+    finally:
+        up.kill()
+
+
+SIGNATURE_MARKER = b"~Module signature appended~\n"
+
+
+def unsigned(module: bytes) -> bytes:
+    """The module without Debian's appended signature (as a developer's own
+    build is): a changed signed module is refused for its signature alone
+    ("Key was rejected by service"), an unsigned one only taints the kernel."""
+    if not module.endswith(SIGNATURE_MARKER):
+        return module
+    signature_length, = struct.unpack_from(">I", module, len(module) - len(SIGNATURE_MARKER) - 4)
+    return module[:len(module) - len(SIGNATURE_MARKER) - 12 - signature_length]
+
+
+def corrupt_symbol_versions(module: bytes) -> bytes:
+    """The module, unsigned, with the CRC of its first versioned symbol
+    changed: the kernel refuses it ("disagrees about version of symbol")."""
+    data = bytearray(unsigned(module))
+    shoff, = struct.unpack_from("<Q", data, 0x28)
+    shentsize, shnum, shstrndx = struct.unpack_from("<HHH", data, 0x3A)
+    names = struct.unpack_from("<IIQQQQ", data, shoff + shstrndx * shentsize)[4]
+    for index in range(shnum):
+        name, _, _, _, offset, _ = struct.unpack_from("<IIQQQQ", data, shoff + index * shentsize)
+        if data[names + name:data.index(b"\0", names + name)] == b"__versions":
+            data[offset] ^= 0xFF
+            return bytes(data)
+    raise AssertionError("no __versions section")
+
+
+def test_a_module_the_guest_kernel_refuses_ends_up_with_its_dmesg_and_status_2(places):
+    run_dir, outside = places
+    module = outside / "hfi1.ko"
+    module.write_bytes(corrupt_symbol_versions(lzma.decompress(stock_hfi1().read_bytes())))
+    up = UpProcess(run_dir, outside, "--guests", "1", "--no-sm", "--module", str(module))
+    try:
+        assert up.process.wait(300) == 2, up.output
+        assert "modprobe hfi1 failed" in up.output and "guest0's dmesg:" in up.output, up.output
+        assert "disagrees about version of symbol" in up.output, up.output
+        assert not (run_dir / "default").exists()
+    finally:
+        up.kill()
