@@ -47,7 +47,7 @@ from images.lab.server import VfnicServer
 from images.lab.vm import Guest, VfioUserDevice
 from images.provision.debian import ProvisionError
 from images.provision.guest_image import GuestImage
-from images.provision.kernel_matrix import build_guest_image, guest_kernel_choice
+from images.provision.kernel_matrix import build_guest_image, check_kernel_spec, guest_kernel_choice
 from images.provision.qemu import Qemu, QemuError
 
 CHECKOUT = Path(__file__).resolve().parent.parent
@@ -111,14 +111,23 @@ def provision_platform(suite: str, modules: str | None = None) -> GuestPlatform:
 
 
 @pytest.fixture(scope="session")
-def guest_platform() -> GuestPlatform:
+def guest_platform(request) -> GuestPlatform:
     """The guest image with the kernel VFNIC_GUEST_KERNEL names (trixie, the
-    image's own, by default; sid: Debian sid's current linux-image-amd64)."""
+    image's own, by default; sid: Debian sid's current linux-image-amd64; a
+    .deb; a kernel build tree) and the modules VFNIC_GUEST_MODULES lists.
+    The installed pytest plugin's `--vfnic-kernel` and `--vfnic-module`
+    (testkit/pytest_plugin.py) say the same on the command line:
+    `./run-tests --vfnic-kernel ~/linux --vfnic-module hfi1.ko -m guest`."""
+    option_kernel = request.config.getoption("--vfnic-kernel", None)
+    option_modules = request.config.getoption("--vfnic-module", None)
     try:
-        suite = guest_kernel_choice()
+        if option_kernel:
+            check_kernel_spec(option_kernel)
+        suite = option_kernel or guest_kernel_choice()
     except ProvisionError as error:
         pytest.fail(str(error), pytrace=False)
-    return provision_platform(suite, os.environ.get(MODULES_ENVIRONMENT))
+    modules = ":".join(option_modules) if option_modules else os.environ.get(MODULES_ENVIRONMENT)
+    return provision_platform(suite, modules)
 
 
 class Lab:

@@ -195,3 +195,33 @@ def test_a_module_the_guest_kernel_refuses_ends_up_with_its_dmesg_and_status_2(p
         assert not (run_dir / "default").exists()
     finally:
         up.kill()
+
+
+def test_up_detached_on_a_kernel_package(places):
+    """`vfnic up -d --kernel linux-image-*.deb`: sid's split kernel package
+    (its linux-binary- and linux-modules- packages beside it), one guest;
+    `up -d` returns once the port is Init, the fabric stays until `down`."""
+    from images.provision.debian import PrivateApt
+    from images.provision.kernel_matrix import provision_debian_kernel
+    provision_debian_kernel("sid")  # downloads the packages (cached)
+    debs = sorted(p for p in PrivateApt("sid").archives.glob("linux-image-*.deb") if "-amd64_" in p.name
+                  and not p.name.startswith("linux-image-amd64_"))
+    assert debs, "no sid linux-image package downloaded"
+    release = debs[-1].name.split("_")[0].removeprefix("linux-image-")
+    run_dir, outside = places
+    up = UpProcess.__new__(UpProcess)
+    up.run_dir, up.cwd = run_dir, outside
+    up.env = {**os.environ, "VFNIC_RUN_DIR": str(run_dir), "PYTHONPATH": str(CHECKOUT)}
+    started = up.run("up", "-d", "--guests", "1", "--no-sm", "--kernel", str(debs[-1]), "--name", "deb", timeout=900)
+    state = json.loads((run_dir / "deb/state.json").read_text()) if (run_dir / "deb/state.json").exists() else {}
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        assert "running in the background as PID" in started.stdout and f"kernel {release}" in started.stdout
+        uname = up.run("exec", "--name", "deb", "guest0", "--", "uname -r; cat /sys/class/infiniband/*/ports/1/state")
+        assert uname.returncode == 0 and uname.stdout.split("\n")[:2] == [release, "2: INIT"], uname
+        down = up.run("down", "--name", "deb")
+        assert down.returncode == 0, down
+        assert_nothing_left(state, run_dir)
+    finally:
+        for p in state.get("processes", []) + ([state["owner"]] if "owner" in state else []):
+            Recorded.from_json(p).stop()

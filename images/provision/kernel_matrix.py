@@ -75,9 +75,12 @@ def _tree_modules(tree: Path) -> Path | None:
 
 def provision_deb_kernel(deb: Path) -> tuple[Path, Path]:
     """(vmlinuz, modules root) of a Debian linux-image .deb (and, beside it,
-    its linux-modules-*.deb of the same version, for split packages)."""
+    the linux-base-/linux-binary-/linux-modules- packages of the same flavour, which
+    newer kernels split the image into)."""
     deb = deb.resolve()
-    companions = sorted(p for p in deb.parent.glob("linux-modules-*.deb") if p != deb)
+    flavour = deb.name.split("_")[0].removeprefix("linux-image-")  # e.g. 7.2.13+deb14-amd64
+    companions = sorted(p for part in ("base", "binary", "modules")
+                        for p in deb.parent.glob(f"linux-{part}-{flavour}_*.deb") if p != deb)
 
     def unpack(work: Path) -> None:
         root = work / "root"
