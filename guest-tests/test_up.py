@@ -225,3 +225,23 @@ def test_up_detached_on_a_kernel_package(places):
     finally:
         for p in state.get("processes", []) + ([state["owner"]] if "owner" in state else []):
             Recorded.from_json(p).stop()
+
+
+def test_down_stops_what_a_killed_up_left(places):
+    """`up` SIGKILLed while its guests boot cannot clean up: `vfnic down`
+    stops its QEMUs and server by the recorded PIDs and removes its sockets
+    and the guests' agent socket directories."""
+    run_dir, outside = places
+    up = UpProcess(run_dir, outside, "--guests", "2", "--no-sm")
+    try:
+        state = up.wait_for(lambda s: s if sum(p["what"].startswith("QEMU") for p in s.get("processes", [])) == 2
+                            else None, 120, "both QEMUs to start")
+        up.process.kill()
+        up.process.wait(10)
+        assert any(Recorded.from_json(p).alive() for p in state["processes"])
+        down = up.run("down")
+        assert down.returncode == 0 and "which `vfnic up` had left" in down.stderr, down
+        assert_nothing_left(state, run_dir)
+        assert not any(Path(d).exists() for d in state["directories"])
+    finally:
+        up.kill()

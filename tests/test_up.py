@@ -229,11 +229,15 @@ def test_a_recorded_process_is_stopped_by_pid_but_not_a_pid_reused_by_another(tm
                          "processes": [impostor.as_json()]})
         assert state_dir.running() is None  # its owner is gone
         assert state_dir.reap() == [] and sleeper.poll() is None
-        state_dir.write({"processes": [real.as_json()]})
+        agent_dir = tmp_path / "vfnic-vm-x"
+        agent_dir.mkdir()
+        (agent_dir / "agent.sock").write_text("")
+        state_dir.write({"processes": [real.as_json()], "directories": [str(agent_dir), str(tmp_path)]})
         (state_dir.path / "hfi1-0.sock").write_text("")
         assert [p.what for p in state_dir.reap()] == ["sleep"]
         assert sleeper.wait(5) == -signal.SIGTERM
-        assert not state_dir.path.exists()
+        assert not state_dir.path.exists() and not agent_dir.exists()
+        assert tmp_path.exists()  # only directories named as Guest.start names them
     finally:
         sleeper.kill()
         sleeper.wait()

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -187,7 +188,11 @@ class StateDir:
     def reap(self) -> list[Recorded]:
         """Stop whatever a dead `up` of this name left running (by recorded
         PID and start time), then remove the directory. Returns what was stopped."""
-        stopped = [p for p in self.processes() if p.stop()]
+        state = self.read() or {}
+        stopped = [p for p in self.processes(state) if p.stop()]
+        for directory in state.get("directories", []):
+            if Path(directory).name.startswith("vfnic-vm-"):  # only what Guest.start makes
+                shutil.rmtree(directory, ignore_errors=True)
         self.remove()
         return stopped
 
@@ -431,7 +436,6 @@ class Up:
             modules = GuestModules.from_paths(options.modules, image.kernel_version)
         except ModuleError as e:
             raise UpError(str(e)) from None
-        import shutil
         shutil.rmtree(self.logs, ignore_errors=True)
         self.logs.mkdir(parents=True)
         directory = self.state_dir.path
@@ -455,6 +459,8 @@ class Up:
             self.stack.callback(guest.close)
             with self.interrupts.deferred():
                 guest.start()
+                # its agent socket's directory, for `vfnic down` to remove should `up` be killed
+                self.state.setdefault("directories", []).append(str(guest.runtime_dir))
                 self.record(guest.process.pid, f"QEMU {name}")
             self.guests[name] = guest
             return guest
