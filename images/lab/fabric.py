@@ -22,6 +22,7 @@ import shlex
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,9 +124,10 @@ class Fabric:
                       for path, end in zip(server.sockets, ends)]
             for guest in guests:
                 guest.wait_ready()
-            if prepare is not None:
-                for guest in guests:
-                    prepare(guest)
+            if prepare is not None:  # side by side: depmod and modprobe cost seconds in each TCG guest
+                with ThreadPoolExecutor(len(guests), thread_name_prefix="prepare") as pool:
+                    for done in [pool.submit(prepare, guest) for guest in guests]:
+                        done.result()
             fabric = cls(server, guests, hub)
             fabric.devices = [rdma_device(g) for g in guests]
         except BaseException:
