@@ -455,6 +455,10 @@ class Dc8051(Block):
                       "BC_SMA_MSG" if kind == IDLE_SMA else "BC_IDLE_UNKNOWN_MSG")
         self.post(HostMessage.BC_SMA_MSG if kind == IDLE_SMA else HostMessage.BC_IDLE_UNKNOWN_MSG)
 
+    def discard_idle_messages(self) -> None:
+        """A new link-up: what the other end said in an earlier one is gone."""
+        self.idle_messages_received.clear()
+
     def _cmd_read_lcb_idle_msg(self, data: int) -> tuple[int, int]:
         wanted = data & 0xF
         for message in list(self.idle_messages_received):

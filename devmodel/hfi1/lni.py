@@ -103,6 +103,8 @@ class Mcu(Protocol):
 
     def idle_message_arrived(self, data: int) -> None: ...
 
+    def discard_idle_messages(self) -> None: ...
+
 
 class PhysicalLink:
     """One port's physical link, as the 8051 firmware drives it."""
@@ -347,6 +349,11 @@ class PhysicalLink:
         self.mcu.write_config(ConfigField.LINK_QUALITY_INFO, LINK_QUALITY_EXCELLENT << LINK_QUALITY_SHIFT)
         down = self.mcu.read_config(ConfigField.LINK_DOWN_REASON) & ~LINK_DOWN_REASON_MASK
         self.mcu.write_config(ConfigField.LINK_DOWN_REASON, down)  # keeps the patch version, [31:24]
+        # the LCB's receive buffer starts empty with each link-up: a message of an
+        # earlier one that the host never read (the link went down first) is gone,
+        # or it would answer the host's next READ_LCB_IDLE_MSG in place of this
+        # link-up's (a stale SMA_IDLE_ACTIVE hiding the peer's SMA_IDLE_ARM)
+        self.mcu.discard_idle_messages()
         self._set_phys(PhysicalState.LINKUP)
         self.dcc.set_logical_state(LogicalState.INIT)
         self.mcu.post(HostMessage.LINKUP_ACHIEVED)

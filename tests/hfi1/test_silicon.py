@@ -313,6 +313,25 @@ def test_armed_then_active_needs_the_neighbours_sma_arm_message(pair):
     assert [d.stats()["logical_state"] for d in devices] == ["ACTIVE", "ACTIVE"]
 
 
+def test_an_idle_message_left_unread_by_a_link_down_does_not_hide_the_next_link_ups_arm(pair):
+    """The peer's SMA_IDLE_ACTIVE reached a's LCB just before the link went
+    dark and a's driver never read it. After the link trains again, a's
+    first READ_LCB_IDLE_MSG must return b's new SMA_IDLE_ARM, not that stale
+    message, or a never sees NeighborNormal and opafm cannot activate it."""
+    devices, (a, b) = pair
+    bring_up([a, b])
+    devices[0].dc8051.idle_messages_received.append(2 << 8 | 3)  # SMA_IDLE_ACTIVE, unread
+    link = devices[0].port.link
+    link.take_down()
+    drive([a, b], lambda: a.host_link_state == b.host_link_state == "POLL", 2.0, "both ends back in Polling")
+    link.bring_up()
+    drive([a, b], lambda: a.host_link_state == b.host_link_state == "INIT", 10.0, "both ports Init again")
+    a.set_port_armed()
+    b.set_port_armed()
+    drive([a, b], lambda: a.neighbor_normal and b.neighbor_normal, 2.0, "each end's SMA_IDLE_ARM at the other")
+    assert a.set_port_active() and b.set_port_active()
+
+
 def test_rmmod_on_one_end_takes_the_other_down_with_the_reason_and_it_comes_back(pair):
     devices, (a, b) = pair
     learnt = bring_up([a, b])
