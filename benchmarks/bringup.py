@@ -15,7 +15,7 @@ from pathlib import Path
 
 from images.lab.up import Up, UpOptions, check_options
 from images.provision.kernel_matrix import build_guest_image
-from images.provision.module_build import build_module, hfi1_source
+from images.provision.module_build import hfi1_source, timed_build_and_rebuild
 
 TARGET_SECONDS = 60.0
 
@@ -27,13 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="vfnic-bringup-"))
     release = build_guest_image("trixie").kernel_version
     source = hfi1_source(work / "hfi1")
-    started = time.monotonic()
-    module = build_module(source, "hfi1", release)
-    first = time.monotonic() - started
-    (source / "init.c").touch()
-    started = time.monotonic()
-    build_module(source, "hfi1", release)
-    rebuild = time.monotonic() - started
+    module, first, rebuild = timed_build_and_rebuild(source, "hfi1", release)
     options = UpOptions(name="bringup", modules=(str(module),), logs=str(work / "logs"))
     check_options(options)
     up = Up(options, say=lambda *a, **k: None)

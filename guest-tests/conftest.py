@@ -298,3 +298,13 @@ def vfnic_server(lab):
 def boot_guest(lab):
     """Factory: `boot_guest(*servers_or_sockets, wait=True, **Guest options)` -> a ready Guest."""
     return lab.guest
+
+
+@pytest.fixture
+def places():
+    """(a run directory for `vfnic up`'s state, a user's directory outside the checkout)."""
+    run_dir = Path(tempfile.mkdtemp(prefix="vfnic-up-", dir="/tmp"))  # short: unix socket paths
+    outside = Path(tempfile.mkdtemp(prefix="vfnic-user-"))
+    yield run_dir / "run", outside
+    shutil.rmtree(run_dir, ignore_errors=True)
+    shutil.rmtree(outside, ignore_errors=True)

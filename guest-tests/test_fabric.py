@@ -16,7 +16,7 @@ import time
 import pytest
 
 from images.lab.fabric import ACTIVE, parse_perftest, parse_pingpong
-from testkit.guest_checks import hfi1_dmesg_problems, link_directions, rc_pingpong_passes
+from testkit.guest_checks import hfi1_dmesg_problems, link_directions, opainfo, rc_pingpong_passes
 
 pytestmark = pytest.mark.guest
 
@@ -24,14 +24,6 @@ pytestmark = pytest.mark.guest
 @pytest.fixture(scope="module")
 def fabric(module_lab, report_figure):
     return module_lab.active_fabric("fabric", report_figure)
-
-
-def opainfo(guest) -> dict:
-    out = guest.run("opainfo", check=True).stdout
-    lids = re.search(r"LID: (0x[0-9a-f]+)-(0x[0-9a-f]+)\s+SM LID: (0x[0-9a-f]+)", out)
-    state = re.search(r"PortState:\s+(\w+)", out)
-    assert lids and state, out
-    return {"state": state[1], "lid": int(lids[1], 16), "sm_lid": int(lids[3], 16), "text": out}
 
 
 def test_opafm_brings_both_ports_active_with_their_own_lids_and_one_sm(fabric):

@@ -11,10 +11,10 @@ import threading
 import time
 
 import pytest
-from test_up import UpProcess, assert_nothing_left, places  # noqa: F401 (a fixture)
 
 from images.provision.kernel_matrix import build_guest_image
-from images.provision.module_build import build_module, hfi1_source
+from images.provision.module_build import hfi1_source, timed_build_and_rebuild
+from testkit.up import UpProcess, assert_nothing_left
 
 pytestmark = pytest.mark.guest
 
@@ -41,18 +41,12 @@ def patch_init(source) -> None:
     init.write_text(text.replace(original, PARAMETER.lstrip("\n"), 1))
 
 
-def test_an_out_of_tree_hfi1_loads_logs_its_line_and_carries_traffic(places, tmp_path, report_figure):  # noqa: F811
+def test_an_out_of_tree_hfi1_loads_logs_its_line_and_carries_traffic(places, tmp_path, report_figure):
     run_dir, outside = places
     release = build_guest_image("trixie").kernel_version
     source = hfi1_source(tmp_path / "hfi1")
     patch_init(source)
-    started = time.monotonic()
-    module = build_module(source, "hfi1", release)
-    first_build = time.monotonic() - started
-    (source / "init.c").touch()
-    started = time.monotonic()
-    build_module(source, "hfi1", release)
-    rebuild = time.monotonic() - started
+    module, first_build, rebuild = timed_build_and_rebuild(source, "hfi1", release)
     started = time.monotonic()
     up = UpProcess(run_dir, outside, "--guests", "2", "--module", str(module))
     try:

@@ -22,6 +22,7 @@ import pytest
 
 from images.lab.fabric import ACTIVE, INIT, Fabric, parse_pingpong
 from images.lab.wait import wait_until
+from testkit.guest_checks import opainfo
 
 pytestmark = pytest.mark.guest
 
@@ -93,14 +94,6 @@ def switched(module_lab, report_figure):
         save_diagnostics(fabric, work)
     finally:
         fabric.close()
-
-
-def opainfo(guest) -> dict:
-    out = guest.run("opainfo", check=True).stdout
-    lids = re.search(r"LID: (0x[0-9a-f]+)-(0x[0-9a-f]+)\s+SM LID: (0x[0-9a-f]+)", out)
-    state = re.search(r"PortState:\s+(\w+)", out)
-    assert lids and state, out
-    return {"state": state[1], "lid": int(lids[1], 16), "sm_lid": int(lids[3], 16), "text": out}
 
 
 def test_opafm_brings_every_hfi_port_and_its_switch_port_active(switched):

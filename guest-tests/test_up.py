@@ -15,10 +15,6 @@ import lzma
 import os
 import signal
 import struct
-import subprocess
-import sys
-import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -27,81 +23,13 @@ import pytest
 from images.lab.up import Recorded
 from images.lab.wait import wait_until
 from images.provision.guest_image import installed_kernel_version, provision_rootfs
+from testkit.up import CHECKOUT, UpProcess, assert_nothing_left
 
 pytestmark = pytest.mark.guest
-
-CHECKOUT = Path(__file__).resolve().parent.parent
-
-
-class UpProcess:
-    """`vfnic up ARGS` started in `cwd`, its output collected line by line."""
-
-    def __init__(self, run_dir: Path, cwd: Path, *args: str):
-        self.run_dir, self.cwd = run_dir, cwd
-        self.env = {**os.environ, "VFNIC_RUN_DIR": str(run_dir), "PYTHONPATH": str(CHECKOUT)}
-        self.process = subprocess.Popen([*self.vfnic(), "up", *args], cwd=cwd, env=self.env, text=True,
-                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        self.lines: list[str] = []
-        self.reader = threading.Thread(target=lambda: self.lines.extend(self.process.stdout), daemon=True)
-        self.reader.start()
-
-    @staticmethod
-    def vfnic() -> list[str]:
-        return [sys.executable, "-m", "emulator.cli"]
-
-    @property
-    def output(self) -> str:
-        return "".join(self.lines)
-
-    def state(self, name: str = "default") -> dict:
-        try:
-            return json.loads((self.run_dir / name / "state.json").read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
-            return {}
-
-    def wait_for(self, condition, timeout: float, what: str):
-        def check():
-            if self.process.poll() is not None:
-                pytest.fail(f"vfnic up exited ({self.process.returncode}) before {what}:\n{self.output}")
-            return condition(self.state())
-        return wait_until(check, timeout, what, explain=lambda: self.output)
-
-    def run(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-        return subprocess.run([*self.vfnic(), *args], cwd=self.cwd, env=self.env, text=True, capture_output=True,
-                              timeout=timeout)
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(90)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-        # whatever it recorded and left, by PID
-        for p in self.state().get("processes", []):
-            Recorded.from_json(p).stop()
-
-
-@pytest.fixture
-def places():
-    run_dir = Path(tempfile.mkdtemp(prefix="vfnic-up-", dir="/tmp"))  # short: unix socket paths
-    outside = Path(tempfile.mkdtemp(prefix="vfnic-user-"))
-    yield run_dir / "run", outside
-    import shutil
-    shutil.rmtree(run_dir, ignore_errors=True)
-    shutil.rmtree(outside, ignore_errors=True)
-
 
 def stock_hfi1() -> Path:
     tree = provision_rootfs()
     return tree / "usr/lib/modules" / installed_kernel_version(tree) / "kernel/drivers/infiniband/hw/hfi1/hfi1.ko.xz"
-
-
-def assert_nothing_left(state: dict, run_dir: Path) -> None:
-    recorded = [Recorded.from_json(p) for p in state.get("processes", [])]
-    assert recorded, state
-    assert [p for p in recorded if p.alive()] == []
-    assert not (run_dir / state.get("name", "default")).exists(), list((run_dir / "default").iterdir())
 
 
 def test_up_exec_down_from_outside_the_checkout(places, report_figure):

@@ -74,6 +74,15 @@ def load_hfi1(guest, want_state: str, timeout: float = 120.0) -> float:
     return time.monotonic() - start
 
 
+def opainfo(guest) -> dict:
+    """Port 1 as opainfo shows it: state, LID, the SM's LID, and the whole text."""
+    out = guest.run("opainfo", check=True).stdout
+    lids = re.search(r"LID: (0x[0-9a-f]+)-(0x[0-9a-f]+)\s+SM LID: (0x[0-9a-f]+)", out)
+    state = re.search(r"PortState:\s+(\w+)", out)
+    assert lids and state, out
+    return {"state": state[1], "lid": int(lids[1], 16), "sm_lid": int(lids[3], 16), "text": out}
+
+
 def no_hfi1_device(guest) -> bool:
     return not guest.run("ls /sys/class/infiniband 2>/dev/null").stdout.split()
 

@@ -359,23 +359,7 @@ class Switch:
             return self._drop(port, reason)
         step = smi.forward(smp)
         if step is smi.Next.FORWARD:
-            out_number = smi.forward_port(smp)
-            out = self.ports.get(out_number)
-            if out is None:
-                return self._drop(port, smi.DropReason.PATH_PORT)
-            verdict, reason = smi.send(smp, True, out_number)
-            if verdict is smi.Verdict.DISCARD:
-                return self._drop(port, reason)
-            if not self._can_send(out, opa.SC_VL15):
-                return self._drop(port, smi.DropReason.DEAD_PORT)
-            if out.egress_full():
-                out.blocked.add(port.number)
-                return None
-            forwarded = build_mad_packet(request.mad, slid=request.slid, dlid=request.dlid, sc=request.sc,
-                                         sl=request.sl, dest_qp=0, src_qp=request.src_qp, pkey=request.pkey,
-                                         qkey=request.qkey)
-            self.forwarded += 1
-            return [(out, forwarded)]
+            return self._send_directed(port, smi.forward_port(smp), request, smp, slid=request.slid, dlid=request.dlid)
         if step is smi.Next.SEND:
             verdict, reason = smi.send(smp, True, port.number)
             if verdict is smi.Verdict.DISCARD:
@@ -390,14 +374,7 @@ class Switch:
         """An LR-DR SMP: LID-routed to us, its directed part starts here (IBA
         C14-9: this switch sends it on as if it had originated it), out of
         InitialPath[1], with the permissive LID in the LRH from here on."""
-        out_number = smp.initial(1)
-        out = self.ports.get(out_number)
-        if out is None:
-            return self._drop(port, smi.DropReason.PATH_PORT)
-        verdict, reason = smi.send(smp, True, out_number)
-        if verdict is smi.Verdict.DISCARD:
-            return self._drop(port, reason)
-        return self._forward_smp(port, out, request, slid=PERMISSIVE_9B, dlid=PERMISSIVE_9B)
+        return self._send_directed(port, smp.initial(1), request, smp, slid=PERMISSIVE_9B, dlid=PERMISSIVE_9B)
 
     def _end_directed_part(self, port: SwitchPort, request, smp: smi.DrSmp) -> list | None:
         """The response to an LR-DR SMP at the end of its directed part (C14-13:
@@ -408,6 +385,18 @@ class Switch:
         if out is None:
             return self._drop(port, Drop.UNPROGRAMMED)
         return self._forward_smp(port, out, request, slid=self.lid, dlid=dr_slid)
+
+    def _send_directed(self, port: SwitchPort, out_number: int, request, smp: smi.DrSmp, slid: int,
+                       dlid: int) -> list | None:
+        """A directed-route SMP on its way out of port `out_number` (the SMI's
+        send check first), or the reason it is dropped."""
+        out = self.ports.get(out_number)
+        if out is None:
+            return self._drop(port, smi.DropReason.PATH_PORT)
+        verdict, reason = smi.send(smp, True, out_number)
+        if verdict is smi.Verdict.DISCARD:
+            return self._drop(port, reason)
+        return self._forward_smp(port, out, request, slid=slid, dlid=dlid)
 
     def _forward_smp(self, port: SwitchPort, out: SwitchPort, request, slid: int, dlid: int) -> list | None:
         if not self._can_send(out, opa.SC_VL15):
