@@ -118,3 +118,17 @@ def test_the_check_sees_a_device_known_to_the_transport_and_a_side_known_to_comm
     sample = tmp_path / "module.py"
     sample.write_text(source)
     assert offending(package, sample) == expected
+
+
+def test_no_two_test_modules_share_a_basename():
+    """pytest imports test modules by basename (rootdir-relative, no packages):
+    tests/test_x.py beside guest-tests/test_x.py stops the whole run at
+    collection ("import file mismatch")."""
+    modules = sorted(p for folder in ("tests", "guest-tests") for p in (ROOT / folder).rglob("test_*.py"))
+    seen: dict[str, Path] = {}
+    clashes = []
+    for path in modules:
+        if path.name in seen:
+            clashes.append((str(seen[path.name].relative_to(ROOT)), str(path.relative_to(ROOT))))
+        seen.setdefault(path.name, path)
+    assert clashes == []
