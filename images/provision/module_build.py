@@ -68,13 +68,14 @@ def kernel_headers(release: str, suite: str = GUEST_KERNEL_SUITE) -> Path:
     recipe = {"suite": suite, "packages": {p.name: p.version for p in packages}, "layout": KBUILD_LAYOUT,
               "wrapped": LOADER_WRAPPED}
     directory = build_once("kbuild", recipe, unpack)
-    build_dir = directory / "root/usr/src" / f"linux-headers-{release}"
+    sources = directory / "root/usr/src"
+    build_dir = sources / f"linux-headers-{release}"
     # The headers' Makefile includes the common headers' by absolute path:
     # point it where they were unpacked (after build_once moved them there).
     makefile = build_dir / "Makefile"
     text = makefile.read_text()
     if "include /usr/src/" in text:
-        makefile.write_text(text.replace("include /usr/src/", f"include {directory}/root/usr/src/"))
+        makefile.write_text(text.replace("include /usr/src/", f"include {sources}/"))
     return build_dir
 
 
