@@ -161,5 +161,10 @@ def create_switched_fabric(name: str, count: int, options: list[str] | None = No
     if not 0 <= switch_ports <= 254:
         raise OptionError(f"a switch has 1..254 ports, not {switch_ports}")
     chosen = parse_options(name, options or [])
-    return _resolve(entry, entry.switched_fabric)(count, switch_ports,
-                                                  **{k.replace("-", "_"): v for k, v in chosen.items()})
+    try:
+        return _resolve(entry, entry.switched_fabric)(count, switch_ports,
+                                                      **{k.replace("-", "_"): v for k, v in chosen.items()})
+    except OptionError:
+        raise
+    except ValueError as e:  # the device refuses an option in this fabric (e.g. hfi1's link-partner)
+        raise OptionError(str(e)) from None

@@ -68,10 +68,10 @@ class MmioTrace:
         self._out = SideFile(file, log, f"MMIO trace {path}")
 
     def record(self, device: str, op: str, bar: int, offset: int, size: int, name: str, value: int) -> None:
-        line = json.dumps({"t": round(time.monotonic() - self._start, 6), "device": device, "op": op, "bar": bar,
-                           "offset": f"{offset:#08x}", "size": size, "register": name,
-                           "value": f"{value:#0{2 + 2 * size}x}"}) + "\n"
-        with self._out.lock:
+        fields = {"device": device, "op": op, "bar": bar, "offset": f"{offset:#08x}", "size": size, "register": name,
+                  "value": f"{value:#0{2 + 2 * size}x}"}
+        with self._out.lock:  # the time is read under the lock: the devices' lines stay in time order
+            line = json.dumps({"t": round(time.monotonic() - self._start, 6), **fields}) + "\n"
             if self._out.write(line):
                 self.lines += 1
 

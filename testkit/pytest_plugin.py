@@ -111,7 +111,12 @@ class VfnicFabric:
         return self._up.logs
 
     def guest(self, which):
-        return self.guests[which] if isinstance(which, int) else next(g for g in self.guests if g.name == which)
+        if isinstance(which, int):
+            return self.guests[which]
+        found = next((g for g in self.guests if g.name == which), None)
+        if found is None:
+            raise KeyError(f"no guest {which!r} on this fabric (guests: {', '.join(g.name for g in self.guests)})")
+        return found
 
     def run(self, which, command, timeout: float = 120.0, check: bool = False):
         """Run `command` in a guest (index or name); an images.lab.vm.Result."""

@@ -29,6 +29,8 @@ def vfnic(*args, **kw):
     (["serve", "--device", "hfi1", "--socket", "x.sock", "--option", "icode=fpga"],
      "icode takes silicon or simulator"),
     (["firmware"], "required: --output"),
+    (["serve", "--device", "hfi1", "--socket", "x.sock", "--switch", "--option", "link-partner=none"],
+     "link-partner=none does not apply on a switch"),
     (["serve", "--device", "testdev", "--socket", "x.sock", "--switch"], "testdev cannot be cabled to a switch"),
     (["serve", "--device", "hfi1", "--socket", "a.sock", "--socket", "b.sock", "--switch", "1"],
      "a switch of 1 ports cannot take 2 devices"),

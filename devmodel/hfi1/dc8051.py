@@ -513,7 +513,8 @@ HOST_COMMANDS: dict[HostCommand, Callable[[Dc8051, int], tuple[int, int]]] = {
     HostCommand.WRITE_LCB_CSR: Dc8051._cmd_write_lcb_csr,
     HostCommand.INTERFACE_TEST: Dc8051._cmd_interface_test,
 }
-assert set(HOST_COMMANDS) == set(HostCommand), "every host command has a handler"
+if set(HOST_COMMANDS) != set(HostCommand):
+    raise ImportError(f"host commands without a handler: {sorted(c.name for c in set(HostCommand) - set(HOST_COMMANDS))}")
 
 
 def _field_name(field_id: int, lane_id: int) -> str:

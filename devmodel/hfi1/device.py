@@ -142,11 +142,14 @@ class Hfi1Device(DeviceModel):
         """`count` HFIs, each cabled to a port of one edge switch ("sw0", ports
         1..count; `switch_ports` ports in all, or count + SPARE_SWITCH_PORTS if 0),
         the switch's events on the same engine thread as the HFIs. The HFIs and
-        [the switch]. `link_partner` does not apply: every HFI has the switch.
+        [the switch]. `link_partner` does not apply (every HFI has the switch):
+        anything but the default is refused.
         With icode=simulator the switch ports take NeighborNormal at Armed, as
         such an hfi1 does itself (docs/switch.md)."""
         from devmodel.switch import Switch
 
+        if link_partner != "present":
+            raise ValueError(f"link-partner={link_partner} does not apply on a switch: every HFI has the switch")
         ports = switch_ports or count + SPARE_SWITCH_PORTS
         if ports < count:
             raise ValueError(f"a switch of {ports} ports cannot take {count} HFIs")

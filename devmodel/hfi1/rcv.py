@@ -290,10 +290,13 @@ class Receive(Block):
         rcv_type, tid_ctrl = RcvType.IB, 0
         if dest_qp >> 16 == kdeth_prefix and kdeth_prefix:
             hdr_len = bth - opa.LRH_BYTES + opa.KDETH_HEADER_BYTES
+            if len(data) < hdr_len + opa.ICRC_BYTES:
+                # the J_KEY, TID and flow checks read KDETH where it would be
+                self._drop("KDETH packet shorter than its headers", RCV_SHORT_ERR_CNT)
+                return None
             kdeth = bth + opa.BTH_BYTES
-            if len(data) >= kdeth + _KDETH0_BYTES:
-                tid_ctrl = (int.from_bytes(data[kdeth:kdeth + _KDETH0_BYTES], "little") >> _TID_CTRL_SHIFT) \
-                    & _TID_CTRL_MASK
+            tid_ctrl = (int.from_bytes(data[kdeth:kdeth + _KDETH0_BYTES], "little") >> _TID_CTRL_SHIFT) \
+                & _TID_CTRL_MASK
             rcv_type = RcvType.EXPECTED if tid_ctrl else RcvType.EAGER
         else:
             hdr_len = (opa.HEADER_BYTES_BY_OPCODE[opcode] or opa.LRH_BYTES + opa.BTH_BYTES) + bth - opa.LRH_BYTES

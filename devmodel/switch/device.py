@@ -27,6 +27,7 @@ import threading
 from collections import Counter
 from collections.abc import Callable
 
+from common.ratelog import limited
 from devmodel.fabric import LinkMessage, MessageKind, Packet, PortIdentity
 from devmodel.wire import opa
 from devmodel.wire import opa_sma as w
@@ -206,7 +207,15 @@ class Switch:
         handled, inbound = 0, port.inbound.packets
         while inbound and handled < INGRESS_BATCH:
             packet = inbound[0]
-            targets = self._route(port, packet)
+            try:
+                targets = self._route(port, packet)
+            except Exception:  # a model bug: the packet is lost and counted, the port goes on
+                inbound.popleft()
+                handled += 1
+                self.internal_errors += 1
+                limited(self, self.log, "packets the model failed on").error(
+                    "%s: internal error routing a packet from port %d", self.name, port.number, exc_info=True)
+                continue
             if targets is None:  # an egress queue is full: hold the line
                 break
             inbound.popleft()

@@ -1,7 +1,7 @@
 """A switch port: one end of a cable, with an inbound buffer and an egress queue.
 
     Link --receive(packet)--> inbound (bounded: has_room = the link's credits)
-                                 | switch event: ingress batch (Switch._ingress)
+                                 | switch event: ingress batch (Switch.ingress)
                               egress queue (bounded; a full one holds the ingress
                                  | that feeds it: head-of-line, nothing dropped)
     Link <--transmit------ pump (while the peer has room; `room()` resumes it)

@@ -208,6 +208,8 @@ def read_message(stream) -> tuple[dict, bytes] | None:
     if not line:
         return None
     header = json.loads(line)
+    if not isinstance(header, dict):
+        raise ValueError(f"a lab-socket header is a JSON object, not {type(header).__name__}")
     size = int(header.get("size", 0))
     payload = stream.read(size) if size else b""
     if len(payload) != size:

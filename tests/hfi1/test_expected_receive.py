@@ -146,6 +146,23 @@ def test_a_kdeth_packet_for_a_context_that_does_not_exist_is_dropped_and_counted
     assert b.stats()["internal_errors"] == []
 
 
+@pytest.mark.parametrize("cut", [4, 8])  # KDETH word 1, or all of KDETH, missing
+def test_a_kdeth_packet_cut_inside_its_headers_is_dropped_as_short_and_nothing_lands(fabric, cut):
+    """The J_KEY, TID and flow checks read KDETH where it would be: a packet
+    that ends inside LRH+BTH+KDETH is a short packet, not a TID to follow."""
+    _, a, b = fabric
+    whole = kdeth_packet(b, USER_A, b"", tid_ctrl=1, tid=0, offset=0)
+    headers = opa.LRH_BYTES + opa.BTH_BYTES + opa.KDETH0.size + opa.KDETH1.size
+    body = whole[opa.LRH_BYTES:headers - cut]
+    short = opa.LRH.build(sc=0, lnh=opa.LNH_BTH, dlid=b.lid, slid=1,
+                          pkt_len=(opa.LRH_BYTES + len(body) + opa.ICRC_BYTES) // 4) + body  # PktLen agrees
+    before = bytes(b.memory.read(page(0), 4096))
+    inject(b, short)
+    assert b.stats()["rcv"]["dropped"].get("KDETH packet shorter than its headers") == 1
+    assert bytes(b.memory.read(page(0), 4096)) == before
+    assert b.stats()["internal_errors"] == []
+
+
 def test_a_write_combined_line_changes_only_the_entries_with_write_enable(fabric):
     """hfi1_put_tid writes the RcvArray through a write-combining map; QEMU
     may hand a flushed 64-byte line to the device with the qwords the CPU

@@ -27,6 +27,25 @@ def test_a_9b_packet_is_forwarded_by_dlid_through_the_lft():
     assert opa.icrc_ok(fabric.ends[4].received[0].data)
 
 
+def test_a_packet_the_model_fails_on_is_lost_and_counted_and_the_port_goes_on(monkeypatch):
+    fabric = programmed(Fabric(), {4: 4})
+    route = fabric.switch._route
+    calls = []
+
+    def failing_once(port, packet):
+        calls.append(packet)
+        if len(calls) == 1:
+            raise RuntimeError("a bug in the model")
+        return route(port, packet)
+    monkeypatch.setattr(fabric.switch, "_route", failing_once)
+    first, second = data_packet(dlid=4), data_packet(dlid=4, payload=b"second")
+    fabric.sm.send(first)
+    fabric.sm.send(second)
+    fabric.run()
+    assert fabric.switch.internal_errors == 1
+    assert [p.data for p in fabric.ends[4].received] == [second.data], "the next packet is not stuck behind it"
+
+
 def test_a_16b_packet_is_forwarded_by_its_24_bit_dlid():
     fabric = programmed(Fabric(), {3: 3})
     lrh = opa.LRH_16B.build(age=0, entropy=0, pkey=0x8001, dlid_high=0, slid_high=0, l4=9, l2=2, fecn=0, rc=0,
