@@ -19,7 +19,7 @@ import logging
 import threading
 from collections import Counter, deque
 
-from devmodel.fabric import Link, LinkDownReason, LinkMessage, MessageKind, NodeType, Packet, PortIdentity
+from devmodel.fabric import InboundBuffer, Link, LinkDownReason, LinkMessage, MessageKind, NodeType, Packet, PortIdentity
 from devmodel.switch import smi
 from devmodel.switch.mad_packet import build_mad_packet, parse_mad_packet, reply_packet
 from devmodel.switch.managed_port import ManagedPort
@@ -53,7 +53,7 @@ class SimulatedHfi:
         self.pma = PerformanceAgent({1: self.counters})
         self.link: Link | None = None
         self.epoch = -1
-        self.inbound: deque[Packet] = deque()
+        self.inbound = InboundBuffer(INBOUND_LIMIT)
         self.outbox: deque[Packet] = deque()
         self.drops: Counter[str] = Counter()
         self.internal_errors = 0
@@ -124,19 +124,21 @@ class SimulatedHfi:
         self._post(arrived)
 
     def receive(self, packet: Packet) -> None:
-        self.inbound.append(packet)
-        self._post(self._ingress)
+        if self.inbound.push(packet):
+            self._post(self._ingress)
 
     def has_room(self) -> bool:
-        return len(self.inbound) < INBOUND_LIMIT
+        return self.inbound.has_room()
 
     def room(self) -> None:
         self.worker.submit(self._flush)
 
     # -- packets ------------------------------------------------------------------------------------
     def _ingress(self) -> None:
-        while self.inbound:
-            packet = self.inbound.popleft()
+        self.inbound.begin()
+        packets = self.inbound.packets
+        while packets:
+            packet = packets.popleft()
             self.counters.received(len(packet.data))
             reply = self._handle(packet)
             if reply is not None:
