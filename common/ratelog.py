@@ -17,10 +17,12 @@ what it counts per event (offsets, messages).
 
 `limited(owner, log, kind)` is the one an object makes on first use, so a
 call site turns into a rate-limited one without a constructor change, and
-`counts(*owners)` is what a device's `stats()` reports of them:
+`counts(*owners)` is what a device's `stats()` reports of them, and
+`flush(*owners)` writes what they hold back when the device closes:
 
     limited(self, self.log, "accesses outside BAR0").warning("BAR%d access ...", bar)
     counts(self, *self.blocks)   # {"accesses outside BAR0": 3, ...}
+    flush(self, *self.blocks)    # at close: "... and 12 more accesses outside BAR0 ..."
 """
 from __future__ import annotations
 
@@ -112,3 +114,12 @@ def counts(*owners: object) -> dict[str, int]:
             for kind, limiter in _limiters.get(id(owner), {}).items():
                 totals[kind] = totals.get(kind, 0) + limiter.count
     return dict(sorted(totals.items()))
+
+
+def flush(*owners: object) -> None:
+    """Write the summaries the limiters `limited` made for `owners` hold back
+    (a device's close: what it saw last is not lost with it)."""
+    with _limiters_lock:
+        limiters = [limiter for owner in owners for limiter in _limiters.get(id(owner), {}).values()]
+    for limiter in limiters:
+        limiter.flush()

@@ -114,6 +114,10 @@ class RegisterFile:
                 self._covering[byte] = reg
         self._sorted = sorted(self._regs)
 
+    def flush_log(self) -> None:
+        """Write the summary of undeclared accesses held back (the device closes)."""
+        self._undeclared_log.flush()
+
     def __contains__(self, name: str) -> bool:
         return any(r.name == name for r in self._regs.values())
 

@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from common.ratelog import RateLimitedLog, counts, limited
+from common.ratelog import RateLimitedLog, counts, flush, limited
 
 
 class ManualClock:
@@ -95,3 +95,21 @@ def test_counts_add_up_each_kind_over_the_owners_logged_or_held_back():
     limited(stranger, log, "accesses outside BAR0").warning("not ours")
     assert counts(chip, block) == {"accesses outside BAR0": 1, "undeclared offsets": 26}
     assert counts() == {}
+
+
+def test_flush_of_owners_writes_every_held_back_summary_of_theirs_only(lines):
+    class Owner:
+        pass
+
+    log = logging.getLogger("test.ratelog")
+    chip, block, stranger = Owner(), Owner(), Owner()
+    for n in range(12):
+        limited(block, log, "undeclared offsets").warning("write %d of an undeclared offset", n)
+        limited(stranger, log, "undeclared offsets").warning("not ours %d", n)
+    limited(chip, log, "accesses outside BAR0").warning("BAR2")  # within its burst: nothing held
+    before = len(lines())
+    flush(chip, block)
+    assert lines()[before:] == ["... and 2 more undeclared offsets in 0 s (12 in all), "
+                                "the latest: write 11 of an undeclared offset"]
+    flush(chip, block)
+    assert len(lines()) == before + 1, "a flushed summary is written once"

@@ -43,7 +43,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from common.ratelog import counts, limited
+from common.ratelog import counts, flush, limited
 from devmodel.base import DeviceHost, DeviceModel
 from devmodel.fabric import Packet, cable
 from devmodel.pci_layout import Bar, BarKind, MsixLayout, PcieLink, PciIdentity, PciLayout
@@ -290,6 +290,8 @@ class Hfi1Device(DeviceModel):
             self._generation += 1
         self.worker.stop()
         self.port.unplug()
+        self.regs.flush_log()
+        flush(self, *self.blocks)
 
     def stats(self) -> dict:
         with self._lock:

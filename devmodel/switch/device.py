@@ -27,7 +27,7 @@ import threading
 from collections import Counter
 from collections.abc import Callable
 
-from common.ratelog import limited
+from common.ratelog import flush, limited
 from devmodel.fabric import LinkMessage, MessageKind, Packet, PortIdentity
 from devmodel.wire import opa
 from devmodel.wire import opa_sma as w
@@ -492,6 +492,7 @@ class Switch:
         stop = getattr(self.worker, "stop", None)
         if stop is not None:
             stop()
+        flush(self)
 
 
 PORT_STATE_NAMES = {w.PortState.NOP: "NOP", w.PortState.DOWN: "DOWN", w.PortState.INIT: "INIT",

@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from common.ratelog import counts, limited
+from common.ratelog import counts, flush, limited
 from devmodel.base import DeviceModel, DmaError
 from devmodel.pci_layout import Bar, BarKind, MsixLayout, PciIdentity, PciLayout
 from devmodel.regs import Access, Register, RegisterFile
@@ -105,6 +105,8 @@ class TestDevice(DeviceModel):
 
     def close(self) -> None:
         self.worker.stop()
+        self.regs.flush_log()
+        flush(self)
 
     def stats(self) -> dict:
         return {"undeclared_csr_accesses": sum(self.regs.undeclared.values()), "warnings": counts(self)}

@@ -1,6 +1,8 @@
 """What the PCI layer and the driver's first reads see: identity, BAR0, MSI-X, capacities."""
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from devmodel.hfi1 import ChipConfig, Hfi1Device
@@ -107,3 +109,14 @@ def test_smaller_chip_shrinks_the_per_context_register_arrays():
         assert small.stats()["undeclared_csr_accesses"] == 1
     finally:
         small.close()
+
+
+def test_closing_the_chip_writes_the_undeclared_accesses_it_held_back(caplog):
+    chip = Hfi1Device(ChipConfig(rcv_contexts=16, send_contexts=32, rcv_array_count=2048),
+                      worker=ManualScheduler().worker("closing"))
+    with caplog.at_level(logging.WARNING):
+        for context in range(16, 31):  # each a context that does not exist: 15 undeclared offsets
+            chip.bar_read(0, cr.RCV_CTXT_CTRL + 0x100 * context, 8)
+        chip.close()
+    summaries = [r.getMessage() for r in caplog.records if "more undeclared offsets" in r.getMessage()]
+    assert summaries and "(15 in all)" in summaries[-1]
