@@ -309,18 +309,22 @@ class Switch:
             return self._drop(port, Drop.UNPROGRAMMED)
         if getattr(packet, "hops", 0) >= MAX_SWITCH_HOPS:
             return self._drop(port, Drop.LIFETIME)
+        live, dead = [], []
         for number in members:
             out = self.ports.get(number)
             if out is None:
                 continue  # port 0 member: the switch itself joins no groups
-            if not self._can_send(out, packet.sc):
-                out.counters.port_xmit_discards += 1
-                self.count_drop(Drop.DEAD_PORT)
-                continue
-            if out.egress_full():
+            (live if self._can_send(out, packet.sc) else dead).append(out)
+        full = [out for out in live if out.egress_full()]
+        if full:  # held whole, and retried: nothing is counted until it goes
+            for out in full:
                 out.blocked.add(port.number)
-                return None
-            targets.append((out, self._onward(packet, self.forwarding.sc_out(port.number, number, packet.sc))))
+            return None
+        for out in dead:
+            out.counters.port_xmit_discards += 1
+            self.count_drop(Drop.DEAD_PORT)
+        for out in live:
+            targets.append((out, self._onward(packet, self.forwarding.sc_out(port.number, out.number, packet.sc))))
         for out, _ in targets:
             out.counters.port_multicast_xmit_pkts += 1
         self.forwarded += 1

@@ -155,3 +155,24 @@ def test_credit_back_pressure_holds_packets_instead_of_dropping_them():
     fabric.links[3].room_freed(end)
     fabric.run()
     assert len(end.received) == total and not fabric.switch.drops
+
+
+def test_a_multicast_held_for_a_full_egress_counts_its_dead_member_once():
+    fabric = programmed(Fabric(), {4: 4})
+    block = bytearray(64)
+    block[0:8] = ((1 << 1) | (1 << 3) | (1 << 4)).to_bytes(8, "big")  # MFT entry 0 (DLID 0xC000)
+    assert status_of(fabric.dr(w.Method.SET, w.Attr.MULTICAST_FWD, 1 << 24, [1], bytes(block))) == 0
+    fabric.links[3].take_down()  # a member before the full one
+    end = fabric.ends[4]
+    end.room_available = False
+    for _ in range(EGRESS_LIMIT):
+        fabric.sm.send(data_packet(dlid=4))
+    fabric.sm.send(data_packet(dlid=0xC000))
+    fabric.run()
+    assert len(fabric.switch.ports[4].egress) == EGRESS_LIMIT and fabric.switch.ports[1].inbound, "held"
+    end.room_available = True
+    fabric.links[4].room_freed(end)
+    fabric.run()
+    assert len(end.received) == EGRESS_LIMIT + 1
+    assert fabric.switch.drops[Drop.DEAD_PORT] == 1
+    assert fabric.switch.ports[3].counters.port_xmit_discards == 1
