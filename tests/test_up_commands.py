@@ -5,6 +5,7 @@ checks (.modinfo, vermagic), kernel specs. The guest-backed checks are in
 guest-tests/test_up.py."""
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -349,3 +350,14 @@ def test_the_pytest_plugin_imports_nothing_of_the_lab_until_its_fixture_is_used(
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                          env={**os.environ, "PYTHONPATH": str(Path(cli.__file__).parents[1])})
     assert out.stdout.strip() == "[]", out
+
+
+def test_detach_runs_the_same_up_rebuilt_from_the_parsed_arguments_not_from_sys_argv():
+    parser = argparse.ArgumentParser()
+    commands.register_up(parser.add_subparsers())
+    given = parser.parse_args(["up", "-d", "--name", "lab", "--guests", "1", "--kernel", "sid",
+                               "--module", "/m/hfi1.ko", "--option=note=-d", "--no-sm", "--trace", "t.jsonl",
+                               "--timeout", "90"])
+    again = parser.parse_args(commands.up_argv(given))
+    assert not again.detach
+    assert vars(again) | {"detach": True} == vars(given), "a value that reads -d stays a value"

@@ -86,13 +86,24 @@ def run_up(args) -> int:
         return 1
 
 
+def up_argv(args) -> list[str]:
+    """The `vfnic up` command line (without --detach) that does what `args` say,
+    rebuilt from them, not from sys.argv: a value that reads "-d" stays a value."""
+    argv = ["up", f"--name={args.name}", f"--guests={args.guests}", f"--kernel={args.kernel}",
+            f"--init={args.init}", f"--memory={args.memory}", f"--timeout={args.timeout}"]
+    argv += [f"--module={m}" for m in args.module] + [f"--option={o}" for o in args.option]
+    if args.no_sm:
+        argv.append("--no-sm")
+    if args.trace:
+        argv.append(f"--trace={args.trace}")
+    return argv
+
+
 def detach(args) -> int:
     """Run `vfnic up` (without -d) as a session of its own; return once its fabric is ready."""
     from images.lab.up import Recorded, cache_root, describe
     state_dir = _state(args)
-    argv = [a for a in sys.argv[1:] if a not in ("-d", "--detach")] if sys.argv[1:2] == ["up"] else None
-    if argv is None:
-        raise UsageError("--detach works from the `vfnic` command line only")
+    argv = up_argv(args)
     log = cache_root() / "logs" / f"{args.name}.up.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "wb") as out:
