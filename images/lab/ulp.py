@@ -6,9 +6,9 @@ customisation: device and interface names come from sysfs).
 Addresses are documentation ranges no real network uses (RFC 5737, RFC
 3849), reachable only inside the fabric:
 
-    IPoIB   192.0.2.{1,2}/24   2001:db8::{1,2}:0:0:1/64
+    IPoIB   192.0.2.{1,2,3,4}/24   2001:db8::{1,2,3,4}:0:0:1/64   (guest index + 1)
 
-The two IPv6 addresses share their low 24 bits on purpose. IPv6 neighbour
+The IPv6 addresses share their low 24 bits on purpose. IPv6 neighbour
 discovery sends to the peer's solicited-node group, which a node has not
 joined itself, so Linux 6.12's IPoIB asks the SA for a *send-only full
 member* join (join state 0x8); opafm 10.10 treats that bit as reserved,
@@ -27,8 +27,9 @@ from dataclasses import dataclass
 from images.lab.vm import Guest
 from images.lab.wait import wait_until
 
-IPOIB_V4 = ("192.0.2.1", "192.0.2.2")
-IPOIB_V6 = ("2001:db8::1:0:0:1", "2001:db8::2:0:0:1")
+IPOIB_V4 = ("192.0.2.1", "192.0.2.2", "192.0.2.3", "192.0.2.4")
+IPOIB_V6 = ("2001:db8::1:0:0:1", "2001:db8::2:0:0:1", "2001:db8::3:0:0:1", "2001:db8::4:0:0:1")
+IPOIB_V4_BROADCAST = "192.0.2.255"
 #: the IPoIB broadcast group of the default partition (P_Key 0x8001 after opafm)
 BROADCAST_MGID = "0xff12401b80010000:0x00000000ffffffff"
 NVME_PORT = 4420
@@ -58,7 +59,7 @@ def ipoib_interface(guest: Guest) -> str:
 
 
 def configure_ipoib(guest: Guest, index: int, mode: str = "datagram", timeout: float = 60.0) -> str:
-    """Bring the guest's IPoIB interface up with its addresses (index 0 or 1)
+    """Bring the guest's IPoIB interface up with its addresses (index 0..3)
     in `mode`; returns the interface's name once it has joined the broadcast
     group (carrier up)."""
     ifname = ipoib_interface(guest)
