@@ -98,10 +98,12 @@ class Fabric:
 
     # -- set-up ------------------------------------------------------------------------
     @classmethod
-    def launch(cls, workdir: Path, server_args: Sequence[str] = (), **guest_options) -> "LaunchedFabric":
-        """Start `vfnic serve` and two guests in `workdir` (a context manager
-        that stops them, guests first)."""
-        return LaunchedFabric(Path(workdir), list(server_args), guest_options)
+    def launch(cls, workdir: Path, server_args: Sequence[str] = (), guests: int = 2,
+               **guest_options) -> "LaunchedFabric":
+        """Start `vfnic serve` with `guests` sockets and a guest on each in
+        `workdir` (a context manager that stops them, guests first). More
+        than two need a switch in `server_args` (`--switch`)."""
+        return LaunchedFabric(Path(workdir), list(server_args), guest_options, guests)
 
     @classmethod
     def boot(cls, server: VfnicServer, start_guest: Callable[..., Guest], socket_dir: Path,
@@ -217,8 +219,9 @@ def rdma_cm_listening(guest: Guest, port: int) -> bool:
 class LaunchedFabric:
     """`Fabric.launch(...)`: a Fabric that owns its server and guests."""
 
-    def __init__(self, workdir: Path, server_args: list[str], guest_options: dict):
+    def __init__(self, workdir: Path, server_args: list[str], guest_options: dict, guests: int = 2):
         self.workdir, self.server_args, self.guest_options = workdir, server_args, guest_options
+        self.guests = guests
         self._stack = ExitStack()
 
     def __enter__(self) -> Fabric:
@@ -228,11 +231,11 @@ class LaunchedFabric:
         self._stack.callback(shutil.rmtree, socket_dir, True)
         self.workdir.mkdir(parents=True, exist_ok=True)
         try:
-            server = VfnicServer("hfi1", [socket_dir / "hfi1-a.sock", socket_dir / "hfi1-b.sock"],
-                                 log=self.workdir / "serve.log", args=self.server_args)
+            sockets = [socket_dir / f"hfi1-{chr(ord('a') + i)}.sock" for i in range(self.guests)]
+            server = VfnicServer("hfi1", sockets, log=self.workdir / "serve.log", args=self.server_args)
             self._stack.callback(server.stop)
             server.start()
-            count = iter(range(2))
+            count = iter(range(self.guests))
 
             def start_guest(devices, **options) -> Guest:
                 name = f"guest{next(count)}"
