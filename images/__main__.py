@@ -4,11 +4,14 @@
     python -m images demo               two guests on a two-HFI fabric: opafm brings
                                         both ports Active, then ib_write_bw between them
     python -m images demo hfi1 --run "ibv_devinfo"   (run in both guests, once Active)
+    python -m images demo --guests 4    four guests on an emulated switch: opafm brings
+                                        every port Active, ibv_rc_pingpong between every pair
     python -m images demo testdev --run "lspci -nn"  (one guest, one test device)
 """
 from __future__ import annotations
 
 import argparse
+import itertools
 import logging
 import shutil
 import sys
@@ -16,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from images.lab.fabric import ACTIVE, INIT, Fabric, FabricError, parse_perftest
+from images.lab.fabric import ACTIVE, INIT, Fabric, FabricError, parse_perftest, parse_pingpong
 from images.lab.process import log_tail
 from images.lab.server import ServerError, VfnicServer
 from images.lab.vm import AgentError, Guest, VfioUserDevice
@@ -37,6 +40,8 @@ DEVICE_SHOW_COMMANDS = {
 }
 #: the traffic the fabric demo shows: RDMA writes of 64 KiB, checked by perftest
 DEMO_TRAFFIC = "ib_write_bw -F -s 65536 -n 300"
+#: guests on the demo's switch: 1 vCPU and 1 GiB each, two cores and 24 GiB here
+MAX_DEMO_GUESTS = 8
 EXPECTED_FAILURES = (ProvisionError, QemuError, ServerError, AgentError, DeadlineExceeded, FabricError)
 
 
@@ -95,6 +100,47 @@ def fabric_demo(commands: list[str], keep: bool) -> int:
     return 0
 
 
+def switch_demo(guests: int, commands: list[str], keep: bool) -> int:
+    """`guests` guests on one emulated switch: opafm, then an all-pairs check."""
+    workdir = Path(tempfile.mkdtemp(prefix="vfnic-demo-switch-"))
+    failed = True
+    try:
+        started = time.monotonic()
+        with Fabric.launch(workdir, server_args=["--switch"], guests=guests) as fabric:
+            first = fabric.guests[0]
+            print(f"{guests} guests ready in {max(g.boot_seconds for g in fabric.guests):.1f} s (kernel "
+                  f"{first.image.kernel_version}, {first.accel}, QEMU {first.qemu.version}); each has one "
+                  f"emulated HFI cabled to one emulated Omni-Path switch inside one `vfnic serve`")
+            fabric.wait_ports(INIT)
+            print(f"hfi1 bound in every guest ({', '.join(fabric.devices)}); ports Init after "
+                  f"{time.monotonic() - started:.1f} s\n")
+            fabric.start_subnet_manager()
+            print(f"$ {first.name}: opafmd (Debian's opa-fm)")
+            fabric.wait_ports(ACTIVE)
+            print(f"every port {ACTIVE} {time.monotonic() - fabric.sm_started_at:.1f} s later\n")
+            for guest in fabric.guests:
+                for command in commands:
+                    result = guest.run(command, timeout=120)
+                    print(f"[{guest.name}]$ {command}\n{result.stdout}{result.stderr}", end="")
+                    print("" if result.ok else f"(exit status {result.rc})\n")
+            print("ibv_rc_pingpong -c (data checked) between every pair, through the switch:")
+            for client, server in itertools.combinations(range(guests), 2):
+                run = fabric.run_pair("ibv_rc_pingpong -c -n 50", server=server, client=client)
+                summary = parse_pingpong(run.client.stdout + run.client.stderr)
+                if not run.ok or not summary:
+                    print(run.explain())
+                    raise FabricError(f"ibv_rc_pingpong guest{client} -> guest{server} failed")
+                print(f"  guest{client} -> guest{server}: {summary['iters']} iterations, "
+                      f"{summary['usec_per_iter']:.0f} us/iter")
+        failed = False
+    finally:
+        if failed or keep:
+            print(f"logs kept in {workdir}: serve.log, guest*/console.log, guest*/qemu.log", file=sys.stderr)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
 def demo(device: str, commands: list[str], keep: bool) -> int:
     """Serve `device`, boot a guest attached to it, run `commands` there."""
     workdir = Path(tempfile.mkdtemp(prefix=f"vfnic-demo-{device}-"))
@@ -131,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     show.add_argument("device", nargs="?", default="hfi1")
     show.add_argument("--run", action="append", metavar="COMMAND", help="run this instead (repeatable)")
     show.add_argument("--keep", action="store_true", help="keep the logs even on success")
+    show.add_argument("--guests", type=int, default=2,
+                      help="hfi1: more than 2 puts every guest on one emulated switch (at most 8 here)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="images: %(message)s", stream=sys.stderr)
     try:
@@ -141,6 +189,11 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"no show commands for {args.device!r} (known: "
                          f"{', '.join(DEVICE_SHOW_COMMANDS)}); pass --run COMMAND")
         commands = args.run or DEVICE_SHOW_COMMANDS[args.device]
+        if args.guests != 2 and (args.device != "hfi1" or not 3 <= args.guests <= MAX_DEMO_GUESTS):
+            parser.error(f"--guests takes 3 to {MAX_DEMO_GUESTS} guests of hfi1 (2, the default, cables two "
+                         f"back to back)")
+        if args.guests > 2:
+            return switch_demo(args.guests, args.run or [], args.keep)
         if args.device == "hfi1":
             return fabric_demo(commands, args.keep)
         return demo(args.device, commands, args.keep)

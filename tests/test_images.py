@@ -235,3 +235,12 @@ def test_the_image_installs_each_devices_guest_files_where_the_guest_looks():
     files = device_files()
     assert sorted(files) == [f"usr/lib/firmware/hfi1_{name}.fw" for name in ("dc8051", "fabric", "pcie", "sbus")]
     assert all(len(data) == 972 for data in files.values())
+
+
+@pytest.mark.parametrize("argv", [["demo", "--guests", "9"], ["demo", "--guests", "1"],
+                                  ["demo", "testdev", "--guests", "3"]])
+def test_the_demo_refuses_a_guest_count_it_cannot_run_before_starting_anything(argv, capsys):
+    from images.__main__ import main
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2 and "--guests takes 3 to 8 guests of hfi1" in capsys.readouterr().err
