@@ -17,7 +17,8 @@
     per context c, user page 0x1300000 + 0x1000c: RCV_HDR_TAIL (RO), RCV_HDR_HEAD,
       RCV_EGR_INDEX_HEAD, RCV_TID_FLOW_TABLE[32]
     RcvArray            0x1200000 + 8i  one TID entry per index (formats.RCV_ARRAY_ENTRY); a
-                        write changes an entry only with WriteEnable (bit 63) set
+                        write changes an entry only with WriteEnable (bit 63) set, and only
+                        from a whole 64-bit value (`rcv_array_write`)
 
 A packet from the link (`receive_packet`, a chip event on the worker) is
 checked (port enabled, logical state, DLID, length, ICRC), classified (IB,
@@ -45,6 +46,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from common.ratelog import limited
 from devmodel.fabric import Packet
 from devmodel.regs import Access, Register, extract_lanes, merge_lanes
 from devmodel.wire import opa
@@ -129,7 +131,8 @@ class Receive(Block):
         contexts = config.rcv_contexts
         self.errors = ErrorFlags(self.intr, RXE_ERR_INT, "RCV_ERR_STATUS", "RCV_ERR_CLEAR", "RCV_ERR_MASK")
         self.rcv_array = np.zeros(config.rcv_array_count, dtype=np.uint64)
-        self.rcv_array_staging: dict[int, int] = {}  # entries written in parts, WriteEnable not yet seen
+        #: (index, bytes written, value so far) of an entry being written in pieces (`rcv_array_write`)
+        self.rcv_array_staging: tuple[int, int, int] | None = None
         self.held_bytes = 0  # packets all contexts hold for full queues (bounded)
         self.contexts = [ReceiveContext(self, c) for c in range(contexts)]
         self.dropped: dict[str, int] = {}
@@ -170,7 +173,7 @@ class Receive(Block):
 
     def reset(self) -> None:
         self.rcv_array[:] = 0
-        self.rcv_array_staging.clear()
+        self.rcv_array_staging = None
         for context in self.contexts:
             context.reset()
         self.dropped.clear()
@@ -217,14 +220,51 @@ class Receive(Block):
         (`hfi1_put_tid`), whose flushes may carry whole 64-byte lines: an
         entry changes only when the qword written has WriteEnable (bit 63)
         set, which every `hfi1_put_tid` sets; the other qwords of the line
-        leave their entries alone. A write narrower than the entry is
-        staged until the byte holding WriteEnable arrives."""
+        leave their entries alone.
+
+        An entry takes effect only from one whole 64-bit value: one 8-byte
+        write, or the pieces of one store as QEMU hands a store wider than an
+        access to a device -- in ascending order, the low byte first, each
+        piece where the last one ended. Anything else -- a lone upper half
+        (WriteEnable and the size over the entry's old address bits), pieces
+        out of order, a store cut short by a write elsewhere in the RcvArray
+        -- is discarded with a log line, so that a torn write never maps a
+        TID to a mixed or stale address. [inferred: the chip has no sub-qword
+        decode (PSM2's opa_user.h: "paired 32 bit writes ... will not work");
+        what it does with a torn write is not documented]"""
         index, byte = divmod(offset - RCV_ARRAY, 8)
-        staged = merge_lanes(self.rcv_array_staging.pop(index, int(self.rcv_array[index])), byte, size, value)
+        if size == 8:
+            self._discard_torn_rcv_array_write()
+            if value & RCV_ARRAY_RT_WRITE_ENABLE_SMASK:
+                self.rcv_array[index] = value
+            return
+        staged = self.rcv_array_staging
+        if byte == 0:
+            self._discard_torn_rcv_array_write()
+            staged = (index, 0, 0)
+        elif staged is None or staged[:2] != (index, byte):
+            self._discard_torn_rcv_array_write()
+            self._torn_log().warning("RcvArray[%d]: a %d-byte write at byte %d that starts no 64-bit value and "
+                                     "continues none: discarded", index, size, byte)
+            return
+        entry = merge_lanes(staged[2], byte, size, value)
         if byte + size < 8:
-            self.rcv_array_staging[index] = staged
-        elif staged & RCV_ARRAY_RT_WRITE_ENABLE_SMASK:
-            self.rcv_array[index] = staged
+            self.rcv_array_staging = (index, byte + size, entry)
+            return
+        self.rcv_array_staging = None
+        if entry & RCV_ARRAY_RT_WRITE_ENABLE_SMASK:
+            self.rcv_array[index] = entry
+
+    def _discard_torn_rcv_array_write(self) -> None:
+        if self.rcv_array_staging is None:
+            return
+        index, written, entry = self.rcv_array_staging
+        self.rcv_array_staging = None
+        self._torn_log().warning("RcvArray[%d]: the first %d bytes of a 64-bit value (%#x) never completed: "
+                                 "discarded, the entry keeps %#018x", index, written, entry, int(self.rcv_array[index]))
+
+    def _torn_log(self):
+        return limited(self, self.log, "torn RcvArray writes")
 
     def rcv_array_entry(self, index: int) -> int:
         return int(self.rcv_array[index]) if 0 <= index < len(self.rcv_array) else 0

@@ -192,6 +192,37 @@ def test_a_write_combined_line_changes_only_the_entries_with_write_enable(fabric
     assert b.memory.read(page(1), 64) == pattern(64)
 
 
+def test_an_entry_takes_effect_only_from_a_whole_64_bit_value(fabric):
+    """hfi1_put_tid writes an entry with one writeq; QEMU hands a store
+    wider than the region takes to the device in ascending pieces (the low
+    half first). An entry changes only once all eight bytes of one value
+    have come, in ascending pieces: a lone upper half -- WriteEnable and the
+    size, over whatever low half the entry had -- changes nothing, nor does
+    a low half whose store was cut short by a write to another entry."""
+    from devmodel.hfi1.formats import RCV_ARRAY_ENTRY
+    _, _, b = fabric
+    first = expected_base(USER_A)
+    offset = cr.RCV_ARRAY + 8 * first
+    b.driver.hfi1_put_tid(first, page(0), 0x1000)
+    old = b.driver.read_csr(offset)
+    bigger = RCV_ARRAY_ENTRY.encode(write_enable=1, size_code=2, address_4k=page(0) >> 12)  # 8 KiB
+    b.driver.dev.bar_write(0, offset + 4, 4, bigger >> 32)
+    assert b.driver.read_csr(offset) == old, "a lone upper half: the entry keeps its old 64-bit value"
+    inject(b, kdeth_packet(b, USER_A, pattern(64), tid_ctrl=1, tid=0, offset=0x1000 // 4))
+    assert b.driver.hdrq_entry(USER_A, 0)[0]["tid_err"], "still a 4 KiB buffer: an offset of 4 KiB is past it"
+    elsewhere = RCV_ARRAY_ENTRY.encode(write_enable=1, size_code=1, address_4k=page(3) >> 12)
+    b.driver.dev.bar_write(0, offset, 4, elsewhere & 0xFFFFFFFF)  # a low half for this entry ...
+    b.driver.dev.bar_write(0, offset + 8 + 4, 4, 0)  # ... then a write to the next entry
+    b.driver.dev.bar_write(0, offset + 4, 4, elsewhere >> 32)
+    assert b.driver.read_csr(offset) == old, "halves of two different stores do not make an entry"
+    b.driver.dev.bar_write(0, offset, 4, elsewhere & 0xFFFFFFFF)  # one store, split as QEMU splits it
+    b.driver.dev.bar_write(0, offset + 4, 4, elsewhere >> 32)
+    assert b.driver.read_csr(offset) == elsewhere
+    for byte in range(8):  # and as eight byte stores
+        b.driver.dev.bar_write(0, offset + byte, 1, (bigger >> 8 * byte) & 0xFF)
+    assert b.driver.read_csr(offset) == bigger
+
+
 # -- TidFlow and header suppression ------------------------------------------------------
 
 FLOW = 5

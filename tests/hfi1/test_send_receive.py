@@ -61,8 +61,11 @@ def test_rcv_array_is_storage_behind_its_own_window(device):
     device.bar_write(0, entry, 8, 1 << 63 | 0xABC)
     device.bar_write(0, entry + 4, 4, 0x1)  # no WriteEnable (bit 63): the entry is left alone
     assert device.bar_read(0, entry, 8) == 1 << 63 | 0xABC
-    device.bar_write(0, entry + 4, 4, 0x8000_0001)  # a partial write with WriteEnable merges
-    assert device.bar_read(0, entry, 8) == 1 << 63 | 0x1_0000_0ABC
+    device.bar_write(0, entry + 4, 4, 0x8000_0001)  # nor a lone upper half with it: no whole value
+    assert device.bar_read(0, entry, 8) == 1 << 63 | 0xABC
+    device.bar_write(0, entry, 4, 0xDEF)  # one store in two halves, low first: a whole value
+    device.bar_write(0, entry + 4, 4, 0x8000_0001)
+    assert device.bar_read(0, entry, 8) == 1 << 63 | 0x1_0000_0DEF
     assert device.stats()["undeclared_csr_accesses"] == 0
 
 
