@@ -214,8 +214,11 @@ class ReceiveContext:
             self._timer = None
         self._retry_posted = False
         self.delivered = 0
+        #: packets lost, by why (each packet counted once)
         self.drops = {"disabled": 0, "hdrq_full": 0, "eager_full": 0, "held_overflow": 0, "dma_error": 0,
-                      "too_large": 0, "tid_error": 0, "job_key": 0}
+                      "too_large": 0, "job_key": 0}
+        self.tid_errors = 0  # payloads refused with TidErr (reported in the RHF when a header is kept)
+        self.tail_write_errors = 0  # RCV_HDR_TAIL_ADDR writes host memory refused
         self.expected = 0  # KDETH packets placed through expected (TID) entries
         self.suppressed = 0  # ... of which no header reached the header queue (TidFlow header suppression)
         self.flow_errors = {"seq": 0, "gen": 0}
@@ -231,10 +234,12 @@ class ReceiveContext:
         return {"delivered": self.delivered, "held": len(self.held), "expected": self.expected,
                 "headers_suppressed": self.suppressed,
                 **{f"flow_{k}_errors": v for k, v in self.flow_errors.items() if v},
+                **{k: v for k, v in (("tid_error", self.tid_errors), ("tail_write_errors", self.tail_write_errors))
+                   if v},
                 **{k: v for k, v in self.drops.items() if v}}
 
     def any_drops(self) -> bool:
-        return any(self.drops.values())
+        return any(self.drops.values()) or bool(self.tid_errors or self.tail_write_errors)
 
     # -- the driver's writes (transport thread: record, then return) ------------------
     def control(self, old: int, new: int) -> None:
@@ -515,8 +520,8 @@ class ReceiveContext:
             buffers.append(((RCV_ARRAY_ENTRY.get(entry, "address_4k") << 12), size))
         start = offset * (64 if om else 4)
         if any(size == 0 for _, size in buffers) or start + len(payload) > sum(size for _, size in buffers):
-            self.drops["tid_error"] += 1
-            if self.drops["tid_error"] == 1:
+            self.tid_errors += 1
+            if self.tid_errors == 1:
                 self.block.log.info("receive context %d: TidErr (first of this context, counted in stats): "
                                     "TID %d TIDCtrl %d offset %d bytes, %d payload bytes; RcvArray entries %s "
                                     "of %d from %d", self.index, tid, arrival.tid_ctrl, start, len(payload),
@@ -580,7 +585,7 @@ class ReceiveContext:
         try:
             self.services.dma.write(address, self.tail.to_bytes(8, "little"))
         except (DmaError, AttributeError) as err:
-            self.drops["dma_error"] += 1
+            self.tail_write_errors += 1
             limited(self.block, self.block.log, "receive tail writes failed").warning(
                 "receive context %d: tail write to RCV_HDR_TAIL_ADDR %#x failed: %s",
                 self.index, address, err)

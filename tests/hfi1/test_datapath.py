@@ -289,6 +289,19 @@ def test_vl15_goes_to_context_0_whose_tail_is_dma_d(fabric):
     assert b.driver.read_uctxt_csr(0, cr.RCV_HDR_TAIL) == HDRQ_ENTRY_DWORDS
 
 
+def test_a_tail_the_host_refuses_is_counted_apart_from_lost_packets(fabric):
+    """The packet is in the header queue (the driver finds it by its
+    RcvSeq); only the DMA'd tail went astray. The per-context drop counts
+    are packets lost, each once."""
+    _, a, b = fabric
+    b.driver.write_kctxt_csr(0, cr.RCV_HDR_TAIL_ADDR, 1 << 44)  # no guest memory there
+    inject(b, ud_packet(0xFFFF, a.lid, 0, bytes(64), sc=15), sc=15)
+    settle(b)
+    assert b.driver.hdrq_entry(0, 0)[0]["rcv_seq"] == 1
+    stats = b.stats()["rcv"]["contexts"][0]
+    assert stats["delivered"] == 1 and stats["tail_write_errors"] == 1 and "dma_error" not in stats
+
+
 def test_data_packets_wait_for_armed_and_vl15_does_not(fabric):
     _, a, b = fabric
     port = b.driver.read_csr(cr.DCC_CFG_PORT_CONFIG)
