@@ -174,8 +174,6 @@ class Arrival:
     dest_qp: int
     tid_ctrl: int
     vl15: bool = False
-    #: its TidFlow verdict, kept while the packet waits for room (judged once)
-    flow: "FlowVerdict | None" = None
 
 
 class ReceiveContext:
@@ -216,7 +214,7 @@ class ReceiveContext:
         self.delivered = 0
         #: packets lost, by why (each packet counted once)
         self.drops = {"disabled": 0, "hdrq_full": 0, "eager_full": 0, "held_overflow": 0, "dma_error": 0,
-                      "too_large": 0, "job_key": 0}
+                      "too_large": 0, "job_key": 0, "flow_dropped": 0}
         self.tid_errors = 0  # payloads refused with TidErr (reported in the RHF when a header is kept)
         self.tail_write_errors = 0  # RCV_HDR_TAIL_ADDR writes host memory refused
         self.expected = 0  # KDETH packets placed through expected (TID) entries
@@ -355,58 +353,71 @@ class ReceiveContext:
     def _place(self, arrival: Arrival) -> bool:
         """Write one packet into host memory; False if the context is full and
         the packet should wait (DONT_DROP) -- it was dropped and counted
-        otherwise. True when the packet is done with (delivered or lost)."""
-        if self.queue_dw == 0:
+        otherwise. True when the packet is done with (delivered or lost).
+
+        An expected packet meets its TidFlow entry here, each time it is
+        tried: a packet that waited for room is judged by the entry as
+        software left it meanwhile, never by the one of its arrival. The
+        entry changes only once the packet is through (`FlowVerdict`)."""
+        dma = self.services.dma
+        if self.queue_dw == 0 or dma is None:
             self.drops["dma_error"] += 1
             return True
         regs, ctrl = self.regs, self.regs.get(RCV_CTXT_CTRL + self.kernel_csr_offset)
+        expected = arrival.rcv_type is RcvType.EXPECTED
         flow = None
-        if arrival.rcv_type is RcvType.EXPECTED and ctrl & RCV_CTXT_CTRL_TID_FLOW_ENABLE_SMASK:
-            flow = arrival.flow = arrival.flow or self._tid_flow(arrival)
-            if flow.suppress and not flow.committed and not arrival.errors:
+        if expected and not arrival.errors and ctrl & RCV_CTXT_CTRL_TID_FLOW_ENABLE_SMASK:
+            flow = self._tid_flow(arrival)
+
+        def lost(why: str) -> bool:
+            """The packet is done with, and gone: a mismatch still counts, SeqNum stays."""
+            self.drops[why] += 1
+            if flow is not None:
+                flow.commit(placed=False)
+            return True
+
+        tid_err = None  # the RHF bits of a payload placement already tried
+        try:
+            if flow is not None and not flow.keep_header:
+                # the flow keeps no header of this packet (and its payload only if it says so)
+                if flow.keep_payload:
+                    self._place_expected(arrival)
+                return lost("flow_dropped")
+            if flow is not None and flow.suppress:
                 # in sequence, KDETH.SH, the flow suppresses headers: the
-                # payload lands and no header-queue entry is used
-                if self.services.dma is None:
-                    self.drops["dma_error"] += 1
+                # payload lands and no header-queue entry is used -- unless
+                # it does not land (TidErr), which is always reported
+                tid_err = self._place_expected(arrival)
+                if not tid_err:
+                    flow.commit(placed=True)
+                    self.suppressed += 1
                     return True
-                try:
-                    flow.commit()
-                    if self._place_expected(arrival) == 0:
-                        self.suppressed += 1
-                        return True
-                    flow.suppress = False  # a TidErr is always reported
-                except DmaError:
-                    self.drops["dma_error"] += 1
-                    return True
+        except DmaError:
+            return lost("dma_error")
         next_tail = (self.tail + self.entry_dw) % self.queue_dw
         if next_tail == self._head():
             if ctrl & RCV_CTXT_CTRL_DONT_DROP_RHQ_FULL_SMASK:
                 return False
-            self.drops["hdrq_full"] += 1
             offset = RCV_HDR_OVFL_CNT + self.kernel_csr_offset
             regs.set(offset, regs.get(offset) + 1)
-            return True
+            return lost("hdrq_full")
         data = arrival.packet.data
         hdr_len = arrival.hdr_len
         rhf = arrival.errors
         egr_index = egr_offset = 0
         use_egr = False
-        dma = self.services.dma
-        if dma is None:
-            self.drops["dma_error"] += 1
-            return True
         try:
-            if flow is not None and flow.committed:
-                rhf |= self.RHF_TID_ERR  # placed above, and refused
-            elif flow is not None and flow.error:
-                rhf |= flow.error << _RTE_SHIFT
-                flow.commit()
-                if flow.keep_payload:
+            if expected:
+                if arrival.errors:
+                    pass  # a packet the chip knows is damaged: nothing of it is placed, its flow not judged
+                elif tid_err is not None:
+                    rhf |= tid_err
+                elif flow is not None and flow.error:
+                    rhf |= flow.error << _RTE_SHIFT
+                    if flow.keep_payload:
+                        rhf |= self._place_expected(arrival)
+                else:
                     rhf |= self._place_expected(arrival)
-            elif arrival.rcv_type is RcvType.EXPECTED:
-                if flow is not None:
-                    flow.commit()
-                rhf |= self._place_expected(arrival)
             elif len(data) - hdr_len > (0 if arrival.rcv_type is RcvType.BYPASS else opa.ICRC_BYTES):
                 placed = self._place_eager(data, hdr_len, ctrl)
                 if placed is None:
@@ -438,11 +449,12 @@ class ReceiveContext:
                     | (hdrq_offset & _HDRQ_OFFSET[1]) << _HDRQ_OFFSET[0])
             dma.write(entry + 4 * room, rhf.to_bytes(8, "little"))
         except DmaError as err:
-            self.drops["dma_error"] += 1
-            if self.drops["dma_error"] == 1:
+            if self.drops["dma_error"] == 0:
                 self.block.log.warning("receive context %d: packet lost, host memory refused the write: %s "
                                        "(RCV_HDR_ADDR %#x)", self.index, err, self.hdr_addr)
-            return True
+            return lost("dma_error")
+        if flow is not None:
+            flow.commit(placed=not rhf & self.RHF_TID_ERR)
         self.tail = next_tail
         self.seq = self.seq % RHF_MAX_SEQ + 1
         self.delivered += 1
@@ -542,19 +554,31 @@ class ReceiveContext:
         return 0
 
     def _tid_flow(self, arrival: Arrival) -> "FlowVerdict":
-        """Check an expected packet against its TidFlow entry (the context's
-        user page, RCV_TID_FLOW_TABLE[BTH.DestQP[15:11]]), without changing
-        it yet (a packet may wait for a full header queue and come back).
+        """Judge an expected packet by its TidFlow entry (the context's user
+        page, RCV_TID_FLOW_TABLE[BTH.DestQP[15:11]]) as it is now, without
+        changing it yet (`FlowVerdict.commit`).
 
-        A valid flow expects generation GenVal and sequence SeqNum. In
-        sequence: the payload is placed, SeqNum moves on, and with
-        HdrSuppEnabled and KDETH.SH no header is written. A generation
-        mismatch sets GenMismatch and reports RcvTypeErr FlowGenErr (the
-        payload kept only with KeepPayloadOnGenErr; the flow invalidated
-        unless KeepOnGenErr); a sequence mismatch sets SeqMismatch and
-        reports FlowSeqErr, the payload dropped, SeqNum kept for the
-        retransmission software asks for (tid_rdma.c, PSM2's
-        ips_protoexp_handle_tf_seqerr). An invalid flow checks nothing."""
+        A valid flow expects generation GenVal and sequence SeqNum:
+        - in sequence: the payload is placed and SeqNum moves on -- only
+          once it has landed: not past a packet refused with TidErr or lost
+          to a refused DMA, which software asks for again from the SeqNum it
+          reads back (tid_rdma.c read_r_next_psn, PSM2's
+          ips_protoexp_do_tf_seqerr); with HdrSuppEnabled and KDETH.SH no
+          header is written;
+        - another generation: GenMismatch, RcvTidFlowGenMismatch; the
+          payload is placed only with KeepPayloadOnGenErr, a header (with
+          RcvTypeErr FlowGenErr) written only with KeepOnGenErr;
+        - another sequence: SeqMismatch, RcvTidFlowSeqMismatch; with
+          KeepAfterSeqErr the packet is kept (payload placed, header with
+          FlowSeqErr: PSM2 accepts a "false SeqErr" packet and the kernel's
+          software PSN mode completes a segment on one), without it dropped
+          whole.
+        Neither error changes GenVal, SeqNum or FlowValid. [inferred from
+        PSM2's hfi_tidflow_reset, which marks a free flow with FlowValid, a
+        generation no packet carries and KeepOnGenErr 0 so that "the header
+        is not generated" for any stale packet, and from the kernel's and
+        PSM2's recovery paths; the chip specification is not public]
+        An invalid flow (FlowValid 0) checks nothing."""
         data, hdr_len = arrival.packet.data, arrival.hdr_len
         bth = hdr_len - opa.KDETH_HEADER_BYTES + opa.LRH_BYTES
         kdeth0 = int.from_bytes(data[bth + opa.BTH_BYTES:bth + opa.BTH_BYTES + _KDETH0_BYTES], "little")
@@ -569,13 +593,14 @@ class ReceiveContext:
         if gen != (entry >> SEQ_BITS) & GEN_MASK:
             verdict.error, verdict.kind = RTE_FLOW_GEN_ERR, "gen"
             verdict.new = entry | TF_GEN_MISMATCH
-            if not entry & TF_KEEP_ON_GEN_ERR:
-                verdict.new &= ~TF_FLOW_VALID
+            verdict.keep_header = bool(entry & TF_KEEP_ON_GEN_ERR)
             verdict.keep_payload = bool(entry & TF_KEEP_PAYLOAD_ON_GEN_ERR)
         elif seq != entry & SEQ_MASK:
             verdict.error, verdict.kind = RTE_FLOW_SEQ_ERR, "seq"
             verdict.new = entry | TF_SEQ_MISMATCH
+            verdict.keep_header = verdict.keep_payload = bool(entry & TF_KEEP_AFTER_SEQ_ERR)
         else:
+            verdict.in_sequence = True
             verdict.new = (entry & ~SEQ_MASK) | ((seq + 1) & SEQ_MASK)
             verdict.suppress = bool(entry & TF_HDR_SUPP_EN and kdeth0 >> _SH_SHIFT & 1)
         return verdict
@@ -612,23 +637,26 @@ class ReceiveContext:
 
 
 class FlowVerdict:
-    """What a TidFlow entry says of one expected packet (`_tid_flow`);
-    `commit()` writes the entry's new state once the packet is processed."""
+    """What a TidFlow entry says of one expected packet (`_tid_flow`), for
+    the one attempt to deliver it that asked; `commit()` writes the entry's
+    new state once that attempt is through."""
 
     def __init__(self, context: ReceiveContext, offset: int, entry: int):
         self.context, self.offset, self.entry, self.new = context, offset, entry, entry
-        self.error = 0
-        self.kind = ""
+        self.error = 0  # RHF.RcvTypeErr
+        self.kind = ""  # "seq" or "gen" for a mismatch
+        self.in_sequence = False
         self.suppress = False
-        self.keep_payload = False
-        self.committed = False
+        self.keep_header = True
+        self.keep_payload = True
 
-    def commit(self) -> None:
-        if self.committed:
-            return
-        self.committed = True
+    def commit(self, placed: bool) -> None:
+        """`placed`: the payload landed. An in-sequence packet moves SeqNum
+        on only then; a mismatch sets its status bit and counts either way."""
         if self.kind:
             self.context.flow_errors[self.kind] += 1
             self.context.block.count32(RCV_TID_FLOW_GEN_MISMATCH_CNT if self.kind == "gen"
                                        else RCV_TID_FLOW_SEQ_MISMATCH_CNT)
+        elif not (self.in_sequence and placed):
+            return
         self.context.regs.set(self.offset, self.new)

@@ -12,15 +12,17 @@ from devmodel.hfi1 import chip_registers as cr
 from devmodel.hfi1.formats import RcvType
 from devmodel.hfi1.rcv_context import (
     FLOW_SHIFT,
+    RCV_TID_FLOW_GEN_MISMATCH_CNT,
     RCV_TID_FLOW_SEQ_MISMATCH_CNT,
     TF_FLOW_VALID,
     TF_GEN_MISMATCH,
     TF_HDR_SUPP_EN,
     TF_KEEP_AFTER_SEQ_ERR,
+    TF_KEEP_ON_GEN_ERR,
     TF_SEQ_MISMATCH,
 )
 from devmodel.wire import opa
-from testkit.hfi1.datapath import pair, settle
+from testkit.hfi1.datapath import HDRQ_ENTRY_DWORDS, pair, settle
 from testkit.host import GUEST_BASE
 
 #: user-like contexts of the small config (0..2 are the kernel's)
@@ -272,13 +274,18 @@ def test_in_sequence_packets_with_sh_land_without_headers_and_the_last_one_repor
     assert stats["expected"] == 3 and stats["headers_suppressed"] == 2
 
 
-def test_a_sequence_gap_reports_flow_seq_err_drops_the_payload_and_keeps_seqnum(flow_fabric):
+def test_a_sequence_gap_reports_flow_seq_err_keeps_the_payload_and_keeps_seqnum(flow_fabric):
+    """KeepAfterSeqErr (which PSM2 and the kernel always set): the packet is
+    kept -- header with FlowSeqErr and payload -- and SeqNum stays where the
+    flow is, for the retransmission software asks for from there (PSM2's
+    false-SeqErr recovery accepts such a packet; the kernel's TID RDMA reads
+    SeqNum back with read_r_next_psn)."""
     b = flow_fabric
     inject(b, kdeth_packet(b, USER_A, pattern(512), tid_ctrl=1, tid=0, offset=0, psn=psn(0), flow=FLOW, sh=1))
     inject(b, kdeth_packet(b, USER_A, pattern(512, 2), tid_ctrl=1, tid=0, offset=256, psn=psn(2), flow=FLOW, sh=1))
     rhf, _ = b.driver.hdrq_entry(USER_A, 0)
     assert rhf["rcv_type"] == RcvType.EXPECTED and rhf["rcv_type_err"] == 0x2, "RHF_RTE_EXPECTED_FLOW_SEQ_ERR"
-    assert b.memory.read(page(0) + 1024, 512) == bytes(512), "the out-of-sequence payload is not placed"
+    assert b.memory.read(page(0) + 1024, 512) == pattern(512, 2), "KeepAfterSeqErr: the payload is kept"
     entry = flow_entry(b)
     assert entry & TF_SEQ_MISMATCH and entry & 0x7FF == 1 and entry & TF_FLOW_VALID
     assert b.driver.read_csr(cr.RCV_COUNTER_ARRAY32 + 8 * RCV_TID_FLOW_SEQ_MISMATCH_CNT) == 1
@@ -286,18 +293,50 @@ def test_a_sequence_gap_reports_flow_seq_err_drops_the_payload_and_keeps_seqnum(
     inject(b, kdeth_packet(b, USER_A, pattern(512, 1), tid_ctrl=1, tid=0, offset=128, psn=psn(1), flow=FLOW))
     assert b.driver.hdrq_entry(USER_A, 1)[0]["rcv_type_err"] == 0
     assert b.memory.read(page(0) + 512, 512) == pattern(512, 1)
+    assert flow_entry(b) & 0x7FF == 2
 
 
-def test_an_old_generation_reports_flow_gen_err_and_invalidates_the_flow(flow_fabric):
-    b = flow_fabric
-    inject(b, kdeth_packet(b, USER_A, pattern(256), tid_ctrl=1, tid=0, offset=0, psn=psn(0, GENERATION - 1),
-                           flow=FLOW, sh=1))
-    rhf, _ = b.driver.hdrq_entry(USER_A, 0)
-    assert rhf["rcv_type_err"] == 0x4 and rhf["rcv_seq"] == 1, "RHF_RTE_EXPECTED_FLOW_GEN_ERR, header kept"
-    assert b.memory.read(page(0), 256) == bytes(256)
-    entry = flow_entry(b)
-    assert entry & TF_GEN_MISMATCH and not entry & TF_FLOW_VALID, "no KeepOnGenErr: the flow is closed"
-    assert counters(b, USER_A)["flow_gen_errors"] == 1
+def test_without_keep_after_seq_err_an_out_of_sequence_packet_is_dropped_whole(fabric):
+    """hfi_tidflow_reset's comment: KeepAfterSeqErr=1 is what makes sure a
+    header is generated on a SeqNum mismatch; without it the packet goes,
+    counted (RcvTidFlowSeqMismatch, SeqMismatch, the context's flow drops)."""
+    _, _, b = fabric
+    b.driver.hfi1_put_tid(expected_base(USER_A), page(0), 0x4000)
+    enable_tid_flow(b, TF_FLOW_VALID | TF_HDR_SUPP_EN | GENERATION << 11 | 4)
+    inject(b, kdeth_packet(b, USER_A, pattern(512), tid_ctrl=1, tid=0, offset=0, psn=psn(6), flow=FLOW))
+    assert rhf_seqs(b, 1) == [0], "no header"
+    assert b.memory.read(page(0), 512) == bytes(512), "no payload"
+    assert flow_entry(b) & TF_SEQ_MISMATCH and flow_entry(b) & 0x7FF == 4
+    assert counters(b, USER_A)["flow_seq_errors"] == 1 and counters(b, USER_A)["flow_dropped"] == 1
+
+
+@pytest.mark.parametrize("keep_on_gen_err", [False, True])
+def test_an_old_generation_reports_flow_gen_err_only_with_keep_on_gen_err_and_the_flow_stays(fabric,
+                                                                                            keep_on_gen_err):
+    """A generation mismatch drops the payload (no KeepPayloadOnGenErr) and
+    reports FlowGenErr only with KeepOnGenErr; without it the packet goes
+    whole. The flow stays valid with its generation and SeqNum either way:
+    PSM2 marks a free flow with FlowValid and a generation no packet uses
+    (hfi_tidflow_reset, KeepOnGenErr 0) precisely so that every stale
+    packet of an old transfer keeps being dropped."""
+    _, _, b = fabric
+    b.driver.hfi1_put_tid(expected_base(USER_A), page(0), 0x4000)
+    entry = TF_FLOW_VALID | TF_KEEP_AFTER_SEQ_ERR | GENERATION << 11 | 3
+    enable_tid_flow(b, entry | (TF_KEEP_ON_GEN_ERR if keep_on_gen_err else 0))
+    for _ in range(2):
+        inject(b, kdeth_packet(b, USER_A, pattern(256), tid_ctrl=1, tid=0, offset=0, psn=psn(3, GENERATION - 1),
+                               flow=FLOW, sh=1))
+    rhfs = [b.driver.hdrq_entry(USER_A, i)[0] for i in range(2)]
+    if keep_on_gen_err:
+        assert [r["rcv_type_err"] for r in rhfs] == [0x4, 0x4] and [r["rcv_seq"] for r in rhfs] == [1, 2]
+    else:
+        assert [r["rcv_seq"] for r in rhfs] == [0, 0], "no header for either stale packet"
+        assert counters(b, USER_A)["flow_dropped"] == 2
+    assert b.memory.read(page(0), 256) == bytes(256), "no stale payload, the second time either"
+    now = flow_entry(b)
+    assert now & TF_GEN_MISMATCH and now & TF_FLOW_VALID and now >> 11 & 0xFFFFF == GENERATION and now & 0x7FF == 3
+    assert counters(b, USER_A)["flow_gen_errors"] == 2
+    assert b.driver.read_csr(cr.RCV_COUNTER_ARRAY32 + 8 * RCV_TID_FLOW_GEN_MISMATCH_CNT) == 2
 
 
 def test_an_invalid_flow_checks_nothing_and_suppresses_nothing(fabric):
@@ -310,10 +349,74 @@ def test_an_invalid_flow_checks_nothing_and_suppresses_nothing(fabric):
 
 
 def test_a_tid_error_is_reported_even_on_a_packet_whose_header_would_be_suppressed(flow_fabric):
+    """...and the flow does not move past a packet whose payload did not
+    land: the retransmission, once software has fixed the entry, is the
+    packet the flow still expects."""
     b = flow_fabric
     inject(b, kdeth_packet(b, USER_A, pattern(256), tid_ctrl=2, tid=0, offset=0, psn=psn(0), flow=FLOW, sh=1))
     rhf, _ = b.driver.hdrq_entry(USER_A, 0)
     assert rhf["rcv_seq"] == 1 and rhf["tid_err"], "entry 1 of the pair was never written"
+    assert flow_entry(b) & 0x7FF == 0, "SeqNum still names the packet whose payload was refused"
+    b.driver.hfi1_put_tid(expected_base(USER_A) + 1, page(8), 0x1000)
+    inject(b, kdeth_packet(b, USER_A, pattern(256), tid_ctrl=2, tid=0, offset=0, psn=psn(0), flow=FLOW, sh=1))
+    assert rhf_seqs(b, 2) == [1, 0], "accepted in sequence, header suppressed"
+    assert b.memory.read(page(8), 256) == pattern(256) and flow_entry(b) & 0x7FF == 1
+
+
+def test_a_suppressed_packet_whose_pages_are_not_guest_memory_does_not_move_the_flow(flow_fabric):
+    b = flow_fabric
+    b.driver.hfi1_put_tid(expected_base(USER_A), 1 << 44, 0x4000)  # no guest memory there
+    inject(b, kdeth_packet(b, USER_A, pattern(256), tid_ctrl=1, tid=0, offset=0, psn=psn(0), flow=FLOW, sh=1))
+    assert counters(b, USER_A)["dma_error"] == 1 and counters(b, USER_A).get("headers_suppressed", 0) == 0
+    assert flow_entry(b) & 0x7FF == 0, "the packet was lost: the flow still expects it"
+
+
+@pytest.mark.parametrize("damage", ["ICRC", "PktLen"])
+def test_a_damaged_expected_packet_neither_moves_the_flow_nor_lands(flow_fabric, damage):
+    """A packet the chip knows is bad (RHF IcrcErr / LenErr) is not trusted:
+    its TidFlow entry is neither checked nor moved, its payload not placed.
+    PSM2 answers such an RHF by restarting the flow from the SeqNum it reads
+    back from the table (ips_protoexp_handle_data_err), which only works if
+    the chip did not count the bad packet as received."""
+    b = flow_fabric
+    good = kdeth_packet(b, USER_A, pattern(512), tid_ctrl=1, tid=0, offset=0, psn=psn(0), flow=FLOW, sh=1)
+    if damage == "ICRC":
+        wire = bytearray(opa.append_icrc(good))
+        wire[-1] ^= 0xFF
+    else:  # LRH.PktLen one dword short of what arrived, under a good ICRC
+        lrh = int.from_bytes(good[:opa.LRH_BYTES], "big")
+        field = opa.LRH.mask["pkt_len"] << opa.LRH.shift["pkt_len"]
+        lrh = lrh & ~field | ((len(good) + opa.ICRC_BYTES) // 4 - 1) << opa.LRH.shift["pkt_len"]
+        wire = opa.append_icrc(lrh.to_bytes(opa.LRH_BYTES, "big") + good[opa.LRH_BYTES:])
+    b.device.port.receive(Packet(bytes(wire), 0))
+    settle(b)
+    rhf, _ = b.driver.hdrq_entry(USER_A, 0)
+    assert rhf["rcv_seq"] == 1 and rhf["icrc_err" if damage == "ICRC" else "len_err"] and not rhf["rcv_type_err"]
+    assert b.memory.read(page(0), 512) == bytes(512), "nothing of a damaged packet lands"
+    assert flow_entry(b) & 0x7FF == 0 and not flow_entry(b) & (TF_SEQ_MISMATCH | TF_GEN_MISMATCH)
+    inject(b, good)  # the retransmission
+    assert b.memory.read(page(0), 512) == pattern(512) and flow_entry(b) & 0x7FF == 1
+
+
+def test_a_held_packet_is_judged_by_the_flow_entry_software_wrote_while_it_waited(flow_fabric):
+    """A packet waiting for a header-queue slot (DONT_DROP_RHQ_FULL) meets
+    the TidFlow entry when it is delivered, not the one of its arrival: PSM2
+    swaps a flow's generation (ips_protoexp_flow_newgen) while packets of
+    the old one may still be about, and the chip must not write the old
+    generation back over the new entry."""
+    b = flow_fabric
+    b.driver.write_uctxt_csr(USER_A, cr.RCV_HDR_HEAD, HDRQ_ENTRY_DWORDS)  # tail 0, next tail = head: full
+    inject(b, kdeth_packet(b, USER_A, pattern(512), tid_ctrl=1, tid=0, offset=0, psn=psn(0), flow=FLOW))
+    assert len(b.device.rcv.contexts[USER_A].held) == 1
+    new_generation = TF_FLOW_VALID | TF_HDR_SUPP_EN | TF_KEEP_AFTER_SEQ_ERR | TF_KEEP_ON_GEN_ERR \
+        | (GENERATION + 1) << 11
+    b.driver.write_uctxt_csr(USER_A, cr.RCV_TID_FLOW_TABLE + 8 * FLOW, new_generation)
+    b.driver.write_uctxt_csr(USER_A, cr.RCV_HDR_HEAD, 0)  # room again: the held packet goes
+    settle(b)
+    rhf, _ = b.driver.hdrq_entry(USER_A, 0)
+    assert rhf["rcv_seq"] == 1 and rhf["rcv_type_err"] == 0x4, "an old generation, by the new entry"
+    assert flow_entry(b) & ~TF_GEN_MISMATCH == new_generation, "the new generation and SeqNum 0 stay"
+    assert b.memory.read(page(0), 512) == bytes(512)
 
 
 def test_random_kdeth_packets_write_only_into_their_own_contexts_pages(fabric):
@@ -346,7 +449,8 @@ def test_random_kdeth_packets_write_only_into_their_own_contexts_pages(fabric):
         for _ in range(10):
             ctxt = USER_A if rng.random() < 0.9 else rng.choice([0xF0, 0x7F])
             payload = rng.randbytes(4 * rng.randrange(1, 1025))
-            inject(b, kdeth_packet(b, ctxt, payload, tid_ctrl=rng.randrange(4), tid=rng.randrange(1024),
+            tid = rng.randrange(PAIRS + 1) if rng.random() < 0.7 else rng.randrange(1024)
+            inject(b, kdeth_packet(b, ctxt, payload, tid_ctrl=rng.randrange(4), tid=tid,
                                    offset=rng.randrange(1 << 15) if rng.random() < 0.3 else rng.randrange(2048),
                                    om=rng.randrange(2), psn=rng.getrandbits(31), flow=rng.randrange(32),
                                    sh=rng.randrange(2)))
