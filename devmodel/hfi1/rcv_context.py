@@ -307,7 +307,10 @@ class ReceiveContext:
 
     # -- state ------------------------------------------------------------------------
     def _head(self) -> int:
-        return (self.regs.get(RCV_HDR_HEAD + self.user_csr_offset) & RCV_HDR_HEAD_HEAD_MASK) % max(self.queue_dw, 1)
+        """Software's head, in dwords, at the start of the entry it points
+        into (a head written inside an entry still owns that entry)."""
+        head = (self.regs.get(RCV_HDR_HEAD + self.user_csr_offset) & RCV_HDR_HEAD_HEAD_MASK) % max(self.queue_dw, 1)
+        return head - head % max(self.entry_dw, 1)
 
     def _unread(self) -> bool:
         return self.tail != self._head()

@@ -302,6 +302,20 @@ def test_a_tail_the_host_refuses_is_counted_apart_from_lost_packets(fabric):
     assert stats["delivered"] == 1 and stats["tail_write_errors"] == 1 and "dma_error" not in stats
 
 
+def test_a_head_inside_an_entry_still_stops_the_queue_at_that_entry(fabric):
+    """RcvHdrHead counts dwords; software's head inside an entry (a process
+    that wrote garbage) still means it owns that entry: the queue is full
+    in front of it, not one lap later over entries software has not read."""
+    _, a, b = fabric
+    b.driver.write_uctxt_csr(2, cr.RCV_HDR_HEAD, 2 * HDRQ_ENTRY_DWORDS + 5)  # inside entry 2
+    for i in range(3):
+        inject(b, ud_packet(b.lid, a.lid, UD_QP, bytes(8 + i)))
+    settle(b)
+    assert delivered(b, 2) == 1, "entry 0; entry 1 is the slot a full queue keeps"
+    assert len(b.device.rcv.contexts[2].held) == 2, "DONT_DROP_RHQ_FULL: the others wait"
+    assert [b.driver.hdrq_entry(2, i)[0]["rcv_seq"] for i in range(3)] == [1, 0, 0]
+
+
 def test_data_packets_wait_for_armed_and_vl15_does_not(fabric):
     _, a, b = fabric
     port = b.driver.read_csr(cr.DCC_CFG_PORT_CONFIG)
