@@ -22,12 +22,15 @@ import re
 import pytest
 
 from images.lab.fabric import ACTIVE, INIT, rdma_device
+from images.lab.psm2 import context_mmaps
 from testkit.guest_checks import (
     NO_AUTOLOAD,
     a_flipped_firmware_byte_fails_probe_cleanly,
     a_host_side_link_flap_comes_back_active,
     a_link_bounce_comes_back_active,
     dmesg,
+    dmesg_mark,
+    dmesg_since,
     hfi1_dmesg_problems,
     link_directions,
     load_hfi1,
@@ -44,6 +47,8 @@ pytestmark = pytest.mark.guest
 
 SILICON = ("--option", "icode=silicon")
 TRIXIE_KERNEL = re.compile(r"^6\.12\.")
+#: the first kernel whose remap_pfn_range() refuses hfi1's eager-buffer mmap (opa-psm2 issue 74)
+EAGER_MMAP_BROKEN_SINCE = (6, 16)
 
 
 def on_kernel(which: str):
@@ -58,6 +63,11 @@ def label(lab) -> str:
 
 def kernel_release(guest) -> str:
     return guest.run("uname -r", check=True).stdout.strip()
+
+
+def kernel_version(release: str) -> tuple[int, int]:
+    major, minor = re.match(r"(\d+)\.(\d+)", release).groups()
+    return int(major), int(minor)
 
 
 # -- one guest, the built-in link partner -----------------------------------------------------
@@ -103,6 +113,35 @@ def test_the_verbs_device_reports_the_8051_firmware_version(linked):
     guest, _ = linked
     out = guest.run(f"ibv_devinfo -d {rdma_device(guest)}", check=True).stdout
     assert re.search(r"^\s+fw_ver:\s+1\.27\.0$", out, re.M), out
+
+
+def test_a_psm2_context_maps_every_region_except_the_eager_buffers_since_linux_6_16(linked):
+    """A known driver limit, recorded (docs/psm2.md, README "Known limits"):
+    PSM2 maps the context's eager buffers (HFI1_IOCTL_USER_INFO's
+    rcvegr_bufbase) as one VMA, and hfi1_file_mmap() fills it with one
+    dma_mmap_coherent() per eager buffer, narrowing vm_start/vm_end to each
+    buffer in turn. Since Linux 6.16 remap_pfn_range() tracks the PFN map
+    of a call that covers the whole VMA in the VMA itself and refuses a
+    second one with EINVAL, so the second buffer's mapping fails, PSM2's
+    context open with it (fi_pingpong -p psm2 aborts), and the driver logs
+    nothing. Trixie's 6.12 maps every region. When a kernel fixes it, this
+    test fails on sid: PSM2 should then run there, and the limit goes."""
+    guest, _ = linked
+    release = kernel_release(guest)
+    mark = dmesg_mark(guest)
+    mapped = context_mmaps(guest)
+    assert mapped["eager_buffers"] > 1, f"one eager buffer would not show it: {mapped}"
+    expected = dict.fromkeys(mapped["mmap"], "ok")
+    if kernel_version(release) >= EAGER_MMAP_BROKEN_SINCE:
+        expected["eager"] = "EINVAL"
+    assert mapped["mmap"] == expected, (
+        f"{release}: PSM2's mmaps {mapped['mmap']}, expected {expected}"
+        + ("; the eager buffers map now: the 6.16+ driver limit (opa-psm2 issue 74) is gone, update "
+           "docs/psm2.md and README.md" if mapped["mmap"].get("eager") == "ok" else ""))
+    assert [line for line in dmesg_since(guest, mark).splitlines() if "hfi1" in line] == [], \
+        "the driver logs nothing about the mmaps, the refused one included"
+    assert guest.run("cat /sys/class/infiniband/*/nfreectxts", check=True).stdout.split() == \
+        guest.run("cat /sys/class/infiniband/*/nctxts", check=True).stdout.split(), "the context is free again"
 
 
 def test_reload_three_times_with_the_port_up_each_reaches_init_again(linked, kernel_lab, report_figure):

@@ -6,7 +6,7 @@ with its data check (-c), through Debian's libpsm2, unmodified.
 
 PSM2 hard-codes the kernel's device name `hfi1_N`, which rdma-core's udev
 rule renames: both guests get Debian's documented NAME_KERNEL rule and
-reload hfi1 before opafm brings the ports Active (testkit/psm2.py).
+reload hfi1 before opafm brings the ports Active (images/lab/psm2.py).
 """
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ import json
 
 import pytest
 
-from images.lab.wait import wait_until
-from testkit.guest_checks import hfi1_dmesg_problems
-from testkit.psm2 import (
+from images.lab.psm2 import (
+    NETPIPE,
     PINGPONG_PATH,
+    expected_packets,
     fi_pingpong,
     install_mpi_launcher,
     keep_kernel_names,
@@ -25,6 +25,8 @@ from testkit.psm2 import (
     parse_fi_pingpong,
     parse_netpipe,
 )
+from images.lab.wait import wait_until
+from testkit.guest_checks import hfi1_dmesg_problems
 
 pytestmark = pytest.mark.guest
 
@@ -37,12 +39,6 @@ USER_CONTEXTS = 2
 def psm2(module_lab, report_figure):
     return module_lab.active_fabric("psm2", report_figure,
                                     prepare=lambda fabric: keep_kernel_names(fabric, USER_CONTEXTS))
-
-
-def expected_packets(fabric) -> list[int]:
-    """KDETH packets each chip placed through an expected (TID) entry so far."""
-    return [sum(c.get("expected", 0) for c in stats["rcv"]["contexts"].values())
-            for stats in fabric.server.stats().values()]
 
 
 def test_the_naming_policy_keeps_the_kernel_name_psm2_looks_for(psm2):
@@ -124,7 +120,7 @@ def test_an_open_mpi_ping_pong_over_psm2_checks_its_data_between_the_guests(psm2
     the psm2 MTL, or the ofi MTL on libfabric's psm2 provider."""
     install_mpi_launcher(psm2)
     before = expected_packets(psm2)
-    run = mpirun(psm2, f"{PINGPONG_PATH} 10 8 65536 {MIB}", mtl=mtl)
+    run = mpirun(psm2, f"{PINGPONG_PATH} 10 8 65536 {MIB}", transport=mtl)
     assert run.ok, f"{run.rc}: {run.stdout}{run.stderr}"
     rows = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
     *rows, allreduce = rows
@@ -140,7 +136,7 @@ def test_an_open_mpi_ping_pong_over_psm2_checks_its_data_between_the_guests(psm2
 
 def test_netpipe_over_open_mpi_and_psm2_runs_to_1_mib(psm2, report_figure):
     install_mpi_launcher(psm2)
-    run = mpirun(psm2, "NPopenmpi -u 1048576 -p 0 -o /tmp/np.out", timeout=600)
+    run = mpirun(psm2, NETPIPE, timeout=600)
     assert run.ok, f"{run.rc}: {run.stdout}{run.stderr}"
     rows = parse_netpipe(run.stdout + run.stderr)  # NetPIPE prints its rows on stderr
     # (a 1-byte row may print 0.00 Mbps: NetPIPE rounds to two decimals)
