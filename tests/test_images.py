@@ -244,3 +244,23 @@ def test_the_demo_refuses_a_guest_count_it_cannot_run_before_starting_anything(a
     with pytest.raises(SystemExit) as exit_:
         main(argv)
     assert exit_.value.code == 2 and "--guests takes 3 to 8 guests of hfi1" in capsys.readouterr().err
+
+
+def test_run_demo_mpi_boots_the_two_guest_fabric_and_runs_the_mpi_ping_pong_instead_of_ib_write_bw(monkeypatch):
+    """`./run-demo --mpi` (python -m images demo --mpi): the hfi1 fabric demo, with the MPI ping-pong."""
+    import images.__main__ as cli
+    calls = []
+    monkeypatch.setattr(cli, "fabric_demo", lambda commands, keep, mpi=False: calls.append((commands, keep, mpi)) or 0)
+    assert cli.main(["demo", "--mpi"]) == 0
+    assert cli.main(["demo", "hfi1", "--mpi", "--keep", "--run", "ibv_devices"]) == 0
+    assert cli.main(["demo"]) == 0
+    assert calls == [(["opainfo"], False, True), (["ibv_devices"], True, True), (["opainfo"], False, False)]
+
+
+def test_run_demo_mpi_is_refused_for_the_one_guest_test_device(monkeypatch, capsys):
+    import images.__main__ as cli
+    monkeypatch.setattr(cli, "demo", lambda *args: pytest.fail("the testdev demo must not start with --mpi"))
+    with pytest.raises(SystemExit) as stopped:
+        cli.main(["demo", "testdev", "--mpi"])
+    assert stopped.value.code == 2
+    assert "--mpi runs between two hfi1 guests, not 'testdev'" in capsys.readouterr().err
