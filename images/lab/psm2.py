@@ -213,7 +213,7 @@ def mpirun(fabric: Fabric, program: str, transport: str = "psm2", timeout: float
     nics = ",".join(sorted({guest.management_nic for guest in fabric.guests}))
     command = (f"mpirun --allow-run-as-root -np 2 --host {hosts} --map-by node "
                f"--prtemca plm_ssh_agent {RSH_PATH} --prtemca oob_tcp_if_include {subnet} "
-               f"{MPI_TRANSPORTS[transport].format(nic=nics)} {extra} {program}")
+               f"{MPI_TRANSPORTS[transport].format(nic=nics)} {extra}".rstrip() + f" {program}")
     return fabric.guests[0].run(command, timeout=timeout)
 
 
