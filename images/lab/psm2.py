@@ -52,13 +52,16 @@ def keep_kernel_names(fabric: Fabric, user_contexts: int | None = None) -> None:
 
 
 def fi_pingpong(fabric: Fabric, size: int, iterations: int, timeout: float = 300.0,
-                env: str = "", server: int = 1, client: int = 0, port: int | None = None) -> ToolRun:
+                env: str = "", server: int = 1, client: int = 0, port: int | None = None,
+                check: bool = True) -> ToolRun:
     """`fi_pingpong -p psm2 -e rdm -c` (-c checks the data; -v only logs) with `size`-byte
     messages: server in guest `server`, client in guest `client`. `env` is
     prefixed to both commands (e.g. "PSM2_TID=0"); `port`, the out-of-band
-    TCP port, defaults to a fresh one."""
+    TCP port, defaults to a fresh one. check=False leaves -c out (fabtests
+    then neither fills nor compares each message byte by byte), for a
+    measurement beside tools that check nothing, like perftest."""
     port = port or fabric.port()
-    command = f"{env} fi_pingpong -p psm2 -e rdm -c -S {size} -I {iterations}".strip()
+    command = f"{env} fi_pingpong -p psm2 -e rdm {'-c ' if check else ''}-S {size} -I {iterations}".strip()
     server_guest = fabric.guests[server]
     return fabric.run_commands(f"{command} -B {port}", f"{command} -P {port} {server_guest.management.ip}",
                                lambda: listening(server_guest, port), f"port {port}", server, client, timeout)
