@@ -7,7 +7,9 @@ the guest image's firmware files (`vfnic firmware`), which the chip
 authenticates, boots the 8051 from them, tunes the SerDes and negotiates
 the link with VerifyCap -- and then reloads, powers off, bounces and flaps
 links with the port up, which deadlocks it on functional-simulator
-hardware (test_hfi1.py records that).
+hardware (test_hfi1.py records that). A PSM2 user context is opened and
+mapped on both kernels too: sid's cannot map its eager buffers (a known
+driver limit since Linux 6.16, recorded here and in docs/psm2.md).
 
 Every test runs once per kernel (`kernel_lab`: `[default]`, then `[sid]`;
 `VFNIC_GUEST_KERNEL=sid` makes the default sid's too); the few that read
