@@ -107,6 +107,7 @@ _PKT_LEN_SHIFT, _PKT_LEN_MASK = opa.LRH.shift["pkt_len"], opa.LRH.mask["pkt_len"
 _OPCODE_SHIFT, _OPCODE_MASK = opa.BTH.shift["opcode"], opa.BTH.mask["opcode"]
 _DEST_QP_SHIFT, _DEST_QP_MASK = opa.BTH.shift["dest_qp"], opa.BTH.mask["dest_qp"]
 _TID_CTRL_SHIFT, _TID_CTRL_MASK = opa.KDETH0.shift["tid_ctrl"], opa.KDETH0.mask["tid_ctrl"]
+_INTR_SHIFT, _INTR_MASK = opa.KDETH0.shift["intr"], opa.KDETH0.mask["intr"]
 _KDETH0_BYTES = opa.KDETH0.size
 
 
@@ -187,7 +188,8 @@ class Receive(Block):
     def counters(self) -> dict:
         delivered = sum(c.delivered for c in self.contexts)
         return {"received": self.received, "delivered": delivered, "dropped": dict(self.dropped),
-                "contexts": {c.index: c.counters() for c in self.contexts if c.delivered or c.any_drops()}}
+                "contexts": {c.index: c.counters() for c in self.contexts
+                             if c.delivered or c.expected or c.any_drops()}}
 
     def _control(self, _old: int, new: int) -> None:
         if new & RCV_CTRL_RX_RBUF_INIT_SMASK:
@@ -327,7 +329,7 @@ class Receive(Block):
         opcode = (bth_word >> _OPCODE_SHIFT) & _OPCODE_MASK
         dest_qp = (bth_word >> _DEST_QP_SHIFT) & _DEST_QP_MASK
         kdeth_prefix = (self.regs.get(RCV_BTH_QP) >> RCV_BTH_QP_KDETH_QP_SHIFT) & RCV_BTH_QP_KDETH_QP_MASK
-        rcv_type, tid_ctrl = RcvType.IB, 0
+        rcv_type, tid_ctrl, urgent = RcvType.IB, 0, False
         if dest_qp >> 16 == kdeth_prefix and kdeth_prefix:
             hdr_len = bth - opa.LRH_BYTES + opa.KDETH_HEADER_BYTES
             if len(data) < hdr_len + opa.ICRC_BYTES:
@@ -335,8 +337,9 @@ class Receive(Block):
                 self._drop("KDETH packet shorter than its headers", RCV_SHORT_ERR_CNT)
                 return None
             kdeth = bth + opa.BTH_BYTES
-            tid_ctrl = (int.from_bytes(data[kdeth:kdeth + _KDETH0_BYTES], "little") >> _TID_CTRL_SHIFT) \
-                & _TID_CTRL_MASK
+            kdeth0 = int.from_bytes(data[kdeth:kdeth + _KDETH0_BYTES], "little")
+            tid_ctrl = (kdeth0 >> _TID_CTRL_SHIFT) & _TID_CTRL_MASK
+            urgent = bool((kdeth0 >> _INTR_SHIFT) & _INTR_MASK)
             rcv_type = RcvType.EXPECTED if tid_ctrl else RcvType.EAGER
         else:
             hdr_len = (opa.HEADER_BYTES_BY_OPCODE[opcode] or opa.LRH_BYTES + opa.BTH_BYTES) + bth - opa.LRH_BYTES
@@ -349,7 +352,7 @@ class Receive(Block):
             errors |= ReceiveContext.RHF_ICRC_ERR
             self.count32(RCV_ICRC_ERR_CNT)
         return Arrival(packet, rcv_type, min(hdr_len, len(data)), errors, dest_qp, tid_ctrl,
-                       vl15=packet.sc == opa.SC_VL15)
+                       vl15=packet.sc == opa.SC_VL15, urgent=urgent)
 
     def _classify_16b(self, packet: Packet) -> Arrival | None:
         """A 16B (bypass) packet: RCV_BYPASS.HDR_SIZE dwords of it go to the

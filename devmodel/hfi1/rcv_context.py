@@ -27,6 +27,8 @@ Delivering a packet (the order the driver relies on):
     4. the tail to RCV_HDR_TAIL_ADDR when TAIL_UPD (context 0)
     5. RcvAvail (source 256 + c) once COUNTER packets wait since the last
        head write, or when the coalescing timer runs out
+    6. RcvUrgent (source 416 + c) for a KDETH packet with KDETH.Intr, also
+       when the flow suppressed its header
 
 Eager buffers are filled several packets each (multi-packet mode) at 64-byte
 offsets; moving to the next buffer is refused while software still owns it
@@ -103,7 +105,7 @@ from .chip_registers import (
 )
 from .csr import KCTXT_STRIDE, UCTXT_STRIDE, field
 from .formats import RCV_ARRAY_ENTRY, RHF, RHF_MAX_SEQ, RcvType, rcv_array_buffer_bytes
-from .intr import IS_RCVAVAIL_START, InterruptController
+from .intr import IS_RCVAVAIL_START, IS_RCVURGENT_START, InterruptController
 from .services import ChipServices
 
 KERNEL_CONTEXT_CSRS = ("RCV_EGR_CTRL", "RCV_TID_CTRL", "RCV_KEY_CTRL", "RCV_HDR_ADDR", "RCV_HDR_CNT",
@@ -174,6 +176,8 @@ class Arrival:
     dest_qp: int
     tid_ctrl: int
     vl15: bool = False
+    #: KDETH.Intr: the sender asks for the context's RcvUrgent interrupt
+    urgent: bool = False
 
 
 class ReceiveContext:
@@ -394,6 +398,7 @@ class ReceiveContext:
                 if not tid_err:
                     flow.commit(placed=True)
                     self.suppressed += 1
+                    self._urgent(arrival)
                     return True
         except DmaError:
             return lost("dma_error")
@@ -464,6 +469,7 @@ class ReceiveContext:
         if ctrl & RCV_CTXT_CTRL_TAIL_UPD_SMASK:
             self._write_tail()
         self._interrupt(ctrl)
+        self._urgent(arrival)
         return True
 
     def _place_eager(self, data: bytes, hdr_len: int, ctrl: int):
@@ -631,6 +637,16 @@ class ReceiveContext:
             self.intr.raise_source(IS_RCVAVAIL_START + self.index)
         elif self._timer is None:
             self._timer = self.services.after(reload * TIMEOUT_TICK_S, self._timeout)
+
+    def _urgent(self, arrival: Arrival) -> None:
+        """RcvUrgent (source 416 + c) for a KDETH packet with KDETH.Intr, once
+        it has landed -- with or without a header-queue entry. The driver
+        enables the source for a user context that polls for urgent packets
+        (HFI1_RCVCTRL_URGENT_ENB, POLL_URGENT); masked, it only latches in
+        CCE_INT_STATUS (kernel contexts: TID RDMA sets Intr on its data
+        packets exactly when the receiver's source is masked, is_urg_masked)."""
+        if arrival.urgent:
+            self.intr.raise_source(IS_RCVURGENT_START + self.index)
 
     def _timeout(self) -> None:
         self._timer = None
