@@ -175,19 +175,20 @@ class Lab:
         return guest
 
     def active_fabric(self, label: str, report_figure, args: tuple[str, ...] = (),
-                      prepare: Callable[[Fabric], None] | None = None) -> Fabric:
+                      prepare: Callable[[Fabric], None] | None = None, **guest_options) -> Fabric:
         """Two guests on one `vfnic serve --device hfi1` with two sockets
-        (and --stats, --control), booted side by side; once both ports are
-        Init, `prepare(fabric)` runs if given (it may reload the driver, and
-        leaves both ports Init again), then opafm in the first brings both
-        Active. Reports both times."""
+        (and --stats, --control), booted side by side (with `guest_options`,
+        e.g. `kernel_args`); once both ports are Init, `prepare(fabric)` runs
+        if given (it may reload the driver, and leaves both ports Init
+        again), then opafm in the first brings both Active. Reports both
+        times."""
         work = self.directory / f"fabric{len(self.servers)}"
         work.mkdir()
         server = self.server("hfi1", count=2, args=("--stats", str(work / "stats.json"),
                                                     "--control", str(work / "control.sock"), *args))
         started = time.monotonic()
         fabric = Fabric.boot(server, lambda devices, **options: self.guest(*devices, wait=False, **options),
-                             self.socket_dir)
+                             self.socket_dir, **guest_options)
         fabric.wait_ports(INIT)
         report_figure(f"{label}: two guests booted, both ports Init {time.monotonic() - started:.1f} s after "
                       f"QEMU started (TCG, 1 vCPU each)")
