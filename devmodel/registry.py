@@ -44,12 +44,10 @@ class DeviceEntry:
     #: decides); None: each device stands alone
     fabric: str | None = None
     guest_files: GuestFiles | None = None
-    #: a factory for `count` devices each cabled to one edge switch (`vfnic
-    #: serve --switch`): (count, switch_ports, **options) -> (devices, fabric
-    #: nodes); a node has name, stats(), status() and close(). None: the
-    #: device has no switched fabric
-    switched_fabric: str | None = None
-
+    #: how the device is made for a fabric of switches (`vfnic serve --switch`,
+    #: `--topology`): (**options) -> devmodel.fabric.topology.ServedHfis. None:
+    #: the device has no port a switch could take
+    served_on_fabric: str | None = None
 
 DEVICES = {
     "testdev": DeviceEntry("devmodel.testdev", "TestDevice", {}),
@@ -63,7 +61,7 @@ DEVICES = {
                   "the chip authenticates signed firmware (the guest needs the files of `vfnic firmware` in "
                   "/lib/firmware, or probe fails), negotiates the link with VerifyCap "
                   "and relays SMA idle messages; simulator (3, functional simulator), none of that"),
-    }, fabric="Hfi1Device.fabric", switched_fabric="Hfi1Device.switched_fabric", guest_files=GuestFiles(
+    }, fabric="Hfi1Device.fabric", served_on_fabric="Hfi1Device.served_on_fabric", guest_files=GuestFiles(
         "firmware", "write the hfi1 firmware files (vfnic's own, signed with its test key)", "usr/lib/firmware",
         "devmodel.hfi1.firmware:firmware_files", "devmodel.hfi1.firmware:write_firmware")),
 }
@@ -132,10 +130,12 @@ def create_fabric(name: str, count: int, options: list[str] | None = None) -> li
 
 
 class FabricNode(Protocol):
-    """A part of a served fabric that is no PCI function (a switch): what
-    `vfnic serve` reports of it and stops."""
+    """A part of a served fabric that is no PCI function (a switch, a
+    simulated HFI): what `vfnic serve` reports of it and stops."""
 
     name: str
+    #: "switch", "simulated HFI"
+    kind: str
 
     def stats(self) -> dict: ...
 
@@ -144,27 +144,22 @@ class FabricNode(Protocol):
     def close(self) -> None: ...
 
 
-def create_switched_fabric(name: str, count: int, options: list[str] | None = None,
-                           switch_ports: int = 0) -> tuple[list[DeviceModel], list[FabricNode]]:
-    """`count` devices each cabled to a port of one edge switch of
-    `switch_ports` ports (0: the device's default, a few more than `count`);
-    the devices and the fabric's other nodes (the switch). OptionError if the
-    device has no switched fabric or the switch is too small."""
+def create_topology_fabric(name: str, topology, options: list[str] | None = None, scheduler=None):
+    """The fabric `topology` (devmodel/fabric/topology.py) describes, its
+    served HFIs made as device `name` makes them for a fabric of switches:
+    a `BuiltFabric` (devices, nodes, links). OptionError if the device
+    cannot be on such a fabric or refuses an option there."""
+    from devmodel.fabric.topology import build_fabric
+
     if name not in DEVICES:
         raise KeyError(f"unknown device {name!r} (known: {', '.join(sorted(DEVICES))})")
     entry = DEVICES[name]
-    if entry.switched_fabric is None:
-        switched = ", ".join(sorted(n for n, e in DEVICES.items() if e.switched_fabric)) or "none"
-        raise OptionError(f"{name} cannot be cabled to a switch (devices that can: {switched})")
-    if switch_ports and switch_ports < count:
-        raise OptionError(f"a switch of {switch_ports} ports cannot take {count} devices")
-    if not 0 <= switch_ports <= 254:
-        raise OptionError(f"a switch has 1..254 ports, not {switch_ports}")
+    if entry.served_on_fabric is None:
+        able = ", ".join(sorted(n for n, e in DEVICES.items() if e.served_on_fabric)) or "none"
+        raise OptionError(f"{name} cannot be cabled to a switch (devices that can: {able})")
     chosen = parse_options(name, options or [])
     try:
-        return _resolve(entry, entry.switched_fabric)(count, switch_ports,
-                                                      **{k.replace("-", "_"): v for k, v in chosen.items()})
-    except OptionError:
-        raise
-    except ValueError as e:  # the device refuses an option in this fabric (e.g. hfi1's link-partner)
+        served = _resolve(entry, entry.served_on_fabric)(**{k.replace("-", "_"): v for k, v in chosen.items()})
+    except ValueError as e:  # the device refuses an option on such a fabric (e.g. hfi1's link-partner)
         raise OptionError(str(e)) from None
+    return build_fabric(topology, served, scheduler)

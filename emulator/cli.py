@@ -2,6 +2,7 @@
 
     vfnic serve --device NAME --socket PATH [--socket PATH ...] [--option KEY=VALUE ...]
                 [--switch [PORTS]] [--control PATH] [--trace FILE] [--stats FILE] [-v]
+    vfnic serve --device NAME --topology FILE [--option ...] [--control PATH] ...
     vfnic ctl PATH COMMAND [KEY=VALUE ...]
     vfnic trace-diff A B [--ignore-values REGEX] [--most N]
     vfnic trace-stats FILE
@@ -14,7 +15,9 @@ this process: two hfi1 sockets are two HFIs cabled back to back; a lone hfi1
 trains with its built-in link partner. With `--switch` every device is
 cabled to a port of one edge switch instead (PORTS ports, by default a few
 more than the sockets; docs/switch.md), whose state, ports and counters
-`ctl C query` and `--stats` include. `--control` opens the control socket
+`ctl C query` and `--stats` include. `--topology FILE` serves the fabric a
+topology file describes (docs/topology.md): switches, the HFIs it serves
+and their sockets, simulated HFIs, and the cables between them. `--control` opens the control socket
 (emulator/control.py) that `ctl` talks to: `vfnic ctl C query`, `vfnic ctl C
 fault-set link=0 from=hfi1_0 kind=drop rate=0.01`, `vfnic ctl C help`.
 
@@ -51,6 +54,7 @@ import textwrap
 import threading
 
 from devmodel import registry
+from devmodel.fabric import topology as fabric_topology
 
 from . import control
 from .pci.function import PciFunction
@@ -85,11 +89,15 @@ def _parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="serve emulated devices on vfio-user sockets",
                            epilog=device_options_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
     serve.add_argument("--device", required=True, help=f"device model ({', '.join(sorted(registry.DEVICES))})")
-    serve.add_argument("--socket", required=True, action="append", help="AF_UNIX socket path; repeat for more devices")
+    serve.add_argument("--socket", action="append", default=[],
+                       help="AF_UNIX socket path; repeat for more devices (not with --topology)")
     serve.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                        help="a device option, e.g. hfi1's link-partner=none; repeat for more")
     serve.add_argument("--switch", nargs="?", const=0, type=int, metavar="PORTS",
                        help="cable every device to one edge switch (of PORTS ports; default: a few spare)")
+    serve.add_argument("--topology", metavar="FILE",
+                       help="serve the fabric FILE describes: switches, HFIs on sockets, simulated HFIs, cables "
+                            "(docs/topology.md)")
     serve.add_argument("--stats", help="write device statistics as JSON here on exit and on SIGUSR1")
     serve.add_argument("--control", metavar="PATH", help="open a control socket here (see vfnic ctl)")
     serve.add_argument("--trace", metavar="FILE", help="write every MMIO access, with the register's name, here")
@@ -139,7 +147,7 @@ def _stats(servers: list[Server], nodes: list = ()) -> dict:
                         "messages": dict(s.connection.counts) if s.connection else {},
                         "refused_messages": s.refused.count,
                         **s.function.model.stats()} for s in servers},
-            **{f"{node.name} (switch)": node.stats() for node in nodes}}
+            **{f"{node.name} ({node.kind})": node.stats() for node in nodes}}
 
 
 def _write_stats(path: str | None, servers: list[Server], nodes: list = ()) -> None:
@@ -153,6 +161,10 @@ def _write_stats(path: str | None, servers: list[Server], nodes: list = ()) -> N
 def serve(args: argparse.Namespace) -> int:
     if args.device not in registry.DEVICES:
         raise UsageError(f"unknown device {args.device!r} (known: {', '.join(sorted(registry.DEVICES))})")
+    if args.topology is not None and (args.socket or args.switch is not None):
+        raise UsageError("--topology names the sockets and switches itself: no --socket or --switch with it")
+    if args.topology is None and not args.socket:
+        raise UsageError("the following arguments are required: --socket (or --topology)")
     if len(set(args.socket)) != len(args.socket):
         raise UsageError("the same --socket is given twice")
     try:
@@ -166,15 +178,14 @@ def serve(args: argparse.Namespace) -> int:
     except OSError as e:
         raise UsageError(f"cannot write the trace {args.trace}: {e.strerror}") from None
     servers = []
-    if args.switch is None:
-        models, nodes = registry.create_fabric(args.device, len(args.socket), args.option), []
-    else:
-        try:
-            models, nodes = registry.create_switched_fabric(args.device, len(args.socket), args.option, args.switch)
-        except registry.OptionError as e:
-            raise UsageError(str(e)) from None
     try:
-        for path, model in zip(args.socket, models):
+        sockets, models, nodes, links = _fabric(args)
+    except UsageError:
+        if trace is not None:
+            trace.close()
+        raise
+    try:
+        for path, model in zip(sockets, models):
             ports = model.ports()
             function = PciFunction(model, name=ports[0].name if ports else os.path.basename(path))
             function.trace = trace
@@ -184,7 +195,7 @@ def serve(args: argparse.Namespace) -> int:
         controller = None
         if args.control:
             controller = control.ControlServer(args.control, control.Controller(
-                servers, lambda: _stats(servers, nodes), nodes))
+                servers, lambda: _stats(servers, nodes), nodes, links))
             controller.bind()
     except ServerError as e:
         for s in servers:
@@ -212,7 +223,7 @@ def serve(args: argparse.Namespace) -> int:
     if controller is not None:
         controller.start()
     control_note = f", control socket {args.control}" if args.control else ""
-    print(f"vfnic: serving {args.device} on {', '.join(args.socket)}{control_note}", file=sys.stderr, flush=True)
+    print(f"vfnic: serving {args.device} on {', '.join(sockets)}{control_note}", file=sys.stderr, flush=True)
     while any(t.is_alive() for t in threads):
         for t in threads:
             t.join(timeout=0.5)
@@ -230,6 +241,25 @@ def serve(args: argparse.Namespace) -> int:
         undeclared = s.function.model.stats().get("undeclared_csr_accesses", 0)
         print(f"vfnic: {s.path}: {s.clients} client(s), {undeclared} undeclared register access(es)", file=sys.stderr)
     return 0
+
+
+def _fabric(args: argparse.Namespace) -> tuple[list[str], list, list, list]:
+    """The sockets, the devices served on them, the fabric's other nodes
+    (switches, simulated HFIs) and its links, as --topology, --switch or
+    the device's own back-to-back cabling make them."""
+    if args.topology is None and args.switch is None:
+        return args.socket, registry.create_fabric(args.device, len(args.socket), args.option), [], []
+    try:
+        if args.topology is not None:
+            topology = fabric_topology.read_topology(args.topology)
+            if not topology.hfis:
+                raise UsageError(f"{args.topology}: it serves no HFI ([hfis] names none)")
+        else:
+            topology = fabric_topology.edge_switch(args.socket, args.switch)
+        fabric = registry.create_topology_fabric(args.device, topology, args.option)
+    except (fabric_topology.TopologyError, registry.OptionError) as e:
+        raise UsageError(str(e)) from None
+    return fabric.sockets, fabric.devices, fabric.nodes, fabric.links
 
 
 def ctl(args: argparse.Namespace) -> int:

@@ -10,7 +10,9 @@ Commands (`help` lists them with their arguments):
 
     query           devices (socket, clients, ports), links (state,
                     counters per direction, faults, capture) and, with
-                    serve --switch, the switch (every port's state, counters)
+                    serve --switch or --topology, the fabric: every node
+                    (served HFI, switch, simulated HFI) with every port's
+                    state, peer, link and counters, and a summary
     stats           what SIGUSR1 writes to --stats
     fault-set       link, from (the sending end), kind (drop, corrupt, delay,
                     duplicate, reorder), rate and/or count, seed, delay_ms
@@ -73,10 +75,12 @@ class Controller:
     servers) and the links between their ports. Thread-safe as far as the
     devices and links are."""
 
-    def __init__(self, servers: list, stats: Callable[[], dict], nodes: list = ()):
+    def __init__(self, servers: list, stats: Callable[[], dict], nodes: list = (), links: list = ()):
         self.servers = servers
-        #: the fabric's nodes that are no PCI function (a switch: registry.FabricNode)
+        #: the fabric's nodes that are no PCI function (switches, simulated HFIs: registry.FabricNode)
         self.nodes = list(nodes)
+        #: the fabric's links besides the served devices' own (between switches, to simulated HFIs)
+        self.fabric_links = list(links)
         self._stats = stats
         self.commands = {c.name: c for c in (
             Command("query", self.query, (), (), "devices, their ports, and the links between them"),
@@ -123,11 +127,10 @@ class Controller:
     # -- what there is ---------------------------------------------------------------------
     def links(self) -> list[Link]:
         seen: list[Link] = []
-        for server in self.servers:
-            for port in server.function.model.ports():
-                link = getattr(port, "link", None)
-                if link is not None and all(link is not s for s in seen):
-                    seen.append(link)
+        ports = [port for server in self.servers for port in server.function.model.ports()]
+        for link in [getattr(port, "link", None) for port in ports] + self.fabric_links:
+            if link is not None and all(link is not s for s in seen):
+                seen.append(link)
         return seen
 
     def link(self, name: object) -> Link:
@@ -150,10 +153,29 @@ class Controller:
                 "clients": server.clients,
                 "ports": [port.status() for port in model.ports()],
             })
-        reply = {"devices": devices, "links": [link.describe() for link in self.links()]}
+        links = self.links()
+        reply = {"devices": devices, "links": [link.describe() for link in links]}
         if self.nodes:
-            reply["switches"] = [node.status() for node in self.nodes]
+            nodes = [self._served_node(server, links) for server in self.servers]
+            nodes += [node.status() for node in self.nodes]
+            reply["nodes"] = nodes
+            reply["summary"] = _summary(nodes, links)
+            reply["switches"] = [node for node in nodes if node["kind"] == "switch"]
         return reply
+
+    @staticmethod
+    def _served_node(server, links: list[Link]) -> dict:
+        """A served device as a node of the fabric: its ports (with the peer at the far end of each cable)."""
+        model = server.function.model
+        ports = []
+        for number, port in enumerate(model.ports(), start=1):
+            status = {"port": number, **port.status()}
+            status.setdefault("state", status.get("logical_state"))
+            link = getattr(port, "link", None)
+            status["peer"] = next((name for name in link.end_names() if name != port.name), None) if link else None
+            ports.append(status)
+        return {"name": ports[0]["name"] if ports else server.path, "kind": model.name, "socket": server.path,
+                "clients": server.clients, "num_ports": len(ports), "ports": ports}
 
     def fault_set(self, a: dict) -> dict:
         link = self.link(a["link"])
@@ -190,6 +212,19 @@ class Controller:
     def help(self, _arguments: dict) -> dict:
         return {c.name: {"arguments": list(c.required), "optional": list(c.optional), "doc": c.doc}
                 for c in self.commands.values()}
+
+
+def _summary(nodes: list[dict], links: list[Link]) -> dict:
+    """How many nodes of each kind, cabled ports in each state, and links up."""
+    kinds: dict[str, int] = {}
+    states: dict[str, int] = {}
+    for node in nodes:
+        kinds[node["kind"]] = kinds.get(node["kind"], 0) + 1
+        for port in node["ports"]:
+            if port.get("link"):
+                states[str(port["state"])] = states.get(str(port["state"]), 0) + 1
+    up = sum(1 for link in links if link.state.value == "up")
+    return {"nodes": kinds, "cabled_ports": states, "links": len(links), "links_up": up}
 
 
 def _number(arguments: dict, key: str, kind: type) -> float | int | None:

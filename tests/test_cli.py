@@ -34,8 +34,15 @@ def vfnic(*args, **kw):
     (["serve", "--device", "testdev", "--socket", "x.sock", "--switch"], "testdev cannot be cabled to a switch"),
     (["serve", "--device", "hfi1", "--socket", "a.sock", "--socket", "b.sock", "--switch", "1"],
      "a switch of 1 ports cannot take 2 devices"),
+    (["serve", "--device", "hfi1", "--switch", "300", "--socket", "a.sock"],
+     "switch sw0's ports is a whole number 1..254, not 300"),
+    (["serve", "--device", "hfi1"], "the following arguments are required: --socket (or --topology)"),
+    (["serve", "--device", "hfi1", "--topology", "nope.toml"], "cannot read the topology nope.toml: No such file"),
+    (["serve", "--device", "hfi1", "--topology", "t.toml", "--socket", "a.sock"],
+     "--topology names the sockets and switches itself: no --socket or --switch with it"),
 ])
 def test_bad_arguments_exit_2_with_one_line(tmp_path, args, message):
+    (tmp_path / "t.toml").write_text('[hfis]\na = "a.sock"\n')
     result = vfnic(*args, cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and message in result.stderr
@@ -153,3 +160,79 @@ def test_serve_switch_cables_every_hfi_to_one_switch_that_query_and_stats_show(t
         assert proc.wait(timeout=10) == 0
     written = json.loads(stats.read_text())
     assert set(written) == {*sockets, "sw0 (switch)"} and written["sw0 (switch)"]["drops"] == {}
+
+
+@pytest.mark.parametrize("text,message", [
+    ("[switches\n", "t.toml: not TOML: Expected ']' at the end of a table declaration (at line 1, column 10)"),
+    ("[switches]\ne = { ports = 4 }\n", "t.toml: it serves no HFI ([hfis] names none)"),
+    ("[switches]\ne = { ports = 4 }\n[hfis]\na = 'a.sock'\n[cables]\n'a' = 'e/5'\n",
+     "t.toml: cable end 'e/5': e has ports 1..4"),
+])
+def test_a_bad_topology_file_exits_2_with_one_line(tmp_path, text, message):
+    (tmp_path / "t.toml").write_text(text)
+    result = vfnic("serve", "--device", "hfi1", "--topology", "t.toml", cwd=tmp_path)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
+    assert not (tmp_path / "a.sock").exists()
+
+
+TWO_EDGES = """
+[switches]
+edge1 = { ports = 4 }
+edge2 = { ports = 4 }
+
+[hfis]
+hfi-a = "a.sock"
+hfi-b = "b.sock"
+
+[[simulated]]
+prefix = "sim"
+count = 2
+switch = "edge2"
+
+[cables]
+"hfi-a" = "edge1/1"
+"hfi-b" = "edge2/1"
+"edge1/4" = "edge2/4"
+"""
+
+
+def test_serve_topology_serves_its_sockets_and_query_shows_every_node_port_and_cable(tmp_path):
+    """Two edge switches linked directly, an HFI on each (no driver: their
+    ports stay down), two simulated HFIs on edge2: the cables between
+    switches and to the simulated HFIs train on their own."""
+    (tmp_path / "fabric.toml").write_text(TWO_EDGES)
+    control, stats = str(tmp_path / "c.sock"), tmp_path / "stats.json"
+    proc = subprocess.Popen([sys.executable, "-m", "emulator.cli", "serve", "--device", "hfi1", "--topology",
+                             str(tmp_path / "fabric.toml"), "--control", control, "--stats", str(stats)],
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: os.path.exists(control) or proc.poll() is not None, 20.0, "the control socket")
+        assert (tmp_path / "a.sock").exists() and (tmp_path / "b.sock").exists(), "relative to the file"
+
+        def trained() -> dict | None:  # the engine thread trains the cables as the server starts
+            query = json.loads(vfnic("ctl", control, "query").stdout)
+            return query if query["summary"]["cabled_ports"].get("INIT") == 6 else None
+        query = wait_until(trained, 20.0, "the cables between switches and to the simulated HFIs to train")
+        nodes = {node["name"]: node for node in query["nodes"]}
+        assert [(n["name"], n["kind"]) for n in query["nodes"]] == [
+            ("hfi-a", "hfi1"), ("hfi-b", "hfi1"), ("edge1", "switch"), ("edge2", "switch"),
+            ("sim0", "simulated HFI"), ("sim1", "simulated HFI")]
+        assert nodes["hfi-a"]["socket"] == str(tmp_path / "a.sock") and nodes["hfi-a"]["ports"][0]["peer"] == "edge1.p1"
+        assert [(p["state"], p["peer"]) for p in nodes["edge2"]["ports"]] == [
+            ("DOWN", "hfi-b"), ("INIT", "sim0"), ("INIT", "sim1"), ("INIT", "edge1.p4")]
+        assert nodes["sim1"]["ports"][0]["state"] == "INIT" and nodes["sim1"]["ports"][0]["counters"]["link_downed"] == 0
+        assert query["summary"] == {"nodes": {"hfi1": 2, "switch": 2, "simulated HFI": 2},
+                                    "cabled_ports": {"DOWN": 4, "INIT": 6}, "links": 5, "links_up": 3}
+        assert [s["name"] for s in query["switches"]] == ["edge1", "edge2"]
+        assert [link["name"] for link in query["links"]] == [
+            "hfi-a<->edge1.p1", "hfi-b<->edge2.p1", "edge1.p4<->edge2.p4", "sim0<->edge2.p2", "sim1<->edge2.p3"]
+        down = json.loads(vfnic("ctl", control, "link-down", "link=edge1.p4<->edge2.p4").stdout)
+        assert down["taken_down"], "a link between switches takes the link commands too"
+        assert json.loads(vfnic("ctl", control, "query").stdout)["summary"]["links_up"] == 2
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=10) == 0
+    written = json.loads(stats.read_text())
+    assert set(written) == {str(tmp_path / "a.sock"), str(tmp_path / "b.sock"), "edge1 (switch)", "edge2 (switch)",
+                            "sim0 (simulated HFI)", "sim1 (simulated HFI)"}
+    assert written["sim0 (simulated HFI)"]["internal_errors"] == 0

@@ -7,6 +7,8 @@
     devmodel/fabric/inbound.py  InboundBuffer: a link end's receive buffer and credits
     devmodel/fabric/faults.py   Fault: drop, corrupt, delay, duplicate, reorder
     devmodel/fabric/capture.py  LinkCapture: pcap files Wireshark reads as OPA
+    devmodel/fabric/topology.py a fabric from its description (switches, served and
+                                simulated HFIs, cables): vfnic serve --topology, --switch
 
 A device's port implements `LinkEnd`; `cable(a, b)` joins two of them. The
 transport of a link is in-process for now; the `LinkEnd` contract (post,

@@ -46,6 +46,7 @@ from dataclasses import dataclass
 from common.ratelog import counts, flush, limited
 from devmodel.base import DeviceHost, DeviceModel
 from devmodel.fabric import Packet, cable
+from devmodel.fabric.topology import ServedHfis
 from devmodel.pci_layout import Bar, BarKind, MsixLayout, PcieLink, PciIdentity, PciLayout
 from devmodel.regs import RegisterFile
 from devmodel.worker import Job, ManualScheduler, ScheduledWorker, ThreadScheduler, Worker
@@ -85,10 +86,6 @@ from .send import Send
 
 BAR0_SIZE = TXE_PIO_SEND + TXE_PIO_SIZE  # 64 MiB: hfi1_pcie_ddinit refuses anything else
 MAX_FAULTS = 32  # internal errors kept (and logged in full) per device
-#: `switched_fabric`: the edge switch's node GUID (Intel's OUI, serial 0x100000, clear of the HFIs'),
-#: and the ports it has beyond one per HFI when no count is given
-SWITCH_GUID = 0x0011750000100000
-SPARE_SWITCH_PORTS = 4
 
 
 @dataclass(frozen=True)
@@ -136,35 +133,20 @@ class Hfi1Device(DeviceModel):
         return devices
 
     @classmethod
-    def switched_fabric(cls, count: int, switch_ports: int = 0, link_partner: str = "present",
-                        icode: str = "silicon", scheduler: ThreadScheduler | ManualScheduler | None = None
-                        ) -> tuple[list["Hfi1Device"], list]:
-        """`count` HFIs, each cabled to a port of one edge switch ("sw0", ports
-        1..count; `switch_ports` ports in all, or count + SPARE_SWITCH_PORTS if 0),
-        the switch's events on the same engine thread as the HFIs. The HFIs and
-        [the switch]. `link_partner` does not apply (every HFI has the switch):
-        anything but the default is refused.
-        With icode=simulator the switch ports take NeighborNormal at Armed, as
-        such an hfi1 does itself (docs/switch.md)."""
-        from devmodel.switch import Switch
-
+    def served_on_fabric(cls, link_partner: str = "present", icode: str = "silicon") -> ServedHfis:
+        """How hfi1s are made for a fabric of switches (`vfnic serve --switch`,
+        `--topology`, devmodel/fabric/topology.py): the k-th served HFI gets
+        GUID serial k + 1 and no built-in partner (its cable is the
+        topology's). `link_partner` does not apply: anything but the default
+        is refused. With icode=simulator the switch ports facing them take
+        NeighborNormal at Armed, as such an hfi1 does itself (docs/switch.md)."""
         if link_partner != "present":
-            raise ValueError(f"link-partner={link_partner} does not apply on a switch: every HFI has the switch")
-        ports = switch_ports or count + SPARE_SWITCH_PORTS
-        if ports < count:
-            raise ValueError(f"a switch of {ports} ports cannot take {count} HFIs")
-        engines = scheduler or ThreadScheduler("hfi1-engines")
-        devices = []
-        for i in range(count):
-            name = f"hfi1_{i}" if count > 1 else "hfi1"
-            config = ChipConfig(guid=make_guid(i + 1), neighbour=None, icode=ICODES[icode])
-            devices.append(cls(config, worker=engines.worker(name), name=name))
-        switch = Switch("sw0", SWITCH_GUID, ports, engines.worker("sw0"),
-                        neighbor_normal_at_armed=icode == "simulator")
-        for number, device in enumerate(devices, start=1):
-            name = f"{device.device_name}<->sw0.p{number}"
-            cable(device.port, switch.ports[number], name=name, timer=engines.timer(name).after)
-        return devices, [switch]
+            raise ValueError(f"link-partner={link_partner} does not apply on a switch: every HFI has its cable")
+
+        def make(index: int, name: str, worker: ScheduledWorker) -> Hfi1Device:
+            config = ChipConfig(guid=make_guid(index + 1), neighbour=None, icode=ICODES[icode])
+            return cls(config, worker=worker, name=name)
+        return ServedHfis(make, neighbor_normal_at_armed=icode == "simulator")
 
     def __init__(self, config: ChipConfig | None = None, worker: Worker | ScheduledWorker | None = None,
                  name: str = "hfi1"):

@@ -21,6 +21,7 @@ from collections import Counter, deque
 
 from devmodel.fabric import InboundBuffer, Link, LinkDownReason, LinkMessage, MessageKind, NodeType, Packet, PortIdentity
 from devmodel.switch import smi
+from devmodel.switch.device import PORT_STATE_NAMES, peer_of
 from devmodel.switch.mad_packet import build_mad_packet, parse_mad_packet, reply_packet
 from devmodel.switch.managed_port import ManagedPort
 from devmodel.switch.management import answer
@@ -36,6 +37,8 @@ INBOUND_LIMIT = 64
 class SimulatedHfi:
     node_type = w.NodeTypeCode.HFI
     num_ports = 1
+    #: what `vfnic serve` calls it (registry.FabricNode)
+    kind = "simulated HFI"
 
     def __init__(self, name: str, guid: int, worker, description: str | None = None):
         if guid & (3 << 30):
@@ -201,3 +204,30 @@ class SimulatedHfi:
                 self.counters.transmitted(len(packet.data))
             else:
                 self.drops["link down"] += 1
+
+    # -- what tools read (registry.FabricNode) ---------------------------------------------------------
+    def stats(self) -> dict:
+        with self._lock:
+            return {"name": self.name, "guid": f"{self.guid:#018x}", "lid": self.port.lid,
+                    "state": PORT_STATE_NAMES.get(self.port.state, str(self.port.state)),
+                    "counters": dict(vars(self.counters)), "drops": dict(self.drops),
+                    "sma": {"requests": self.sma.requests, "errors": self.sma.errors},
+                    "internal_errors": self.internal_errors}
+
+    def status(self) -> dict:
+        """What `vfnic ctl C query` shows of it: its one port's state, neighbour, link and counters."""
+        with self._lock:
+            neighbor, link = self.port.neighbor, self.link
+            port = {"port": 1, "state": PORT_STATE_NAMES.get(self.port.state, str(self.port.state)),
+                    "neighbor_normal": bool(self.port.neighbor_normal),
+                    "neighbor_guid": f"{neighbor.guid:#018x}" if neighbor is not None else None,
+                    "link": link.name if link is not None else None,
+                    "peer": peer_of(link, self.name), "outbox": len(self.outbox), "inbound": len(self.inbound),
+                    "counters": dict(vars(self.counters))}
+            return {"name": self.name, "kind": self.kind, "guid": f"{self.guid:#018x}", "lid": self.port.lid,
+                    "num_ports": 1, "ports": [port], "drops": dict(self.drops),
+                    "internal_errors": self.internal_errors}
+
+    def close(self) -> None:
+        """Stop its worker handle (a shared scheduler's thread ends with the last user)."""
+        self.worker.stop()

@@ -99,11 +99,13 @@ class Fabric:
     # -- set-up ------------------------------------------------------------------------
     @classmethod
     def launch(cls, workdir: Path, server_args: Sequence[str] = (), guests: int = 2,
-               **guest_options) -> "LaunchedFabric":
+               topology: Callable[[list[Path]], str] | None = None, **guest_options) -> "LaunchedFabric":
         """Start `vfnic serve` with `guests` sockets and a guest on each in
         `workdir` (a context manager that stops them, guests first). More
-        than two need a switch in `server_args` (`--switch`)."""
-        return LaunchedFabric(Path(workdir), list(server_args), guest_options, guests)
+        than two need a switch in `server_args` (`--switch`), or `topology`:
+        a function of the socket paths that returns a topology file's text
+        (docs/topology.md), served with `--topology` instead of `--socket`s."""
+        return LaunchedFabric(Path(workdir), list(server_args), guest_options, guests, topology)
 
     @classmethod
     def boot(cls, server: VfnicServer, start_guest: Callable[..., Guest], socket_dir: Path,
@@ -219,9 +221,10 @@ def rdma_cm_listening(guest: Guest, port: int) -> bool:
 class LaunchedFabric:
     """`Fabric.launch(...)`: a Fabric that owns its server and guests."""
 
-    def __init__(self, workdir: Path, server_args: list[str], guest_options: dict, guests: int = 2):
+    def __init__(self, workdir: Path, server_args: list[str], guest_options: dict, guests: int = 2,
+                 topology: Callable[[list[Path]], str] | None = None):
         self.workdir, self.server_args, self.guest_options = workdir, server_args, guest_options
-        self.guests = guests
+        self.guests, self.topology = guests, topology
         self._stack = ExitStack()
 
     def __enter__(self) -> Fabric:
@@ -232,7 +235,12 @@ class LaunchedFabric:
         self.workdir.mkdir(parents=True, exist_ok=True)
         try:
             sockets = [socket_dir / f"hfi1-{chr(ord('a') + i)}.sock" for i in range(self.guests)]
-            server = VfnicServer("hfi1", sockets, log=self.workdir / "serve.log", args=self.server_args)
+            args = self.server_args
+            if self.topology is not None:
+                path = self.workdir / "topology.toml"
+                path.write_text(self.topology(sockets))
+                args = ["--topology", str(path), *args]
+            server = VfnicServer("hfi1", sockets, log=self.workdir / "serve.log", args=args, start_timeout=120)
             self._stack.callback(server.stop)
             server.start()
             count = iter(range(self.guests))

@@ -46,7 +46,8 @@ class VfnicServer:
         self.process: subprocess.Popen | None = None
 
     def command_line(self) -> list[str]:
-        socket_args = [arg for path in self.sockets for arg in ("--socket", str(path))]
+        # a topology file names the sockets itself (`self.sockets` are then what its HFIs are served on)
+        socket_args = [] if "--topology" in self.args else [arg for path in self.sockets for arg in ("--socket", str(path))]
         return [sys.executable, "-m", "emulator.cli", "serve", "--device", self.device,
                 *socket_args, *self.args]
 
