@@ -53,7 +53,7 @@ class SimulatedHfi:
         self.port = ManagedPort(1, self, port_type=2)
         self.counters = PortCounters()
         self.sma = SubnetManagementAgent(self, is_switch=False)
-        self.pma = PerformanceAgent({1: self.counters})
+        self.pma = PerformanceAgent({1: self.counters}, is_hfi=True)
         self.link: Link | None = None
         self.epoch = -1
         self.inbound = InboundBuffer(INBOUND_LIMIT)

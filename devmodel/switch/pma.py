@@ -1,7 +1,8 @@
 """The performance management agent: per-port counters and the PMA's MADs.
 
     GMP (class 0x04, QP1) --> Get ClassPortInfo | Get DataPortCounters | Get ErrorPortCounters
-                              | Get/Set ErrorInfo | Set ClearPortStatus --> (status, reply data)
+                              | Get/Set ErrorInfo | Set ClearPortStatus
+                              | Get PortStatus (HFIs only) --> (status, reply data)
 
 Counters are plain integers the port's owner bumps as packets pass
 (`PortCounters`); the replies lay them out as hfi1's mad.c does
@@ -59,7 +60,10 @@ LINK_QUALITY_EXCELLENT = 5
 
 
 class PerformanceAgent:
-    def __init__(self, counters: dict[int, PortCounters]):
+    """`is_hfi`: an HFI's agent (one port) also answers PortStatus, as hfi1's
+    does and opafm's PM asks of every HFI; a switch's does not."""
+
+    def __init__(self, counters: dict[int, PortCounters], is_hfi: bool = False):
         self.counters = counters  # port number -> counters
         self.table = {
             (w.Method.GET, w.PmaAttr.CLASS_PORT_INFO): self._class_port_info,
@@ -69,6 +73,8 @@ class PerformanceAgent:
             (w.Method.GET, w.PmaAttr.ERROR_INFO): self._error_info,
             (w.Method.SET, w.PmaAttr.ERROR_INFO): self._error_info,
         }
+        if is_hfi:
+            self.table[(w.Method.GET, w.PmaAttr.PORT_STATUS)] = self._port_status
         self.requests = 0
 
     def process(self, method: int, attr_id: int, am: int, data: bytes) -> tuple[int, bytes]:
@@ -120,6 +126,21 @@ class PerformanceAgent:
                                                0, counters.link_downed & 0xFFFFFFFF, 0, bytes(7))
                     + bytes(w.VL_ERROR_COUNTER_BYTES * vls))
         return self._per_port(data, record)
+
+    def _port_status(self, am: int, data: bytes) -> tuple[int, bytes]:
+        """hfi1's pma_get_opa_portstatus: one port (AM[31:24] = 1), the
+        receiving one or named, its counters and one zeroed record per VL
+        selected (per-VL counters are not kept)."""
+        request = w.PORT_STATUS_REQUEST.parse(data)
+        mask, port = request["vl_select_mask"], request["port_num"]
+        (own,) = self.counters
+        if am >> 24 != 1 or port not in (0, own) or mask & ~w.PORT_STATUS_VL_MASK:
+            return w.Status.INVALID_FIELD, data
+        counters = self.counters[own]
+        status = w.PORT_STATUS.pack(own, bytes(3), mask, *[counters.get(n) for n in w.DATA_COUNTER_NAMES[:-1]],
+                                    *[counters.get(n) for n in w.ERROR_COUNTER_NAMES], 0,
+                                    counters.link_downed & 0xFFFFFFFF, 0, LINK_QUALITY_EXCELLENT, bytes(6))
+        return 0, status + bytes(w.VL_PORT_STATUS_BYTES * bin(mask).count("1"))
 
     def _clear(self, am: int, data: bytes) -> tuple[int, bytes]:
         request = w.CLEAR_PORT_STATUS.parse(data)

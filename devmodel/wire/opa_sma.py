@@ -375,6 +375,19 @@ PortErrorCounters = c.Struct("port_number" / c.Int8ub, "reserved2" / c.Bytes(7),
                              "uncorrectable_errors" / c.Int8ub, "reserved3" / c.Bytes(7))
 PORT_ERROR_COUNTERS = Fixed(PortErrorCounters)
 VL_ERROR_COUNTER_BYTES = 8
+#: struct opa_port_status_req (hfi1 mad.c): the port (0: the receiving one) and the VLs wanted
+PortStatusRequest = c.Struct("port_num" / c.Int8ub, "reserved" / c.Bytes(3), "vl_select_mask" / c.Int32ub)
+PORT_STATUS_REQUEST = Fixed(PortStatusRequest)
+#: struct opa_port_status_rsp (216 bytes), then 14 x u64 per selected VL (struct _vls_pctrs)
+PortStatus = c.Struct("port_num" / c.Int8ub, "reserved" / c.Bytes(3), "vl_select_mask" / c.Int32ub,
+                      *[name / c.Int64ub for name in DATA_COUNTER_NAMES[:-1]],
+                      *[name / c.Int64ub for name in ERROR_COUNTER_NAMES],
+                      "link_error_recovery" / c.Int32ub, "link_downed" / c.Int32ub,
+                      "uncorrectable_errors" / c.Int8ub, "link_quality_indicator" / c.Int8ub, "res2" / c.Bytes(6))
+PORT_STATUS = Fixed(PortStatus)
+VL_PORT_STATUS_BYTES = 14 * 8
+#: PortStatus's vl_select_mask may name VLs 0-7 and 15 (mad.c VL_MASK_ALL), at most OPA_MAX_VLS of them
+PORT_STATUS_VL_MASK = 0x80FF
 #: struct _port_ei: port number, then the per-error records hfi1 fills (zeros: nothing latched)
 PORT_ERROR_INFO_BYTES = 72
 

@@ -74,6 +74,38 @@ def test_the_hfi_pma_counts_what_it_received():
     assert counters["port_number"] == 1 and counters["port_rcv_pkts"] == fabric.hfi.counters.port_rcv_pkts > 0
 
 
+def pma_get(fabric: Fabric, attr: int, am: int, data: bytes, dlid: int) -> bytearray:
+    before = len(fabric.sm.received)
+    fabric.sm.send(gmp_packet(lr_smp(w.Method.GET, attr, am, data, mgmt_class=4), slid=1, dlid=dlid))
+    fabric.run()
+    (reply,) = [parse_mad_packet(p).mad for p in fabric.sm.received[before:]]
+    return reply
+
+
+def test_the_hfi_pma_answers_port_status_as_hfi1_does_and_the_switch_does_not():
+    """opafm's PM asks every HFI for PortStatus (0x40) and warns of each one that refuses."""
+    fabric = lids(Fabric())
+    fabric.activate(1)
+    assert fabric.set_switch_port_state(2, w.PortState.ARMED) == 0
+    hfi = fabric.hfi.port.live_port_info()
+    for state in (w.PortState.ARMED, w.PortState.ACTIVE):
+        hfi.ps_phys_state = state
+        assert status_of(fabric.dr(w.Method.SET, w.Attr.PORT_INFO, 1 << 24 | 1, [1, 2], w.PortInfo.build(hfi))) == 0
+    assert fabric.set_switch_port_state(2, w.PortState.ACTIVE) == 0
+    request = w.PortStatusRequest.build(dict(port_num=0, reserved=bytes(3), vl_select_mask=0x8001))
+    reply = pma_get(fabric, w.PmaAttr.PORT_STATUS, 1 << 24, request, dlid=5)
+    assert status_of(reply) == 0
+    status = w.PORT_STATUS.parse(reply[24:24 + w.PORT_STATUS.size])
+    assert (status["port_num"], status["vl_select_mask"], status["link_quality_indicator"]) == (1, 0x8001, 5)
+    assert status["port_rcv_pkts"] == fabric.hfi.counters.port_rcv_pkts > 0
+    assert reply[24 + w.PORT_STATUS.size:24 + w.PORT_STATUS.size + 2 * w.VL_PORT_STATUS_BYTES] == bytes(224)
+    for am, port, mask in ((2 << 24, 0, 1), (1 << 24, 2, 1), (1 << 24, 1, 0x100)):
+        bad = w.PortStatusRequest.build(dict(port_num=port, reserved=bytes(3), vl_select_mask=mask))
+        assert status_of(pma_get(fabric, w.PmaAttr.PORT_STATUS, am, bad, dlid=5)) == w.Status.INVALID_FIELD
+    assert status_of(pma_get(fabric, w.PmaAttr.PORT_STATUS, 1 << 24, request, dlid=2)) == \
+        w.Status.UNSUPPORTED_METHOD_ATTR, "a switch's PMA has no PortStatus"
+
+
 def test_guid_bits_30_and_31_must_be_clear():
     with pytest.raises(ValueError, match="bits 30-31"):
         SimulatedHfi("bad", 1 << 30, worker=None)

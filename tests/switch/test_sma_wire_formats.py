@@ -39,6 +39,8 @@ GOLDEN = [
     ("ClearPortStatus", w.ClearPortStatus, dict(port_select_mask=(1 << 3).to_bytes(32, "big"),
                                                 counter_select_mask=0xFFFFFFE0),
      "00" * 31 + "08" + "ffffffe0"),
+    ("PortStatus request", w.PortStatusRequest, dict(port_num=1, reserved=bytes(3), vl_select_mask=0x80FF),
+     "01000000" "000080ff"),
 ]
 
 
@@ -59,6 +61,8 @@ def test_sizes_match_the_c_structs():
     assert w.SMP_DR_HEADER_BYTES + w.SMP_DR_DATA_BYTES == w.SMP_HEADER_BYTES + w.SMP_LID_DATA_BYTES == 2048
     assert w.ClassPortInfo.sizeof() == 80  # struct opa_class_port_info
     assert w.PORT_DATA_COUNTERS.size == 136 and w.PORT_ERROR_COUNTERS.size == 96  # _port_dctrs, _port_ectrs
+    assert w.PORT_STATUS.size == 216 and w.VL_PORT_STATUS_BYTES == 112  # opa_port_status_rsp, _vls_pctrs
+    assert w.PortStatus.parse(bytes(range(216)))["link_downed"] == int.from_bytes(bytes(range(204, 208)), "big")
     assert w.PORT_SELECT.size == 40  # port_select_mask[4], vl/info select, resolution/reserved
     assert w.Notice.sizeof() == 96
     assert (w.BUFFER_CONTROL_BYTES + 7) & ~7 == w.BUFFER_CONTROL_STRIDE  # STL_BFRCTRLTAB_PAD_SIZE
