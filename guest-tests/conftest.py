@@ -143,10 +143,18 @@ class Lab:
         self.servers: list[VfnicServer] = []
         self.guests: list[Guest] = []
 
-    def server(self, device: str = "testdev", count: int = 1, args: tuple[str, ...] = ()) -> VfnicServer:
-        """Start `vfnic serve --device DEVICE` with `count` sockets and wait for them."""
+    def server(self, device: str = "testdev", count: int = 1, args: tuple[str, ...] = (),
+               topology: Callable[[list[Path]], str] | None = None) -> VfnicServer:
+        """Start `vfnic serve --device DEVICE` with `count` sockets and wait
+        for them. With `topology`, a function of the socket paths that
+        returns a topology file's text (docs/topology.md), the server is
+        started with `--topology` on that file instead of `--socket`s."""
         index = len(self.servers)
         sockets = [self.socket_dir / f"{device}{index}-{n}.sock" for n in range(count)]
+        if topology is not None:
+            path = self.directory / f"topology{index}.toml"
+            path.write_text(topology(sockets))
+            args = ("--topology", str(path), *args)
         server = VfnicServer(device, sockets, log=self.directory / f"serve{index}.log", args=args)
         self.servers.append(server)
         return server.start()

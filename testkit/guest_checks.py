@@ -31,6 +31,37 @@ DMESG_ALLOWLIST = {
 LOCKUP = re.compile(r"soft lockup|rcu.*stall|hung_task|blocked for more than")
 
 
+# -- a fabric manager's view (opafm in guest 0) ---------------------------------------------------
+
+def opafm_log(fabric) -> list[str]:
+    """opafm's log lines: it logs to syslog, which the guest's init sends to the console."""
+    text = fabric.guests[0].console_log.read_text(errors="replace")
+    return [line for line in text.splitlines() if "fm0_sm[" in line]
+
+
+def pkey_tables(fabric) -> list[str]:
+    """Each guest's first P_Key entries, as the driver holds them."""
+    return [" ".join(g.run(f"cd /sys/class/infiniband/{d}/ports/1/pkeys && cat 0 1 2 3", check=True).stdout.split())
+            for g, d in zip(fabric.guests, fabric.devices)]
+
+
+def wait_settled(fabric, timeout: float = 120.0, quiet: float = 2.0) -> list[str]:
+    """opafm goes on after the ports are Active: the rest of its first sweep,
+    then delayed P_Key writes and client reregistration. Wait until its first
+    sweep has ended and every guest's P_Key table has stayed the same for
+    `quiet` seconds; the tables."""
+    wait_until(lambda: any("DISCOVERY CYCLE END" in line for line in opafm_log(fabric)), timeout,
+               "opafm's first sweep to end", explain=lambda: "\n".join(opafm_log(fabric)[-10:]))
+    seen = {"tables": pkey_tables(fabric), "since": time.monotonic()}
+
+    def quiet_for_long_enough() -> list[str] | None:
+        tables = pkey_tables(fabric)
+        if tables != seen["tables"]:
+            seen.update(tables=tables, since=time.monotonic())
+        return tables if time.monotonic() - seen["since"] >= quiet else None
+    return wait_until(quiet_for_long_enough, timeout, "the guests' P_Key tables to settle")
+
+
 def dmesg(guest) -> str:
     return guest.run("dmesg", check=True).stdout
 

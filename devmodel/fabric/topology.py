@@ -31,6 +31,7 @@ CPU whatever its size (docs/topology.md has the figures).
 """
 from __future__ import annotations
 
+import os
 import re
 import tomllib
 from collections.abc import Callable, Iterable
@@ -125,7 +126,7 @@ def read_topology(path: str | Path) -> Topology:
     except tomllib.TOMLDecodeError as e:
         raise TopologyError(f"{path}: not TOML: {e}") from None
     try:
-        return parse_topology(data, base=path.parent)
+        return parse_topology(data, base=Path(os.path.abspath(path)).parent)
     except TopologyError as e:
         raise TopologyError(f"{path}: {e}") from None
 
