@@ -15,6 +15,7 @@ inter-switch link carries it). One boot of two guests.
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 
@@ -63,6 +64,11 @@ switch = "edge2"
 """
 
 
+def cpu_seconds(pid: int) -> float:
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def summary(fabric: Fabric) -> dict:
     return fabric.server.ctl("query")["summary"]
 
@@ -93,6 +99,7 @@ def two_tier(module_lab, report_figure):
         fabric.wait_ports(INIT, timeout=300)
         report_figure(f"two-tier: 2 guests booted, both ports Init {time.monotonic() - started:.1f} s after QEMU "
                       f"started; the fabric before the SM: {summary(fabric)['cabled_ports']}")
+        cpu_before = cpu_seconds(server.process.pid)
         fabric.start_subnet_manager()
         try:
             fabric.wait_ports(ACTIVE, timeout=300)
@@ -103,7 +110,8 @@ def two_tier(module_lab, report_figure):
         finally:
             save_diagnostics(fabric, work)
         report_figure(f"two-tier: opafm's start to both guests' ports Active {guests_active:.1f} s, to all "
-                      f"{ACTIVE_PORTS} ports of 2 switches and 64 HFIs Active {all_active:.1f} s")
+                      f"{ACTIVE_PORTS} ports of 2 switches and 64 HFIs Active {all_active:.1f} s (server CPU "
+                      f"{cpu_seconds(server.process.pid) - cpu_before:.2f} s)")
         wait_settled(fabric, timeout=300)
         sweeps = [line for line in opafm_log(fabric) if "DISCOVERY CYCLE END" in line]
         report_figure(f"two-tier: opafm's first sweep over {time.monotonic() - fabric.sm_started_at:.1f} s after its "
@@ -168,6 +176,7 @@ def test_no_undeclared_csr_access_and_no_internal_error(two_tier, report_figure)
     for path, device in devices.items():
         assert device["undeclared_csr_accesses"] == 0, (path, device["undeclared_offsets"])
         assert device["internal_errors"] == [], (path, device["internal_errors"])
+        assert device["rcv"]["dropped"] == {}, (path, device["rcv"])  # every MAD reached the guest
     assert {key: node["internal_errors"] for key, node in nodes.items() if node["internal_errors"]} == {}
     switches = {key: node for key, node in nodes.items() if key.endswith("(switch)")}
     report_figure("two-tier: " + "; ".join(f"{key}: forwarded {s['forwarded']}, answered {s['answered']}, "
