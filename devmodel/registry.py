@@ -49,6 +49,7 @@ class DeviceEntry:
     #: the device has no port a switch could take
     served_on_fabric: str | None = None
 
+
 DEVICES = {
     "testdev": DeviceEntry("devmodel.testdev", "TestDevice", {}),
     "testdev-shm": DeviceEntry("devmodel.testdev", "SharedMemoryTestDevice", {}),

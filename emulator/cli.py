@@ -17,9 +17,10 @@ cabled to a port of one edge switch instead (PORTS ports, by default a few
 more than the sockets; docs/switch.md), whose state, ports and counters
 `ctl C query` and `--stats` include. `--topology FILE` serves the fabric a
 topology file describes (docs/topology.md): switches, the HFIs it serves
-and their sockets, simulated HFIs, and the cables between them. `--control` opens the control socket
-(emulator/control.py) that `ctl` talks to: `vfnic ctl C query`, `vfnic ctl C
-fault-set link=0 from=hfi1_0 kind=drop rate=0.01`, `vfnic ctl C help`.
+and their sockets, simulated HFIs, and the cables between them.
+`--control` opens the control socket (emulator/control.py) that `ctl`
+talks to: `vfnic ctl C query`, `vfnic ctl C fault-set link=0 from=hfi1_0
+kind=drop rate=0.01`, `vfnic ctl C help`.
 
 A device whose guests need files of vfnic's (devmodel/registry.py,
 `GuestFiles`) adds a command that writes them: `vfnic firmware --output DIR`

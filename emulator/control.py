@@ -172,7 +172,7 @@ class Controller:
             status = {"port": number, **port.status()}
             status.setdefault("state", status.get("logical_state"))
             link = getattr(port, "link", None)
-            status["peer"] = next((name for name in link.end_names() if name != port.name), None) if link else None
+            status["peer"] = link.peer_of(port.name) if link is not None else None
             ports.append(status)
         return {"name": ports[0]["name"] if ports else server.path, "kind": model.name, "socket": server.path,
                 "clients": server.clients, "num_ports": len(ports), "ports": ports}

@@ -283,6 +283,10 @@ class Link:
     def end_names(self) -> list[str]:
         return [s.end.name for s in self._ends]
 
+    def peer_of(self, name: str) -> str | None:
+        """The name of the end across the link from the end named `name` (None: none attached yet)."""
+        return next((other for other in self.end_names() if other != name), None)
+
     def set_fault(self, sender: str, fault: Fault) -> None:
         """Add `fault` to the packets `sender` sends on this link."""
         if fault.delay_ms and self.timer is None:

@@ -21,7 +21,7 @@ from collections import Counter, deque
 
 from devmodel.fabric import InboundBuffer, Link, LinkDownReason, LinkMessage, MessageKind, NodeType, Packet, PortIdentity
 from devmodel.switch import smi
-from devmodel.switch.device import PORT_STATE_NAMES, peer_of
+from devmodel.switch.device import PORT_STATE_NAMES
 from devmodel.switch.mad_packet import build_mad_packet, parse_mad_packet, reply_packet
 from devmodel.switch.managed_port import ManagedPort
 from devmodel.switch.management import answer
@@ -222,7 +222,8 @@ class SimulatedHfi:
                     "neighbor_normal": bool(self.port.neighbor_normal),
                     "neighbor_guid": f"{neighbor.guid:#018x}" if neighbor is not None else None,
                     "link": link.name if link is not None else None,
-                    "peer": peer_of(link, self.name), "outbox": len(self.outbox), "inbound": len(self.inbound),
+                    "peer": link.peer_of(self.name) if link is not None else None,
+                    "outbox": len(self.outbox), "inbound": len(self.inbound),
                     "counters": dict(vars(self.counters))}
             return {"name": self.name, "kind": self.kind, "guid": f"{self.guid:#018x}", "lid": self.port.lid,
                     "num_ports": 1, "ports": [port], "drops": dict(self.drops),

@@ -485,7 +485,8 @@ class Switch:
                     "port": n, "state": PORT_STATE_NAMES.get(managed.state, str(managed.state)),
                     "neighbor_normal": bool(managed.neighbor_normal),
                     "neighbor_guid": f"{neighbor.guid:#018x}" if neighbor is not None else None,
-                    "link": p.link.name if p.link is not None else None, "peer": peer_of(p.link, p.name),
+                    "link": p.link.name if p.link is not None else None,
+                    "peer": p.link.peer_of(p.name) if p.link is not None else None,
                     "egress": len(p.egress), "inbound": len(p.inbound), "counters": dict(vars(p.counters)),
                 })
             return {"name": self.name, "kind": self.kind, "guid": f"{self.guid:#018x}", "lid": self.lid,
@@ -501,15 +502,8 @@ class Switch:
         flush(self)
 
 
-def peer_of(link, own: str) -> str | None:
-    """The name of the other end of `link` (None: no cable, or nothing at its far end yet)."""
-    if link is None:
-        return None
-    return next((name for name in link.end_names() if name != own), None)
-
-
 PORT_STATE_NAMES = {w.PortState.NOP: "NOP", w.PortState.DOWN: "DOWN", w.PortState.INIT: "INIT",
                     w.PortState.ARMED: "ARMED", w.PortState.ACTIVE: "ACTIVE"}
 
 
-__all__ = ["PORT_STATE_NAMES", "Drop", "ForwardedPacket", "Switch", "peer_of"]
+__all__ = ["PORT_STATE_NAMES", "Drop", "ForwardedPacket", "Switch"]
