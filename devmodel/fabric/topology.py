@@ -36,6 +36,7 @@ import re
 import tomllib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 from .link import Link
@@ -97,18 +98,19 @@ class Topology:
     simulated: tuple[str, ...]
     cables: tuple[tuple[Endpoint, Endpoint], ...]
 
+    @cached_property
+    def kinds(self) -> dict[str, str]:
+        """Every node's kind (SWITCH, HFI, SIMULATED) by name."""
+        return {**{s.name: SWITCH for s in self.switches}, **{h.name: HFI for h in self.hfis},
+                **dict.fromkeys(self.simulated, SIMULATED)}
+
     def kind(self, name: str) -> str | None:
-        return _kinds(self).get(name)
+        return self.kinds.get(name)
 
     def describe(self) -> str:
         """One line: what the fabric holds."""
         return (f"{len(self.switches)} switch(es), {len(self.hfis)} served HFI(s), "
                 f"{len(self.simulated)} simulated HFI(s), {len(self.cables)} cable(s)")
-
-
-def _kinds(topology: Topology) -> dict[str, str]:
-    return {**{s.name: SWITCH for s in topology.switches}, **{h.name: HFI for h in topology.hfis},
-            **dict.fromkeys(topology.simulated, SIMULATED)}
 
 
 # -- reading ---------------------------------------------------------------------------------------
@@ -414,7 +416,7 @@ def build_fabric(topology: Topology, served: ServedHfis | None = None, scheduler
         **{s.name: (lambda port, s=s: s.ports[port]) for s in switches},
         **{s.name: (lambda _port, s=s: s) for s in simulated},
     }
-    kinds = _kinds(topology)
+    kinds = topology.kinds
     for a, b in topology.cables:
         if kinds[a.node] == SWITCH and kinds[b.node] != SWITCH:
             a, b = b, a  # the HFI's end first, as in "hfi1_0<->sw0.p1"
