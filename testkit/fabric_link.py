@@ -12,6 +12,11 @@ class Port:
         self.identity = PortIdentity(guid=guid)
         self.events: list[tuple] = []
         self.received: list[Packet] = []
+        self.link: Link | None = None
+
+    def plug(self, link):
+        link.attach(self)
+        self.link = link
 
     def linked(self, peer, epoch):
         self.events.append(("linked", peer.guid, epoch))

@@ -133,3 +133,36 @@ def test_an_inbound_buffer_queues_one_ingress_event_per_burst_and_gives_credits_
         buffer.packets.popleft()
     assert buffer.drained() and buffer.has_room() and len(buffer) == 2
     assert buffer.discard() == 2 and buffer.push(Packet(b"y", sc=0)), "after a reset the next packet posts again"
+
+
+class Relay(Port):
+    """A RelayEnd that records what it is told beyond an end's news."""
+
+    def peer_polling(self, identity):
+        self.events.append(("peer polling", identity.guid))
+
+    def peer_offline(self, reason):
+        self.events.append(("peer offline", reason))
+
+    def cable_enabled(self, enabled):
+        self.events.append(("cable enabled", enabled))
+
+    def status(self):
+        return {"relay": self.name}
+
+
+def test_a_relay_hears_the_other_end_poll_and_leave_and_the_hosts_hand_on_the_cable():
+    link, a = Link("a<->r"), Port("a", 0x11)
+    link.attach(a)
+    link.polling(a, a.identity)
+    relay = Relay("r", 0x22)
+    link.attach(relay, relay=True)
+    assert relay.events == [("peer polling", 0x11)], "a polled before the relay was attached"
+    link.polling(a, a.identity)
+    link.offline(a, LinkDownReason.CABLE_PULLED)
+    link.take_down()
+    link.bring_up()
+    assert relay.events[1:] == [("peer polling", 0x11), ("peer offline", LinkDownReason.CABLE_PULLED),
+                                ("cable enabled", False), ("cable enabled", True)]
+    assert not [e for e in a.events if e[0].startswith(("peer", "cable"))], "a plain end hears none of it"
+    assert link.counters()["remote"] == {"relay": "r"}

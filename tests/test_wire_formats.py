@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 from devmodel.hfi1 import formats as f
+from devmodel.wire import cable as w
 from devmodel.wire import opa
 
 LE = "little"
@@ -111,3 +112,53 @@ def test_icrc_detects_a_flipped_bit_but_not_a_rewritten_service_channel():
 def test_a_bitfields_codec_refuses_values_that_do_not_fit():
     with pytest.raises(ValueError, match="does not fit"):
         opa.LRH.encode(sc=16)
+
+
+# -- the remote cable's stream (devmodel/wire/cable.py): big-endian frames ------------------------
+
+CABLE_FRAMES = [
+    ("HELLO", dict(type=w.FrameType.HELLO, flags=0, payload=dict(version=1, credits=256, name="hfi1")),
+     "01" "00" "0011" "56464e494343424c" "0001" "0100" "04" "68666931"),
+    ("POLLING", dict(type=w.FrameType.POLLING, flags=0, payload=dict(
+        guid=0x0011750000000001, node_type=0, port_no=1, device_id=0x24F0, device_rev=0x11, flags=7,
+        verify_cap_phy=0x1234, verify_cap_fabric=0x5678, verify_cap_link_width=0x0002000F)),
+     "02" "00" "001a" "0011750000000001" "00" "01" "24f0" "11" "07" "00001234" "00005678" "0002000f"),
+    ("OFFLINE", dict(type=w.FrameType.OFFLINE, flags=0, payload=dict(reason=2)), "03" "00" "0001" "02"),
+    ("TAKEN_DOWN", dict(type=w.FrameType.TAKEN_DOWN, flags=0, payload=None), "04" "00" "0000"),
+    ("BROUGHT_UP", dict(type=w.FrameType.BROUGHT_UP, flags=0, payload=None), "05" "00" "0000"),
+    ("DOWN_SEEN", dict(type=w.FrameType.DOWN_SEEN, flags=0, payload=dict(count=3)), "06" "00" "0004" "00000003"),
+    ("MESSAGE", dict(type=w.FrameType.MESSAGE, flags=0, payload=dict(kind=2, data=0x103)),
+     "07" "00" "0009" "02" "0000000000000103"),
+    # SC 19 (SC[4] set, out of band in a 9B LRH), 16B: flags 0x80 | 0x13
+    ("PACKET", dict(type=w.FrameType.PACKET, flags=0x93, payload=b"\xf0\x02\xff\xff"), "08" "93" "0004" "f002ffff"),
+    ("CREDIT", dict(type=w.FrameType.CREDIT, flags=0, payload=dict(count=64)), "09" "00" "0004" "00000040"),
+    ("HEARTBEAT", dict(type=w.FrameType.HEARTBEAT, flags=0, payload=None), "0a" "00" "0000"),
+    ("REFUSED", dict(type=w.FrameType.REFUSED, flags=0, payload="busy"), "0b" "00" "0004" "62757379"),
+]
+
+
+@pytest.mark.parametrize("name,value,golden", CABLE_FRAMES, ids=[f[0] for f in CABLE_FRAMES])
+def test_a_cable_frame_builds_golden_bytes_parses_them_back_and_its_type_bounds_its_length(name, value, golden):
+    data = bytes.fromhex(golden)
+    assert w.Frame.build(value) == data
+    parsed = w.Frame.parse(data)
+    assert (parsed.type, parsed.flags) == (value["type"], value["flags"])
+    payload = value["payload"]
+    if isinstance(payload, dict):
+        assert {k: parsed.payload[k] for k in payload} == payload
+    else:
+        assert parsed.payload == payload
+    assert w.FRAME_HEADER.parse(data) == dict(type=value["type"], flags=value["flags"], length=len(data) - 4)
+    assert w.FrameDecoder().feed(data) == [(value["type"], value["flags"], data[4:])]
+    least, most = w.PAYLOAD_BYTES[value["type"]]
+    assert least <= len(data) - 4 <= most
+
+
+def test_the_fast_builders_agree_with_the_declaration():
+    assert w.hello(256, "hfi1") == w.Frame.build(dict(type=w.FrameType.HELLO, flags=0,
+                                                      payload=dict(version=w.VERSION, credits=256, name="hfi1")))
+    assert w.packet(b"\xf0\x02", 19, True) == w.Frame.build(dict(type=w.FrameType.PACKET, flags=0x93,
+                                                                 payload=b"\xf0\x02"))
+    assert w.count(w.FrameType.CREDIT, 64) == bytes.fromhex("0900000400000040")
+    assert w.refused("busy") == bytes.fromhex("0b00000462757379")
+    assert w.IDENTITY.size == w.Identity.sizeof() and w.MESSAGE.size == w.Message.sizeof()

@@ -9,10 +9,13 @@
     devmodel/fabric/capture.py  LinkCapture: pcap files Wireshark reads as OPA
     devmodel/fabric/topology.py a fabric from its description (switches, served and
                                 simulated HFIs, cables): vfnic serve --topology, --switch
+    devmodel/fabric/remote_cable.py  RemoteLinkEnd, cable_remote(): a cable to a
+                                port in another process, over a byte stream
 
-A device's port implements `LinkEnd`; `cable(a, b)` joins two of them. The
-transport of a link is in-process for now; the `LinkEnd` contract (post,
-never block) is what lets a later transport carry it across processes.
+A device's port implements `LinkEnd`; `cable(a, b)` joins two of them in
+one process, `cable_remote(port, role, address, opener, worker)` joins one
+to a port of another `vfnic serve` (the stream's transport is the caller's:
+emulator/cable.py).
 """
 from .capture import LinkCapture
 from .faults import Fault, FaultError, FaultKind
@@ -29,12 +32,15 @@ from .link import (
     MessageKind,
     NodeType,
     PortIdentity,
+    RelayEnd,
 )
 from .packet import Packet
+from .remote_cable import CableRole, RemoteCable, RemoteLinkEnd, cable_remote
 
 __all__ = ["BuiltInPartner", "DirectionCounters", "Fault", "FaultError", "FaultKind", "InboundBuffer", "Link", "LinkCapture",
            "LinkDownReason", "LinkEnd", "LinkError", "LinkMessage", "LinkState", "MessageKind", "NodeType", "Packet",
            "PortIdentity", "cable"]
+__all__ += ["CableRole", "RelayEnd", "RemoteCable", "RemoteLinkEnd", "cable_remote"]
 
 
 def cable(a, b, name: str | None = None, timer=None) -> Link:

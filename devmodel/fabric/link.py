@@ -35,6 +35,13 @@ What tests and operators do to a link (`vfnic ctl`, pytest):
 Delays need a clock: `timer` (a worker handle's `after`) runs deferred
 deliveries and timed link-downs.
 
+An end may be a relay (`attach(end, relay=True)`, a `RelayEnd`): it stands
+in for a port elsewhere -- the other end of a remote cable, in another
+process (remote_cable.py) -- and so hears more than an end does: the other
+end's polling and going offline as they happen (`peer_polling`,
+`peer_offline`), not only as link-up and link-down, and the host's hand on
+the cable (`cable_enabled`), which it passes on to the far side.
+
 Threading: a link is called from its ends' worker threads. It keeps its own
 small lock and never calls back into an end while holding it; ends only
 post work to their own queues in `linked`, `unlinked` and `receive`, so two
@@ -102,6 +109,8 @@ class LinkDownReason(Enum):
     REMOTE_OFFLINE = "the other end went offline"
     CABLE_PULLED = "the cable was pulled"
     TAKEN_DOWN = "the link was taken down from the host"
+    #: a remote cable's stream to the other process broke (remote_cable.py)
+    STREAM_LOST = "the cable's stream to the other side broke"
 
 
 class LinkEnd(Protocol):
@@ -117,6 +126,17 @@ class LinkEnd(Protocol):
     def receive(self, packet: Packet) -> None: ...
     def has_room(self) -> bool: ...  # may the other end send now (its buffer credits)?
     def room(self) -> None: ...  # the other end drained: senders waiting may go on
+
+
+class RelayEnd(LinkEnd, Protocol):
+    """An end standing in for a port elsewhere (a remote cable's near end):
+    besides what any end hears, it is told, outside the link's lock, what
+    the other end and the host do that it must pass on. None may block."""
+
+    def peer_polling(self, identity: PortIdentity) -> None: ...  # the other end polls (again)
+    def peer_offline(self, reason: LinkDownReason) -> None: ...  # the other end stopped polling
+    def cable_enabled(self, enabled: bool) -> None: ...  # take_down (False) or bring_up (True)
+    def status(self) -> dict: ...  # what `counters` shows of it
 
 
 class LinkState(Enum):
@@ -146,6 +166,7 @@ class DirectionCounters:
 @dataclass
 class _EndState:
     end: LinkEnd
+    relay: bool = False
     polling: bool = False
     identity: PortIdentity | None = None
     sent: DirectionCounters = field(default_factory=DirectionCounters)
@@ -173,13 +194,19 @@ class Link:
         #: link-layer messages carried, by kind (`message`)
         self.messages: dict[str, int] = {}
 
-    def attach(self, end: LinkEnd) -> None:
+    def attach(self, end: LinkEnd, relay: bool = False) -> None:
+        """Join `end` to the link; a `relay` (a RelayEnd) hears at once if the
+        other end already polls."""
         with self._lock:
             if len(self._ends) == 2:
                 raise ValueError(f"{self.name} already joins {self._ends[0].end.name} and {self._ends[1].end.name}")
             if any(s.end is end for s in self._ends):
                 raise ValueError(f"{end.name} is already on {self.name}")
-            self._ends.append(_EndState(end))
+            self._ends.append(_EndState(end, relay))
+            other = self._ends[0] if len(self._ends) == 2 else None
+            polling = other.identity if relay and other is not None and other.polling else None
+        if polling is not None:
+            end.peer_polling(polling)
 
     def _pair(self, end: LinkEnd) -> tuple[_EndState, _EndState | None]:
         mine = next((s for s in self._ends if s.end is end), None)
@@ -192,8 +219,10 @@ class Link:
     def polling(self, end: LinkEnd, identity: PortIdentity) -> None:
         """`end` is ready to train (its physical state is Polling)."""
         with self._lock:
-            mine, _ = self._pair(end)
+            mine, other = self._pair(end)
             mine.polling, mine.identity = True, identity
+        if other is not None and other.relay:
+            other.end.peer_polling(identity)
         self._train()
 
     def _train(self) -> None:
@@ -217,11 +246,15 @@ class Link:
         with self._lock:
             mine, other = self._pair(end)
             mine.polling = False
-            if self.state is not LinkState.UP:
-                return
-            self.state = LinkState.DOWN
-            epoch = self.epoch
-            self.epoch += 1
+            was_up = self.state is LinkState.UP
+            if was_up:
+                self.state = LinkState.DOWN
+                epoch = self.epoch
+                self.epoch += 1
+        if other is not None and other.relay:
+            other.end.peer_offline(reason)
+        if not was_up:
+            return
         self.log.info("%s: link down (%s went offline)", self.name, end.name)
         if other is not None:
             other.end.unlinked(reason, epoch)
@@ -259,7 +292,10 @@ class Link:
                 epoch = self.epoch
                 self.epoch += 1
             ends = [s.end for s in self._ends]
+            relays = [s.end for s in self._ends if s.relay]
         self.log.info("%s: taken down%s", self.name, f" for {seconds} s" if seconds else "")
+        for relay in relays:
+            relay.cable_enabled(False)
         if was_up:
             for end in ends:
                 end.unlinked(LinkDownReason.TAKEN_DOWN, epoch)
@@ -271,7 +307,10 @@ class Link:
         with self._lock:
             self.enabled = True
             self._bring_up_job = None
+            relays = [s.end for s in self._ends if s.relay]
         self.log.info("%s: brought back up", self.name)
+        for relay in relays:
+            relay.cable_enabled(True)
         self._train()
 
     def _end_named(self, sender: str) -> _EndState:
@@ -374,7 +413,10 @@ class Link:
             for mine in self._ends:
                 other = next((s for s in self._ends if s is not mine), None)
                 out[f"{mine.end.name}->{other.end.name if other else '-'}"] = mine.sent.as_dict()
-            return out
+            relays = [s.end for s in self._ends if s.relay]
+        for relay in relays:  # a remote cable's stream: connected, to whom, its credits
+            out["remote"] = relay.status()
+        return out
 
     def describe(self) -> dict:
         """Counters, plus the faults set on each direction, the capture, and
