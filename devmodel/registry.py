@@ -48,6 +48,10 @@ class DeviceEntry:
     #: `--topology`): (**options) -> devmodel.fabric.topology.ServedHfis. None:
     #: the device has no port a switch could take
     served_on_fabric: str | None = None
+    #: a factory for one device cabled to a device of another `vfnic serve`
+    #: (`--cable-listen`/`--cable-connect`): (role, address, opener, **options)
+    #: -> (devices, cables) (devmodel/fabric/remote_cable.py); None: it has no port to cable
+    remote_cabled: str | None = None
 
 
 DEVICES = {
@@ -62,7 +66,8 @@ DEVICES = {
                   "the chip authenticates signed firmware (the guest needs the files of `vfnic firmware` in "
                   "/lib/firmware, or probe fails), negotiates the link with VerifyCap "
                   "and relays SMA idle messages; simulator (3, functional simulator), none of that"),
-    }, fabric="Hfi1Device.fabric", served_on_fabric="Hfi1Device.served_on_fabric", guest_files=GuestFiles(
+    }, fabric="Hfi1Device.fabric", served_on_fabric="Hfi1Device.served_on_fabric",
+        remote_cabled="Hfi1Device.remote_cabled", guest_files=GuestFiles(
         "firmware", "write the hfi1 firmware files (vfnic's own, signed with its test key)", "usr/lib/firmware",
         "devmodel.hfi1.firmware:firmware_files", "devmodel.hfi1.firmware:write_firmware")),
 }
@@ -164,3 +169,25 @@ def create_topology_fabric(name: str, topology, options: list[str] | None = None
     except ValueError as e:  # the device refuses an option on such a fabric (e.g. hfi1's link-partner)
         raise OptionError(str(e)) from None
     return build_fabric(topology, served, scheduler)
+
+
+def create_remote_cabled(name: str, options: list[str] | None, role, address: tuple[str, int],
+                         opener) -> tuple[list[DeviceModel], list]:
+    """One device whose port is cabled to a device of another `vfnic serve`,
+    over the stream `opener` (the transport) listens or connects for at
+    `address` (`role`, devmodel/fabric/remote_cable.py); the devices and the
+    cables (each has name, status(), stats(), close()). OptionError if the
+    device has no remote cable or refuses an option; OSError if the
+    transport cannot start."""
+    if name not in DEVICES:
+        raise KeyError(f"unknown device {name!r} (known: {', '.join(sorted(DEVICES))})")
+    entry = DEVICES[name]
+    if entry.remote_cabled is None:
+        cabled = ", ".join(sorted(n for n, e in DEVICES.items() if e.remote_cabled)) or "none"
+        raise OptionError(f"{name} has no port to cable to another vfnic serve (devices that have: {cabled})")
+    chosen = parse_options(name, options or [])
+    try:
+        return _resolve(entry, entry.remote_cabled)(role, address, opener,
+                                                    **{k.replace("-", "_"): v for k, v in chosen.items()})
+    except ValueError as e:  # the device refuses an option here (hfi1's link-partner)
+        raise OptionError(str(e)) from None

@@ -1,7 +1,8 @@
 """`vfnic` command line.
 
     vfnic serve --device NAME --socket PATH [--socket PATH ...] [--option KEY=VALUE ...]
-                [--switch [PORTS]] [--control PATH] [--trace FILE] [--stats FILE] [-v]
+                [--switch [PORTS] | --cable-listen HOST:PORT | --cable-connect HOST:PORT]
+                [--control PATH] [--trace FILE] [--stats FILE] [-v]
     vfnic serve --device NAME --topology FILE [--option ...] [--control PATH] ...
     vfnic ctl PATH COMMAND [KEY=VALUE ...]
     vfnic trace-diff A B [--ignore-values REGEX] [--most N]
@@ -17,10 +18,12 @@ cabled to a port of one edge switch instead (PORTS ports, by default a few
 more than the sockets; docs/switch.md), whose state, ports and counters
 `ctl C query` and `--stats` include. `--topology FILE` serves the fabric a
 topology file describes (docs/topology.md): switches, the HFIs it serves
-and their sockets, simulated HFIs, and the cables between them.
-`--control` opens the control socket (emulator/control.py) that `ctl`
-talks to: `vfnic ctl C query`, `vfnic ctl C fault-set link=0 from=hfi1_0
-kind=drop rate=0.01`, `vfnic ctl C help`.
+and their sockets, simulated HFIs, and the cables between them. With
+`--cable-listen` or `--cable-connect` the one device's port is cabled to
+the device of another `vfnic serve`, on this host or another, over TCP
+(emulator/cable.py, docs/fabric.md). `--control` opens the control socket
+(emulator/control.py) that `ctl` talks to: `vfnic ctl C query`, `vfnic ctl
+C fault-set link=0 from=hfi1_0 kind=drop rate=0.01`, `vfnic ctl C help`.
 
 A device whose guests need files of vfnic's (devmodel/registry.py,
 `GuestFiles`) adds a command that writes them: `vfnic firmware --output DIR`
@@ -56,7 +59,9 @@ import threading
 
 from devmodel import registry
 from devmodel.fabric import topology as fabric_topology
+from devmodel.fabric.remote_cable import CableRole
 
+from . import cable as cable_transport
 from . import control
 from .pci.function import PciFunction
 from .server import Server, ServerError
@@ -99,6 +104,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--topology", metavar="FILE",
                        help="serve the fabric FILE describes: switches, HFIs on sockets, simulated HFIs, cables "
                             "(docs/topology.md)")
+    cable = serve.add_mutually_exclusive_group()
+    cable.add_argument("--cable-listen", metavar="HOST:PORT",
+                       help="cable the device to the device of the vfnic serve that connects here (TCP)")
+    cable.add_argument("--cable-connect", metavar="HOST:PORT",
+                       help="cable the device to the device of the vfnic serve listening there (TCP)")
     serve.add_argument("--stats", help="write device statistics as JSON here on exit and on SIGUSR1")
     serve.add_argument("--control", metavar="PATH", help="open a control socket here (see vfnic ctl)")
     serve.add_argument("--trace", metavar="FILE", help="write every MMIO access, with the register's name, here")
@@ -178,9 +188,14 @@ def serve(args: argparse.Namespace) -> int:
         trace = MmioTrace(args.trace) if args.trace else None
     except OSError as e:
         raise UsageError(f"cannot write the trace {args.trace}: {e.strerror}") from None
-    servers = []
+    servers, cables = [], []
     try:
-        sockets, models, nodes, links = _fabric(args)
+        remote = _remote_cable(args)
+        if remote is not None:
+            models, cables = _create_remote_cabled(args, *remote)
+            sockets, nodes, links = args.socket, [], []
+        else:
+            sockets, models, nodes, links = _fabric(args)
     except UsageError:
         if trace is not None:
             trace.close()
@@ -204,7 +219,7 @@ def serve(args: argparse.Namespace) -> int:
             s.function.close()
         for model in models[len(servers):]:
             model.close()
-        for node in nodes:
+        for node in [*cables, *nodes]:
             node.close()
         if trace is not None:
             trace.close()
@@ -224,7 +239,9 @@ def serve(args: argparse.Namespace) -> int:
     if controller is not None:
         controller.start()
     control_note = f", control socket {args.control}" if args.control else ""
-    print(f"vfnic: serving {args.device} on {', '.join(sockets)}{control_note}", file=sys.stderr, flush=True)
+    cable_note = "".join(f", cable {t['role']} {t['address']}" for t in (c.status()["transport"] for c in cables))
+    print(f"vfnic: serving {args.device} on {', '.join(sockets)}{cable_note}{control_note}", file=sys.stderr,
+          flush=True)
     while any(t.is_alive() for t in threads):
         for t in threads:
             t.join(timeout=0.5)
@@ -235,7 +252,7 @@ def serve(args: argparse.Namespace) -> int:
     for s in servers:
         s.close()
         s.function.close()
-    for node in nodes:
+    for node in [*cables, *nodes]:  # after the devices: a port going offline tells the far side first
         node.close()
     _write_stats(args.stats, servers, nodes)
     for s in servers:
@@ -261,6 +278,34 @@ def _fabric(args: argparse.Namespace) -> tuple[list[str], list, list, list]:
     except (fabric_topology.TopologyError, registry.OptionError) as e:
         raise UsageError(str(e)) from None
     return fabric.sockets, fabric.devices, fabric.nodes, fabric.links
+
+
+def _remote_cable(args: argparse.Namespace) -> tuple[CableRole, tuple[str, int]] | None:
+    """--cable-listen/--cable-connect: (role, address), or None."""
+    text = args.cable_listen or args.cable_connect
+    if text is None:
+        return None
+    role = CableRole.LISTEN if args.cable_listen else CableRole.CONNECT
+    if args.topology is not None:
+        raise UsageError(f"--cable-{role.value} and --topology: the topology file cables its own ports")
+    if len(args.socket) != 1:
+        raise UsageError(f"--cable-{role.value} cables one device: give one --socket, not {len(args.socket)}")
+    if args.switch is not None:
+        raise UsageError(f"--cable-{role.value} and --switch: a device has one port, cabled one way")
+    try:
+        return role, cable_transport.parse_address(text, listening=role is CableRole.LISTEN)
+    except ValueError as e:
+        raise UsageError(f"--cable-{role.value}: {e}") from None
+
+
+def _create_remote_cabled(args: argparse.Namespace, role: CableRole, address: tuple[str, int]) -> tuple[list, list]:
+    try:
+        return registry.create_remote_cabled(args.device, args.option, role, address, cable_transport.open_tcp)
+    except registry.OptionError as e:
+        raise UsageError(str(e)) from None
+    except OSError as e:
+        raise UsageError(f"--cable-{role.value} {cable_transport.format_address(address)}: "
+                         f"{e.strerror or e}") from None
 
 
 def ctl(args: argparse.Namespace) -> int:

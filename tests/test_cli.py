@@ -4,11 +4,13 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 
 import pytest
 
+from emulator.control import request
 from emulator.trace import read_trace
 from images.lab.wait import wait_until
 from testkit.client import Client
@@ -40,6 +42,23 @@ def vfnic(*args, **kw):
     (["serve", "--device", "hfi1", "--topology", "nope.toml"], "cannot read the topology nope.toml: No such file"),
     (["serve", "--device", "hfi1", "--topology", "t.toml", "--socket", "a.sock"],
      "--topology names the sockets and switches itself: no --socket or --switch with it"),
+    (["serve", "--device", "hfi1", "--topology", "t.toml", "--cable-listen", "127.0.0.1:0"],
+     "--cable-listen and --topology: the topology file cables its own ports"),
+    (["serve", "--device", "hfi1", "--socket", "a.sock", "--cable-listen", "h:1", "--cable-connect", "h:2"],
+     "not allowed with argument --cable-listen"),
+    (["serve", "--device", "hfi1", "--socket", "a.sock", "--socket", "b.sock", "--cable-connect", "h:1"],
+     "--cable-connect cables one device: give one --socket, not 2"),
+    (["serve", "--device", "hfi1", "--socket", "a.sock", "--switch", "--cable-listen", "h:1"],
+     "--cable-listen and --switch"),
+    (["serve", "--device", "hfi1", "--socket", "a.sock", "--cable-connect", "10.77.0.1"],
+     "--cable-connect: '10.77.0.1' is not HOST:PORT"),
+    (["serve", "--device", "hfi1", "--socket", "a.sock", "--cable-connect", "h:0"], "port 0 is outside 1..65535"),
+    (["serve", "--device", "testdev", "--socket", "a.sock", "--cable-listen", "127.0.0.1:0"],
+     "testdev has no port to cable to another vfnic serve"),
+    (["serve", "--device", "hfi1", "--socket", "a.sock", "--cable-listen", "127.0.0.1:0", "--option",
+      "link-partner=none"], "link-partner=none does not apply to a remote cable"),
+    (["serve", "--device", "hfi1", "--socket", "a.sock", "--cable-listen", "192.0.2.1:7470"],
+     "--cable-listen 192.0.2.1:7470: Cannot assign requested address"),
 ])
 def test_bad_arguments_exit_2_with_one_line(tmp_path, args, message):
     (tmp_path / "t.toml").write_text('[hfis]\na = "a.sock"\n')
@@ -236,3 +255,52 @@ def test_serve_topology_serves_its_sockets_and_query_shows_every_node_port_and_c
     assert set(written) == {str(tmp_path / "a.sock"), str(tmp_path / "b.sock"), "edge1 (switch)", "edge2 (switch)",
                             "sim0 (simulated HFI)", "sim1 (simulated HFI)"}
     assert written["sim0 (simulated HFI)"]["internal_errors"] == 0
+
+
+def serve_cabled(tmp_path, name, role, address):
+    sock, control = str(tmp_path / f"{name}.sock"), str(tmp_path / f"{name}-c.sock")
+    proc = subprocess.Popen([sys.executable, "-m", "emulator.cli", "serve", "--device", "hfi1", "--socket", sock,
+                             f"--cable-{role}", address, "--control", control], stderr=subprocess.PIPE, text=True)
+    wait_until(lambda: os.path.exists(control) or proc.poll() is not None, 20.0, f"{name}'s control socket")
+    assert proc.poll() is None, proc.stderr.read()
+    return proc, control
+
+
+def query(control):
+    return request(control, "query")["return"]
+
+
+def remote(control):
+    (link,) = query(control)["links"]
+    return link
+
+
+def test_two_serves_cable_their_hfis_over_tcp_and_the_connector_comes_back_after_a_restart(tmp_path):
+    """Without drivers the ports stay down, but the cable's stream is up:
+    hellos crossed, each side names the other's port; the listener's
+    restart breaks it and the connecting side connects again by itself."""
+    with socket.create_server(("127.0.0.1", 0)) as probe:
+        port = probe.getsockname()[1]  # free a moment ago
+    address = f"127.0.0.1:{port}"
+    procs = []
+    try:
+        procs.append(serve_cabled(tmp_path, "a", "listen", address))
+        procs.append(serve_cabled(tmp_path, "b", "connect", address))
+        (a, a_control), (b, b_control) = procs
+        wait_until(lambda: remote(b_control)["remote"]["stream"] == "connected", 20.0, "b's cable to connect")
+        link = remote(a_control)
+        assert link["name"] == "hfi1<->remote" and link["state"] == "down" and link["remote"]["peer_name"] == "hfi1"
+        assert link["remote"]["transport"] == {"role": "listen", "address": address, "accepted": 1}
+        a_guid = query(a_control)["devices"][0]["ports"][0]["guid"]
+        b_guid = query(b_control)["devices"][0]["ports"][0]["guid"]
+        assert (a_guid, b_guid) == ("0x0011750000000001", "0x0011750000000002"), "a back-to-back pair's GUIDs"
+        a.terminate()
+        assert a.wait(timeout=10) == 0
+        wait_until(lambda: remote(b_control)["remote"]["breaks"] == 1, 20.0, "b to see the stream break")
+        procs[0] = serve_cabled(tmp_path, "a", "listen", address)
+        wait_until(lambda: remote(b_control)["remote"]["connects"] == 2, 20.0, "b to connect again")
+    finally:
+        for proc, _ in procs:
+            proc.terminate()
+            assert proc.wait(timeout=10) == 0
+    assert "cable listen" in procs[0][0].stderr.read()

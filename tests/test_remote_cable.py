@@ -201,9 +201,10 @@ def test_faults_and_capture_on_one_sides_link_act_on_what_crosses_the_cable(manu
     ca.link.set_fault("a", Fault(FaultKind.DROP, count=2))
     cb.link.start_capture(str(tmp_path / "b.pcap"))
     for n in range(5):
-        ca.link.transmit(a, Packet(n.to_bytes(4, "big") + bytes(36), 0))
+        ca.link.transmit(a, Packet(n.to_bytes(4, "big") + bytes(36), 0, sealed=True))
     scheduler.run()
     assert [int.from_bytes(p.data[:4], "big") for p in b.received] == [2, 3, 4]
+    assert not any(p.sealed for p in b.received), "what crossed a stream has its ICRC checked"
     assert ca.link.counters()["a->remote"]["faults_injected"] == {"drop": 2}
     assert cb.link.stop_capture()["packets"] == 3
 
@@ -511,3 +512,33 @@ def test_an_address_is_host_and_port(text, listening, expected):
 def test_a_bad_address_says_what_is_wrong(text, listening, message):
     with pytest.raises(ValueError, match=message):
         tcp.parse_address(text, listening)
+
+
+# -- two HFI models on a remote cable -------------------------------------------------------------
+
+def test_two_hfis_on_a_remote_cable_go_active_and_a_pio_packet_lands_with_its_icrc_checked():
+    """The data path of testkit/hfi1/datapath.py over a remote cable: what
+    crossed a stream is not trusted to be sealed, so B's chip checks the
+    ICRC (a bit flipped on A's side of the cable is B's ICRC error)."""
+    from devmodel.hfi1 import chip_registers as cr
+    from testkit.hfi1.datapath import HDRQ_ENTRY_DWORDS, pair, pbc_for, settle, ud_packet
+
+    with pair(remote=True) as (scheduler, a, b):
+        for me, peer in ((a, b), (b, a)):
+            stats = me.stats()
+            assert (stats["physical_state"], stats["logical_state"]) == ("LINKUP", "ACTIVE")
+            assert me.driver.read_csr(cr.DC_DC8051_STS_REMOTE_GUID) == peer.device.config.guid
+        ctxt, link = 2, a.device.port.link
+        link.set_fault("hfi1_a", Fault(FaultKind.CORRUPT, count=1, seed=5))
+        rhfs = []
+        for payload in (b"flipped" * 10, b"intact" * 10):
+            packet = ud_packet(dlid=b.lid, slid=a.lid, dest_qp=0x12, payload=payload)
+            tail = b.driver.hdrq_head[ctxt] // HDRQ_ENTRY_DWORDS
+            a.driver.pio_copy(a.kernel_contexts[0], pbc_for(packet), packet)
+            settle(a, b)
+            rhf, header = b.driver.hdrq_entry(ctxt, tail)
+            rhfs.append(rhf)
+            b.driver.consume(ctxt)
+        assert rhfs[0]["icrc_err"] == 1 and rhfs[1]["icrc_err"] == 0
+        assert link.counters()["hfi1_a->remote"]["faults_injected"] == {"corrupt": 1}
+        assert b.device.port.link.counters()["remote"]["packets_in"] >= 2

@@ -47,6 +47,7 @@ from common.ratelog import counts, flush, limited
 from devmodel.base import DeviceHost, DeviceModel
 from devmodel.fabric import Packet, cable
 from devmodel.fabric.topology import ServedHfis
+from devmodel.fabric.remote_cable import CableRole, RemoteCable, StreamOpener, cable_remote
 from devmodel.pci_layout import Bar, BarKind, MsixLayout, PcieLink, PciIdentity, PciLayout
 from devmodel.regs import RegisterFile
 from devmodel.worker import Job, ManualScheduler, ScheduledWorker, ThreadScheduler, Worker
@@ -147,6 +148,31 @@ class Hfi1Device(DeviceModel):
             config = ChipConfig(guid=make_guid(index + 1), neighbour=None, icode=ICODES[icode])
             return cls(config, worker=worker, name=name)
         return ServedHfis(make, neighbor_normal_at_armed=icode == "simulator")
+
+    @classmethod
+    def remote_cabled(cls, role: CableRole, address: tuple[str, int], opener: StreamOpener,
+                      link_partner: str = "present", icode: str = "silicon",
+                      scheduler: ThreadScheduler | ManualScheduler | None = None
+                      ) -> tuple[list["Hfi1Device"], list[RemoteCable]]:
+        """One HFI whose port is cabled to an HFI of another `vfnic serve`
+        (`--cable-listen`/`--cable-connect`; devmodel/fabric/remote_cable.py),
+        over the stream `opener` keeps at `address`. The two sides are the
+        HFIs of a back-to-back pair: the listening one has GUID serial 1, the
+        connecting one serial 2. [The HFI], [its cable]. `link_partner` does not
+        apply (the far HFI is the partner): anything but the default is refused."""
+        if link_partner != "present":
+            raise ValueError(f"link-partner={link_partner} does not apply to a remote cable: the far HFI is the "
+                             f"partner")
+        engines = scheduler or ThreadScheduler("hfi1-engines")
+        serial = 1 if role is CableRole.LISTEN else 2
+        config = ChipConfig(guid=make_guid(serial), neighbour=None, icode=ICODES[icode])
+        device = cls(config, worker=engines.worker("hfi1"), name="hfi1")
+        try:
+            cable = cable_remote(device.port, role, address, opener, engines.timer("hfi1<->remote"))
+        except BaseException:
+            device.close()
+            raise
+        return [device], [cable]
 
     def __init__(self, config: ChipConfig | None = None, worker: Worker | ScheduledWorker | None = None,
                  name: str = "hfi1"):

@@ -6,6 +6,7 @@
         entry = b.hdrq_entry(ctxt=1)             # what landed in B's guest memory
 
     with pair(over_the_wire=True) as ...:        # the same, through vfio-user clients
+    with pair(remote=True) as ...:               # on a remote cable (testkit/remote_cable.py)
 
 `Node` is one HFI as its guest sees it: the model, guest memory, MSI-X, and a
 `DataPathDriver` that performs Linux 6.12 hfi1's CSR sequences for the data
@@ -26,7 +27,7 @@ import os
 import threading
 from dataclasses import dataclass, field
 
-from devmodel.fabric import cable
+from devmodel.fabric import CableRole, cable, cable_remote
 from devmodel.hfi1 import ChipConfig, Hfi1Device
 from devmodel.hfi1 import chip_registers as cr
 from devmodel.hfi1.config import ICODE_FUNCTIONAL_SIMULATOR, make_guid
@@ -40,6 +41,7 @@ from testkit.hfi1.guest import IS_RCVAVAIL_START, GuestDriver
 from testkit.hfi1.over_vfio_user import DeviceOverTheWire
 from testkit.hfi1.probe import N_KRCV_QUEUES, NUM_VLS, probe
 from testkit.host import GUEST_BASE, GUEST_SIZE, FakeMemory, Host, MemfdMemory, Msix, SimulatedTime
+from testkit.remote_cable import ManualNetwork
 
 #: guest memory layout (offsets from GUEST_BASE)
 CREDIT_RETURN = 0x0000  # 64 bytes per group of 8 send contexts
@@ -331,8 +333,9 @@ def settle(*nodes: Node, horizon: float = 0.01) -> int:
 
 
 @contextlib.contextmanager
-def pair(over_the_wire: bool = False, up: bool = True):
-    """Two small-config HFIs cabled back to back on one ManualScheduler."""
+def pair(over_the_wire: bool = False, up: bool = True, remote: bool = False):
+    """Two small-config HFIs cabled back to back on one ManualScheduler (on a
+    remote cable if `remote`, its stream a ManualNetwork's)."""
     scheduler = ManualScheduler()
     nodes: list[Node] = []
     with contextlib.ExitStack() as stack:
@@ -341,7 +344,13 @@ def pair(over_the_wire: bool = False, up: bool = True):
             model = Hfi1Device(small_config(i + 1), worker=scheduler.worker(name), name=f"hfi1_{name}")
             stack.callback(model.close)
             models.append(model)
-        cable(models[0].port, models[1].port, timer=scheduler.timer("link").after)
+        if remote:
+            network = ManualNetwork(scheduler)
+            for model, role in zip(models, (CableRole.LISTEN, CableRole.CONNECT)):
+                cable_remote(model.port, role, ("pair", 1), network.opener, scheduler.timer(f"{model.device_name}-cable"))
+            scheduler.run()  # the hellos
+        else:
+            cable(models[0].port, models[1].port, timer=scheduler.timer("link").after)
         for i, (name, model) in enumerate(zip(("a", "b"), models)):
             irq = Msix(scheduler)
             if over_the_wire:

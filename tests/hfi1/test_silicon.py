@@ -16,7 +16,7 @@ from devmodel.hfi1 import chip_registers as cr
 from devmodel.hfi1 import firmware, firmware_key
 from devmodel.hfi1.config import ICODE_RTL_SILICON
 from devmodel.hfi1.dc8051_interface import LinkError
-from testkit.hfi1.chip import make_device, make_fabric
+from testkit.hfi1.chip import make_device, make_fabric, make_remote_pair
 from testkit.hfi1.guest import HCMD_SUCCESS, REASON_REBOOT, DriverTimeout, GuestDriver, drive
 from testkit.hfi1.probe import hfi1_init, probe, remove_one
 
@@ -272,9 +272,15 @@ def test_a_broadcast_group_write_reaches_its_members_only(silicon):
 
 # -- two HFIs on one fabric ------------------------------------------------------------------
 
-@pytest.fixture
-def pair():
-    devices, hosts = make_fabric(2, icode="silicon")
+@pytest.fixture(params=["local", "remote"])
+def pair(request):
+    """Two HFIs on one cable in one process, or on a remote cable (each the
+    one HFI of its `vfnic serve`, testkit/hfi1/chip.py make_remote_pair):
+    every scenario holds on both."""
+    if request.param == "local":
+        devices, hosts = make_fabric(2, icode="silicon")
+    else:
+        devices, hosts, _ = make_remote_pair(icode="silicon")
     yield devices, [GuestDriver(device, host) for device, host in zip(devices, hosts)]
     for device in devices:
         device.close()
@@ -355,6 +361,30 @@ def test_a_link_dark_from_the_host_side_is_an_unexpected_down_and_both_retrain(p
     link.bring_up()
     drive([a, b], lambda: a.host_link_state == b.host_link_state == "INIT", 10.0, "both ports Init again")
     assert a.messages.count("8051: Link up") == 2
+
+
+def test_a_remote_cables_stream_break_is_an_unexpected_down_and_both_retrain_when_it_is_back():
+    """The stream between the two `vfnic serve`s breaks: each 8051 sees its
+    link go dark (no planned-down word), both drivers poll; the connecting
+    side reconnects, the link trains again, and Armed/Active work as before."""
+    devices, hosts, network = make_remote_pair(icode="silicon")
+    a, b = (GuestDriver(device, host) for device, host in zip(devices, hosts))
+    try:
+        bring_up([a, b])
+        network.cut("the network went away")
+        drive([a, b], lambda: a.host_link_state == b.host_link_state == "POLL", 2.0, "both ends back in Polling")
+        assert a.link_down_reason == b.link_down_reason == 0xA, "LDR_LINK_TRANSFER_ACTIVE_LOW on both sides"
+        network.reconnect()
+        drive([a, b], lambda: a.host_link_state == b.host_link_state == "INIT", 10.0, "both ports Init again")
+        assert a.messages.count("8051: Link up") == b.messages.count("8051: Link up") == 2
+        a.set_port_armed()
+        b.set_port_armed()
+        drive([a, b], lambda: a.neighbor_normal and b.neighbor_normal, 2.0, "each end's SMA_IDLE_ARM at the other")
+        assert a.set_port_active() and b.set_port_active()
+        assert [link["state"] for link in (d.stats()["port"]["link"] for d in devices)] == ["up", "up"]
+    finally:
+        for device in devices:
+            device.close()
 
 
 def test_a_peer_whose_8051_is_halted_goes_dark_without_a_word(pair):
