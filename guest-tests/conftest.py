@@ -49,6 +49,7 @@ from images.provision.debian import ProvisionError
 from images.provision.guest_image import GuestImage
 from images.provision.kernel_matrix import build_guest_image, check_kernel_spec, guest_kernel_choice
 from images.provision.qemu import Qemu, QemuError
+from testkit.netns import NamespacedServer
 
 CHECKOUT = Path(__file__).resolve().parent.parent
 ARTIFACTS = CHECKOUT / "artifacts"
@@ -144,18 +145,21 @@ class Lab:
         self.guests: list[Guest] = []
 
     def server(self, device: str = "testdev", count: int = 1, args: tuple[str, ...] = (),
-               topology: Callable[[list[Path]], str] | None = None) -> VfnicServer:
+               topology: Callable[[list[Path]], str] | None = None, netns: str | None = None) -> VfnicServer:
         """Start `vfnic serve --device DEVICE` with `count` sockets and wait
-        for them. With `topology`, a function of the socket paths that
-        returns a topology file's text (docs/topology.md), the server is
-        started with `--topology` on that file instead of `--socket`s."""
+        for them; in network namespace `netns` if given (testkit/netns.py).
+        With `topology`, a function of the socket paths that returns a
+        topology file's text (docs/topology.md), the server is started with
+        `--topology` on that file instead of `--socket`s."""
         index = len(self.servers)
         sockets = [self.socket_dir / f"{device}{index}-{n}.sock" for n in range(count)]
         if topology is not None:
             path = self.directory / f"topology{index}.toml"
             path.write_text(topology(sockets))
             args = ("--topology", str(path), *args)
-        server = VfnicServer(device, sockets, log=self.directory / f"serve{index}.log", args=args)
+        log = self.directory / f"serve{index}.log"
+        server = (VfnicServer(device, sockets, log=log, args=args) if netns is None
+                  else NamespacedServer(netns, device, sockets, log=log, args=args))
         self.servers.append(server)
         return server.start()
 
@@ -194,8 +198,16 @@ class Lab:
         work.mkdir()
         server = self.server("hfi1", count=2, args=("--stats", str(work / "stats.json"),
                                                     "--control", str(work / "control.sock"), *args))
+        return self.bring_up_fabric(server, label, report_figure, prepare, **guest_options)
+
+    def bring_up_fabric(self, servers: VfnicServer | list[VfnicServer], label: str, report_figure,
+                        prepare: Callable[[Fabric], None] | None = None, **guest_options) -> Fabric:
+        """A guest on each socket of `servers` (HFIs they have cabled, one
+        way or another), booted side by side (with `guest_options`); once
+        both ports are Init, `prepare(fabric)` if given, then opafm in the
+        first guest brings both Active. Reports both times."""
         started = time.monotonic()
-        fabric = Fabric.boot(server, lambda devices, **options: self.guest(*devices, wait=False, **options),
+        fabric = Fabric.boot(servers, lambda devices, **options: self.guest(*devices, wait=False, **options),
                              self.socket_dir, **guest_options)
         fabric.wait_ports(INIT)
         report_figure(f"{label}: two guests booted, both ports Init {time.monotonic() - started:.1f} s after "

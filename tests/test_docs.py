@@ -12,7 +12,8 @@ ROOT = Path(__file__).resolve().parent.parent
 QUOTED = re.compile(r"`(\w+)\.([A-Z][A-Z0-9_]+)` \((\d+)\)")
 #: where the docs' short module names live
 PACKAGES = {"pio": "devmodel.hfi1.pio", "sdma": "devmodel.hfi1.sdma", "port": "devmodel.hfi1.port",
-            "device": "devmodel.hfi1.device", "topology": "devmodel.fabric.topology"}
+            "device": "devmodel.hfi1.device", "topology": "devmodel.fabric.topology",
+            "remote_cable": "devmodel.fabric.remote_cable"}
 
 QUOTES = [(doc.name, *m.groups()) for doc in sorted((ROOT / "docs").glob("*.md"))
           for m in QUOTED.finditer(doc.read_text())]

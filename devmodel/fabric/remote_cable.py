@@ -178,6 +178,8 @@ class RemoteLinkEnd:
         self.log = logging.getLogger(f"vfnic.fabric.remote.{name}")
         #: the transport that keeps the stream going, once opened (status only)
         self.service: StreamService | None = None
+        #: this side is shutting the cable down: its stream's end is no news
+        self.closing = False
         self.counters: Counter[str] = Counter()
         self.last_break: str | None = None
         #: the latest bad frame or refusal, whichever side found it
@@ -307,7 +309,9 @@ class RemoteLinkEnd:
             self._events_queued = 0
             self._events.append(_Down(LinkDownReason.STREAM_LOST))
             self._queue_event(_STATE)
-        if was is StreamState.CONNECTED:
+        if was is StreamState.CONNECTED and self.closing:
+            self.log.info("%s: the stream to %s closed (%s)", self.name, stream.peer, reason)
+        elif was is StreamState.CONNECTED:
             limited(self, self.log, "stream breaks").warning(
                 "%s: the stream to %s broke (%s); the link goes down until it is back", self.name, stream.peer, reason)
         else:
@@ -658,6 +662,7 @@ class RemoteCable:
     def close(self) -> None:
         """Stop the transport (what is queued is sent first: a port that went
         offline says so)."""
+        self.end.closing = True
         self.service.close()
 
 

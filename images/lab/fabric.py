@@ -87,8 +87,11 @@ class ToolRun:
 class Fabric:
     """Guests, one HFI each, of one server (see the module docstring)."""
 
-    def __init__(self, server: VfnicServer, guests: Sequence[Guest], hub: ManagementHub | None = None):
+    def __init__(self, server: VfnicServer, guests: Sequence[Guest], hub: ManagementHub | None = None,
+                 servers: Sequence[VfnicServer] = ()):
         self.server = server
+        #: every server whose sockets the guests use, in guest order (the first is `server`)
+        self.servers = list(servers) or [server]
         self.guests = list(guests)
         #: the management network's hub (more than two guests); None: a point-to-point link
         self.hub = hub
@@ -108,31 +111,34 @@ class Fabric:
         return LaunchedFabric(Path(workdir), list(server_args), guest_options, guests, topology)
 
     @classmethod
-    def boot(cls, server: VfnicServer, start_guest: Callable[..., Guest], socket_dir: Path,
+    def boot(cls, server: VfnicServer | Sequence[VfnicServer], start_guest: Callable[..., Guest], socket_dir: Path,
              prepare: Callable[[Guest], None] | None = None, **guest_options) -> "Fabric":
-        """Boot a guest on each of `server`'s sockets side by side
+        """Boot a guest on each of `server`'s sockets (or each socket of
+        several servers: HFIs cabled across servers) side by side
         (`start_guest(devices, management=..., **options)` starts one without
         waiting: the guest-test lab's, or a plain Guest), each with one end of
         the management link (two guests) or a port of a management hub (more),
         and find their hfi1 devices. `prepare(guest)` runs in each guest once
         it is up, before its device is looked for (e.g. loading a developer's
         hfi1.ko, images/lab/modules.py). `close()` stops the hub."""
+        servers = [server] if isinstance(server, VfnicServer) else list(server)
+        sockets = [path for each in servers for path in each.sockets]
         hub = None
-        if len(server.sockets) == 2:
+        if len(sockets) == 2:
             ends = ManagementPort.pair(socket_dir)
         else:
-            hub = ManagementHub(socket_dir, len(server.sockets)).start()
+            hub = ManagementHub(socket_dir, len(sockets)).start()
             ends = hub.ports
         try:
             guests = [start_guest([VfioUserDevice(path)], management=end, **guest_options)
-                      for path, end in zip(server.sockets, ends)]
+                      for path, end in zip(sockets, ends)]
             for guest in guests:
                 guest.wait_ready()
             if prepare is not None:  # side by side: depmod and modprobe cost seconds in each TCG guest
                 with ThreadPoolExecutor(len(guests), thread_name_prefix="prepare") as pool:
                     for done in [pool.submit(prepare, guest) for guest in guests]:
                         done.result()
-            fabric = cls(server, guests, hub)
+            fabric = cls(servers[0], guests, hub, servers)
             fabric.devices = [rdma_device(g) for g in guests]
         except BaseException:
             if hub is not None:
