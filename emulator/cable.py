@@ -161,10 +161,10 @@ class TcpStream:
                     self._close(f"nothing heard from {self.peer} for {self.timing.idle_timeout_s:g} s", flush=False)
                     return
                 except OSError as e:
-                    self._close(f"receiving from {self.peer} failed: {e}", flush=False)
+                    self._close(self._why(f"receiving from {self.peer} failed: {e}"), flush=False)
                     return
                 if not data:
-                    self._close(f"{self.peer} closed the stream", flush=False)
+                    self._close(self._why(f"{self.peer} closed the stream"), flush=False)
                     return
                 self.end.stream_data(self, data)
         finally:
@@ -193,14 +193,16 @@ class TcpStream:
                 try:
                     self.sock.sendall(b"".join(chunks))
                 except OSError as e:
-                    why = f"{self.peer} left {self._unread} bytes unread" if self._unread else \
-                        f"sending to {self.peer} failed: {e}"
-                    self._close(why, flush=False)
+                    self._close(self._why(f"sending to {self.peer} failed: {e}"), flush=False)
                     return
                 last_sent = time.monotonic()
         finally:
             self._shutdown(socket.SHUT_RDWR)
             self._thread_done()
+
+    def _why(self, seen: str) -> str:
+        """What broke the stream: `seen`, unless `send` cut it (the peer left too much unread)."""
+        return f"{self.peer} left more than {self._unread} bytes unread" if self._unread else seen
 
     def _shutdown(self, how: int) -> None:
         try:

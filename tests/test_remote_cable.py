@@ -542,3 +542,30 @@ def test_two_hfis_on_a_remote_cable_go_active_and_a_pio_packet_lands_with_its_ic
         assert rhfs[0]["icrc_err"] == 1 and rhfs[1]["icrc_err"] == 0
         assert link.counters()["hfi1_a->remote"]["faults_injected"] == {"corrupt": 1}
         assert b.device.port.link.counters()["remote"]["packets_in"] >= 2
+
+
+def test_over_tcp_a_peer_that_takes_credit_but_never_reads_is_cut_off(monkeypatch):
+    """A HELLO granting 65535 packets, then silence on the reading side: what
+    waits to be sent is bounded (MAX_QUEUED_BYTES), then the stream counts as broken."""
+    monkeypatch.setattr(tcp, "MAX_QUEUED_BYTES", 1 << 20)
+    scheduler = ManualScheduler()
+    port = Port("a", 0x11)
+    ca = cable_remote(port, CableRole.LISTEN, ("127.0.0.1", 0), partial(tcp.open_tcp, timing=FAST),
+                      scheduler.timer("ca"))
+    try:
+        with socket.create_connection(tcp.parse_address(ca.service.address)) as greedy:
+            greedy.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            greedy.sendall(w.hello(0xFFFF, "greedy") + POLLING)
+            poll(port, ca)
+            until(scheduler, lambda: events(port, "linked"), "the link to come up")
+            sent = 0
+            while ca.status()["stream"] == "connected":
+                assert sent < 2000, "2000 packets of 16 KiB queued and still connected"
+                ca.link.transmit(port, Packet(bytes(w.MAX_PACKET_BYTES), 0))
+                sent += 1
+                scheduler.run()
+            until(scheduler, lambda: events(port, "unlinked"), "the link to go down")
+            assert events(port, "unlinked") == [("unlinked", LinkDownReason.STREAM_LOST, 0)]
+            assert ca.status()["breaks"] == 1 and "bytes unread" in ca.status()["last_break"]
+    finally:
+        ca.close()

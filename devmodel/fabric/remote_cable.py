@@ -21,12 +21,13 @@ The stream's state machine (`StreamState`):
     DISCONNECTED --stream_opened--> GREETING: our HELLO sent
     GREETING --the peer's HELLO--> CONNECTED: our port's state follows (POLLING,
              TAKEN_DOWN), the far side's comes in; credits, packets, messages flow
+    GREETING --the peer's REFUSED--> closed, its reason logged
     GREETING --anything else--> closed: "not a vfnic cable end"
     GREETING, CONNECTED --a bad frame--> REFUSED(reason) to the peer, closed
     GREETING, CONNECTED --stream_closed--> DISCONNECTED: the link goes down
              (STREAM_LOST: the 8051 sees the physical link drop) until a new stream
 
-A second stream while one is open is refused (HELLO, REFUSED "already
+A second stream while one is open is refused (REFUSED "already
 connected"), so a stray connection never breaks a working cable.
 
 Lossless, in order, with back-pressure, as OPA's link layer is (the stream
@@ -43,18 +44,24 @@ is in order; nothing is dropped while the link is up):
 Downs and their acknowledgment: news crosses the stream while the far side
 acts, so after this side's port goes offline (OFFLINE) or its host takes
 the cable down (TAKEN_DOWN), frames already on their way belong to a link-up
-that is over. The far side answers each with DOWN_SEEN once it has applied
-it; until then this relay does not poll, so its link cannot come up on old
-news (a late "ConfigLT ready" or SMA idle message meeting a new link-up).
+that is over. This relay stops polling at once and the far side answers
+each down with DOWN_SEEN once it has applied it; until then this relay does
+not poll again, so its link cannot come up on old news (a late "ConfigLT
+ready" or SMA idle message meeting a new link-up). A down from the far side
+is applied as it came, even if the far port polls again right after: this
+side's port sees the link drop, as on one cable.
 
 Threads: `stream_data` runs on the transport's reader thread. It only
 decodes (wire/cable.py `FrameDecoder`), updates this relay's state under its
 lock, queues packets (`inbound`) and link events, and posts jobs to
-`worker`; everything that calls the link runs as a worker job, in arrival
-order, never under the relay's lock. `Stream.send` only queues bytes. What a
-hostile peer can make this side hold is bounded: one frame in the decoder,
-`window` packets, MAX_EVENTS link-layer messages and downs; past that the stream is
-closed with a rate-limited error, and the link goes down.
+`worker`; what the far side's frames do to the link runs as worker jobs, in
+arrival order. Nothing calls the link under the relay's lock (`room_freed`
+and a down of our own, `_withdraw`, run on the caller's thread after it);
+whether the relay polls changes only under `_poll_lock`. `Stream.send` only
+queues bytes. What a hostile peer can make this side hold is bounded: one
+frame in the decoder, `window` packets, MAX_EVENTS link-layer messages and
+downs; past that the stream is closed with a rate-limited error, and the
+link goes down.
 """
 from __future__ import annotations
 
