@@ -46,8 +46,8 @@ from dataclasses import dataclass
 from common.ratelog import counts, flush, limited
 from devmodel.base import DeviceHost, DeviceModel
 from devmodel.fabric import Packet, cable
-from devmodel.fabric.topology import ServedHfis
 from devmodel.fabric.remote_cable import CableRole, RemoteCable, StreamOpener, cable_remote
+from devmodel.fabric.topology import ServedHfis
 from devmodel.pci_layout import Bar, BarKind, MsixLayout, PcieLink, PciIdentity, PciLayout
 from devmodel.regs import RegisterFile
 from devmodel.worker import Job, ManualScheduler, ScheduledWorker, ThreadScheduler, Worker
