@@ -37,7 +37,26 @@ a write beyond the ring (WriteOutOfBounds), a byte written twice before
 launch (WriteOverflow), a packet whose first block did not come through the
 SOP alias or a later block that did (InconsistentSop), a PBC length that is
 too short, larger than the ring or beyond the maximum packet
-(DisallowedPacket). Writes to a disabled or halted context are dropped.
+(DisallowedPacket). So does a packet the context's integrity checks refuse
+(SEND_CTXT_CHECK_*, integrity.py): DisallowedPacket, the failed checks in
+SEND_EGRESS_ERR_INFO and the context in SEND_EGRESS_ERR_SOURCE (what the
+driver's is_sendctxt_err_int reads); the packet and every one behind it
+stay unsent. Writes to a disabled or halted context are dropped.
+
+A context's state (`SendContextState`), changed only through `TRANSITIONS`:
+
+    DISABLED --ENABLE--> RUNNING --HALT (an error, an SPC freeze)--> HALTED
+    RUNNING --DISABLE--> DISABLED
+    HALTED --DISABLE--> HALTED_DISABLED --ENABLE--> HALTED
+    HALTED_DISABLED --INIT--> DISABLED        HALTED --INIT--> RUNNING
+
+ENABLE and DISABLE are SEND_CTXT_CTRL.ENABLE going 1 and 0, INIT the PIO
+init engine (SEND_PIO_INIT_CTXT). Only INIT clears a halt, with the ring and
+counters: the driver's recovery, sc_restart (kernel contexts, from its
+halt work) and the CTXT_RESET ioctl (user contexts, when PSM2 asks), is
+STATUS.HALTED polled, ENABLE cleared (sc_disable), ERR_CLEAR, INIT, ENABLE
+set (sc_enable), then a forced credit return. SEND_CTXT_STATUS.HALTED reads
+1 in both halted states.
 
 A credit return is one little-endian qword (formats.CREDIT_RETURN) written to
 CREDIT_RETURN_ADDR + 8*(h & 7) after each batch of launches, on a forced
@@ -52,6 +71,8 @@ port (room at the link partner, asked before each launch) and the chip's
 services (guest memory for credit returns, events).
 """
 from __future__ import annotations
+
+from enum import Enum
 
 from common.ratelog import limited
 from devmodel.base import DmaError
@@ -81,6 +102,7 @@ from .chip_registers import (
 )
 from .csr import KCTXT_STRIDE, Block, csr, csr_array, field, kctxt
 from .formats import CREDIT_RETURN, PBC, PBC_BYTES
+from .integrity import IntegrityChecker, describe
 from .intr import IS_SENDCREDIT_START, IS_SENDCTXT_ERR_START, PIO_ERR_INT, ErrorFlags, InterruptController
 from .port import Hfi1Port
 from .send import Send
@@ -111,11 +133,41 @@ _PBC_LENGTH_MASK = PBC.mask["length_dws"]
 _PBC_CREDIT_RETURN = 1 << PBC.shift["credit_return"]
 
 
-class PioSendContext:
-    """One hardware send context's ring and counters."""
+class SendContextState(Enum):
+    DISABLED = "disabled"
+    RUNNING = "running"
+    HALTED = "halted"
+    HALTED_DISABLED = "halted, disabled"
 
-    __slots__ = ("block", "hw", "enabled", "halted", "depth", "ring", "written", "sop", "launch_at",
-                 "free_counter", "last_returned", "launch_posted", "packets", "bytes_written", "dropped_writes")
+
+class SendContextEvent(Enum):
+    ENABLE = "SEND_CTXT_CTRL.ENABLE set"
+    DISABLE = "SEND_CTXT_CTRL.ENABLE cleared"
+    HALT = "halt"
+    INIT = "PIO init"
+
+
+_S, _E = SendContextState, SendContextEvent
+#: (state, event) -> next state; an event not listed leaves the state as it is
+#: (a disabled context has nothing to halt, INIT of a running one only empties it)
+TRANSITIONS = {
+    (_S.DISABLED, _E.ENABLE): _S.RUNNING,
+    (_S.RUNNING, _E.DISABLE): _S.DISABLED,
+    (_S.RUNNING, _E.HALT): _S.HALTED,
+    (_S.HALTED, _E.DISABLE): _S.HALTED_DISABLED,
+    (_S.HALTED_DISABLED, _E.ENABLE): _S.HALTED,
+    (_S.HALTED, _E.INIT): _S.RUNNING,
+    (_S.HALTED_DISABLED, _E.INIT): _S.DISABLED,
+}
+_HALTED_STATES = (_S.HALTED, _S.HALTED_DISABLED)
+
+
+class PioSendContext:
+    """One hardware send context's ring, counters and state (see the module docstring)."""
+
+    __slots__ = ("block", "hw", "state", "depth", "ring", "written", "sop", "launch_at", "free_counter",
+                 "last_returned", "launch_posted", "packets", "bytes_written", "dropped_writes", "halts",
+                 "refused")
 
     def __init__(self, block: "Pio", hw: int):
         self.block = block
@@ -125,10 +177,27 @@ class PioSendContext:
         self.packets = 0
         self.bytes_written = 0
         self.dropped_writes = 0
+        self.halts = 0
+        self.refused = 0  # packets its integrity checks refused
         self.launch_posted = False
         self._empty(0)
-        self.enabled = False
-        self.halted = False
+        self.state = SendContextState.DISABLED
+
+    @property
+    def enabled(self) -> bool:
+        return self.state in (_S.RUNNING, _S.HALTED)
+
+    @property
+    def halted(self) -> bool:
+        return self.state in _HALTED_STATES
+
+    def event(self, event: SendContextEvent) -> SendContextState:
+        new = TRANSITIONS.get((self.state, event), self.state)
+        if new is not self.state:
+            self.block.log.debug("SEND_CTXT_STATUS[%d]: %s -> %s (%s)", self.hw, self.state.value, new.value,
+                                 event.value)
+            self.state = new
+        return new
 
     def _empty(self, depth: int) -> None:
         self.depth = depth
@@ -144,12 +213,11 @@ class PioSendContext:
                       SEND_CTXT_CTRL_CTXT_DEPTH_MASK)
         self._empty(depth)
         self.free_counter = self.last_returned = 0
-        self.halted = False
-        regs.clear_bits(kctxt("SEND_CTXT_STATUS", self.hw), SEND_CTXT_STATUS_CTXT_HALTED_SMASK)
+        self.event(SendContextEvent.INIT)
 
     # -- the guest's stores (transport thread) -----------------------------------
     def write(self, offset: int, size: int, value: int, sop: bool) -> None:
-        if not self.enabled or self.halted:
+        if self.state is not SendContextState.RUNNING:
             self.dropped_writes += 1
             return
         if offset + size > PIO_BLOCK * self.depth:
@@ -179,7 +247,7 @@ class PioSendContext:
         launched = freed = 0
         due = 0
         port = self.block.port
-        while self.enabled and not self.halted and launched < LAUNCH_BATCH and self.launch_at < self.depth:
+        while self.state is SendContextState.RUNNING and launched < LAUNCH_BATCH and self.launch_at < self.depth:
             first = self.launch_at
             if self.written[first] != FULL_BLOCK:
                 break
@@ -211,6 +279,13 @@ class PioSendContext:
                 frame = bytes(self.ring[start:end])
             else:
                 frame = bytes(self.ring[start:]) + bytes(self.ring[:end - len(self.ring)])
+            refused = self.block.integrity.refused(frame, self.hw)
+            if refused:
+                self.refused += 1
+                self.block.send.refuse(refused, self.hw)
+                self.halt(SEND_CTXT_ERR_STATUS_PIO_DISALLOWED_PACKET_ERR_SMASK,
+                          f"block {first}: its integrity checks refuse the packet ({describe(refused)})")
+                return
             for b in blocks:
                 self.written[b] = 0
                 self.sop[b] = False
@@ -239,13 +314,14 @@ class PioSendContext:
     # -- errors, credit return ---------------------------------------------------------
     def halt(self, error: int, why: str) -> None:
         """Stop the context with a SEND_CTXT_ERR_STATUS error (source 32 + h)."""
-        if self.halted:
+        if self.state is not SendContextState.RUNNING:
             return
-        self.halted = True
-        self.block.regs.set_bits(kctxt("SEND_CTXT_STATUS", self.hw), SEND_CTXT_STATUS_CTXT_HALTED_SMASK)
-        self.block.log.warning("SEND_CTXT_STATUS[%d]: halted: %s", self.hw, why)
-        self.block.context_errors.set(error, self.hw)
-        self.block.services.post(lambda: self.return_credits(CR_DUE_TO_ERROR))
+        self.event(SendContextEvent.HALT)
+        self.halts += 1
+        block = self.block
+        limited(block, block.log, "send context halts").warning("SEND_CTXT_STATUS[%d]: halted: %s", self.hw, why)
+        block.context_errors.set(error, self.hw)
+        block.services.post(lambda: self.return_credits(CR_DUE_TO_ERROR))
 
     def return_credits(self, reason: int) -> None:
         block = self.block
@@ -286,6 +362,7 @@ class Pio(Block):
                                          "SEND_CTXT_ERR_CLEAR", "SEND_CTXT_ERR_MASK",
                                          count=contexts, stride=KCTXT_STRIDE)
         self.contexts = [PioSendContext(self, h) for h in range(contexts)]
+        self.integrity = IntegrityChecker(self.regs, "SEND_CTXT_CHECK", self.send.max_dwords)
         self.stray_writes = 0
         regs = [
             csr("SEND_PIO_INIT_CTXT", writable=SEND_PIO_INIT_CTXT_PIO_ALL_CTXT_INIT_SMASK
@@ -296,7 +373,8 @@ class Pio(Block):
             *self.context_errors.declare(),
             *csr_array("SEND_CTXT_CTRL", contexts, KCTXT_STRIDE,
                        per_index=lambda h: {"on_write": lambda old, new, h=h: self._ctrl(h, old, new)}),
-            *csr_array("SEND_CTXT_STATUS", contexts, KCTXT_STRIDE, access=Access.RO),
+            *csr_array("SEND_CTXT_STATUS", contexts, KCTXT_STRIDE, access=Access.RO,
+                       per_index=lambda h: {"on_read": lambda _v, h=h: self._status(h)}),
             *csr_array("SEND_CTXT_CREDIT_STATUS", contexts, KCTXT_STRIDE, access=Access.RO,
                        per_index=lambda h: {"on_read": lambda _v, h=h: self._credit_status(h)}),
             *csr_array("SEND_CTXT_CREDIT_FORCE", contexts, KCTXT_STRIDE,
@@ -311,18 +389,22 @@ class Pio(Block):
         self.stray_writes = 0
 
     def counters(self) -> dict:
-        busy = {c.hw: {"packets": c.packets, "dropped_writes": c.dropped_writes, "halted": c.halted}
-                for c in self.contexts if c.packets or c.dropped_writes or c.halted}
+        busy = {c.hw: {"packets": c.packets, "dropped_writes": c.dropped_writes, "halted": c.halted,
+                       "halts": c.halts, "refused": c.refused}
+                for c in self.contexts if c.packets or c.dropped_writes or c.halts}
         return {"packets": sum(c.packets for c in self.contexts), "stray_writes": self.stray_writes,
                 "contexts": busy}
 
     # -- contexts ------------------------------------------------------------------
     def _ctrl(self, ctxt: int, old: int, new: int) -> None:
-        context = self.contexts[ctxt]
-        context.enabled = bool(new & SEND_CTXT_CTRL_CTXT_ENABLE_SMASK)
         if (old ^ new) & SEND_CTXT_CTRL_CTXT_ENABLE_SMASK:
-            self.log.debug("SEND_CTXT_CTRL[%d]: %s, %d blocks", ctxt, "enabled" if context.enabled else "disabled",
-                           context.depth)
+            context = self.contexts[ctxt]
+            context.event(SendContextEvent.ENABLE if new & SEND_CTXT_CTRL_CTXT_ENABLE_SMASK
+                          else SendContextEvent.DISABLE)
+            self.log.debug("SEND_CTXT_CTRL[%d]: %s, %d blocks", ctxt, context.state.value, context.depth)
+
+    def _status(self, ctxt: int) -> int:
+        return SEND_CTXT_STATUS_CTXT_HALTED_SMASK if self.contexts[ctxt].halted else 0
 
     def _init_engine(self, _old: int, new: int) -> None:
         if new & SEND_PIO_INIT_CTXT_PIO_ALL_CTXT_INIT_SMASK:
@@ -336,10 +418,9 @@ class Pio(Block):
             context.init()
 
     def freeze(self) -> None:
+        """An SPC freeze halts every running context, with no error of its own."""
         for context in self.contexts:
-            if context.enabled and not context.halted:
-                context.halted = True
-                self.regs.set_bits(kctxt("SEND_CTXT_STATUS", context.hw), SEND_CTXT_STATUS_CTXT_HALTED_SMASK)
+            context.event(SendContextEvent.HALT)
 
     # -- credit return ---------------------------------------------------------------
     def _credit_status(self, ctxt: int) -> int:

@@ -13,7 +13,8 @@
       SEND_DMA_RELOAD_CNT  RW  idle time before the Idle interrupt, core clocks (0: none)
       SEND_DMA_DESC_CNT    RW  [15:0] descriptors per Progress interrupt (0: none); a write
                                restarts the count
-      SEND_DMA_PRIORITY_THLD, MEMORY, CHECK_*  RW (storage)
+      SEND_DMA_PRIORITY_THLD, MEMORY  RW (storage)
+      SEND_DMA_CHECK_*     RW  the engine's integrity checks (integrity.py)
       SEND_DMA_IDLE_CNT, SEND_DMA_DESC_FETCHED_CNT  RO counters
       SEND_DMA_ENG_ERR_STATUS/MASK/CLEAR  second tier of source 16 + e
 
@@ -43,6 +44,14 @@ its data was read, so the driver may free its buffers when it sees the head.
 
 When the peer's receive buffer is full the engine waits for room (link
 credits) before its next packet; nothing is dropped.
+
+A packet the engine's integrity checks (SEND_DMA_CHECK_*) refuse is not
+sent: SEND_EGRESS_ERR_STATUS.TxSdma<e>DisallowedPacketErr (source 6), the
+failed checks in SEND_EGRESS_ERR_INFO, the engine in SEND_EGRESS_ERR_SOURCE.
+The engine itself goes on, the head past the packet, with its completion
+and interrupts as if it had been sent [inferred: the driver's handler,
+handle_egress_err, only counts the discard; nothing in sdma.c restarts an
+engine for it, so one that stopped would hang every QP behind it].
 
 A bad descriptor halts the engine with its SEND_DMA_ENG_ERR_STATUS bit and
 source 16+e, the head left at the packet that failed: a tail beyond the ring
@@ -88,9 +97,11 @@ from .chip_registers import (
     SEND_DMA_LEN_GEN_LENGTH_SHIFT,
     SEND_DMA_STATUS_ENG_CLEANED_UP_SMASK,
     SEND_DMA_STATUS_ENG_HALTED_SMASK,
+    SEND_EGRESS_ERR_STATUS_TX_SDMA0_DISALLOWED_PACKET_ERR_SMASK,
 )
 from .csr import KCTXT_STRIDE, Block, csr_array, kctxt
 from .formats import PBC, PBC_BYTES, SDMA_DESC0, SDMA_DESC1, SDMA_DESCRIPTOR_BYTES
+from .integrity import IntegrityChecker
 from .intr import (
     IS_SDMA_IDLE_START,
     IS_SDMA_PROGRESS_START,
@@ -168,6 +179,7 @@ class SendDmaEngine:
         self.packets = 0
         self.descriptors = 0
         self.errors = 0
+        self.refused = 0  # packets its integrity checks refused
         self.step_posted = False
 
     def _cancel(self) -> None:
@@ -353,7 +365,13 @@ class SendDmaEngine:
         if length != len(frame):
             raise DescriptorError(SEND_DMA_ENG_ERR_STATUS_SDMA_LENGTH_MISMATCH_ERR_SMASK,
                                   f"descriptors carry {len(frame)} bytes, the PBC says {length}")
-        self.block.send.egress(frame)
+        refused = self.block.integrity.refused(frame, self.index)
+        if refused:
+            self.refused += 1
+            self.block.send.refuse(refused, self.index,
+                                   status=SEND_EGRESS_ERR_STATUS_TX_SDMA0_DISALLOWED_PACKET_ERR_SMASK << self.index)
+        else:
+            self.block.send.egress(frame)
         done = (index - self.head) % count or count
         self.head, self.lap = index, lap
         self.packets += 1
@@ -416,6 +434,7 @@ class Sdma(Block):
     def declare(self) -> list[Register]:
         count = self.config.sdma_engines
         self.engines = [SendDmaEngine(self, e) for e in range(count)]
+        self.integrity = IntegrityChecker(self.regs, "SEND_DMA_CHECK", self.send.max_dwords)
         self.errors = ErrorFlags(self.intr, SDMA_ERR_INT, "SEND_DMA_ERR_STATUS", "SEND_DMA_ERR_CLEAR",
                                  "SEND_DMA_ERR_MASK")
         self.engine_errors = ErrorFlags(self.intr, IS_SDMAENG_ERR_START, "SEND_DMA_ENG_ERR_STATUS",
@@ -447,8 +466,9 @@ class Sdma(Block):
             engine.reset()
 
     def counters(self) -> dict:
-        return {e.index: {"packets": e.packets, "descriptors": e.descriptors, "errors": e.errors}
-                for e in self.engines if e.packets or e.errors}
+        return {e.index: {"packets": e.packets, "descriptors": e.descriptors, "errors": e.errors,
+                          "refused": e.refused}
+                for e in self.engines if e.packets or e.errors or e.refused}
 
     def freeze(self) -> None:
         for engine in self.engines:

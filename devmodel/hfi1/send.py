@@ -37,6 +37,10 @@ in place), checks it may go, counts it and queues it for the link:
     LRH.PktLen beyond SEND_LEN_CHECK[vl] dropped, SEND_EGRESS_ERR_INFO.TooLongIbPacket
     LRH.PktLen != PBC length - 1         dropped, SEND_EGRESS_ERR_INFO.BadPktLen
 
+Before any of this, the launching send context or SDMA engine applies its
+integrity checks (integrity.py); a packet they refuse never reaches egress
+(`refuse` records it: SEND_EGRESS_ERR_INFO, SEND_EGRESS_ERR_SOURCE).
+
 Whether the link partner has room is the launching engine's question (PIO's
 launcher, an SDMA engine), asked of the port before each packet: egress
 never holds a packet back.
@@ -63,6 +67,7 @@ from .chip_registers import (
     SEND_EGRESS_ERR_INFO,
     SEND_EGRESS_ERR_INFO_BAD_PKT_LEN_ERR_SMASK,
     SEND_EGRESS_ERR_INFO_TOO_LONG_IB_PACKET_ERR_SMASK,
+    SEND_EGRESS_ERR_SOURCE,
     SEND_EGRESS_ERR_STATUS_TX_INCORRECT_LINK_STATE_ERR_SMASK,
     SEND_EGRESS_ERR_STATUS_TX_LINKDOWN_ERR_SMASK,
     SEND_LEN_CHECK0,
@@ -71,6 +76,7 @@ from .chip_registers import (
 from .csr import Block, csr, csr_array, csrs
 from .dcc import Dcc, LogicalState
 from .formats import PBC, PBC_BYTES
+from .integrity import describe
 from .intr import EGRESS_ERR_INT, TXE_ERR_INT, ErrorFlags, InterruptController
 from .lni import PhysicalLink
 from .services import ChipServices
@@ -159,7 +165,17 @@ class Send(Block):
         if first:
             self.log.info("egress: dropped a packet: %s (counted in stats, logged once)", why)
 
-    def _max_dwords(self, vl: int) -> int:
+    def refuse(self, info: int, source: int, status: int = 0) -> None:
+        """A packet the sender's integrity checks refused (integrity.py): the
+        checks it failed latch in SEND_EGRESS_ERR_INFO, the sender in
+        SEND_EGRESS_ERR_SOURCE (the send context, or the SDMA engine
+        [inferred: the driver only prints it]); `status` is an SDMA
+        engine's SEND_EGRESS_ERR_STATUS TxSdma<e>DisallowedPacketErr."""
+        self.regs.set(SEND_EGRESS_ERR_SOURCE, source)
+        self._drop(f"refused by its sender's integrity checks ({describe(info)})", status=status, info=info)
+
+    def max_dwords(self, vl: int) -> int:
+        """SEND_LEN_CHECK's limit for `vl`, in dwords (0: none)."""
         if vl == 15:
             return (self.regs.get(SEND_LEN_CHECK1) >> 48) & 0xFFF
         if vl < 4:
@@ -192,7 +208,7 @@ class Send(Block):
                 self._drop("LRH.PktLen disagrees with the PBC length", info=SEND_EGRESS_ERR_INFO_BAD_PKT_LEN_ERR_SMASK)
                 return
             vl = (pbc >> _VL_SHIFT) & _VL_MASK
-            limit = self._max_dwords(vl)
+            limit = self.max_dwords(vl)
             if limit and pkt_len > limit:
                 self._drop(f"packet longer than VL {vl}'s SEND_LEN_CHECK",
                            info=SEND_EGRESS_ERR_INFO_TOO_LONG_IB_PACKET_ERR_SMASK)
