@@ -28,7 +28,9 @@ Delivering a packet (the order the driver relies on):
     5. RcvAvail (source 256 + c) once COUNTER packets wait since the last
        head write, or when the coalescing timer runs out
     6. RcvUrgent (source 416 + c) for a KDETH packet with KDETH.Intr, also
-       when the flow suppressed its header
+       when the flow suppressed its header; it only latches CCE_INT_STATUS
+       while its CCE_INT_MASK bit is clear (the driver's
+       HFI1_RCVCTRL_URGENT_ENB/DIS: user contexts only)
 
 Eager buffers are filled several packets each (multi-packet mode) at 64-byte
 offsets; moving to the next buffer is refused while software still owns it
@@ -42,8 +44,8 @@ would.
 
 Collaborators: its receive block (`ReceiveBlock`, which `rcv.Receive`
 implements: the RcvArray, the budget of held bytes all contexts share, the
-counters), the interrupt controller (RcvAvail) and the chip's services (guest
-memory, events).
+counters), the interrupt controller (RcvAvail, RcvUrgent) and the chip's
+services (guest memory, events).
 """
 from __future__ import annotations
 
@@ -222,6 +224,7 @@ class ReceiveContext:
         self.tid_errors = 0  # payloads refused with TidErr (reported in the RHF when a header is kept)
         self.tail_write_errors = 0  # RCV_HDR_TAIL_ADDR writes host memory refused
         self.expected = 0  # KDETH packets placed through expected (TID) entries
+        self.urgent = 0  # ... delivered with KDETH.Intr (RcvUrgent raised)
         self.suppressed = 0  # ... of which no header reached the header queue (TidFlow header suppression)
         self.flow_errors = {"seq": 0, "gen": 0}
         # geometry, latched at enable
@@ -234,7 +237,7 @@ class ReceiveContext:
 
     def counters(self) -> dict:
         return {"delivered": self.delivered, "held": len(self.held), "expected": self.expected,
-                "headers_suppressed": self.suppressed,
+                "headers_suppressed": self.suppressed, "urgent": self.urgent,
                 **{f"flow_{k}_errors": v for k, v in self.flow_errors.items() if v},
                 **{k: v for k, v in (("tid_error", self.tid_errors), ("tail_write_errors", self.tail_write_errors))
                    if v},
@@ -646,6 +649,7 @@ class ReceiveContext:
         CCE_INT_STATUS (kernel contexts: TID RDMA sets Intr on its data
         packets exactly when the receiver's source is masked, is_urg_masked)."""
         if arrival.urgent:
+            self.urgent += 1
             self.intr.raise_source(IS_RCVURGENT_START + self.index)
 
     def _timeout(self) -> None:
