@@ -37,7 +37,15 @@ from devmodel.worker import ManualScheduler
 from emulator.pci.function import PciFunction
 from emulator.server import Server
 from testkit.client import Client, GuestMemory
-from testkit.hfi1.guest import IS_RCVAVAIL_START, GuestDriver
+from testkit.hfi1.guest import (
+    IS_RCVAVAIL_START,
+    IS_RCVURGENT_START,
+    SC_ACK,
+    SC_KERNEL,
+    SC_USER,
+    SC_VL15,
+    GuestDriver,
+)
 from testkit.hfi1.over_vfio_user import DeviceOverTheWire
 from testkit.hfi1.probe import N_KRCV_QUEUES, NUM_VLS, probe
 from testkit.host import GUEST_BASE, GUEST_SIZE, FakeMemory, Host, MemfdMemory, Msix, SimulatedTime
@@ -92,8 +100,8 @@ class DataPathDriver(GuestDriver):
         return GUEST_BASE + HDRQS + ctxt * HDRQ_ENTRIES * HDRQ_ENTRY_DWORDS * 4
 
     def rcvctrl_enable(self, ctxt: int, dma_rtail: bool = False, dont_drop: bool = True,
-                       hdrq_entries: int = HDRQ_ENTRIES) -> None:
-        """hfi1_rcvctrl(ENB | INTRAVAIL_ENB | [TAILUPD_ENB] | [NO_*_DROP_ENB])."""
+                       hdrq_entries: int = HDRQ_ENTRIES, intr_avail: bool = True) -> None:
+        """hfi1_rcvctrl(ENB | [INTRAVAIL_ENB] | [TAILUPD_ENB] | [NO_*_DROP_ENB])."""
         eager_base = 64 * ctxt
         for i in range(EAGER_BUFFERS):
             self.hfi1_put_tid(eager_base + i, self.eager_address(ctxt, i), EAGER_BUFFER_BYTES)
@@ -113,13 +121,13 @@ class DataPathDriver(GuestDriver):
         self.write_kctxt_csr(ctxt, cr.RCV_TID_CTRL, 0)
         if ctxt == 0:
             self.write_csr(cr.RCV_VL15, 0)
-        ctrl |= cr.RCV_CTXT_CTRL_ENABLE_SMASK | cr.RCV_CTXT_CTRL_INTR_AVAIL_SMASK
+        ctrl |= cr.RCV_CTXT_CTRL_ENABLE_SMASK | (cr.RCV_CTXT_CTRL_INTR_AVAIL_SMASK if intr_avail else 0)
         ctrl = (ctrl & ~cr.RCV_CTXT_CTRL_EGR_BUF_SIZE_SMASK) | 5 << cr.RCV_CTXT_CTRL_EGR_BUF_SIZE_SHIFT  # 64 KiB
         if dma_rtail:
             ctrl |= cr.RCV_CTXT_CTRL_TAIL_UPD_SMASK
         if dont_drop:
             ctrl |= cr.RCV_CTXT_CTRL_DONT_DROP_RHQ_FULL_SMASK | cr.RCV_CTXT_CTRL_DONT_DROP_EGR_FULL_SMASK
-        self.set_intr_bits(IS_RCVAVAIL_START + ctxt, IS_RCVAVAIL_START + ctxt, True)
+        self.set_intr_bits(IS_RCVAVAIL_START + ctxt, IS_RCVAVAIL_START + ctxt, intr_avail)
         self.write_kctxt_csr(ctxt, cr.RCV_CTXT_CTRL, ctrl)
         assert self.read_kctxt_csr(ctxt, cr.RCV_CTXT_STATUS) == 0
         self.write_kctxt_csr(ctxt, cr.RCV_AVAIL_TIME_OUT, 10)
@@ -154,10 +162,44 @@ class DataPathDriver(GuestDriver):
         self.write_uctxt_csr(ctxt, cr.RCV_HDR_HEAD, 16 << 32 | self.hdrq_head[ctxt])
 
     # -- PIO (pio.c, pio_copy.c) -------------------------------------------------------------
-    def sc_open(self, hw: int, credits: int, base: int) -> None:
-        self.sc_alloc(hw, credits, base, GUEST_BASE + CREDIT_RETURN + 64 * (hw // 8))
+    def sc_open(self, hw: int, credits: int, base: int, kind: str = SC_KERNEL) -> None:
+        """sc_alloc + sc_enable (+ init_pervl_scs's CHECK_VL for VL15 and kernel contexts)."""
+        self.sc_alloc(hw, credits, base, GUEST_BASE + CREDIT_RETURN + 64 * (hw // 8), kind)
         self.sc_enable(hw)
+        if kind in (SC_KERNEL, SC_VL15):
+            self.set_check_vl(hw, kind)
         self.pio_fill[hw], self.pio_credits[hw] = 0, credits
+
+    def sc_enable(self, hw: int) -> None:
+        """pio.c sc_enable: on a 0 -> 1 enable the software's fill starts again with the chip's ring."""
+        was_enabled = self.read_kctxt_csr(hw, cr.SEND_CTXT_CTRL) & cr.SEND_CTXT_CTRL_CTXT_ENABLE_SMASK
+        super().sc_enable(hw)
+        if not was_enabled and hw in self.pio_fill:
+            self.pio_fill[hw] = 0
+
+    # -- user contexts (file_ops.c) ------------------------------------------------------------
+    def assign_ctxt(self, ctxt: int, hw: int, credits: int, base: int, jkey: int) -> None:
+        """HFI1_IOCTL_ASSIGN_CTXT for receive context `ctxt`: allocate_ctxt's
+        sc_alloc(SC_USER) + sc_enable on send context `hw`, setup_base_ctxt,
+        user_init (J_Key on both sides, then ENB | URGENT_ENB; no IntrAvail
+        until poll() asks)."""
+        self.sc_open(hw, credits, base, SC_USER)
+        self.hfi1_set_ctxt_jkey(hw, ctxt, jkey)
+        self.rcvctrl_enable(ctxt, intr_avail=False)
+        self.set_rcv_intr(ctxt, IS_RCVURGENT_START, True)
+
+    def poll_next(self, ctxt: int) -> bool:
+        """file_ops.c poll_next (HFI1_POLL_TYPE_ANYRCV): True if a packet waits;
+        else the process sleeps with RcvAvail on."""
+        if self.read_uctxt_csr(ctxt, cr.RCV_HDR_TAIL) != self.hdrq_head[ctxt]:
+            return True
+        self.user_waiting[ctxt] = "rcv"
+        self.set_rcv_intr(ctxt, IS_RCVAVAIL_START, True)
+        return False
+
+    def poll_urgent(self, ctxt: int) -> None:
+        """file_ops.c poll_urgent: the process sleeps until an urgent interrupt."""
+        self.user_waiting[ctxt] = "urgent"
 
     def credit_return(self, hw: int) -> dict:
         from devmodel.hfi1.formats import CREDIT_RETURN as CR
@@ -220,9 +262,15 @@ class DataPathDriver(GuestDriver):
 
     # -- the link (chip.c set_link_state) ---------------------------------------------------
     def set_lidlmc(self, lid: int, lmc: int = 0) -> None:
+        """The DC's DLID check, then every send context's and SDMA engine's SLID check."""
         mask = ~((1 << lmc) - 1) & 0xFFFF
         c1 = self.read_csr(cr.DCC_CFG_PORT_CONFIG1) & ~0xFFFFFFFF
         self.write_csr(cr.DCC_CFG_PORT_CONFIG1, c1 | mask << 16 | lid)
+        slid_check = mask << cr.SEND_CTXT_CHECK_SLID_MASK_SHIFT | (lid & mask)
+        for hw in range(self.chip_send_contexts()):
+            self.write_kctxt_csr(hw, cr.SEND_CTXT_CHECK_SLID, slid_check)
+        for engine in range(self.chip_sdma_engines()):  # sdma_update_lmc
+            self.write_kctxt_csr(engine, cr.SEND_DMA_CHECK_SLID, slid_check)
 
     def set_logical_state(self, state: int) -> None:
         port = self.read_csr(cr.DCC_CFG_PORT_CONFIG) & ~cr.DCC_CFG_PORT_CONFIG_LINK_STATE_SMASK
@@ -296,9 +344,10 @@ def bring_up(nodes: list[Node]) -> None:
         base = 0
         for hw in range(contexts - N_KRCV_QUEUES, contexts):  # ACK contexts: opened by sc_alloc in probe
             d.sc_disable(hw)
-        for hw, credits in [(node.ack_context, 32), (node.vl15_context, 102), (node.kernel_contexts[0], 18)]:
+        for hw, credits, kind in [(node.ack_context, 32, SC_ACK), (node.vl15_context, 102, SC_VL15),
+                                  (node.kernel_contexts[0], 18, SC_KERNEL)]:
             d.sc_disable(hw)
-            d.sc_open(hw, credits, base)
+            d.sc_open(hw, credits, base, kind)
             base += credits
         for e in range(NUM_VLS):
             d.write_kctxt_csr(e, cr.SEND_DMA_BASE_ADDR, d.sdma_ring(e))

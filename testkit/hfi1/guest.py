@@ -28,7 +28,11 @@ FABRIC_SERDES_BROADCAST, ALL_FABRIC_SERDES_BROADCAST, FABRIC_SERDES = 0xE4, 0xE1
 REASON_REBOOT = 35  # OPA_LINKDOWN_REASON_REBOOT: what rmmod and shutdown tell the neighbour
 ALL_FROZE = 0xF
 IS_SDMAENG_ERR_START, IS_SDMA_START, IS_SDMA_PROGRESS_START, IS_SDMA_IDLE_START = 16, 192, 208, 224
-IS_DC_START, IS_RCVAVAIL_START, IS_SENDCREDIT_START = 248, 256, 576
+IS_DC_START, IS_RCVAVAIL_START, IS_RCVURGENT_START, IS_SENDCREDIT_START = 248, 256, 416, 576
+IS_SENDCTXT_ERR_START = 32
+EGRESS_ERR_INT = 6
+#: SEND_EGRESS_ERR_STATUS TxSdma0..15DisallowedPacketErr (handle_egress_err's disallowed_pkt_err)
+SDMA_DISALLOWED_PACKET_ERRS = 0xFFFF * cr.SEND_EGRESS_ERR_STATUS_TX_SDMA0_DISALLOWED_PACKET_ERR_SMASK
 QSFP1_INT = 242
 #: HOST_MSG bits (chip.h) and the LNI errors (FAILED_LNI)
 BC_SMA_MSG, VERIFY_CAP_FRAME, LINKUP_ACHIEVED, LINK_GOING_DOWN = 1 << 2, 1 << 6, 1 << 7, 1 << 8
@@ -38,6 +42,55 @@ GENERAL_ERRORS = {0: ("CCE_ERR_STATUS", "CCE_ERR_CLEAR"), 1: ("RCV_ERR_STATUS", 
                   2: ("MISC_ERR_STATUS", "MISC_ERR_CLEAR"), 4: ("SEND_PIO_ERR_STATUS", "SEND_PIO_ERR_CLEAR"),
                   5: ("SEND_DMA_ERR_STATUS", "SEND_DMA_ERR_CLEAR"),
                   6: ("SEND_EGRESS_ERR_STATUS", "SEND_EGRESS_ERR_CLEAR"), 7: ("SEND_ERR_STATUS", "SEND_ERR_CLEAR")}
+
+
+#: pio.c's send context types (sc_alloc's `type`)
+SC_KERNEL, SC_VL15, SC_ACK, SC_USER = "kernel", "vl15", "ack", "user"
+#: hfi.h hfi1_pkt_default_send_ctxt_mask with the default cap_mask (STATIC_RATE_CTRL set for kernel and
+#: user, so hfi1_init_ctxt clears DisallowPbcStaticRateControl), B-step silicon (J_Key check on), a kernel
+#: built without CONFIG_FAULT_INJECTION (DisallowPbcTest)
+SC_CHECK_BASE = (cr.SEND_CTXT_CHECK_ENABLE_DISALLOW_BYPASS_BAD_PKT_LEN_SMASK
+                 | cr.SEND_CTXT_CHECK_ENABLE_DISALLOW_TOO_LONG_BYPASS_PACKETS_SMASK
+                 | cr.SEND_CTXT_CHECK_ENABLE_DISALLOW_TOO_LONG_IB_PACKETS_SMASK
+                 | cr.SEND_CTXT_CHECK_ENABLE_DISALLOW_BAD_PKT_LEN_SMASK
+                 | cr.SEND_CTXT_CHECK_ENABLE_DISALLOW_PBC_TEST_SMASK
+                 | cr.SEND_CTXT_CHECK_ENABLE_DISALLOW_TOO_SMALL_BYPASS_PACKETS_SMASK
+                 | cr.SEND_CTXT_CHECK_ENABLE_DISALLOW_TOO_SMALL_IB_PACKETS_SMASK
+                 | cr.SEND_CTXT_CHECK_ENABLE_DISALLOW_RAW_IPV6_SMASK
+                 | cr.SEND_CTXT_CHECK_ENABLE_DISALLOW_RAW_SMASK
+                 | cr.SEND_CTXT_CHECK_ENABLE_CHECK_BYPASS_VL_MAPPING_SMASK
+                 | cr.SEND_CTXT_CHECK_ENABLE_CHECK_VL_MAPPING_SMASK
+                 | cr.SEND_CTXT_CHECK_ENABLE_CHECK_OPCODE_SMASK
+                 | cr.SEND_CTXT_CHECK_ENABLE_CHECK_SLID_SMASK
+                 | cr.SEND_CTXT_CHECK_ENABLE_CHECK_VL_SMASK
+                 | cr.SEND_CTXT_CHECK_ENABLE_CHECK_ENABLE_SMASK
+                 | cr.SEND_CTXT_CHECK_ENABLE_CHECK_JOB_KEY_SMASK)
+HFI1_PKT_USER_SC_INTEGRITY = (cr.SEND_CTXT_CHECK_ENABLE_DISALLOW_NON_KDETH_PACKETS_SMASK
+                              | cr.SEND_CTXT_CHECK_ENABLE_DISALLOW_KDETH_PACKETS_SMASK
+                              | cr.SEND_CTXT_CHECK_ENABLE_DISALLOW_BYPASS_SMASK
+                              | cr.SEND_CTXT_CHECK_ENABLE_DISALLOW_GRH_SMASK)
+SC_CHECK_MASK = {SC_KERNEL: SC_CHECK_BASE, SC_USER: SC_CHECK_BASE | HFI1_PKT_USER_SC_INTEGRITY,
+                 SC_VL15: SC_CHECK_BASE | cr.SEND_CTXT_CHECK_ENABLE_DISALLOW_KDETH_PACKETS_SMASK,
+                 SC_ACK: SC_CHECK_BASE | cr.SEND_CTXT_CHECK_ENABLE_DISALLOW_KDETH_PACKETS_SMASK}
+#: hfi1_pkt_base_sdma_integrity, same caps
+SDMA_CHECK_MASK = (cr.SEND_DMA_CHECK_ENABLE_DISALLOW_BYPASS_BAD_PKT_LEN_SMASK
+                   | cr.SEND_DMA_CHECK_ENABLE_DISALLOW_TOO_LONG_BYPASS_PACKETS_SMASK
+                   | cr.SEND_DMA_CHECK_ENABLE_DISALLOW_TOO_LONG_IB_PACKETS_SMASK
+                   | cr.SEND_DMA_CHECK_ENABLE_DISALLOW_BAD_PKT_LEN_SMASK
+                   | cr.SEND_DMA_CHECK_ENABLE_DISALLOW_TOO_SMALL_BYPASS_PACKETS_SMASK
+                   | cr.SEND_DMA_CHECK_ENABLE_DISALLOW_TOO_SMALL_IB_PACKETS_SMASK
+                   | cr.SEND_DMA_CHECK_ENABLE_DISALLOW_RAW_IPV6_SMASK
+                   | cr.SEND_DMA_CHECK_ENABLE_DISALLOW_RAW_SMASK
+                   | cr.SEND_DMA_CHECK_ENABLE_CHECK_BYPASS_VL_MAPPING_SMASK
+                   | cr.SEND_DMA_CHECK_ENABLE_CHECK_VL_MAPPING_SMASK
+                   | cr.SEND_DMA_CHECK_ENABLE_CHECK_OPCODE_SMASK
+                   | cr.SEND_DMA_CHECK_ENABLE_CHECK_SLID_SMASK
+                   | cr.SEND_DMA_CHECK_ENABLE_CHECK_VL_SMASK
+                   | cr.SEND_DMA_CHECK_ENABLE_CHECK_ENABLE_SMASK
+                   | cr.SEND_DMA_CHECK_ENABLE_CHECK_JOB_KEY_SMASK)
+#: sc_alloc / init_pervl_scs: the VLs each kind may not send on (SEND_CTXT_CHECK_VL); ACK contexts keep 0
+SC_CHECK_VL = {SC_KERNEL: 1 << 15, SC_USER: 1 << 15, SC_VL15: 0xFF, SC_ACK: 0}
+USER_OPCODE_CHECK = 0xC0 << cr.SEND_CTXT_CHECK_OPCODE_MASK_SHIFT | 0xC0  # mask 0xC0, value 0xC0
 
 
 class DriverTimeout(AssertionError):
@@ -78,6 +131,11 @@ class GuestDriver:
         self.remote_link_down_reason = 0
         self.link_work: list[str] = []  # ppd->link_wq: one worker, in order
         self.link_errors = 0
+        self.sc_kind: dict[int, str] = {}  # send context (hw) -> its type
+        self.sc_halted: set[int] = set()  # SCF_HALTED: the error interrupt saw the halt
+        self.egress_err_info: list[tuple[int, int]] = []  # (SEND_EGRESS_ERR_SOURCE, _INFO) read and cleared
+        self.user_interrupts: list[tuple[int, str]] = []  # (receive context, what handle_user_interrupt did)
+        self.user_waiting: dict[int, str] = {}  # receive context -> HFI1_CTXT_WAITING_RCV / _URG
 
     def say(self, message: str) -> None:
         self.messages.append(message)
@@ -628,6 +686,8 @@ class GuestDriver:
             status, clear = GENERAL_ERRORS[source]
             for flags in self.interrupt_clear_down(CSR_OFFSETS[status], CSR_OFFSETS[clear]):
                 self.events.append((source, flags))
+                if source == EGRESS_ERR_INT and flags & SDMA_DISALLOWED_PACKET_ERRS:
+                    self.handle_send_egress_err_info()
         elif IS_SDMAENG_ERR_START <= source < IS_SDMAENG_ERR_START + 16:
             engine = source - IS_SDMAENG_ERR_START
             for status in self.interrupt_clear_down(cr.SEND_DMA_ENG_ERR_STATUS, cr.SEND_DMA_ENG_ERR_CLEAR, engine):
@@ -638,6 +698,12 @@ class GuestDriver:
                 self.events.append((source, flags))
                 if flags & cr.DC_DC8051_ERR_FLG_SET_BY_8051_SMASK:
                     self.handle_8051_interrupt(self.read_csr(cr.DC_DC8051_DBG_ERR_INFO_SET_BY_8051))
+        elif IS_SENDCTXT_ERR_START <= source < IS_SENDCTXT_ERR_START + self.chip_send_contexts():
+            status = self.is_sendctxt_err_int(source - IS_SENDCTXT_ERR_START)
+            self.events.append((source, status))
+        elif IS_RCVAVAIL_START <= source < IS_RCVURGENT_START + (IS_RCVURGENT_START - IS_RCVAVAIL_START):
+            self.events.append((source, 0))
+            self.handle_user_interrupt((source - IS_RCVAVAIL_START) % (IS_RCVURGENT_START - IS_RCVAVAIL_START))
         elif source == QSFP1_INT:
             for flags in self.interrupt_clear_down(cr.ASIC_QSFP1_STATUS, cr.ASIC_QSFP1_CLEAR):
                 self.events.append((source, flags))
@@ -978,14 +1044,22 @@ class GuestDriver:
         self.sdma_unfreeze()
 
     # -- send contexts (pio.c) -------------------------------------------------------------------
-    def sc_alloc(self, hw: int, credits: int, base: int, credit_return: int) -> None:
+    def sc_alloc(self, hw: int, credits: int, base: int, credit_return: int, kind: str = SC_KERNEL) -> None:
+        """sc_alloc + hfi1_init_ctxt; init_pervl_scs's CHECK_VL for VL15 and kernel contexts
+        comes after their sc_enable (`set_check_vl`)."""
+        self.sc_kind[hw] = kind
         self.write_kctxt_csr(hw, cr.SEND_CTXT_CTRL, credits << 48 | base << 32)
-        self.write_kctxt_csr(hw, cr.SEND_CTXT_CHECK_ENABLE, 0x1)
+        self.write_kctxt_csr(hw, cr.SEND_CTXT_CHECK_ENABLE, SC_CHECK_MASK[kind])  # set_pio_integrity
         self.write_kctxt_csr(hw, cr.SEND_CTXT_ERR_MASK, ALL_ONES)
-        self.write_kctxt_csr(hw, cr.SEND_CTXT_CHECK_PARTITION_KEY, 0xFFFF << 48)
-        self.write_kctxt_csr(hw, cr.SEND_CTXT_CHECK_OPCODE, 0)
+        self.write_kctxt_csr(hw, cr.SEND_CTXT_CHECK_PARTITION_KEY, 0xFFFF)  # DEFAULT_PKEY
+        self.write_kctxt_csr(hw, cr.SEND_CTXT_CHECK_OPCODE, USER_OPCODE_CHECK if kind == SC_USER else 0)
         self.write_kctxt_csr(hw, cr.SEND_CTXT_CREDIT_RETURN_ADDR, credit_return & 0xFFFFFFFFFFC0)
         self.write_kctxt_csr(hw, cr.SEND_CTXT_CREDIT_CTRL, credits // 2)
+        if kind == SC_USER:
+            self.write_kctxt_csr(hw, cr.SEND_CTXT_CHECK_VL, SC_CHECK_VL[kind])
+
+    def set_check_vl(self, hw: int, kind: str) -> None:
+        self.write_kctxt_csr(hw, cr.SEND_CTXT_CHECK_VL, SC_CHECK_VL[kind])
 
     def sc_enable(self, hw: int) -> None:
         ctrl = self.read_kctxt_csr(hw, cr.SEND_CTXT_CTRL)
@@ -1008,10 +1082,83 @@ class GuestDriver:
         assert status & 0x3FFF == 0 or halted, "packets never egress"
         self.write_kctxt_csr(hw, cr.SEND_CTXT_CTRL, ctrl & ~1)
 
+    def is_sendctxt_err_int(self, hw: int) -> int:
+        """chip.c is_sendctxt_err_int: sc_stop(SCF_HALTED), the status read (not
+        cleared: sc_enable does that), handle_send_egress_err_info for a
+        disallowed packet; a kernel context's halt work restarts it, a user
+        context waits for CTXT_RESET."""
+        self.sc_halted.add(hw)
+        status = self.read_kctxt_csr(hw, cr.SEND_CTXT_ERR_STATUS)
+        if status & cr.SEND_CTXT_ERR_STATUS_PIO_DISALLOWED_PACKET_ERR_SMASK:
+            self.handle_send_egress_err_info()
+        if self.sc_kind.get(hw) != SC_USER:
+            self.sc_restart(hw)
+        return status
+
+    def handle_send_egress_err_info(self) -> None:
+        """chip.c: SEND_EGRESS_ERR_SOURCE first, then INFO, cleared at once."""
+        source = self.read_csr(cr.SEND_EGRESS_ERR_SOURCE)
+        info = self.read_csr(cr.SEND_EGRESS_ERR_INFO)
+        self.write_csr(cr.SEND_EGRESS_ERR_INFO, info)
+        self.egress_err_info.append((source, info))
+
+    def sc_restart(self, hw: int) -> None:
+        """pio.c sc_restart: wait for the halt, sc_disable, sc_enable (which
+        clears the errors and runs the PIO init engine)."""
+        assert hw in self.sc_halted, "sc_restart bounces off a context that is not halted"
+        self.poll(lambda: self.read_kctxt_csr(hw, cr.SEND_CTXT_STATUS) & cr.SEND_CTXT_STATUS_CTXT_HALTED_SMASK,
+                  100e-6, f"sc_restart: context {hw} not halting, skipping")
+        self.sc_disable(hw)
+        self.sc_enable(hw)
+        self.sc_halted.discard(hw)
+
+    def ctxt_reset(self, hw: int) -> None:
+        """file_ops.c ctxt_reset (HFI1_IOCTL_CTXT_RESET): only once the error
+        interrupt marked the context halted (-ENOLCK otherwise), then
+        sc_restart and a forced credit return."""
+        if hw not in self.sc_halted:
+            raise DriverTimeout(f"CTXT_RESET: send context {hw} never reported its halt (-ENOLCK)")
+        self.sc_restart(hw)
+        self.sc_return_credits(hw)
+
     def sc_return_credits(self, hw: int) -> None:
         self.write_kctxt_csr(hw, cr.SEND_CTXT_CREDIT_FORCE, 1)
         self.read_kctxt_csr(hw, cr.SEND_CTXT_CREDIT_FORCE)
         self.write_kctxt_csr(hw, cr.SEND_CTXT_CREDIT_FORCE, 0)
+
+    # -- user contexts (file_ops.c, intr.c) ----------------------------------------------------
+    def hfi1_set_ctxt_jkey(self, hw: int, ctxt: int, jkey: int) -> None:
+        self.write_kctxt_csr(hw, cr.SEND_CTXT_CHECK_JOB_KEY, cr.SEND_CTXT_CHECK_JOB_KEY_MASK_SMASK | jkey)
+        check = self.read_kctxt_csr(hw, cr.SEND_CTXT_CHECK_ENABLE)
+        self.write_kctxt_csr(hw, cr.SEND_CTXT_CHECK_ENABLE, check | cr.SEND_CTXT_CHECK_ENABLE_CHECK_JOB_KEY_SMASK)
+        self.write_kctxt_csr(ctxt, cr.RCV_KEY_CTRL, cr.RCV_KEY_CTRL_JOB_KEY_ENABLE_SMASK | jkey)
+
+    def hfi1_set_ctxt_pkey(self, hw: int, pkey: int) -> None:
+        """HFI1_IOCTL_SET_PKEY (after the driver found `pkey` in the port's table)."""
+        self.write_kctxt_csr(hw, cr.SEND_CTXT_CHECK_PARTITION_KEY, pkey)
+        check = self.read_kctxt_csr(hw, cr.SEND_CTXT_CHECK_ENABLE)
+        check |= cr.SEND_CTXT_CHECK_ENABLE_CHECK_PARTITION_KEY_SMASK
+        self.write_kctxt_csr(hw, cr.SEND_CTXT_CHECK_ENABLE, check & ~cr.SEND_CTXT_CHECK_ENABLE_DISALLOW_KDETH_PACKETS_SMASK)
+
+    def set_rcv_intr(self, ctxt: int, which: int, enable: bool) -> None:
+        """hfi1_rcvctrl's INTRAVAIL_ENB/DIS (the CCE mask and RCV_CTXT_CTRL.IntrAvail) or
+        URGENT_ENB/DIS (the CCE mask only), `which` IS_RCVAVAIL_START or IS_RCVURGENT_START."""
+        self.set_intr_bits(which + ctxt, which + ctxt, enable)
+        if which == IS_RCVAVAIL_START:
+            ctrl = self.read_kctxt_csr(ctxt, cr.RCV_CTXT_CTRL)
+            bit = cr.RCV_CTXT_CTRL_INTR_AVAIL_SMASK
+            self.write_kctxt_csr(ctxt, cr.RCV_CTXT_CTRL, ctrl | bit if enable else ctrl & ~bit)
+
+    def handle_user_interrupt(self, ctxt: int) -> None:
+        """intr.c handle_user_interrupt: wake a process waiting in poll()."""
+        waiting = self.user_waiting.pop(ctxt, None)
+        if waiting == "rcv":
+            self.set_rcv_intr(ctxt, IS_RCVAVAIL_START, False)
+            self.user_interrupts.append((ctxt, "woke poll(ANYRCV), IntrAvail off"))
+        elif waiting == "urgent":
+            self.user_interrupts.append((ctxt, "woke poll(URGENT)"))
+        else:
+            self.user_interrupts.append((ctxt, "nobody waiting"))
 
     # -- SDMA (sdma.c) -------------------------------------------------------------------------
     def sdma_sendctrl(self, engine: int, enable=False, intenable=False, halt=False, cleanup=False) -> None:

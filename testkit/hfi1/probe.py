@@ -5,13 +5,26 @@ from __future__ import annotations
 
 from devmodel.hfi1 import chip_registers as cr
 from devmodel.hfi1.chip_registers import CSR_OFFSETS
-from testkit.hfi1.guest import ALL_ONES, IS_DC_START, REASON_REBOOT, GuestDriver
+from testkit.hfi1.guest import (
+    ALL_ONES,
+    IS_DC_START,
+    REASON_REBOOT,
+    SC_ACK,
+    SC_KERNEL,
+    SC_VL15,
+    SDMA_CHECK_MASK,
+    GuestDriver,
+)
 from testkit.host import GUEST_BASE
 
 NUM_VLS = 8
 N_KRCV_QUEUES = 3  # control context + DEFAULT_KRCVQS
 CREDIT_RETURN_BASE = GUEST_BASE  # the credit-return page lives at the start of guest memory
 DC8051_SOURCE = IS_DC_START + 2
+#: init_sc2vl_tables: SC0-7 on VL0-7, SC15 on VL15, every other SC on VL0 (a byte per SC on the send
+#: side, a nibble per SC in the DC)
+SC2VL_TABLES = {"SEND_SC2VLT0": 0x0706050403020100, "SEND_SC2VLT1": 0x0F00000000000000, "SEND_SC2VLT2": 0,
+                "SEND_SC2VLT3": 0, "DCC_CFG_SC_VL_TABLE_15_0": 0xF000000076543210, "DCC_CFG_SC_VL_TABLE_31_16": 0}
 
 
 def read_all_counters(driver: GuestDriver, engines: int, contexts: int) -> None:
@@ -71,9 +84,8 @@ def probe(driver: GuestDriver) -> dict:
     for i in range(4):  # set_partition_keys
         driver.write_csr(cr.RCV_PARTITION_KEY + 8 * i, 0xFFFF if i == 0 else 0)
     driver.write_csr(cr.RCV_CTRL, driver.read_csr(cr.RCV_CTRL) | cr.RCV_CTRL_RCV_PARTITION_KEY_ENABLE_SMASK)
-    for name in ("SEND_SC2VLT0", "SEND_SC2VLT1", "SEND_SC2VLT2", "SEND_SC2VLT3", "DCC_CFG_SC_VL_TABLE_15_0",
-                 "DCC_CFG_SC_VL_TABLE_31_16"):  # init_sc2vl_tables
-        driver.write_csr(CSR_OFFSETS[name], 0x0706050403020100)
+    for name, value in SC2VL_TABLES.items():  # init_sc2vl_tables
+        driver.write_csr(CSR_OFFSETS[name], value)
 
     # set_up_context_variables
     learnt["send_contexts"] = driver.chip_send_contexts()
@@ -116,11 +128,13 @@ def probe(driver: GuestDriver) -> dict:
     vl15 = contexts - 1 - N_KRCV_QUEUES
     kernel = [vl15 - 1 - i for i in range(2 * NUM_VLS)]
     base = 0
-    for hw, credits in [(h, 32) for h in ack] + [(vl15, 102)] + [(h, 18) for h in kernel]:
-        driver.sc_alloc(hw, credits, base, CREDIT_RETURN_BASE + 64 * (hw // 8))
+    for hw, credits, kind in [(h, 32, SC_ACK) for h in ack] + [(vl15, 102, SC_VL15)] \
+            + [(h, 18, SC_KERNEL) for h in kernel]:
+        driver.sc_alloc(hw, credits, base, CREDIT_RETURN_BASE + 64 * (hw // 8), kind)
         base += credits
-    for hw in [vl15] + kernel:
+    for hw, kind in [(vl15, SC_VL15)] + [(h, SC_KERNEL) for h in kernel]:
         driver.sc_enable(hw)
+        driver.set_check_vl(hw, kind)
     driver.enabled_send_contexts = [vl15] + kernel
     learnt["ack_contexts"] = ack
 
@@ -134,7 +148,7 @@ def probe(driver: GuestDriver) -> dict:
         driver.write_kctxt_csr(e, cr.SEND_DMA_HEAD_ADDR, CREDIT_RETURN_BASE + 0x800 + 64 * e)
         driver.write_kctxt_csr(e, cr.SEND_DMA_MEMORY, learnt["sdma_credits"] << 16 | learnt["sdma_credits"] * e)
         driver.write_kctxt_csr(e, cr.SEND_DMA_ENG_ERR_MASK, ALL_ONES)
-        driver.write_kctxt_csr(e, cr.SEND_DMA_CHECK_ENABLE, 0x1)
+        driver.write_kctxt_csr(e, cr.SEND_DMA_CHECK_ENABLE, SDMA_CHECK_MASK)  # set_sdma_integrity
         driver.write_kctxt_csr(e, cr.SEND_DMA_CHECK_OPCODE, 0)
 
     driver.set_up_interrupts(N_KRCV_QUEUES)
