@@ -16,7 +16,7 @@ import time
 import pytest
 
 from images.lab.fabric import ACTIVE, parse_perftest, parse_pingpong
-from testkit.guest_checks import hfi1_dmesg_problems, link_directions, opainfo, rc_pingpong_passes
+from testkit.guest_checks import hfi1_dmesg_problems, link_directions, opainfo, rc_pingpong_passes, refused_packets
 
 pytestmark = pytest.mark.guest
 
@@ -81,10 +81,13 @@ def test_perftest_reports_a_result_between_the_guests(fabric, name, report_figur
         report_figure(f"fabric: {name}: {row['t_typical_us']:.0f} us typical at {row['bytes']} B")
 
 
-def test_no_undeclared_csr_access_and_no_hfi1_warning_in_either_guest(fabric):
+def test_no_undeclared_csr_access_refused_packet_or_hfi1_warning_in_either_guest(fabric):
+    """Refused: a packet the kernel sent (SMPs from its VL15 context, verbs,
+    IPoIB) that its send context's integrity checks stopped."""
     for path, stats in fabric.server.stats().items():
         assert stats["undeclared_csr_accesses"] == 0, (path, stats["undeclared_offsets"])
         assert stats["internal_errors"] == [], (path, stats["internal_errors"])
+        assert refused_packets(stats) == {}, (path, stats["send"]["dropped"])
         assert stats["port"]["link"]["state"] == "up"
     for guest in fabric.guests:
         assert hfi1_dmesg_problems(guest) == [], guest.name

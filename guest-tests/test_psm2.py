@@ -26,7 +26,7 @@ from images.lab.psm2 import (
     parse_netpipe,
 )
 from images.lab.wait import wait_until
-from testkit.guest_checks import hfi1_dmesg_problems
+from testkit.guest_checks import hfi1_dmesg_problems, refused_packets
 
 pytestmark = pytest.mark.guest
 
@@ -148,9 +148,13 @@ def test_netpipe_over_open_mpi_and_psm2_runs_to_1_mib(psm2, report_figure):
                   f"{rows[-1]['mbps']:.0f} Mbit/s at 1 MiB")
 
 
-def test_no_undeclared_csr_access_internal_error_or_hfi1_warning(psm2):
+def test_no_undeclared_csr_access_refused_packet_internal_error_or_hfi1_warning(psm2):
+    """Also: every packet PSM2 and the kernel sent passed its send context's
+    or SDMA engine's integrity checks, which the driver turns on (J_Key,
+    P_Key after SET_PKEY, SLID, opcode, VL; docs/hfi1.md)."""
     for path, stats in psm2.server.stats().items():
         assert stats["undeclared_csr_accesses"] == 0, (path, stats["undeclared_offsets"])
         assert stats["internal_errors"] == [], (path, stats["internal_errors"])
+        assert refused_packets(stats) == {}, (path, stats["send"]["dropped"])
     for guest in psm2.guests:
         assert hfi1_dmesg_problems(guest) == [], guest.name

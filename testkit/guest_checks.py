@@ -261,6 +261,15 @@ def a_host_side_link_flap_comes_back_active(fabric, report_figure, label: str) -
     rc_pingpong_passes(fabric)
 
 
+def refused_packets(stats: dict) -> dict[str, int]:
+    """Packets a device's send contexts and SDMA engines refused (their
+    integrity checks, devmodel/hfi1/integrity.py), by sender, from its
+    server statistics: none for what the driver and PSM2 send."""
+    refused = {f"send context {hw}": c["refused"] for hw, c in stats["pio"]["contexts"].items() if c["refused"]}
+    refused |= {f"SDMA engine {e}": c["refused"] for e, c in stats["sdma"].items() if c["refused"]}
+    return refused
+
+
 def no_undeclared_access_internal_error_or_lockup(fabric) -> None:
     for path, stats in fabric.server.stats().items():
         assert stats["undeclared_csr_accesses"] == 0, (path, stats["undeclared_offsets"])

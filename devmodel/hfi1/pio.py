@@ -14,7 +14,8 @@ PIO init engine and credit return.
       SEND_CTXT_ERR_STATUS/MASK/CLEAR  second tier of source 32 + h:
         [0] InconsistentSop [1] DisallowedPacket [2] WriteCrossesBoundary
         [3] WriteOverflow [4] WriteOutOfBounds
-      SEND_CTXT_CHECK_{ENABLE,VL,JOB_KEY,PARTITION_KEY,SLID,OPCODE} RW
+      SEND_CTXT_CHECK_{ENABLE,VL,JOB_KEY,PARTITION_KEY,SLID,OPCODE} RW  its integrity checks
+                                   (integrity.py)
     PIO send space  0x2000000 + 0x10000h, its start-of-packet alias at 0x3000000 + 0x10000h
 
 PIO has no doorbell (pio_copy.c). A context's ring is `depth` blocks of 64
@@ -391,7 +392,7 @@ class Pio(Block):
     def counters(self) -> dict:
         busy = {c.hw: {"packets": c.packets, "dropped_writes": c.dropped_writes, "halted": c.halted,
                        "halts": c.halts, "refused": c.refused}
-                for c in self.contexts if c.packets or c.dropped_writes or c.halts}
+                for c in self.contexts if c.packets or c.dropped_writes or c.halts or c.halted}
         return {"packets": sum(c.packets for c in self.contexts), "stray_writes": self.stray_writes,
                 "contexts": busy}
 

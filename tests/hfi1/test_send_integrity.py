@@ -112,7 +112,7 @@ def test_nothing_leaves_a_user_context_before_set_pkey_and_psm2s_packets_do_afte
     payload = bytes(range(64))
     send(a, b, psm2_packet(a, b, payload))
     assert not halted(a)
-    rhf, header = b.driver.hdrq_entry(USER_CTXT, 0)
+    rhf, _ = b.driver.hdrq_entry(USER_CTXT, 0)
     assert rhf["rcv_type"] == RcvType.EAGER and rhf["rcv_seq"] == 1 and not rhf["tid_err"]
     assert b.driver.eager_bytes(USER_CTXT, rhf, len(payload)) == payload
     assert a.driver.credit_return(USER_SC)["status"] == 0
@@ -130,7 +130,7 @@ def wrong_pkt_len(a, b) -> bytes:
 
 FORGERIES = {
     # what the user's packet is, how it is built, what SEND_EGRESS_ERR_INFO says
-    "an SMP on VL15, as the SMA sends it": (
+    "an SMP on VL15, as the SMA would send it": (
         lambda a, b: ud_packet(opa.PERMISSIVE_LID, opa.PERMISSIVE_LID, 0, bytes(64), sc=15, pkey=0xFFFF),
         dict(vl=15), None, ("VL", "PARTITION_KEY", "OPCODE", "NON_KDETH_PACKETS")),
     "SC 15 on a data VL": (lambda a, b: psm2_packet(a, b, sc=15), {}, None, ("VL_MAPPING",)),
