@@ -26,7 +26,7 @@ import pytest
 from images.lab import ulp
 from images.lab.fabric import ACTIVE, INIT, Fabric, parse_pingpong
 from images.lab.wait import wait_until
-from testkit.guest_checks import dmesg_mark, dmesg_since, opafm_log, opainfo, wait_settled
+from testkit.guest_checks import dmesg_mark, dmesg_since, opafm_log, opainfo, refused_packets, wait_settled
 
 pytestmark = pytest.mark.guest
 
@@ -195,6 +195,7 @@ def test_no_undeclared_csr_access_and_no_internal_error(switched, report_figure)
     for path, device in stats.items():
         assert device["undeclared_csr_accesses"] == 0, (path, device["undeclared_offsets"])
         assert device["internal_errors"] == [], (path, device["internal_errors"])
+        assert refused_packets(device) == {}, (path, device["send"]["dropped"])  # the send-side integrity checks
     assert switch["internal_errors"] == 0, switch
     report_figure(f"switch: forwarded {switch['forwarded']}, answered {switch['answered']}, "
                   f"traps {switch['traps_sent']}, drops {switch['drops']}")

@@ -19,6 +19,7 @@ import pytest
 
 from images.lab import ulp
 from images.lab.fabric import parse_perftest, rdma_device
+from testkit.guest_checks import refused_packets
 
 pytestmark = pytest.mark.guest
 
@@ -192,3 +193,4 @@ def test_no_ulp_or_driver_error_in_either_kernel(fabric):
     for path, stats in fabric.server.stats().items():
         assert stats["undeclared_csr_accesses"] == 0, (path, stats["undeclared_offsets"])
         assert stats["internal_errors"] == [], (path, stats["internal_errors"])
+        assert refused_packets(stats) == {}, (path, stats["send"]["dropped"])  # the send-side integrity checks

@@ -39,8 +39,8 @@ of 0xFF names no context and the packet falls through [inferred]. The
 precedence above is inferred from the rules the driver installs.
 
 Collaborators: the interrupt controller (RXE errors, source 1; RcvAvail and
-RcvUrgent of each context), the CCE (a frozen chip drops), the DCC (logical state, port
-counters). The port hands it packets (`receive_packet`).
+RcvUrgent of each context), the CCE (a frozen chip drops), the DCC (logical
+state, port counters). The port hands it packets (`receive_packet`).
 """
 from __future__ import annotations
 

@@ -27,10 +27,11 @@ Delivering a packet (the order the driver relies on):
     4. the tail to RCV_HDR_TAIL_ADDR when TAIL_UPD (context 0)
     5. RcvAvail (source 256 + c) once COUNTER packets wait since the last
        head write, or when the coalescing timer runs out
-    6. RcvUrgent (source 416 + c) for a KDETH packet with KDETH.Intr, also
-       when the flow suppressed its header; it only latches CCE_INT_STATUS
-       while its CCE_INT_MASK bit is clear (the driver's
-       HFI1_RCVCTRL_URGENT_ENB/DIS: user contexts only)
+    6. RcvUrgent (source 416 + c) for a KDETH packet with KDETH.Intr set, as
+       soon as it is in the queue (or its payload placed, its header
+       suppressed). With its CCE_INT_MASK bit clear a source only latches
+       CCE_INT_STATUS; the driver sets RcvUrgent's for user contexts only
+       (URGENT_ENB)
 
 Eager buffers are filled several packets each (multi-packet mode) at 64-byte
 offsets; moving to the next buffer is refused while software still owns it
