@@ -14,6 +14,11 @@ offset, reset value, access kind, optional hooks) and hands the table to a
                                 `self_clearing` drop back to 0
     WO      0                   stores v (for the hook)
 
+A register of one kind may hold status fields of another: `w1c` names the
+bits of an RW register that a write of 1 clears and a write of 0 leaves
+alone (RCV_TID_FLOW_TABLE's SeqMismatch and GenMismatch, which software
+clears in the same write that reprograms the flow's control fields).
+
 Sub-word accesses (a 4-byte access to half of a 64-bit CSR) merge into the
 register: only the bytes written are affected. Hooks: `on_write(old, new)`
 runs after the value is stored; `on_read(stored) -> value` computes live
@@ -71,6 +76,8 @@ class Register:
     width: int = 8
     writable: int = ALL_ONES
     self_clearing: int = ALL_ONES
+    #: status bits inside an RW/SC register that are write-1-to-clear
+    w1c: int = 0
     on_write: Callable[[int, int], None] | None = None
     on_read: Callable[[int], int] | None = None
     doc: str = ""
@@ -210,7 +217,9 @@ class RegisterFile:
         elif access is Access.W1S:
             new = old | merge_lanes(0, byte, size, value, reg.writable)
         else:
-            new = merge_lanes(old, byte, size, value, reg.writable)
+            new = merge_lanes(old, byte, size, value, reg.writable & ~reg.w1c)
+            if reg.w1c:
+                new &= ~(merge_lanes(0, byte, size, value) & reg.w1c)
         self._values[reg.offset] = new
         if reg.on_write is not None:
             reg.on_write(old, new)

@@ -17,6 +17,7 @@ def make(**kw):
         Register("KEY", 0x28, access=Access.WO),
         Register("NARROW", 0x34, width=4, reset=0x11),
         Register("MASKED", 0x38, writable=0x0F0F),
+        Register("FLOW", 0x40, reset=0x3 << 37, w1c=0x3 << 37),
         *register_array(Register("CTXT", 0x100), count=4, stride=0x40),
     ], **kw)
     return regs, calls
@@ -34,6 +35,9 @@ def test_rw_register_stores_and_calls_its_hook():
     pytest.param([(0x18, 0x01), (0x18, 0x30)], 0x18, 0x31, id="w1s_sets_the_bits_written_as_one_and_keeps_the_others"),
     pytest.param([(0x18, 0x1F0)], 0x18, 0xF0, id="w1s_sets_only_writable_bits"),
     pytest.param([(0x38, 0xFFFF)], 0x38, 0x0F0F, id="writable_mask_protects_reserved_bits"),
+    pytest.param([(0x40, 1 << 37 | 0x7FF)], 0x40, 1 << 38 | 0x7FF,
+                 id="w1c_field_of_an_rw_register_clears_on_one_while_the_rest_is_stored"),
+    pytest.param([(0x40, 0x5)], 0x40, 0x3 << 37 | 0x5, id="w1c_field_keeps_its_bits_written_as_zero"),
 ])
 def test_writes_leave_what_the_access_type_and_the_writable_mask_say(writes, offset, value):
     regs, _ = make()
@@ -61,6 +65,14 @@ def test_sub_word_access_touches_only_its_bytes():
     assert regs.read(0x00, 8) == 0xAABBCCDD11111111 and regs.read(0x06, 2) == 0xAABB
 
 
+def test_a_sub_word_write_clears_only_the_w1c_bits_of_its_own_bytes():
+    regs, _ = make()
+    regs.write(0x40, 4, 0xFFFFFFFF)  # the low half: no status bit there
+    assert regs.read(0x40, 8) == 0x3 << 37 | 0xFFFFFFFF
+    regs.write(0x44, 4, 1 << 6)  # bit 38
+    assert regs.read(0x40, 8) == 1 << 37 | 0xFFFFFFFF
+
+
 def test_arrays_repeat_a_register_with_a_stride():
     regs, _ = make()
     regs.write(0x100 + 2 * 0x40, 8, 7)
@@ -80,7 +92,7 @@ def test_undeclared_offsets_are_storage_logged_once_with_the_nearest_name(caplog
         value = regs.read(0x48, 8)
     assert value == 0x78 and regs.undeclared[0x48] == 3
     warnings = [r.getMessage() for r in caplog.records]
-    assert len(warnings) == 1 and "MASKED+0x10" in warnings[0]
+    assert len(warnings) == 1 and "FLOW+0x8" in warnings[0]
 
 
 def test_reset_restores_every_reset_value():
