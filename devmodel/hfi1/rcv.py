@@ -15,7 +15,8 @@
     RCV_COUNTER_ARRAY32[24], RCV_COUNTER_ARRAY64[2]    error and traffic counters
     per context c, kernel page 0x1100000 + 0x100c (`ReceiveContext`, rcv_context.py)
     per context c, user page 0x1300000 + 0x1000c: RCV_HDR_TAIL (RO), RCV_HDR_HEAD,
-      RCV_EGR_INDEX_HEAD, RCV_TID_FLOW_TABLE[32]
+      RCV_EGR_INDEX_HEAD, RCV_TID_FLOW_TABLE[32] (RW, its [38:37] mismatch status W1C;
+      the entry's fields in rcv_context.py)
     RcvArray            0x1200000 + 8i  one TID entry per index (formats.RCV_ARRAY_ENTRY); a
                         write changes an entry only with WriteEnable (bit 63) set, and only
                         from a whole 64-bit value (`rcv_array_write`)
@@ -91,7 +92,7 @@ from .csr import KCTXT_STRIDE, UCTXT_STRIDE, Block, csr, csr_array, csrs, field
 from .dcc import Dcc, LogicalState
 from .formats import RcvType
 from .intr import RXE_ERR_INT, ErrorFlags, InterruptController
-from .rcv_context import KERNEL_CONTEXT_CSRS, RXE_NUM_TID_FLOWS, Arrival, ReceiveContext
+from .rcv_context import KERNEL_CONTEXT_CSRS, RXE_NUM_TID_FLOWS, TF_STATUS, Arrival, ReceiveContext
 from .services import ChipServices
 
 #: RCV_COUNTER_ARRAY32 / 64 indexes (chip_registers.h)
@@ -169,7 +170,7 @@ class Receive(Block):
             regs += csr_array(name, contexts, KCTXT_STRIDE)
         for ctxt in range(contexts):
             regs += csr_array(f"RCV_TID_FLOW_TABLE[{ctxt}]", RXE_NUM_TID_FLOWS, 8,
-                              base=RCV_TID_FLOW_TABLE + ctxt * UCTXT_STRIDE)
+                              base=RCV_TID_FLOW_TABLE + ctxt * UCTXT_STRIDE, w1c=TF_STATUS)
         return regs
 
     def reset(self) -> None:

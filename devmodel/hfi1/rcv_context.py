@@ -17,6 +17,11 @@
       RCV_HDR_HEAD      RW  [18:0] HEAD (dwords): first entry software still owns;
                             [39:32] COUNTER: packets per interrupt
       RCV_EGR_INDEX_HEAD RW [10:0] first eager buffer software still owns
+      RCV_TID_FLOW_TABLE[32] (+ 8f) one TidFlow entry per flow f = BTH.DestQP[15:11]:
+                        RW  [10:0] SeqNum (next sequence) [30:11] GenVal [32] FlowValid
+                            [33] HdrSuppEnabled [34] KeepAfterSeqErr [35] KeepOnGenErr
+                            [36] KeepPayloadOnGenErr
+                        W1C [37] SeqMismatch [38] GenMismatch (set by the chip, sticky)
 
 Delivering a packet (the order the driver relies on):
 
@@ -148,6 +153,10 @@ SEQ_MASK = (1 << SEQ_BITS) - 1
 #: RCV_TID_FLOW_TABLE entry (PSM2's HFI_TF_*, tid_rdma.c)
 TF_FLOW_VALID, TF_HDR_SUPP_EN, TF_KEEP_AFTER_SEQ_ERR, TF_KEEP_ON_GEN_ERR = 1 << 32, 1 << 33, 1 << 34, 1 << 35
 TF_KEEP_PAYLOAD_ON_GEN_ERR, TF_SEQ_MISMATCH, TF_GEN_MISMATCH = 1 << 36, 1 << 37, 1 << 38
+#: the entry's status bits: set by the chip, cleared by software writing 1
+#: (kern_set_hw_flow, hfi_tidflow_set_entry and hfi_tidflow_reset write both
+#: as 1 every time they program a flow)
+TF_STATUS = TF_SEQ_MISMATCH | TF_GEN_MISMATCH
 #: RHF.RcvTypeErr of an expected packet (common.h RHF_RTE_EXPECTED_FLOW_*)
 RTE_FLOW_SEQ_ERR, RTE_FLOW_GEN_ERR = 0x2, 0x4
 _RTE_SHIFT = RHF.shift["rcv_type_err"]
@@ -571,26 +580,59 @@ class ReceiveContext:
         page, RCV_TID_FLOW_TABLE[BTH.DestQP[15:11]]) as it is now, without
         changing it yet (`FlowVerdict.commit`).
 
-        A valid flow expects generation GenVal and sequence SeqNum:
-        - in sequence: the payload is placed and SeqNum moves on -- only
-          once it has landed: not past a packet refused with TidErr or lost
-          to a refused DMA, which software asks for again from the SeqNum it
-          reads back (tid_rdma.c read_r_next_psn, PSM2's
-          ips_protoexp_do_tf_seqerr); with HdrSuppEnabled and KDETH.SH no
-          header is written;
-        - another generation: GenMismatch, RcvTidFlowGenMismatch; the
-          payload is placed only with KeepPayloadOnGenErr, a header (with
-          RcvTypeErr FlowGenErr) written only with KeepOnGenErr;
-        - another sequence: SeqMismatch, RcvTidFlowSeqMismatch; with
-          KeepAfterSeqErr the packet is kept (payload placed, header with
-          FlowSeqErr: PSM2 accepts a "false SeqErr" packet and the kernel's
-          software PSN mode completes a segment on one), without it dropped
-          whole.
-        Neither error changes GenVal, SeqNum or FlowValid. [inferred from
-        PSM2's hfi_tidflow_reset, which marks a free flow with FlowValid, a
-        generation no packet carries and KeepOnGenErr 0 so that "the header
-        is not generated" for any stale packet, and from the kernel's and
-        PSM2's recovery paths; the chip specification is not public]
+        A valid flow expects generation GenVal and sequence SeqNum. Its state
+        machine, per packet of generation GenVal:
+
+            IN_SEQUENCE (SeqMismatch 0)
+              seq == SeqNum: payload placed, SeqNum + 1 once it has landed
+                (not past a TidErr or a refused DMA); with HdrSuppEnabled
+                and KDETH.SH no header is written
+              seq != SeqNum: SeqMismatch set -> SEQ_ERROR; the packet is
+                reported with RcvTypeErr FlowSeqErr, SeqNum stays (it names
+                the first packet not received)
+            SEQ_ERROR (SeqMismatch 1, until software writes 1 to it)
+              every packet is reported with FlowSeqErr, its header always
+                written (never suppressed);
+              seq == SeqNum: SeqNum + 1 once the payload has landed, so
+                that SeqNum keeps naming the first packet missing;
+              seq != SeqNum: SeqNum stays.
+            With KeepAfterSeqErr a packet reported with FlowSeqErr is kept
+            whole (header and payload); without it, it is dropped whole
+            (`flow_dropped`).
+
+        [inferred, the chip specification is not public: the kernel's TID
+        RDMA, hfi1_handle_kdeth_eflags and handle_read_kdeth_eflags, goes to
+        "SW PSN" mode on a flow's first FlowSeqErr -- reads SeqNum back
+        (read_r_next_psn) as the PSN to ask for again, then checks each
+        later packet's PSN itself, accepts the one equal to its own next
+        PSN (whose payload must then be in place) and treats the segment's
+        last one as complete -- which works only if every later packet of
+        the flow, the retransmitted ones with KDETH.SH included, comes with
+        a header and FlowSeqErr until the flow is reprogrammed ("the flow
+        is *not* reprogrammed ... to prevent continuous Flow Sequence
+        errors"); PSM2's ips_protoexp_do_tf_seqerr reads SeqNum back as its
+        restart point (so SeqNum must not move past a hole), and its
+        hfi_tidflow_check_update_pkt_seq accepts a "false SeqErr" packet
+        whose payload KeepAfterSeqErr kept and rewrites the entry
+        (hfi_tidflow_set_entry, status bits written as 1) once in sequence
+        again; the name KeepAfterSeqErr itself says packets *after* a
+        sequence error are what it keeps.]
+
+        A packet of another generation: GenMismatch set, RcvTidFlowGenMismatch,
+        RcvTypeErr FlowGenErr; the payload is placed only with
+        KeepPayloadOnGenErr, a header written only with KeepOnGenErr; GenVal,
+        SeqNum and FlowValid stay. GenMismatch is sticky status only: later
+        packets of the flow's own generation are judged as above, not
+        reported with FlowGenErr. [inferred: the kernel "rides through
+        generation mismatch" and drops only the stale packet
+        (handle_read_kdeth_eflags), PSM2 drops a FlowGenErr packet as one
+        "our NAK crossed on the wire" and goes on receiving the new
+        generation after ips_protoexp_flow_newgen; a sticky FlowGenErr on
+        the new generation's packets (whose payload neither keeps) would
+        stall both until a timeout. PSM2's hfi_tidflow_reset marks a free
+        flow with a generation no packet carries and KeepOnGenErr 0 so that
+        "the header is not generated" for any stale packet.]
+
         An invalid flow (FlowValid 0) checks nothing."""
         data, hdr_len = arrival.packet.data, arrival.hdr_len
         bth = hdr_len - opa.KDETH_HEADER_BYTES + opa.LRH_BYTES
@@ -603,18 +645,16 @@ class ReceiveContext:
         if not entry & TF_FLOW_VALID:
             return verdict
         seq, gen = psn & SEQ_MASK, (psn >> SEQ_BITS) & GEN_MASK
+        verdict.in_sequence = seq == entry & SEQ_MASK
         if gen != (entry >> SEQ_BITS) & GEN_MASK:
-            verdict.error, verdict.kind = RTE_FLOW_GEN_ERR, "gen"
-            verdict.new = entry | TF_GEN_MISMATCH
+            verdict.in_sequence = False
+            verdict.error, verdict.kind, verdict.status = RTE_FLOW_GEN_ERR, "gen", TF_GEN_MISMATCH
             verdict.keep_header = bool(entry & TF_KEEP_ON_GEN_ERR)
             verdict.keep_payload = bool(entry & TF_KEEP_PAYLOAD_ON_GEN_ERR)
-        elif seq != entry & SEQ_MASK:
-            verdict.error, verdict.kind = RTE_FLOW_SEQ_ERR, "seq"
-            verdict.new = entry | TF_SEQ_MISMATCH
+        elif not verdict.in_sequence or entry & TF_SEQ_MISMATCH:
+            verdict.error, verdict.kind, verdict.status = RTE_FLOW_SEQ_ERR, "seq", TF_SEQ_MISMATCH
             verdict.keep_header = verdict.keep_payload = bool(entry & TF_KEEP_AFTER_SEQ_ERR)
         else:
-            verdict.in_sequence = True
-            verdict.new = (entry & ~SEQ_MASK) | ((seq + 1) & SEQ_MASK)
             verdict.suppress = bool(entry & TF_HDR_SUPP_EN and kdeth0 >> _SH_SHIFT & 1)
         return verdict
 
@@ -666,21 +706,25 @@ class FlowVerdict:
     new state once that attempt is through."""
 
     def __init__(self, context: ReceiveContext, offset: int, entry: int):
-        self.context, self.offset, self.entry, self.new = context, offset, entry, entry
+        self.context, self.offset, self.entry = context, offset, entry
         self.error = 0  # RHF.RcvTypeErr
-        self.kind = ""  # "seq" or "gen" for a mismatch
-        self.in_sequence = False
+        self.kind = ""  # "seq" or "gen": the packet is reported with a flow error
+        self.status = 0  # the mismatch status bit the packet sets
+        self.in_sequence = False  # of the flow's generation, and seq == SeqNum
         self.suppress = False
         self.keep_header = True
         self.keep_payload = True
 
     def commit(self, placed: bool) -> None:
-        """`placed`: the payload landed. An in-sequence packet moves SeqNum
-        on only then; a mismatch sets its status bit and counts either way."""
+        """`placed`: the payload landed. A packet in sequence moves SeqNum
+        on only then (with or without a sequence error reported); a
+        reported error sets its status bit and counts either way."""
+        entry = self.entry | self.status
         if self.kind:
             self.context.flow_errors[self.kind] += 1
             self.context.block.count32(RCV_TID_FLOW_GEN_MISMATCH_CNT if self.kind == "gen"
                                        else RCV_TID_FLOW_SEQ_MISMATCH_CNT)
-        elif not (self.in_sequence and placed):
-            return
-        self.context.regs.set(self.offset, self.new)
+        if self.in_sequence and placed:
+            entry = (entry & ~SEQ_MASK) | ((entry & SEQ_MASK) + 1) & SEQ_MASK
+        if entry != self.entry:
+            self.context.regs.set(self.offset, entry)

@@ -276,10 +276,9 @@ def test_in_sequence_packets_with_sh_land_without_headers_and_the_last_one_repor
 
 def test_a_sequence_gap_reports_flow_seq_err_keeps_the_payload_and_keeps_seqnum(flow_fabric):
     """KeepAfterSeqErr (which PSM2 and the kernel always set): the packet is
-    kept -- header with FlowSeqErr and payload -- and SeqNum stays where the
-    flow is, for the retransmission software asks for from there (PSM2's
-    false-SeqErr recovery accepts such a packet; the kernel's TID RDMA reads
-    SeqNum back with read_r_next_psn)."""
+    kept -- header with FlowSeqErr and payload -- and SeqNum stays at the
+    first packet missing, the restart point software reads back (PSM2's
+    ips_protoexp_do_tf_seqerr, the kernel's read_r_next_psn)."""
     b = flow_fabric
     inject(b, kdeth_packet(b, USER_A, pattern(512), tid_ctrl=1, tid=0, offset=0, psn=psn(0), flow=FLOW, sh=1))
     inject(b, kdeth_packet(b, USER_A, pattern(512, 2), tid_ctrl=1, tid=0, offset=256, psn=psn(2), flow=FLOW, sh=1))
@@ -289,11 +288,77 @@ def test_a_sequence_gap_reports_flow_seq_err_keeps_the_payload_and_keeps_seqnum(
     entry = flow_entry(b)
     assert entry & TF_SEQ_MISMATCH and entry & 0x7FF == 1 and entry & TF_FLOW_VALID
     assert b.driver.read_csr(cr.RCV_COUNTER_ARRAY32 + 8 * RCV_TID_FLOW_SEQ_MISMATCH_CNT) == 1
-    # the retransmission from the expected sequence is accepted
-    inject(b, kdeth_packet(b, USER_A, pattern(512, 1), tid_ctrl=1, tid=0, offset=128, psn=psn(1), flow=FLOW))
-    assert b.driver.hdrq_entry(USER_A, 1)[0]["rcv_type_err"] == 0
-    assert b.memory.read(page(0) + 512, 512) == pattern(512, 1)
-    assert flow_entry(b) & 0x7FF == 2
+
+
+def test_after_a_sequence_error_every_packet_of_the_flow_reports_it_until_software_writes_1(flow_fabric):
+    """SeqMismatch is sticky: once set, every later packet of the flow --
+    the missing one arriving late, with KDETH.SH, included -- gets a header
+    with FlowSeqErr and its payload placed, and SeqNum still moves on over
+    packets in sequence. A write of the entry with SeqMismatch 0 leaves it
+    set; a write of 1 clears it (write-1-to-clear), and the flow is back to
+    suppressing headers."""
+    b = flow_fabric
+    for seq in (0, 2, 1, 2, 3):  # 1 late: arrives after 2, then the sender repeats 2 and goes on
+        inject(b, kdeth_packet(b, USER_A, pattern(256, seq), tid_ctrl=1, tid=0, offset=64 * seq, psn=psn(seq),
+                               flow=FLOW, sh=1))
+    rhfs = [b.driver.hdrq_entry(USER_A, i)[0] for i in range(5)]
+    assert [r["rcv_seq"] for r in rhfs] == [1, 2, 3, 4, 0], "a header for each packet after the gap"
+    assert [r["rcv_type_err"] for r in rhfs[:4]] == [0x2] * 4
+    assert b.memory.read(page(0), 1024) == b"".join(pattern(256, s) for s in range(4))
+    assert flow_entry(b) & 0x7FF == 4 and flow_entry(b) & TF_SEQ_MISMATCH, "SeqNum moved over 1, 2 and 3"
+    assert counters(b, USER_A)["flow_seq_errors"] == 4
+    # software rewrites the flow where it is, but without the status bits: still sticky
+    control = TF_FLOW_VALID | TF_HDR_SUPP_EN | TF_KEEP_AFTER_SEQ_ERR | GENERATION << 11
+    b.driver.write_uctxt_csr(USER_A, cr.RCV_TID_FLOW_TABLE + 8 * FLOW, control | 4)
+    assert flow_entry(b) == control | TF_SEQ_MISMATCH | 4
+    inject(b, kdeth_packet(b, USER_A, pattern(256, 4), tid_ctrl=1, tid=0, offset=256, psn=psn(4), flow=FLOW, sh=1))
+    assert b.driver.hdrq_entry(USER_A, 4)[0]["rcv_type_err"] == 0x2
+    # ... and with them written as 1 (hfi_tidflow_set_entry): cleared, headers suppressed again
+    b.driver.write_uctxt_csr(USER_A, cr.RCV_TID_FLOW_TABLE + 8 * FLOW, control | 5 | TF_SEQ_MISMATCH | TF_GEN_MISMATCH)
+    assert flow_entry(b) == control | 5
+    inject(b, kdeth_packet(b, USER_A, pattern(256, 5), tid_ctrl=1, tid=0, offset=320, psn=psn(5), flow=FLOW, sh=1))
+    assert rhf_seqs(b, 6)[5] == 0 and counters(b, USER_A)["headers_suppressed"] == 2
+    assert flow_entry(b) == control | 6
+
+
+def test_psm2s_seqerr_recovery_restarts_a_lost_packet_in_a_new_generation(flow_fabric):
+    """PSM2's recovery (ips_protoexp_do_tf_seqerr): on the first FlowSeqErr
+    it reads SeqNum back as the restart point, swaps the flow to a new
+    generation there (ips_protoexp_flow_newgen: hfi_tidflow_set_entry, the
+    status bits written as 1) and NAKs; the sender's packets of the old
+    generation still on the wire report FlowGenErr without their payload
+    (KeepOnGenErr, no KeepPayloadOnGenErr: ips_protoexp_handle_tf_generr
+    drops them), and the retransmission in the new generation lands as
+    a clean transfer: headers suppressed but the last, no error."""
+    b = flow_fabric
+    sent = {seq: pattern(512, 10 + seq) for seq in range(6)}
+
+    def send(seq: int, gen: int, last: bool = False) -> None:
+        inject(b, kdeth_packet(b, USER_A, sent[seq], tid_ctrl=1, tid=0, offset=128 * seq, psn=psn(seq, gen),
+                               flow=FLOW, sh=int(not last)))
+
+    for seq in (0, 1, 3):  # 2 is lost
+        send(seq, GENERATION)
+    rhf, _ = b.driver.hdrq_entry(USER_A, 0)
+    assert rhf["rcv_type_err"] == 0x2 and rhf_seqs(b, 2) == [1, 0]
+    restart = flow_entry(b) & 0x7FF  # hfi_tidflow_get_seqnum
+    assert restart == 2
+    b.driver.write_uctxt_csr(USER_A, cr.RCV_TID_FLOW_TABLE + 8 * FLOW,
+                             TF_FLOW_VALID | TF_HDR_SUPP_EN | TF_KEEP_AFTER_SEQ_ERR | TF_KEEP_ON_GEN_ERR
+                             | TF_SEQ_MISMATCH | TF_GEN_MISMATCH | (GENERATION + 1) << 11 | restart)
+    assert not flow_entry(b) & (TF_SEQ_MISMATCH | TF_GEN_MISMATCH), "the new generation starts clean"
+    b.memory.write(page(0) + 128 * 4 * 4, bytes(512))
+    send(4, GENERATION)  # stale: the old generation, still in flight
+    rhf, _ = b.driver.hdrq_entry(USER_A, 1)
+    assert rhf["rcv_type_err"] == 0x4 and b.memory.read(page(0) + 128 * 4 * 4, 512) == bytes(512)
+    for seq in range(restart, 6):
+        send(seq, GENERATION + 1, last=seq == 5)
+    assert rhf_seqs(b, 4)[2:] == [3, 0], "one header for the retransmission: its last packet's"
+    rhf, _ = b.driver.hdrq_entry(USER_A, 2)
+    assert rhf["rcv_type_err"] == 0 and not rhf["tid_err"]
+    assert b.memory.read(page(0), 6 * 512) == b"".join(sent[s] for s in range(6))
+    assert flow_entry(b) & 0x7FF == 6 and not flow_entry(b) & TF_SEQ_MISMATCH
+    assert flow_entry(b) & TF_GEN_MISMATCH, "GenMismatch: status the stale packet left, nothing more"
 
 
 def test_without_keep_after_seq_err_an_out_of_sequence_packet_is_dropped_whole(fabric):
@@ -415,7 +480,7 @@ def test_a_held_packet_is_judged_by_the_flow_entry_software_wrote_while_it_waite
     settle(b)
     rhf, _ = b.driver.hdrq_entry(USER_A, 0)
     assert rhf["rcv_seq"] == 1 and rhf["rcv_type_err"] == 0x4, "an old generation, by the new entry"
-    assert flow_entry(b) & ~TF_GEN_MISMATCH == new_generation, "the new generation and SeqNum 0 stay"
+    assert flow_entry(b) == new_generation | TF_GEN_MISMATCH, "the new generation and SeqNum 0 stay"
     assert b.memory.read(page(0), 512) == bytes(512)
 
 

@@ -208,6 +208,79 @@ def test_a_lost_packet_shows_as_a_sequence_error_and_the_flow_tells_where_to_res
     assert counters(b)["flow_seq_errors"] >= 1
 
 
+def test_a_write_segment_with_a_lost_packet_resumes_under_the_drivers_sw_psn_recovery(fabric):
+    """The responder's recovery of a TID RDMA WRITE segment
+    (hfi1_handle_kdeth_eflags): on the flow's first FlowSeqErr the driver
+    goes to "SW PSN" mode, reads the flow's next PSN (read_r_next_psn) and
+    NAKs it; the flow is *not* reprogrammed. The requester resends from
+    that PSN in the same generation, KDETH.SH as before: each packet must
+    still come with a header and FlowSeqErr -- the driver checks its PSN
+    against its own next PSN and completes the segment on the last one --
+    and its payload in place. Once the segment is done the driver clears
+    the flow (hfi1_kern_clear_hw_flow: the reserved generation, status bits
+    written as 1) and the next segment is a clean one again."""
+    _, a, b = fabric
+    program_segment(b, 8)
+    kern_set_hw_flow(b, 2, 0x4242)
+    write_segment(a, b, flow=2, generation=0x4242, packets=8, skip=(3,))
+    first = [b.driver.hdrq_entry(KCTXT, i)[0] for i in range(4)]
+    assert [r["rcv_type_err"] for r in first] == [RTE_FLOW_SEQ_ERR] * 4, "packets 4..7 after the hole"
+    r_next_psn = read_r_next_psn(b, 2)
+    assert r_next_psn == 0x4242 << 11 | 3, "the NAK's PSN: the lost packet"
+    # the requester resends from the NAK'd PSN (hfi1_tid_rdma_restart_req): packets 3..7
+    b.memory.write(SEGMENT + 4 * MTU, bytes(4 * MTU))  # so that the second copies must land
+    for seq in range(3, 8):
+        last = seq == 7
+        entry, within = divmod(seq * MTU, 0x4000)
+        send(a, b, tid_packet(b, WRITE_DATA_LAST if last else WRITE_DATA, 2, 0x4242 << 11 | seq,
+                              pattern(MTU, seq), tid=entry // 2, tid_ctrl=1 << entry % 2, offset=within // 64,
+                              sh=int(not last)))
+    sw_next_psn = r_next_psn
+    for i, seq in enumerate(range(3, 8)):
+        rhf, header = b.driver.hdrq_entry(KCTXT, 4 + i)
+        assert rhf["rcv_seq"] and rhf["rcv_type_err"] == RTE_FLOW_SEQ_ERR, f"packet {seq}: a header, FlowSeqErr"
+        psn = int.from_bytes(header[opa.LRH_BYTES + 8:opa.LRH_BYTES + 12], "big") & 0x7FFFFFFF
+        assert psn == sw_next_psn, "the driver's SW PSN check accepts it"
+        sw_next_psn += 1
+    assert b.memory.read(SEGMENT, 8 * MTU) == b"".join(pattern(MTU, s) for s in range(8))
+    assert read_r_next_psn(b, 2) == 0x4242 << 11 | 8, "the flow's next PSN moved over the resent packets"
+    # the segment is complete: hfi1_kern_clear_hw_flow, then the next segment's flow
+    kern_set_hw_flow(b, 2, KERN_GENERATION_RESERVED)
+    assert not b.driver.read_uctxt_csr(KCTXT, cr.RCV_TID_FLOW_TABLE + 8 * 2) & (TF_SEQ_MISMATCH | TF_GEN_MISMATCH)
+    kern_set_hw_flow(b, 2, 0x4243)
+    payloads = write_segment(a, b, flow=2, generation=0x4243, packets=8)
+    assert b.memory.read(SEGMENT, 8 * MTU) == b"".join(payloads)
+    rhf, _ = b.driver.hdrq_entry(KCTXT, 9)
+    assert rhf["rcv_type_err"] == 0 and b.driver.hdrq_entry(KCTXT, 10)[0]["rcv_seq"] == 0, "one clean header"
+    assert counters(b)["headers_suppressed"] == 3 + 7
+    assert b.stats()["internal_errors"] == []
+
+
+def test_a_resync_reprograms_the_flow_and_the_new_generation_lands_clean(fabric):
+    """The requester's RESYNC (after its retry timer): the responder
+    reprograms the flow with the next generation (hfi1_rc_rcv_tid_rdma_resync
+    -> kern_setup_hw_flow, status bits written as 1) and leaves SW PSN mode;
+    the segment's packets resent in the new generation land with their
+    headers suppressed, and the stale ones of the old generation still on
+    the wire report FlowGenErr without touching the pages."""
+    _, a, b = fabric
+    program_segment(b, 4)
+    kern_set_hw_flow(b, 6, 0x600)
+    write_segment(a, b, flow=6, generation=0x600, packets=4, skip=(1,))
+    assert b.driver.hdrq_entry(KCTXT, 0)[0]["rcv_type_err"] == RTE_FLOW_SEQ_ERR
+    kern_set_hw_flow(b, 6, 0x601)  # the RESYNC's generation
+    assert read_r_next_psn(b, 6) == 0x601 << 11
+    assert not b.driver.read_uctxt_csr(KCTXT, cr.RCV_TID_FLOW_TABLE + 8 * 6) & TF_SEQ_MISMATCH
+    b.memory.write(SEGMENT, bytes(4 * MTU))
+    send(a, b, tid_packet(b, WRITE_DATA, 6, 0x600 << 11 | 2, pattern(MTU, 99), tid=0, tid_ctrl=1,
+                          offset=2 * MTU // 64, sh=1))
+    assert b.driver.hdrq_entry(KCTXT, 2)[0]["rcv_type_err"] == RTE_FLOW_GEN_ERR, "after packets 2 and 3"
+    payloads = write_segment(a, b, flow=6, generation=0x601, packets=4)
+    assert b.memory.read(SEGMENT, 4 * MTU) == b"".join(payloads)
+    rhf, _ = b.driver.hdrq_entry(KCTXT, 3)
+    assert rhf["rcv_type_err"] == 0 and b.driver.hdrq_entry(KCTXT, 4)[0]["rcv_seq"] == 0
+
+
 def test_a_kdeth_packet_without_the_kernel_contexts_job_key_is_dropped(fabric):
     """hfi1_set_ctxt_jkey(rcd, TID_RDMA_JKEY) on the kernel context: a
     KDETH packet carrying another J_Key (a user job's) never reaches it."""
