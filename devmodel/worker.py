@@ -37,6 +37,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from common.threads import name_native_thread
 from devmodel.clock import Clock, ManualClock, MonotonicClock
 
 
@@ -64,6 +65,9 @@ class _Scheduler:
         self._seq = itertools.count()
         self._running: Job | None = None
         self.jobs_run = 0
+        #: seconds jobs started after their deadline, summed (a submitted job's
+        #: wait for the engine thread to wake and reach it)
+        self.late_s = 0.0
 
     def worker(self, name: str) -> "ScheduledWorker":
         handle = ScheduledWorker(self, name)
@@ -162,6 +166,7 @@ class ThreadScheduler(_Scheduler):
             self._thread.join(timeout=5)
 
     def _run(self) -> None:
+        name_native_thread(self.name)
         cond, queue = self._cond, self._queue
         while True:
             with cond:
@@ -176,6 +181,7 @@ class ThreadScheduler(_Scheduler):
                         wait = deadline - time.monotonic()
                         if wait <= 0:
                             heapq.heappop(queue)
+                            self.late_s -= wait
                             break
                         cond.wait(wait)
                     else:

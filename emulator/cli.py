@@ -57,12 +57,13 @@ import sys
 import textwrap
 import threading
 
+from common.threads import name_native_thread
 from devmodel import registry
 from devmodel.fabric import topology as fabric_topology
 from devmodel.fabric.remote_cable import CableRole
 
 from . import cable as cable_transport
-from . import control
+from . import control, tuning
 from .pci.function import PciFunction
 from .server import Server, ServerError
 from .trace import MmioTrace, TraceError, read_trace
@@ -113,6 +114,14 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--control", metavar="PATH", help="open a control socket here (see vfnic ctl)")
     serve.add_argument("--trace", metavar="FILE", help="write every MMIO access, with the register's name, here")
     serve.add_argument("--no-write-multiple", action="store_true", help="do not offer REGION_WRITE_MULTI to clients")
+    serve.add_argument("--profile", action="store_true",
+                       help="count and time every BAR access and interrupt, by register, in --stats")
+    serve.add_argument("--switch-interval", type=float, metavar="MS",
+                       help="Python's GIL switch interval in milliseconds (emulator/tuning.py)")
+    serve.add_argument("--sched", choices=tuning.SCHED_CHOICES, default="default",
+                       help="scheduling of the server's threads: the host's, a short EEVDF slice, or SCHED_FIFO 1")
+    serve.add_argument("--sched-slice-us", type=int, default=tuning.DEFAULT_SLICE_US, metavar="US",
+                       help="the slice of --sched slice (default %(default)s)")
     serve.add_argument("-v", "--verbose", action="count", default=0, help="-v info, -vv debug")
     ctl = sub.add_parser("ctl", help="send a command to a running vfnic serve's control socket")
     ctl.add_argument("path", help="the control socket (vfnic serve --control PATH)")
@@ -157,7 +166,9 @@ def _stats(servers: list[Server], nodes: list = ()) -> dict:
     return {**{s.path: {"clients": s.clients, "resets": s.function.resets,
                         "messages": dict(s.connection.counts) if s.connection else {},
                         "refused_messages": s.refused.count,
-                        **s.function.model.stats()} for s in servers},
+                        **s.function.model.stats(),
+                        **({"access_profile": s.function.profile_stats()} if s.function.profile else {})}
+                    for s in servers},
             **{f"{node.name} ({node.kind})": node.stats() for node in nodes}}
 
 
@@ -185,6 +196,12 @@ def serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=(logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)],
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
+        if args.switch_interval is not None:
+            tuning.set_switch_interval(args.switch_interval)
+        tuning.sched_attr(args.sched, args.sched_slice_us)
+    except tuning.TuningError as e:
+        raise UsageError(str(e)) from None
+    try:
         trace = MmioTrace(args.trace) if args.trace else None
     except OSError as e:
         raise UsageError(f"cannot write the trace {args.trace}: {e.strerror}") from None
@@ -205,6 +222,8 @@ def serve(args: argparse.Namespace) -> int:
             ports = model.ports()
             function = PciFunction(model, name=ports[0].name if ports else os.path.basename(path))
             function.trace = trace
+            if args.profile:
+                function.enable_profile()
             server = Server(path, function, write_multiple=not args.no_write_multiple)
             servers.append(server)
             server.bind()
@@ -233,11 +252,20 @@ def serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGUSR1, lambda *_: _write_stats(args.stats, servers, nodes))
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-    threads = [threading.Thread(target=s.serve_forever, name=f"serve-{i}", daemon=True) for i, s in enumerate(servers)]
+    def serving(server: Server, name: str) -> None:
+        name_native_thread(name)
+        server.serve_forever()
+
+    threads = [threading.Thread(target=serving, args=(s, f"vfnic-serve-{i}"), name=f"serve-{i}", daemon=True)
+               for i, s in enumerate(servers)]
     for t in threads:
         t.start()
     if controller is not None:
         controller.start()
+    try:
+        tuning.apply_sched(args.sched, args.sched_slice_us)  # every thread is running by now
+    except tuning.TuningError as e:
+        print(f"vfnic: warning: {e}; the host's scheduling stays", file=sys.stderr, flush=True)
     control_note = f", control socket {args.control}" if args.control else ""
     cable_note = "".join(f", cable {t['role']} {t['address']}" for t in (c.status()["transport"] for c in cables))
     print(f"vfnic: serving {args.device} on {', '.join(sockets)}{cable_note}{control_note}", file=sys.stderr,

@@ -42,6 +42,8 @@ class InterruptLines:
         self._lock = threading.Lock()
         self._lost = RateLimitedLog(log, "lost interrupts")
         self._missing = RateLimitedLog(log, "interrupts to missing vectors")
+        #: called after each eventfd write (an AccessProfile's), or None
+        self.on_signal = None
 
     # -- SET_IRQS ----------------------------------------------------------------
     def set_irqs(self, flags: int, index: int, start: int, count: int, fds: list[int], data: bytes = b"") -> None:
@@ -129,6 +131,8 @@ class InterruptLines:
         except OSError as e:  # the client closed its end: the interrupt is lost, as on a dead link
             self._lost.warning("%s vector %d: eventfd write failed: %s", idx.name, vector, e)
             return False
+        if self.on_signal is not None:
+            self.on_signal()
         return True
 
     def trigger(self, vector: int) -> None:

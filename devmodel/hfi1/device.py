@@ -323,6 +323,7 @@ class Hfi1Device(DeviceModel):
                 "warnings": counts(self, *self.blocks),
                 "internal_errors": [f"{block}: {message}" for block, message in self.faults],
                 "internal_error_count": self.fault_count,
+                "engine": {"jobs_run": self.worker.scheduler.jobs_run, "late_s": self.worker.scheduler.late_s},
             }
 
     def register_name(self, bar: int, offset: int) -> str:

@@ -30,6 +30,7 @@ import mmap
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from time import perf_counter_ns
 
 from common.ratelog import RateLimitedLog
 from devmodel.base import DeviceModel
@@ -79,6 +80,8 @@ class PciFunction:
         self.name = name or model.name
         #: an MmioTrace (emulator/trace.py) recording every BAR access, or None
         self.trace = None
+        #: an AccessProfile (emulator/profile.py) counting and timing BAR accesses, or None
+        self.profile = None
         self.layout = layout = model.layout()
         self.bars: dict[int, Bar] = {bar.index: bar for bar in layout.bars}
         self.msix = layout.msix
@@ -191,7 +194,12 @@ class PciFunction:
         return write
 
     def _bar_read(self, index: int, offset: int, size: int) -> int:
-        value = self._served_read(index, offset, size)
+        if self.profile is not None:
+            started = perf_counter_ns()
+            value = self._served_read(index, offset, size)
+            self.profile.record("R", index, offset, started)
+        else:
+            value = self._served_read(index, offset, size)
         if self.trace is not None:
             self.trace.record(self.name, "R", index, offset, size, self._name_of(index, offset), value)
         return value
@@ -209,6 +217,14 @@ class PciFunction:
     def _bar_write(self, index: int, offset: int, size: int, value: int) -> None:
         if self.trace is not None:
             self.trace.record(self.name, "W", index, offset, size, self._name_of(index, offset), value)
+        if self.profile is not None:
+            started = perf_counter_ns()
+            self._served_write(index, offset, size, value)
+            self.profile.record("W", index, offset, started)
+        else:
+            self._served_write(index, offset, size, value)
+
+    def _served_write(self, index: int, offset: int, size: int, value: int) -> None:
         for start, end, _read, write in self._special.get(index, ()):
             if start <= offset < end:
                 write(offset - start, size, value)
@@ -217,6 +233,17 @@ class PciFunction:
             self.model.bar_write(index, offset, size, value)
         except Exception as exc:
             self._model_failed(exc, f"write of BAR{index} {offset:#x} ({size} bytes)")
+
+    def enable_profile(self):
+        """Count and time every BAR access and interrupt from now on
+        (emulator/profile.py); the profile."""
+        from ..profile import AccessProfile
+        self.profile = AccessProfile()
+        self.irq.on_signal = self.profile.interrupt_signalled
+        return self.profile
+
+    def profile_stats(self) -> dict | None:
+        return self.profile.snapshot(self._name_of) if self.profile is not None else None
 
     def _name_of(self, index: int, offset: int) -> str:
         m = self.msix

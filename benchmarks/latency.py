@@ -1,0 +1,259 @@
+"""Where one small message's time goes: `ib_send_lat -s 2` between two guests
+on one `vfnic serve`, broken down per message, for one or more server
+variants side by side in one run.
+
+    benchmarks/latency [--iters N] [--variant LABEL=SERVE-ARGS ...] [--server-arg=ARG ...]
+    benchmarks/latency --variant base= --variant nowm=--no-write-multiple
+
+Each variant boots the same two guests (Debian trixie, TCG, 1 vCPU each) on a
+two-socket `vfnic serve --profile` with that variant's arguments (plus every
+`--server-arg`), brings the ports Active under opafm, and runs
+`ib_send_lat -F -s 2` twice, `n/4` and then `n` iterations. Every count is
+read before and after each run, and a message's share is the difference of
+the two runs over the difference of their messages, so connection set-up
+drops out. A message is one way: an iteration of ib_send_lat is two (a
+ping and its pong), and its reported latency is half the round trip.
+
+Per message, what is counted (the server's `--profile` and /proc):
+
+  trapped writes/reads  BAR accesses the guests made (both), by register
+  serving them          the server's time inside the device for them
+  server CPU            the server process's user + system time
+  thread wake-ups       context switches of each server thread (voluntary:
+                        it blocked and was woken; involuntary: preempted),
+                        and its time runnable but waiting for a core
+                        (/proc/PID/task/TID/schedstat)
+  engine                chip events run, and how late they started
+  interrupts            MSI-X vectors signalled, and the time from the
+                        eventfd write to the guest's next trapped access
+                        (its interrupt handler: ib_send_lat polls its CQ in
+                        user space and traps nothing else meanwhile)
+  QEMU                  the guests' QEMU threads' wake-ups and run-queue wait
+  remainder             the one-way latency minus what is on the server's
+                        side of the path (serving accesses, engine wait and
+                        work, interrupt delivery): the guests' own time,
+                        QEMU's hops, the socket
+
+The table has one column per variant and the ratio of each to the first.
+The machine's absolute figures drift with its load (printed with each
+variant): only figures of one run compare, and one noisy run proves nothing.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+
+from images.lab.fabric import ACTIVE, INIT, Fabric, parse_perftest
+from images.lab.process import run_directory
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def load_average() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def process_cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def threads(pid: int) -> dict[str, dict[str, float]]:
+    """Per thread name (threads of one name summed): context switches, run
+    and run-queue time (ns), from /proc/PID/task."""
+    out: dict[str, dict[str, float]] = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        base = f"/proc/{pid}/task/{tid}"
+        try:
+            comm = Path(f"{base}/comm").read_text().strip()
+            status = dict(line.split(":", 1) for line in Path(f"{base}/status").read_text().splitlines() if ":" in line)
+            run_ns, wait_ns, _slices = (int(x) for x in Path(f"{base}/schedstat").read_text().split())
+        except (FileNotFoundError, ProcessLookupError, ValueError):
+            continue  # the thread ended meanwhile
+        row = out.setdefault(comm, {"voluntary": 0, "involuntary": 0, "run_ns": 0, "wait_ns": 0})
+        row["voluntary"] += int(status["voluntary_ctxt_switches"])
+        row["involuntary"] += int(status["nonvoluntary_ctxt_switches"])
+        row["run_ns"] += run_ns
+        row["wait_ns"] += wait_ns
+    return out
+
+
+def snapshot(fabric: Fabric) -> dict:
+    """Every counter the breakdown needs, now."""
+    stats = fabric.server.stats()
+    pid = fabric.server.process.pid
+    devices = list(stats.values())
+    registers: dict[str, dict] = {}
+    for device in devices:
+        for name, row in device["access_profile"]["registers"].items():
+            total = registers.setdefault(name, {"accesses": 0, "ns": 0})
+            total["accesses"] += row["accesses"]
+            total["ns"] += row["ns"]
+    qemu: dict[str, dict] = {}
+    for guest in fabric.guests:
+        for name, row in threads(guest.process.pid).items():
+            total = qemu.setdefault(name, dict.fromkeys(row, 0))
+            for key, value in row.items():
+                total[key] += value
+    return {
+        "cpu_s": process_cpu_s(pid),
+        "threads": threads(pid),
+        "qemu": qemu,
+        "registers": registers,
+        "interrupts": sum(d["access_profile"]["interrupts"] for d in devices),
+        "interrupts_delivered": sum(d["access_profile"]["interrupts_delivered"] for d in devices),
+        "interrupt_delivery_ns": sum(d["access_profile"]["interrupt_delivery_ns"] for d in devices),
+        "engine_jobs": devices[0]["engine"]["jobs_run"],  # one engine thread: every device reports it
+        "engine_late_s": devices[0]["engine"]["late_s"],
+        "packets": sum(v["packets"] for k, v in devices[0]["port"]["link"].items() if "->" in k),
+        "undeclared": sum(d["undeclared_csr_accesses"] for d in devices),
+    }
+
+
+def difference(after: dict, before: dict):
+    """after - before, recursively (numbers only)."""
+    if isinstance(after, dict):
+        return {k: difference(v, before.get(k, 0 if not isinstance(v, dict) else {})) for k, v in after.items()}
+    return after - before
+
+
+def ib_send_lat(fabric: Fabric, iterations: int) -> tuple[dict, dict]:
+    """One ib_send_lat run; (its result row, the counters it moved)."""
+    before = snapshot(fabric)
+    run = fabric.run_pair(f"ib_send_lat -F -s 2 -n {iterations}", timeout=900)
+    rows = parse_perftest(run.client.stdout)
+    if not run.ok or not rows:
+        raise RuntimeError(f"ib_send_lat failed:\n{run.explain()}")
+    return rows[0], difference(snapshot(fabric), before)
+
+
+def breakdown(short: dict, long: dict, messages: int, latency: dict) -> dict:
+    """Per message, from the two runs' counters (`messages`: one-way
+    messages the long run had beyond the short one)."""
+    d = difference(long, short)
+    per = 1.0 / messages
+    out: dict[str, float] = {"latency t_typical (us)": latency["t_typical_us"],
+                             "latency t_avg (us)": latency["t_avg_us"]}
+    regs = d["registers"]
+    writes = {k: v for k, v in regs.items() if k.startswith("W ")}
+    reads = {k: v for k, v in regs.items() if k.startswith("R ")}
+    out["trapped writes"] = sum(v["accesses"] for v in writes.values()) * per
+    out["trapped reads"] = sum(v["accesses"] for v in reads.values()) * per
+    for kind in (writes, reads):
+        for name, row in sorted(kind.items(), key=lambda kv: -kv[1]["accesses"]):
+            if row["accesses"] * per >= 0.05:
+                out[f"  {name} (n)"] = row["accesses"] * per
+    serving_us = sum(v["ns"] for v in regs.values()) / 1e3 * per
+    out["serving accesses (us)"] = serving_us
+    for label, kind in (("write", writes), ("read", reads)):
+        count = sum(v["accesses"] for v in kind.values())
+        out[f"  per trapped {label} (us)"] = sum(v["ns"] for v in kind.values()) / 1e3 / count if count else 0.0
+    out["server CPU (us)"] = d["cpu_s"] * 1e6 * per
+    out["link packets"] = d["packets"] * per
+    for name, row in sorted(d["threads"].items()):
+        if row["voluntary"] + row["involuntary"] == 0 and row["run_ns"] == 0:
+            continue
+        out[f"thread {name}: wake-ups"] = row["voluntary"] * per
+        out[f"thread {name}: preempted"] = row["involuntary"] * per
+        out[f"thread {name}: CPU (us)"] = row["run_ns"] / 1e3 * per
+        out[f"thread {name}: runnable, waiting (us)"] = row["wait_ns"] / 1e3 * per
+    out["engine events"] = d["engine_jobs"] * per
+    engine_wait_us = d["engine_late_s"] * 1e6 * per
+    out["engine: events' wait to start (us)"] = engine_wait_us
+    out["interrupts"] = d["interrupts"] * per
+    delivered = d["interrupts_delivered"]
+    delay_us = d["interrupt_delivery_ns"] / 1e3 / delivered if delivered else 0.0
+    out["interrupt -> handler's first access (us)"] = delay_us
+    for name, row in sorted(d["qemu"].items(), key=lambda kv: -kv[1]["wait_ns"]):
+        if row["voluntary"] * per < 0.05 and row["wait_ns"] / 1e3 * per < 1:
+            continue
+        out[f"QEMU {name}: wake-ups"] = row["voluntary"] * per
+        out[f"QEMU {name}: runnable, waiting (us)"] = row["wait_ns"] / 1e3 * per
+    engine_cpu_us = sum(row["run_ns"] for name, row in d["threads"].items() if "engine" in name) / 1e3 * per
+    server_side = serving_us + engine_wait_us + engine_cpu_us + delay_us * d["interrupts"] * per
+    out["server side of the path (us)"] = server_side
+    out["remainder (us)"] = latency["t_avg_us"] - server_side
+    out["undeclared accesses"] = d["undeclared"]
+    return out
+
+
+def measure(workdir: Path, label: str, server_args: list[str], iterations: int) -> dict:
+    print(f"{label}: vfnic serve {' '.join(server_args) or '(defaults)'}; load {load_average()}", flush=True)
+    stats = workdir / "stats.json"
+    args = ["--stats", str(stats), "--profile", *server_args]
+    with Fabric.launch(workdir, server_args=args) as fabric:
+        fabric.wait_ports(INIT)
+        fabric.start_subnet_manager()
+        fabric.wait_ports(ACTIVE)
+        short_n = max(iterations // 4, 10)
+        started = time.monotonic()
+        _, short = ib_send_lat(fabric, short_n)
+        row, long = ib_send_lat(fabric, iterations)
+        took = time.monotonic() - started
+    result = breakdown(short, long, 2 * (iterations - short_n), row)
+    result["load average (1 min)"] = os.getloadavg()[0]
+    print(f"  t_typical {row['t_typical_us']:.1f} us, t_avg {row['t_avg_us']:.1f} us ({took:.0f} s); "
+          f"load {load_average()}", flush=True)
+    return result
+
+
+def table(results: dict[str, dict]) -> str:
+    labels = list(results)
+    rows = list(dict.fromkeys(k for r in results.values() for k in r))
+    width = max(len(r) for r in rows) + 2
+    head = f"{'per one-way message':<{width}}" + "".join(f"{label:>12}" for label in labels) \
+        + "".join(f"{label + '/' + labels[0]:>14}" for label in labels[1:])
+    lines = [head, "-" * len(head)]
+    first = results[labels[0]]
+    for row in rows:
+        values = [results[label].get(row) for label in labels]
+        text = f"{row:<{width}}" + "".join(f"{v:>12.2f}" if v is not None else f"{'-':>12}" for v in values)
+        for v in values[1:]:
+            base = first.get(row)
+            text += f"{v / base:>13.2f}x" if v is not None and base else f"{'':>14}"
+        lines.append(text)
+    return "\n".join(lines)
+
+
+def parse_variant(text: str) -> tuple[str, list[str]]:
+    label, sep, args = text.partition("=")
+    if not sep or not label:
+        raise argparse.ArgumentTypeError(f"a variant is LABEL=SERVE-ARGS, not {text!r}")
+    return label, shlex.split(args)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--iters", type=int, default=400, help="ib_send_lat iterations of the long run")
+    parser.add_argument("--variant", action="append", type=parse_variant, default=[], metavar="LABEL=SERVE-ARGS",
+                        help="a server variant (e.g. nowm=--no-write-multiple); repeat to compare, the first is "
+                             "the reference; default: one, the defaults")
+    parser.add_argument("--server-arg", action="append", default=[], metavar="ARG",
+                        help="a `vfnic serve` argument every variant gets (--server-arg=--no-write-multiple)")
+    parser.add_argument("--json", metavar="FILE", help="also write the figures here")
+    parser.add_argument("--keep", action="store_true", help="keep the guests' and server's logs")
+    args = parser.parse_args()
+    variants = args.variant or [("vfnic", [])]
+    if len({label for label, _ in variants}) != len(variants):
+        parser.error("two variants have the same label")
+    results = {}
+    with run_directory("vfnic-bench-latency-", args.keep) as workdir:
+        for label, extra in variants:
+            results[label] = measure(workdir / label, label, [*extra, *args.server_arg], args.iters)
+    print(f"\nib_send_lat -s 2 between two TCG guests (1 vCPU each) on one vfnic serve, "
+          f"{args.iters} iterations; per one-way message")
+    for label, extra in variants:
+        print(f"  {label}: {' '.join([*extra, *args.server_arg]) or '(defaults)'}")
+    print(table(results))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"variants": dict(variants), "results": results}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

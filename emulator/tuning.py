@@ -1,0 +1,95 @@
+"""How the server's threads are scheduled (`vfnic serve --switch-interval`,
+`--sched`): knobs for a machine whose cores are busy running guests, where
+each hand-off between threads (QEMU's vCPU or iothread -> socket thread ->
+engine thread -> the peer's QEMU) waits for the host scheduler to preempt
+whatever runs on the core (benchmarks/latency.py measures it).
+
+    --switch-interval MS   Python's GIL switch interval (sys.setswitchinterval;
+                           Python's own default is 5 ms): how long a thread
+                           that wants the GIL waits before asking its holder
+                           to drop it
+    --sched default        the host's scheduling, untouched
+    --sched slice          every thread of the server SCHED_OTHER with a short
+                           EEVDF slice (sched_setattr's sched_runtime, Linux
+                           6.12+, clamped by the kernel to 0.1..100 ms): an
+                           earlier virtual deadline, so a woken server thread
+                           may preempt a vCPU sooner
+    --sched fifo           every thread SCHED_FIFO at priority 1: they always
+                           preempt the guests when woken. Safe only because
+                           none of the server's threads spins: each blocks in
+                           recvmsg, a condition wait or a timed join; the
+                           kernel's RT throttling (95 % by default) bounds
+                           a bug that would spin
+
+`apply_sched` sets the policy of every thread the process has when called
+(/proc/self/task), so `vfnic serve` calls it once its threads run.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import platform
+import sys
+
+SCHED_OTHER, SCHED_FIFO = 0, 1
+FIFO_PRIORITY = 1
+SCHED_CHOICES = ("default", "slice", "fifo")
+#: the shortest EEVDF slice the kernel accepts (shorter is clamped up to it)
+DEFAULT_SLICE_US = 100
+_SYSCALL = {"x86_64": 314, "aarch64": 274}  # sched_setattr
+
+
+class TuningError(Exception):
+    """A scheduling setting the host refused, in one line."""
+
+
+class SchedAttr(ctypes.Structure):
+    """struct sched_attr, SCHED_ATTR_SIZE_VER0 (48 bytes)."""
+    _fields_ = [("size", ctypes.c_uint32), ("sched_policy", ctypes.c_uint32), ("sched_flags", ctypes.c_uint64),
+                ("sched_nice", ctypes.c_int32), ("sched_priority", ctypes.c_uint32),
+                ("sched_runtime", ctypes.c_uint64), ("sched_deadline", ctypes.c_uint64),
+                ("sched_period", ctypes.c_uint64)]
+
+
+def set_switch_interval(ms: float) -> None:
+    if not ms > 0:
+        raise TuningError(f"a switch interval must be positive, not {ms} ms")
+    sys.setswitchinterval(ms / 1000)
+
+
+def sched_attr(policy: str, slice_us: int = DEFAULT_SLICE_US) -> SchedAttr | None:
+    """The sched_attr `--sched policy` asks for; None for `default`."""
+    if policy not in SCHED_CHOICES:
+        raise TuningError(f"unknown scheduling {policy!r} (known: {', '.join(SCHED_CHOICES)})")
+    if policy == "default":
+        return None
+    attr = SchedAttr(size=ctypes.sizeof(SchedAttr))
+    if policy == "slice":
+        attr.sched_policy, attr.sched_nice, attr.sched_runtime = SCHED_OTHER, os.getpriority(os.PRIO_PROCESS, 0), \
+            slice_us * 1000
+    else:
+        attr.sched_policy, attr.sched_priority = SCHED_FIFO, FIFO_PRIORITY
+    return attr
+
+
+def apply_sched(policy: str, slice_us: int = DEFAULT_SLICE_US) -> list[int]:
+    """Give every thread of this process `policy`; the thread ids changed.
+    Raises TuningError if the host refuses (no CAP_SYS_NICE for fifo, a
+    kernel without sched_setattr)."""
+    attr = sched_attr(policy, slice_us)
+    if attr is None:
+        return []
+    number = _SYSCALL.get(platform.machine())
+    if number is None:
+        raise TuningError(f"sched_setattr's syscall number on {platform.machine()} is not known")
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+    changed = []
+    for tid in sorted(int(t) for t in os.listdir("/proc/self/task")):
+        if libc.syscall(number, tid, ctypes.byref(attr), 0) != 0:
+            err = ctypes.get_errno()
+            if err == 3:  # ESRCH: the thread ended meanwhile
+                continue
+            raise TuningError(f"sched_setattr({policy}) of thread {tid} refused: {os.strerror(err)}")
+        changed.append(tid)
+    return changed
