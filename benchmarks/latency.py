@@ -8,11 +8,13 @@ variants side by side in one run.
 Each variant boots the same two guests (Debian trixie, TCG, 1 vCPU each) on a
 two-socket `vfnic serve --profile` with that variant's arguments (plus every
 `--server-arg`), brings the ports Active under opafm, and runs
-`ib_send_lat -F -s 2` twice, `n/4` and then `n` iterations. Every count is
-read before and after each run, and a message's share is the difference of
-the two runs over the difference of their messages, so connection set-up
-drops out. A message is one way: an iteration of ib_send_lat is two (a
-ping and its pong), and its reported latency is half the round trip.
+`ib_send_lat -F -s 2 -n N`. Every count is read before and after the run
+and divided by its messages. The connection's set-up is included (a few
+accesses against thousands of messages); subtracting a shorter run's
+figures instead proved too noisy on a loaded machine, where the shorter
+run's wait times often exceeded the longer's. A message is one way: an
+iteration of ib_send_lat is two (a ping and its pong), and its reported
+latency is half the round trip.
 
 Per message, what is counted (the server's `--profile` and /proc):
 
@@ -29,10 +31,11 @@ Per message, what is counted (the server's `--profile` and /proc):
                         (its interrupt handler: ib_send_lat polls its CQ in
                         user space and traps nothing else meanwhile)
   QEMU                  the guests' QEMU threads' wake-ups and run-queue wait
-  remainder             the one-way latency minus what is on the server's
-                        side of the path (serving accesses, engine wait and
-                        work, interrupt delivery): the guests' own time,
-                        QEMU's hops, the socket
+  path, remainder       what a message's path is known to cost (serving the
+                        accesses, the engine's wait and work, one interrupt
+                        delivery; an over-estimate, since the ACK's share
+                        is off the path) and t_avg minus it: the guests'
+                        own time, QEMU's hops, the socket
 
 The table has one column per variant and the ratio of each to the first.
 The machine's absolute figures drift with its load (printed with each
@@ -43,6 +46,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shlex
 import sys
 import time
@@ -91,7 +95,8 @@ def snapshot(fabric: Fabric) -> dict:
     registers: dict[str, dict] = {}
     for device in devices:
         for name, row in device["access_profile"]["registers"].items():
-            total = registers.setdefault(name, {"accesses": 0, "ns": 0})
+            # one row per register, whatever the context: each run's queue pair may get another
+            total = registers.setdefault(re.sub(r"\[\d+\]", "", name), {"accesses": 0, "ns": 0})
             total["accesses"] += row["accesses"]
             total["ns"] += row["ns"]
     qemu: dict[str, dict] = {}
@@ -132,10 +137,8 @@ def ib_send_lat(fabric: Fabric, iterations: int) -> tuple[dict, dict]:
     return rows[0], difference(snapshot(fabric), before)
 
 
-def breakdown(short: dict, long: dict, messages: int, latency: dict) -> dict:
-    """Per message, from the two runs' counters (`messages`: one-way
-    messages the long run had beyond the short one)."""
-    d = difference(long, short)
+def breakdown(d: dict, messages: int, latency: dict) -> dict:
+    """Per message, from the counters a run of `messages` one-way messages moved."""
     per = 1.0 / messages
     out: dict[str, float] = {"latency t_typical (us)": latency["t_typical_us"],
                              "latency t_avg (us)": latency["t_avg_us"]}
@@ -175,9 +178,10 @@ def breakdown(short: dict, long: dict, messages: int, latency: dict) -> dict:
         out[f"QEMU {name}: wake-ups"] = row["voluntary"] * per
         out[f"QEMU {name}: runnable, waiting (us)"] = row["wait_ns"] / 1e3 * per
     engine_cpu_us = sum(row["run_ns"] for name, row in d["threads"].items() if "engine" in name) / 1e3 * per
-    server_side = serving_us + engine_wait_us + engine_cpu_us + delay_us * d["interrupts"] * per
-    out["server side of the path (us)"] = server_side
-    out["remainder (us)"] = latency["t_avg_us"] - server_side
+    # on one message's path: the sender's accesses, the engine's wait and work, one interrupt to the receiver
+    path = serving_us + engine_wait_us + engine_cpu_us + delay_us
+    out["path: serving + engine wait + engine CPU + 1 interrupt (us)"] = path
+    out["remainder: t_avg - path (us)"] = latency["t_avg_us"] - path
     out["undeclared accesses"] = d["undeclared"]
     return out
 
@@ -190,12 +194,10 @@ def measure(workdir: Path, label: str, server_args: list[str], iterations: int) 
         fabric.wait_ports(INIT)
         fabric.start_subnet_manager()
         fabric.wait_ports(ACTIVE)
-        short_n = max(iterations // 4, 10)
         started = time.monotonic()
-        _, short = ib_send_lat(fabric, short_n)
-        row, long = ib_send_lat(fabric, iterations)
+        row, counters = ib_send_lat(fabric, iterations)
         took = time.monotonic() - started
-    result = breakdown(short, long, 2 * (iterations - short_n), row)
+    result = breakdown(counters, 2 * iterations, row)
     result["load average (1 min)"] = os.getloadavg()[0]
     print(f"  t_typical {row['t_typical_us']:.1f} us, t_avg {row['t_avg_us']:.1f} us ({took:.0f} s); "
           f"load {load_average()}", flush=True)
@@ -229,7 +231,7 @@ def parse_variant(text: str) -> tuple[str, list[str]]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--iters", type=int, default=400, help="ib_send_lat iterations of the long run")
+    parser.add_argument("--iters", type=int, default=1000, help="ib_send_lat iterations of the long run")
     parser.add_argument("--variant", action="append", type=parse_variant, default=[], metavar="LABEL=SERVE-ARGS",
                         help="a server variant (e.g. nowm=--no-write-multiple); repeat to compare, the first is "
                              "the reference; default: one, the defaults")

@@ -31,7 +31,7 @@ from collections.abc import Callable
 
 _clock = time.perf_counter_ns
 #: "PIO_SEND_BUFFER_SOP[2]+0x40" -> "PIO_SEND_BUFFER_SOP[2]": one row per buffer, not per qword
-_WITHIN = re.compile(r"\+0x[0-9a-f]+$")
+_WITHIN = re.compile(r"(?<=\])\+0x[0-9a-f]+$")
 
 
 class AccessProfile:

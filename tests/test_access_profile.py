@@ -1,0 +1,97 @@
+"""`vfnic serve --profile`: the guest's trapped accesses counted by register,
+and the delay from an interrupt to the guest's next access (emulator/profile.py),
+and the scheduling knobs of emulator/tuning.py."""
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+import threading
+
+import pytest
+
+from common.threads import name_native_thread
+from devmodel.testdev import DMA_CMD, DMA_DST, DMA_LEN, DMA_SRC, ID, IRQ_VECTOR, SCRATCH
+from emulator import tuning
+from testkit.client import wait_eventfd
+
+BAR0 = 0
+
+
+def start_copy(client, base: int, vector: int) -> None:
+    """testdev copies 16 bytes of guest memory and raises `vector`."""
+    for register, value in ((DMA_SRC, base), (DMA_DST, base + 0x1000), (DMA_LEN, 16), (IRQ_VECTOR, vector),
+                            (DMA_CMD, 1)):
+        client.write64(BAR0, register, value)
+
+
+def test_accesses_are_counted_and_timed_by_register_name(testdev, client):
+    profile = testdev.function.enable_profile()
+    client.write64(BAR0, SCRATCH, 1)
+    client.write64(BAR0, SCRATCH, 2)
+    client.read64(BAR0, SCRATCH)
+    client.read(BAR0, ID, 8)
+    client.write64(BAR0, DMA_SRC, 0x1000)
+    registers = testdev.function.profile_stats()["registers"]
+    assert {name: row["accesses"] for name, row in registers.items()} == {  # testdev names offsets only
+        f"W BAR0+{SCRATCH:#x}": 2, f"R BAR0+{SCRATCH:#x}": 1, f"R BAR0+{ID:#x}": 1, f"W BAR0+{DMA_SRC:#x}": 1}
+    assert all(row["ns"] > 0 for row in registers.values())
+    assert profile.interrupts == 0 and profile.delivered == 0
+
+
+def test_an_interrupt_is_timed_until_the_guests_next_access(testdev, client, guest_ram):
+    profile = testdev.function.enable_profile()
+    client.dma_map(guest_ram, 0x100000)
+    efd = client.enable_msix(2)
+    start_copy(client, 0x100000, 2)
+    assert wait_eventfd(efd, 5.0) == 1
+    assert profile.interrupts == 1 and profile.delivered == 0, "no access since the interrupt yet"
+    client.read64(BAR0, SCRATCH)  # the guest's handler
+    client.read64(BAR0, SCRATCH)  # not a second delivery
+    stats = testdev.function.profile_stats()
+    assert stats["interrupts"] == stats["interrupts_delivered"] == 1 and stats["interrupt_delivery_ns"] > 0
+    os.close(efd)
+
+
+def test_a_pio_buffer_is_one_row_whatever_qword_is_written():
+    from emulator.profile import AccessProfile
+    profile = AccessProfile()
+    for offset in range(0x2000000, 0x2000040, 8):
+        profile.record("W", 0, offset, 0)
+    rows = profile.snapshot(lambda bar, offset: f"PIO_SEND_BUFFER[0]+{offset - 0x2000000:#x}")["registers"]
+    assert list(rows) == ["W PIO_SEND_BUFFER[0]"] and rows["W PIO_SEND_BUFFER[0]"]["accesses"] == 8
+
+
+def test_switch_interval_is_given_in_milliseconds_and_must_be_positive():
+    before = sys.getswitchinterval()
+    try:
+        tuning.set_switch_interval(0.2)
+        assert sys.getswitchinterval() == pytest.approx(0.0002)
+        with pytest.raises(tuning.TuningError, match="must be positive"):
+            tuning.set_switch_interval(0)
+    finally:
+        sys.setswitchinterval(before)
+
+
+def test_sched_choices_become_sched_attrs():
+    assert tuning.sched_attr("default") is None
+    fifo = tuning.sched_attr("fifo")
+    assert (fifo.sched_policy, fifo.sched_priority, fifo.size) == (tuning.SCHED_FIFO, 1, 48)
+    short = tuning.sched_attr("slice", 250)
+    assert (short.sched_policy, short.sched_runtime) == (tuning.SCHED_OTHER, 250_000)
+    with pytest.raises(tuning.TuningError, match="unknown scheduling 'rr'"):
+        tuning.sched_attr("rr")
+    assert ctypes.sizeof(tuning.SchedAttr) == 48
+
+
+def test_a_thread_names_itself_for_the_kernel():
+    seen = {}
+
+    def run():
+        seen["named"] = name_native_thread("vfnic-test-thread-long-name")
+        seen["comm"] = open(f"/proc/self/task/{threading.get_native_id()}/comm").read().strip()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    assert seen == {"named": True, "comm": "vfnic-test-thre"}  # the kernel keeps 15 bytes
