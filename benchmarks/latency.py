@@ -4,6 +4,7 @@ variants side by side in one run.
 
     benchmarks/latency [--iters N] [--variant LABEL=SERVE-ARGS ...] [--server-arg=ARG ...]
     benchmarks/latency --variant base= --variant nowm=--no-write-multiple
+    benchmarks/latency --rounds 6 --variant base= --variant slice="--sched slice"
 
 Each variant boots the same two guests (Debian trixie, TCG, 1 vCPU each) on a
 two-socket `vfnic serve --profile` with that variant's arguments (plus every
@@ -36,6 +37,12 @@ Per message, what is counted (the server's `--profile` and /proc):
                         delivery; an over-estimate, since the ACK's share
                         is off the path) and t_avg minus it: the guests'
                         own time, QEMU's hops, the socket
+
+With `--rounds R` the guests boot once and the variants alternate R times
+on them (order rotated from round to round), the server re-tuned through
+its control socket (`tune`) in between: only `--switch-interval` and
+`--sched` variants, but a slow drift of the machine's load then hits every
+variant alike, where a boot per variant lets it decide the comparison.
 
 The table has one column per variant and the ratio of each to the first.
 The machine's absolute figures drift with its load (printed with each
@@ -87,10 +94,15 @@ def threads(pid: int) -> dict[str, dict[str, float]]:
     return out
 
 
-def snapshot(fabric: Fabric) -> dict:
-    """Every counter the breakdown needs, now."""
-    stats = fabric.server.stats()
+def snapshot(fabric: Fabric, ending: bool = False) -> dict:
+    """Every counter the breakdown needs, now. The server writes its stats
+    on its main thread (SIGUSR1), which costs it CPU: /proc is read after
+    that at the start of a run and before it at the end (`ending`), so the
+    run's figures leave it out."""
     pid = fabric.server.process.pid
+    proc = (process_cpu_s(pid), threads(pid)) if ending else None
+    stats = fabric.server.stats()
+    cpu_s, server_threads = proc or (process_cpu_s(pid), threads(pid))
     devices = list(stats.values())
     registers: dict[str, dict] = {}
     for device in devices:
@@ -106,8 +118,8 @@ def snapshot(fabric: Fabric) -> dict:
             for key, value in row.items():
                 total[key] += value
     return {
-        "cpu_s": process_cpu_s(pid),
-        "threads": threads(pid),
+        "cpu_s": cpu_s,
+        "threads": server_threads,
         "qemu": qemu,
         "registers": registers,
         "interrupts": sum(d["access_profile"]["interrupts"] for d in devices),
@@ -134,7 +146,7 @@ def ib_send_lat(fabric: Fabric, iterations: int) -> tuple[dict, dict]:
     rows = parse_perftest(run.client.stdout)
     if not run.ok or not rows:
         raise RuntimeError(f"ib_send_lat failed:\n{run.explain()}")
-    return rows[0], difference(snapshot(fabric), before)
+    return rows[0], difference(snapshot(fabric, ending=True), before)
 
 
 def breakdown(d: dict, messages: int, latency: dict) -> dict:
@@ -204,6 +216,70 @@ def measure(workdir: Path, label: str, server_args: list[str], iterations: int) 
     return result
 
 
+#: the `vfnic serve` arguments the control socket's `tune` changes on a running server, their defaults
+RUNTIME = argparse.ArgumentParser(add_help=False)
+RUNTIME.add_argument("--switch-interval", type=float, default=5.0)  # Python's own
+RUNTIME.add_argument("--sched", default="default")
+RUNTIME.add_argument("--sched-slice-us", type=int, default=100)
+
+
+def runtime_settings(label: str, args: list[str]) -> dict:
+    """A variant's arguments as `tune` arguments; ValueError if it has
+    others (they need a server of their own)."""
+    settings, rest = RUNTIME.parse_known_args(args)
+    if rest:
+        raise ValueError(f"variant {label}: {' '.join(rest)} cannot change on a running server "
+                         "(--rounds alternates --switch-interval and --sched only)")
+    return {"switch_interval_ms": settings.switch_interval, "sched": settings.sched,
+            "slice_us": settings.sched_slice_us}
+
+
+def combine(a: dict, b: dict) -> dict:
+    """a + b, recursively (numbers only)."""
+    return {k: combine(a.get(k, {}), b.get(k, {})) if isinstance(a.get(k, b.get(k)), dict)
+            else a.get(k, 0) + b.get(k, 0) for k in {**a, **b}}
+
+
+def measure_alternating(workdir: Path, variants: list[tuple[str, list[str]]], server_args: list[str],
+                        iterations: int, rounds: int) -> dict[str, dict]:
+    """Every variant on one boot: `rounds` rounds, each running every
+    variant once (`iterations / rounds` iterations, the order rotated from
+    round to round), the server re-tuned through its control socket in
+    between; the counters of a variant's runs summed, its latency the
+    median of its rounds' t_typical."""
+    settings = {label: runtime_settings(label, extra) for label, extra in variants}
+    print(f"one boot, {rounds} rounds of {' '.join(settings)}; vfnic serve {' '.join(server_args) or '(defaults)'}; "
+          f"load {load_average()}", flush=True)
+    args = ["--stats", str(workdir / "stats.json"), "--profile", "--control", str(workdir / "control.sock"),
+            *server_args]
+    per_round = max(iterations // rounds, 10)
+    counters: dict[str, dict] = {label: {} for label in settings}
+    rows: dict[str, list[dict]] = {label: [] for label in settings}
+    with Fabric.launch(workdir, server_args=args) as fabric:
+        fabric.wait_ports(INIT)
+        fabric.start_subnet_manager()
+        fabric.wait_ports(ACTIVE)
+        labels = list(settings)
+        for r in range(rounds):
+            for label in labels[r % len(labels):] + labels[:r % len(labels)]:
+                fabric.server.ctl("tune", **settings[label])
+                row, moved = ib_send_lat(fabric, per_round)
+                counters[label] = combine(counters[label], moved)
+                rows[label].append(row)
+                print(f"  round {r + 1} {label}: t_typical {row['t_typical_us']:.1f} us, t_avg {row['t_avg_us']:.1f} us;"
+                      f" load {load_average()}", flush=True)
+    results = {}
+    for label in settings:
+        typical = sorted(row["t_typical_us"] for row in rows[label])
+        latency = {"t_typical_us": typical[len(typical) // 2],
+                   "t_avg_us": sum(row["t_avg_us"] for row in rows[label]) / len(rows[label])}
+        results[label] = breakdown(counters[label], 2 * per_round * rounds, latency)
+        results[label]["rounds' best t_typical (us)"] = typical[0]
+        results[label]["rounds' worst t_typical (us)"] = typical[-1]
+        results[label]["load average (1 min)"] = os.getloadavg()[0]
+    return results
+
+
 def table(results: dict[str, dict]) -> str:
     labels = list(results)
     rows = list(dict.fromkeys(k for r in results.values() for k in r))
@@ -237,18 +313,32 @@ def main() -> int:
                              "the reference; default: one, the defaults")
     parser.add_argument("--server-arg", action="append", default=[], metavar="ARG",
                         help="a `vfnic serve` argument every variant gets (--server-arg=--no-write-multiple)")
+    parser.add_argument("--rounds", type=int, default=0, metavar="R",
+                        help="boot once and alternate the variants R times (only --switch-interval and --sched "
+                             "variants: the control socket changes them); default: a boot per variant")
     parser.add_argument("--json", metavar="FILE", help="also write the figures here")
     parser.add_argument("--keep", action="store_true", help="keep the guests' and server's logs")
     args = parser.parse_args()
     variants = args.variant or [("vfnic", [])]
     if len({label for label, _ in variants}) != len(variants):
         parser.error("two variants have the same label")
+    if args.rounds:
+        try:
+            for label, extra in variants:
+                runtime_settings(label, extra)
+        except ValueError as e:
+            parser.error(str(e))
     results = {}
     with run_directory("vfnic-bench-latency-", args.keep) as workdir:
-        for label, extra in variants:
-            results[label] = measure(workdir / label, label, [*extra, *args.server_arg], args.iters)
+        if args.rounds:
+            results = measure_alternating(workdir / "alternating", variants, args.server_arg, args.iters, args.rounds)
+        else:
+            for label, extra in variants:
+                results[label] = measure(workdir / label, label, [*extra, *args.server_arg], args.iters)
+    how = (f"one boot, {args.rounds} rounds alternating the variants (latency: the rounds' median)" if args.rounds
+           else "a boot per variant")
     print(f"\nib_send_lat -s 2 between two TCG guests (1 vCPU each) on one vfnic serve, "
-          f"{args.iters} iterations; per one-way message")
+          f"{args.iters} iterations per variant, {how}; per one-way message")
     for label, extra in variants:
         print(f"  {label}: {' '.join([*extra, *args.server_arg]) or '(defaults)'}")
     print(table(results))

@@ -2,7 +2,8 @@
 
     vfnic serve --device NAME --socket PATH [--socket PATH ...] [--option KEY=VALUE ...]
                 [--switch [PORTS] | --cable-listen HOST:PORT | --cable-connect HOST:PORT]
-                [--control PATH] [--trace FILE] [--stats FILE] [-v]
+                [--control PATH] [--trace FILE] [--stats FILE] [--profile]
+                [--no-write-multiple] [--switch-interval MS] [--sched default|slice|fifo] [-v]
     vfnic serve --device NAME --topology FILE [--option ...] [--control PATH] ...
     vfnic ctl PATH COMMAND [KEY=VALUE ...]
     vfnic trace-diff A B [--ignore-values REGEX] [--most N]
@@ -34,7 +35,10 @@ to copy into a guest's /lib/firmware.
 did, ignoring timing and polling repeats, and prints the first and every
 differing access (exit status 0 the same, 1 different, like diff(1));
 `trace-stats` counts accesses and time per register block
-(emulator/trace_compare.py).
+(emulator/trace_compare.py). `--profile` counts and times accesses and
+interrupt delivery cheaply, into `--stats` (emulator/profile.py);
+`--switch-interval` and `--sched` set how the server's threads are
+scheduled (emulator/tuning.py, docs/operations.md).
 
 Other packages add commands through the `vfnic.commands` entry points
 (importlib.metadata): each is a function `register(subparsers)` that adds

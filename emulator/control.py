@@ -21,6 +21,9 @@ Commands (`help` lists them with their arguments):
     link-up         link
     capture-start   link, file: a pcap of what crosses the link
     capture-stop    link
+    tune            [switch_interval_ms], [sched] (default, slice, fifo), [slice_us]:
+                    how the server's threads are scheduled from now on
+                    (emulator/tuning.py; `default` undoes slice or fifo)
 
 Links are named as `query` shows them ("hfi1_0<->hfi1_1") or by their index.
 A malformed line, an unknown command or a bad argument gets an error reply
@@ -37,12 +40,14 @@ import logging
 import os
 import select
 import socket
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from devmodel.fabric import Fault, FaultError, Link, LinkError
 
+from . import tuning
 from .server import close_unix_listener, listen_unix
 
 log = logging.getLogger("vfnic.control")
@@ -92,6 +97,8 @@ class Controller:
             Command("link-up", self.link_up, ("link",), (), "bring a link taken down back"),
             Command("capture-start", self.capture_start, ("link", "file"), (), "write a pcap of a link's packets"),
             Command("capture-stop", self.capture_stop, ("link",), (), "stop a link's capture"),
+            Command("tune", self.tune, (), ("switch_interval_ms", "sched", "slice_us"),
+                    "how the server's threads are scheduled now (emulator/tuning.py); returns the settings"),
             Command("help", self.help, (), (), "the commands and their arguments"),
         )}
 
@@ -208,6 +215,18 @@ class Controller:
 
     def capture_stop(self, a: dict) -> dict:
         return self.link(a["link"]).stop_capture()
+
+    def tune(self, a: dict) -> dict:
+        interval = _number(a, "switch_interval_ms", float)
+        slice_us = _number(a, "slice_us", int)
+        try:
+            if interval is not None:
+                tuning.set_switch_interval(interval)
+            if "sched" in a:
+                tuning.apply_sched(str(a["sched"]), slice_us or tuning.DEFAULT_SLICE_US, reset=True)
+        except tuning.TuningError as e:
+            raise CommandError(str(e)) from None
+        return {"switch_interval_ms": sys.getswitchinterval() * 1000}
 
     def help(self, _arguments: dict) -> dict:
         return {c.name: {"arguments": list(c.required), "optional": list(c.optional), "doc": c.doc}

@@ -22,7 +22,10 @@ whatever runs on the core (benchmarks/latency.py measures it).
                            a bug that would spin
 
 `apply_sched` sets the policy of every thread the process has when called
-(/proc/self/task), so `vfnic serve` calls it once its threads run.
+(/proc/self/task), so `vfnic serve` calls it once its threads run. The
+control socket's `tune` command changes both while the server runs
+(`vfnic ctl C tune sched=slice switch_interval_ms=0.2`), so a benchmark can
+alternate settings on the same guests.
 """
 from __future__ import annotations
 
@@ -58,14 +61,18 @@ def set_switch_interval(ms: float) -> None:
     sys.setswitchinterval(ms / 1000)
 
 
-def sched_attr(policy: str, slice_us: int = DEFAULT_SLICE_US) -> SchedAttr | None:
-    """The sched_attr `--sched policy` asks for; None for `default`."""
+def sched_attr(policy: str, slice_us: int = DEFAULT_SLICE_US, reset: bool = False) -> SchedAttr | None:
+    """The sched_attr `--sched policy` asks for; for `default`, None (leave
+    the threads alone) or with `reset` plain SCHED_OTHER with the kernel's
+    own slice (undoing an earlier policy)."""
     if policy not in SCHED_CHOICES:
         raise TuningError(f"unknown scheduling {policy!r} (known: {', '.join(SCHED_CHOICES)})")
-    if policy == "default":
+    if policy == "default" and not reset:
         return None
     attr = SchedAttr(size=ctypes.sizeof(SchedAttr))
-    if policy == "slice":
+    if policy == "default":
+        attr.sched_policy, attr.sched_nice = SCHED_OTHER, os.getpriority(os.PRIO_PROCESS, 0)
+    elif policy == "slice":
         attr.sched_policy, attr.sched_nice, attr.sched_runtime = SCHED_OTHER, os.getpriority(os.PRIO_PROCESS, 0), \
             slice_us * 1000
     else:
@@ -73,11 +80,12 @@ def sched_attr(policy: str, slice_us: int = DEFAULT_SLICE_US) -> SchedAttr | Non
     return attr
 
 
-def apply_sched(policy: str, slice_us: int = DEFAULT_SLICE_US) -> list[int]:
-    """Give every thread of this process `policy`; the thread ids changed.
-    Raises TuningError if the host refuses (no CAP_SYS_NICE for fifo, a
-    kernel without sched_setattr)."""
-    attr = sched_attr(policy, slice_us)
+def apply_sched(policy: str, slice_us: int = DEFAULT_SLICE_US, reset: bool = False) -> list[int]:
+    """Give every thread of this process `policy` (`reset`: `default`
+    undoes an earlier one); the thread ids changed. Raises TuningError if
+    the host refuses (no CAP_SYS_NICE for fifo, a kernel without
+    sched_setattr)."""
+    attr = sched_attr(policy, slice_us, reset)
     if attr is None:
         return []
     number = _SYSCALL.get(platform.machine())

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import subprocess
 import sys
 import threading
 
@@ -13,6 +14,8 @@ import pytest
 from common.threads import name_native_thread
 from devmodel.testdev import DMA_CMD, DMA_DST, DMA_LEN, DMA_SRC, ID, IRQ_VECTOR, SCRATCH
 from emulator import tuning
+from emulator.control import request
+from images.lab.wait import wait_until
 from testkit.client import wait_eventfd
 
 BAR0 = 0
@@ -95,3 +98,37 @@ def test_a_thread_names_itself_for_the_kernel():
     thread.start()
     thread.join()
     assert seen == {"named": True, "comm": "vfnic-test-thre"}  # the kernel keeps 15 bytes
+
+
+def thread_slices(pid: int) -> dict[str, int]:
+    """Each thread's EEVDF slice (ns), as /proc/PID/task/TID/sched shows it."""
+    slices = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/sched") as sched:
+                slices.update({tid: int(line.split(":")[1]) for line in sched if line.startswith("se.slice")})
+        except FileNotFoundError:
+            pass  # a control connection's thread, gone meanwhile
+    return slices
+
+
+def test_tune_changes_the_running_servers_scheduling_and_default_undoes_it(tmp_path):
+    sock, control = str(tmp_path / "t.sock"), str(tmp_path / "c.sock")
+    proc = subprocess.Popen([sys.executable, "-m", "emulator.cli", "serve", "--device", "testdev", "--socket", sock,
+                             "--control", control], stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: os.path.exists(control) or proc.poll() is not None, 20.0, "the control socket to appear")
+        before = thread_slices(proc.pid)
+        if not before:
+            pytest.skip("this kernel does not show se.slice in /proc/PID/task/TID/sched")
+        assert 100_000 not in before.values()
+        reply = request(control, "tune", {"sched": "slice", "switch_interval_ms": 0.2})
+        assert reply["return"] == {"switch_interval_ms": pytest.approx(0.2)}
+        assert set(thread_slices(proc.pid).values()) == {100_000}, "every thread of the server"
+        request(control, "tune", {"sched": "default"})
+        assert 100_000 not in thread_slices(proc.pid).values()
+        refused = request(control, "tune", {"sched": "rr"})
+        assert "unknown scheduling 'rr'" in refused["error"]["desc"]
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=10) == 0
