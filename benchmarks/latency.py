@@ -4,7 +4,7 @@ variants side by side in one run.
 
     benchmarks/latency [--iters N] [--variant LABEL=SERVE-ARGS ...] [--server-arg=ARG ...]
     benchmarks/latency --variant base= --variant nowm=--no-write-multiple
-    benchmarks/latency --rounds 6 --variant base= --variant slice="--sched slice"
+    benchmarks/latency --rounds 6 --variant host="--sched host" --variant fifo="--sched fifo"
 
 Each variant boots the same two guests (Debian trixie, TCG, 1 vCPU each) on a
 two-socket `vfnic serve --profile` with that variant's arguments (plus every
@@ -59,6 +59,7 @@ import sys
 import time
 from pathlib import Path
 
+from emulator import tuning
 from images.lab.fabric import ACTIVE, INIT, Fabric, parse_perftest
 from images.lab.process import run_directory
 
@@ -219,7 +220,7 @@ def measure(workdir: Path, label: str, server_args: list[str], iterations: int) 
 #: the `vfnic serve` arguments the control socket's `tune` changes on a running server, their defaults
 RUNTIME = argparse.ArgumentParser(add_help=False)
 RUNTIME.add_argument("--switch-interval", type=float, default=5.0)  # Python's own
-RUNTIME.add_argument("--sched", default="default")
+RUNTIME.add_argument("--sched", default=tuning.DEFAULT_SCHED)
 RUNTIME.add_argument("--sched-slice-us", type=int, default=100)
 
 

@@ -122,8 +122,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="count and time every BAR access and interrupt, by register, in --stats")
     serve.add_argument("--switch-interval", type=float, metavar="MS",
                        help="Python's GIL switch interval in milliseconds (emulator/tuning.py)")
-    serve.add_argument("--sched", choices=tuning.SCHED_CHOICES, default="default",
-                       help="scheduling of the server's threads: the host's, a short EEVDF slice, or SCHED_FIFO 1")
+    serve.add_argument("--sched", choices=tuning.SCHED_CHOICES,
+                       help=f"scheduling of the server's threads: SCHED_FIFO 1, the host's, or a short EEVDF slice "
+                            f"(default {tuning.DEFAULT_SCHED}; the host's where the host refuses)"),
     serve.add_argument("--sched-slice-us", type=int, default=tuning.DEFAULT_SLICE_US, metavar="US",
                        help="the slice of --sched slice (default %(default)s)")
     serve.add_argument("-v", "--verbose", action="count", default=0, help="-v info, -vv debug")
@@ -202,7 +203,7 @@ def serve(args: argparse.Namespace) -> int:
     try:
         if args.switch_interval is not None:
             tuning.set_switch_interval(args.switch_interval)
-        tuning.sched_attr(args.sched, args.sched_slice_us)
+        tuning.sched_attr(args.sched or tuning.DEFAULT_SCHED, args.sched_slice_us)
     except tuning.TuningError as e:
         raise UsageError(str(e)) from None
     try:
@@ -267,9 +268,12 @@ def serve(args: argparse.Namespace) -> int:
     if controller is not None:
         controller.start()
     try:
-        tuning.apply_sched(args.sched, args.sched_slice_us)  # every thread is running by now
+        tuning.apply_sched(args.sched or tuning.DEFAULT_SCHED, args.sched_slice_us)  # every thread runs by now
     except tuning.TuningError as e:
-        print(f"vfnic: warning: {e}; the host's scheduling stays", file=sys.stderr, flush=True)
+        if args.sched:  # asked for: say so; the default quietly falls back (an unprivileged user)
+            print(f"vfnic: warning: {e}; the host's scheduling stays", file=sys.stderr, flush=True)
+        else:
+            logging.getLogger("vfnic.serve").info("%s; the host's scheduling stays", e)
     control_note = f", control socket {args.control}" if args.control else ""
     cable_note = "".join(f", cable {t['role']} {t['address']}" for t in (c.status()["transport"] for c in cables))
     print(f"vfnic: serving {args.device} on {', '.join(sockets)}{cable_note}{control_note}", file=sys.stderr,

@@ -21,9 +21,9 @@ Commands (`help` lists them with their arguments):
     link-up         link
     capture-start   link, file: a pcap of what crosses the link
     capture-stop    link
-    tune            [switch_interval_ms], [sched] (default, slice, fifo), [slice_us]:
+    tune            [switch_interval_ms], [sched] (fifo, host, slice), [slice_us]:
                     how the server's threads are scheduled from now on
-                    (emulator/tuning.py; `default` undoes slice or fifo)
+                    (emulator/tuning.py; `host` undoes slice or fifo)
 
 Links are named as `query` shows them ("hfi1_0<->hfi1_1") or by their index.
 A malformed line, an unknown command or a bad argument gets an error reply

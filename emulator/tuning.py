@@ -8,23 +8,28 @@ whatever runs on the core (benchmarks/latency.py measures it).
                            Python's own default is 5 ms): how long a thread
                            that wants the GIL waits before asking its holder
                            to drop it
-    --sched default        the host's scheduling, untouched
+    --sched fifo           (the default) every thread SCHED_FIFO at priority 1:
+                           a woken server thread preempts a spinning vCPU at
+                           once instead of waiting until the host scheduler
+                           lets it (600-900 us runnable per message against
+                           5 us, benchmarks/latency). Safe only because none of the server's
+                           threads spins: each blocks in recvmsg, a
+                           condition wait or a timed join; the kernel's RT
+                           throttling (95 % by default) bounds a bug that
+                           would spin. Needs CAP_SYS_NICE (or an RLIMIT_RTPRIO):
+                           without it the host's scheduling stays, with a
+                           log line at INFO
+    --sched host           the host's scheduling, untouched
     --sched slice          every thread of the server SCHED_OTHER with a short
                            EEVDF slice (sched_setattr's sched_runtime, Linux
                            6.12+, clamped by the kernel to 0.1..100 ms): an
                            earlier virtual deadline, so a woken server thread
                            may preempt a vCPU sooner
-    --sched fifo           every thread SCHED_FIFO at priority 1: they always
-                           preempt the guests when woken. Safe only because
-                           none of the server's threads spins: each blocks in
-                           recvmsg, a condition wait or a timed join; the
-                           kernel's RT throttling (95 % by default) bounds
-                           a bug that would spin
 
 `apply_sched` sets the policy of every thread the process has when called
 (/proc/self/task), so `vfnic serve` calls it once its threads run. The
 control socket's `tune` command changes both while the server runs
-(`vfnic ctl C tune sched=slice switch_interval_ms=0.2`), so a benchmark can
+(`vfnic ctl C tune sched=host switch_interval_ms=0.2`), so a benchmark can
 alternate settings on the same guests.
 """
 from __future__ import annotations
@@ -37,7 +42,9 @@ import sys
 
 SCHED_OTHER, SCHED_FIFO = 0, 1
 FIFO_PRIORITY = 1
-SCHED_CHOICES = ("default", "slice", "fifo")
+SCHED_CHOICES = ("fifo", "host", "slice")
+#: what `vfnic serve` does unless told (docs/execution-model.md, "Latency", says why)
+DEFAULT_SCHED = "fifo"
 #: the shortest EEVDF slice the kernel accepts (shorter is clamped up to it)
 DEFAULT_SLICE_US = 100
 _SYSCALL = {"x86_64": 314, "aarch64": 274}  # sched_setattr
@@ -62,15 +69,15 @@ def set_switch_interval(ms: float) -> None:
 
 
 def sched_attr(policy: str, slice_us: int = DEFAULT_SLICE_US, reset: bool = False) -> SchedAttr | None:
-    """The sched_attr `--sched policy` asks for; for `default`, None (leave
+    """The sched_attr `--sched policy` asks for; for `host`, None (leave
     the threads alone) or with `reset` plain SCHED_OTHER with the kernel's
     own slice (undoing an earlier policy)."""
     if policy not in SCHED_CHOICES:
         raise TuningError(f"unknown scheduling {policy!r} (known: {', '.join(SCHED_CHOICES)})")
-    if policy == "default" and not reset:
+    if policy == "host" and not reset:
         return None
     attr = SchedAttr(size=ctypes.sizeof(SchedAttr))
-    if policy == "default":
+    if policy == "host":
         attr.sched_policy, attr.sched_nice = SCHED_OTHER, os.getpriority(os.PRIO_PROCESS, 0)
     elif policy == "slice":
         attr.sched_policy, attr.sched_nice, attr.sched_runtime = SCHED_OTHER, os.getpriority(os.PRIO_PROCESS, 0), \
@@ -81,7 +88,7 @@ def sched_attr(policy: str, slice_us: int = DEFAULT_SLICE_US, reset: bool = Fals
 
 
 def apply_sched(policy: str, slice_us: int = DEFAULT_SLICE_US, reset: bool = False) -> list[int]:
-    """Give every thread of this process `policy` (`reset`: `default`
+    """Give every thread of this process `policy` (`reset`: `host`
     undoes an earlier one); the thread ids changed. Raises TuningError if
     the host refuses (no CAP_SYS_NICE for fifo, a kernel without
     sched_setattr)."""

@@ -77,7 +77,9 @@ def test_switch_interval_is_given_in_milliseconds_and_must_be_positive():
 
 
 def test_sched_choices_become_sched_attrs():
-    assert tuning.sched_attr("default") is None
+    assert tuning.sched_attr("host") is None
+    plain = tuning.sched_attr("host", reset=True)
+    assert (plain.sched_policy, plain.sched_runtime) == (tuning.SCHED_OTHER, 0)
     fifo = tuning.sched_attr("fifo")
     assert (fifo.sched_policy, fifo.sched_priority, fifo.size) == (tuning.SCHED_FIFO, 1, 48)
     short = tuning.sched_attr("slice", 250)
@@ -106,7 +108,9 @@ def thread_slices(pid: int) -> dict[str, int]:
     for tid in os.listdir(f"/proc/{pid}/task"):
         try:
             with open(f"/proc/{pid}/task/{tid}/sched") as sched:
-                slices.update({tid: int(line.split(":")[1]) for line in sched if line.startswith("se.slice")})
+                for line in sched:
+                    if line.startswith("se.slice"):
+                        slices[tid] = int(line.split(":")[1])
         except FileNotFoundError:
             pass  # a control connection's thread, gone meanwhile
     return slices
@@ -115,7 +119,7 @@ def thread_slices(pid: int) -> dict[str, int]:
 def test_tune_changes_the_running_servers_scheduling_and_default_undoes_it(tmp_path):
     sock, control = str(tmp_path / "t.sock"), str(tmp_path / "c.sock")
     proc = subprocess.Popen([sys.executable, "-m", "emulator.cli", "serve", "--device", "testdev", "--socket", sock,
-                             "--control", control], stderr=subprocess.PIPE, text=True)
+                             "--control", control, "--sched", "host"], stderr=subprocess.PIPE, text=True)
     try:
         wait_until(lambda: os.path.exists(control) or proc.poll() is not None, 20.0, "the control socket to appear")
         before = thread_slices(proc.pid)
@@ -125,10 +129,34 @@ def test_tune_changes_the_running_servers_scheduling_and_default_undoes_it(tmp_p
         reply = request(control, "tune", {"sched": "slice", "switch_interval_ms": 0.2})
         assert reply["return"] == {"switch_interval_ms": pytest.approx(0.2)}
         assert set(thread_slices(proc.pid).values()) == {100_000}, "every thread of the server"
-        request(control, "tune", {"sched": "default"})
+        request(control, "tune", {"sched": "host"})
         assert 100_000 not in thread_slices(proc.pid).values()
         refused = request(control, "tune", {"sched": "rr"})
         assert "unknown scheduling 'rr'" in refused["error"]["desc"]
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=10) == 0
+
+
+def may_use_real_time() -> bool:
+    cap_eff = next(line for line in open("/proc/self/status") if line.startswith("CapEff:"))
+    return bool(int(cap_eff.split()[1], 16) >> 23 & 1)  # CAP_SYS_NICE
+
+
+@pytest.mark.parametrize("args,policy", [((), os.SCHED_FIFO), (("--sched", "host"), os.SCHED_OTHER)])
+def test_serve_runs_its_threads_sched_fifo_unless_told_otherwise(tmp_path, args, policy):
+    if policy == os.SCHED_FIFO and not may_use_real_time():
+        pytest.skip("no CAP_SYS_NICE here: the server keeps the host's scheduling")
+    sock = str(tmp_path / "t.sock")
+    proc = subprocess.Popen([sys.executable, "-m", "emulator.cli", "serve", "--device", "testdev", "--socket", sock,
+                             *args], stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: os.path.exists(sock) or proc.poll() is not None, 20.0, "the socket to appear")
+
+        def policies() -> set[int]:
+            return {os.sched_getscheduler(int(tid)) for tid in os.listdir(f"/proc/{proc.pid}/task")}
+        wait_until(lambda: policies() == {policy}, 10.0, f"every thread of the server to have policy {policy}",
+                   explain=lambda: f"they have {policies()}")
     finally:
         proc.terminate()
         assert proc.wait(timeout=10) == 0

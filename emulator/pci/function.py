@@ -39,6 +39,7 @@ from devmodel.regs import extract_lanes
 
 from ..dma import DmaSpace
 from ..irq import InterruptLines
+from ..profile import AccessProfile
 from ..protocol import IrqIndex
 from .config import CONFIG_SIZE, ConfigSpace, MsiX, PciExpress, PowerManagement
 
@@ -234,10 +235,9 @@ class PciFunction:
         except Exception as exc:
             self._model_failed(exc, f"write of BAR{index} {offset:#x} ({size} bytes)")
 
-    def enable_profile(self):
+    def enable_profile(self) -> AccessProfile:
         """Count and time every BAR access and interrupt from now on
         (emulator/profile.py); the profile."""
-        from ..profile import AccessProfile
         self.profile = AccessProfile()
         self.irq.on_signal = self.profile.interrupt_signalled
         return self.profile
