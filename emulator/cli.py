@@ -3,7 +3,7 @@
     vfnic serve --device NAME --socket PATH [--socket PATH ...] [--option KEY=VALUE ...]
                 [--switch [PORTS] | --cable-listen HOST:PORT | --cable-connect HOST:PORT]
                 [--control PATH] [--trace FILE] [--stats FILE] [--profile]
-                [--no-write-multiple] [--switch-interval MS] [--sched default|slice|fifo] [-v]
+                [--no-write-multiple] [--switch-interval MS] [--sched host|fifo|fifo-engines|slice] [-v]
     vfnic serve --device NAME --topology FILE [--option ...] [--control PATH] ...
     vfnic ctl PATH COMMAND [KEY=VALUE ...]
     vfnic trace-diff A B [--ignore-values REGEX] [--most N]
@@ -123,8 +123,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--switch-interval", type=float, metavar="MS",
                        help="Python's GIL switch interval in milliseconds (emulator/tuning.py)")
     serve.add_argument("--sched", choices=tuning.SCHED_CHOICES,
-                       help=f"scheduling of the server's threads: SCHED_FIFO 1, the host's, or a short EEVDF slice "
-                            f"(default {tuning.DEFAULT_SCHED}; the host's where the host refuses)"),
+                       help=f"scheduling of the server's threads: the host's, SCHED_FIFO 1 (all, or all but the "
+                            f"socket threads), a short EEVDF slice (default {tuning.DEFAULT_SCHED})"),
     serve.add_argument("--sched-slice-us", type=int, default=tuning.DEFAULT_SLICE_US, metavar="US",
                        help="the slice of --sched slice (default %(default)s)")
     serve.add_argument("-v", "--verbose", action="count", default=0, help="-v info, -vv debug")
@@ -261,14 +261,16 @@ def serve(args: argparse.Namespace) -> int:
         name_native_thread(name)
         server.serve_forever()
 
-    threads = [threading.Thread(target=serving, args=(s, f"vfnic-serve-{i}"), name=f"serve-{i}", daemon=True)
+    threads = [threading.Thread(target=serving, args=(s, f"{tuning.SOCKET_THREAD_PREFIX}{i}"), name=f"serve-{i}",
+                                daemon=True)
                for i, s in enumerate(servers)]
     for t in threads:
         t.start()
     if controller is not None:
         controller.start()
     try:
-        tuning.apply_sched(args.sched or tuning.DEFAULT_SCHED, args.sched_slice_us)  # every thread runs by now
+        tuning.apply_sched(args.sched or tuning.DEFAULT_SCHED, args.sched_slice_us,  # every thread runs by now
+                           socket_threads=frozenset(t.native_id for t in threads))
     except tuning.TuningError as e:
         if args.sched:  # asked for: say so; the default quietly falls back (an unprivileged user)
             print(f"vfnic: warning: {e}; the host's scheduling stays", file=sys.stderr, flush=True)

@@ -8,7 +8,8 @@ whatever runs on the core (benchmarks/latency.py measures it).
                            Python's own default is 5 ms): how long a thread
                            that wants the GIL waits before asking its holder
                            to drop it
-    --sched fifo           (the default) every thread SCHED_FIFO at priority 1:
+    --sched host           (the default) the host's scheduling, untouched
+    --sched fifo           every thread SCHED_FIFO at priority 1:
                            a woken server thread preempts a spinning vCPU at
                            once instead of waiting until the host scheduler
                            lets it (600-900 us runnable per message against
@@ -16,10 +17,11 @@ whatever runs on the core (benchmarks/latency.py measures it).
                            threads spins: each blocks in recvmsg, a
                            condition wait or a timed join; the kernel's RT
                            throttling (95 % by default) bounds a bug that
-                           would spin. Needs CAP_SYS_NICE (or an RLIMIT_RTPRIO):
-                           without it the host's scheduling stays, with a
-                           log line at INFO
-    --sched host           the host's scheduling, untouched
+                           would spin. Needs CAP_SYS_NICE (or an RLIMIT_RTPRIO).
+                           Halves ib_write_bw: a socket thread woken by every
+                           posted PIO store preempts the very vCPU storing
+    --sched fifo-engines   SCHED_FIFO 1 for every thread but the socket threads
+                           (the engine, which wakes per chip event, not per store)
     --sched slice          every thread of the server SCHED_OTHER with a short
                            EEVDF slice (sched_setattr's sched_runtime, Linux
                            6.12+, clamped by the kernel to 0.1..100 ms): an
@@ -42,9 +44,11 @@ import sys
 
 SCHED_OTHER, SCHED_FIFO = 0, 1
 FIFO_PRIORITY = 1
-SCHED_CHOICES = ("fifo", "host", "slice")
+SCHED_CHOICES = ("host", "fifo", "fifo-engines", "slice")
 #: what `vfnic serve` does unless told (docs/execution-model.md, "Latency", says why)
-DEFAULT_SCHED = "fifo"
+DEFAULT_SCHED = "host"
+#: the native names of the vfio-user socket threads (emulator/cli.py names them)
+SOCKET_THREAD_PREFIX = "vfnic-serve-"
 #: the shortest EEVDF slice the kernel accepts (shorter is clamped up to it)
 DEFAULT_SLICE_US = 100
 _SYSCALL = {"x86_64": 314, "aarch64": 274}  # sched_setattr
@@ -82,29 +86,45 @@ def sched_attr(policy: str, slice_us: int = DEFAULT_SLICE_US, reset: bool = Fals
     elif policy == "slice":
         attr.sched_policy, attr.sched_nice, attr.sched_runtime = SCHED_OTHER, os.getpriority(os.PRIO_PROCESS, 0), \
             slice_us * 1000
-    else:
+    else:  # fifo, fifo-engines
         attr.sched_policy, attr.sched_priority = SCHED_FIFO, FIFO_PRIORITY
     return attr
 
 
-def apply_sched(policy: str, slice_us: int = DEFAULT_SLICE_US, reset: bool = False) -> list[int]:
+def apply_sched(policy: str, slice_us: int = DEFAULT_SLICE_US, reset: bool = False,
+                socket_threads: frozenset[int] = frozenset()) -> list[int]:
     """Give every thread of this process `policy` (`reset`: `host`
-    undoes an earlier one); the thread ids changed. Raises TuningError if
+    undoes an earlier one); the thread ids changed. The socket threads, for
+    `fifo-engines`, are those named SOCKET_THREAD_PREFIX... and those in
+    `socket_threads` (native ids: one just started may not have named
+    itself yet). Raises TuningError if
     the host refuses (no CAP_SYS_NICE for fifo, a kernel without
     sched_setattr)."""
     attr = sched_attr(policy, slice_us, reset)
     if attr is None:
         return []
+    plain = sched_attr("host", reset=True)
     number = _SYSCALL.get(platform.machine())
     if number is None:
         raise TuningError(f"sched_setattr's syscall number on {platform.machine()} is not known")
     libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
     changed = []
     for tid in sorted(int(t) for t in os.listdir("/proc/self/task")):
-        if libc.syscall(number, tid, ctypes.byref(attr), 0) != 0:
+        wanted = attr
+        if policy == "fifo-engines" and (tid in socket_threads or _thread_name(tid).startswith(SOCKET_THREAD_PREFIX)):
+            wanted = plain
+        if libc.syscall(number, tid, ctypes.byref(wanted), 0) != 0:
             err = ctypes.get_errno()
             if err == 3:  # ESRCH: the thread ended meanwhile
                 continue
             raise TuningError(f"sched_setattr({policy}) of thread {tid} refused: {os.strerror(err)}")
         changed.append(tid)
     return changed
+
+
+def _thread_name(tid: int) -> str:
+    try:
+        with open(f"/proc/self/task/{tid}/comm") as comm:
+            return comm.read().strip()
+    except FileNotFoundError:
+        return ""

@@ -143,9 +143,14 @@ def may_use_real_time() -> bool:
     return bool(int(cap_eff.split()[1], 16) >> 23 & 1)  # CAP_SYS_NICE
 
 
-@pytest.mark.parametrize("args,policy", [((), os.SCHED_FIFO), (("--sched", "host"), os.SCHED_OTHER)])
-def test_serve_runs_its_threads_sched_fifo_unless_told_otherwise(tmp_path, args, policy):
-    if policy == os.SCHED_FIFO and not may_use_real_time():
+OTHER, FIFO = os.SCHED_OTHER, os.SCHED_FIFO
+
+
+@pytest.mark.parametrize("args,policy", [((), {"vfnic-serve-0": OTHER, "testdev": OTHER}),
+                                         (("--sched", "fifo"), {"vfnic-serve-0": FIFO, "testdev": FIFO}),
+                                         (("--sched", "fifo-engines"), {"vfnic-serve-0": OTHER, "testdev": FIFO})])
+def test_serve_schedules_its_threads_as_told(tmp_path, args, policy):
+    if os.SCHED_FIFO in policy.values() and not may_use_real_time():
         pytest.skip("no CAP_SYS_NICE here: the server keeps the host's scheduling")
     sock = str(tmp_path / "t.sock")
     proc = subprocess.Popen([sys.executable, "-m", "emulator.cli", "serve", "--device", "testdev", "--socket", sock,
@@ -153,9 +158,13 @@ def test_serve_runs_its_threads_sched_fifo_unless_told_otherwise(tmp_path, args,
     try:
         wait_until(lambda: os.path.exists(sock) or proc.poll() is not None, 20.0, "the socket to appear")
 
-        def policies() -> set[int]:
-            return {os.sched_getscheduler(int(tid)) for tid in os.listdir(f"/proc/{proc.pid}/task")}
-        wait_until(lambda: policies() == {policy}, 10.0, f"every thread of the server to have policy {policy}",
+        def policies() -> dict[str, int]:  # by thread name: the socket thread, testdev's worker
+            found = {}
+            for tid in os.listdir(f"/proc/{proc.pid}/task"):
+                name = open(f"/proc/{proc.pid}/task/{tid}/comm").read().strip()
+                found[name] = os.sched_getscheduler(int(tid))
+            return found
+        wait_until(lambda: {k: policies().get(k) for k in policy} == policy, 10.0, f"the threads' policies {policy}",
                    explain=lambda: f"they have {policies()}")
     finally:
         proc.terminate()
