@@ -124,7 +124,7 @@ def _parser() -> argparse.ArgumentParser:
                        help="Python's GIL switch interval in milliseconds (emulator/tuning.py)")
     serve.add_argument("--sched", choices=tuning.SCHED_CHOICES,
                        help=f"scheduling of the server's threads: the host's, SCHED_FIFO 1 (all, or all but the "
-                            f"socket threads), a short EEVDF slice (default {tuning.DEFAULT_SCHED})"),
+                            f"socket threads), a short EEVDF slice (default {tuning.DEFAULT_SCHED})")
     serve.add_argument("--sched-slice-us", type=int, default=tuning.DEFAULT_SLICE_US, metavar="US",
                        help="the slice of --sched slice (default %(default)s)")
     serve.add_argument("-v", "--verbose", action="count", default=0, help="-v info, -vv debug")
@@ -257,6 +257,7 @@ def serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGUSR1, lambda *_: _write_stats(args.stats, servers, nodes))
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+
     def serving(server: Server, name: str) -> None:
         name_native_thread(name)
         server.serve_forever()

@@ -21,7 +21,7 @@ Commands (`help` lists them with their arguments):
     link-up         link
     capture-start   link, file: a pcap of what crosses the link
     capture-stop    link
-    tune            [switch_interval_ms], [sched] (fifo, host, slice), [slice_us]:
+    tune            [switch_interval_ms], [sched] (host, fifo, fifo-engines, slice), [slice_us]:
                     how the server's threads are scheduled from now on
                     (emulator/tuning.py; `host` undoes slice or fifo)
 

@@ -9,15 +9,15 @@ whatever runs on the core (benchmarks/latency.py measures it).
                            that wants the GIL waits before asking its holder
                            to drop it
     --sched host           (the default) the host's scheduling, untouched
-    --sched fifo           every thread SCHED_FIFO at priority 1:
-                           a woken server thread preempts a spinning vCPU at
-                           once instead of waiting until the host scheduler
-                           lets it (600-900 us runnable per message against
-                           5 us, benchmarks/latency). Safe only because none of the server's
-                           threads spins: each blocks in recvmsg, a
+    --sched fifo           every thread SCHED_FIFO at priority 1: a woken
+                           server thread preempts a spinning vCPU at once
+                           instead of waiting until the host scheduler lets
+                           it (600-900 us runnable per message against 5 us,
+                           benchmarks/latency). Safe only because none of the
+                           server's threads spins: each blocks in recvmsg, a
                            condition wait or a timed join; the kernel's RT
                            throttling (95 % by default) bounds a bug that
-                           would spin. Needs CAP_SYS_NICE (or an RLIMIT_RTPRIO).
+                           would spin. Needs CAP_SYS_NICE (or RLIMIT_RTPRIO).
                            Halves ib_write_bw: a socket thread woken by every
                            posted PIO store preempts the very vCPU storing
     --sched fifo-engines   SCHED_FIFO 1 for every thread but the socket threads
