@@ -308,7 +308,8 @@ def parse_variant(text: str) -> tuple[str, list[str]]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--iters", type=int, default=1000, help="ib_send_lat iterations of the long run")
+    parser.add_argument("--iters", type=int, default=1000,
+                        help="ib_send_lat iterations per variant (split over the rounds with --rounds)")
     parser.add_argument("--variant", action="append", type=parse_variant, default=[], metavar="LABEL=SERVE-ARGS",
                         help="a server variant (e.g. nowm=--no-write-multiple); repeat to compare, the first is "
                              "the reference; default: one, the defaults")
