@@ -1,15 +1,16 @@
 """A switched fabric at scale, measured in one run on this machine.
 
-  built    a served fabric with no guest: two edge switches linked directly,
-           two served HFIs (one per edge, no guest attached) and N simulated
+  built    a served fabric with no guest: edge switches of 48 ports under one
+           core switch, two served HFIs (no guest attached) and N simulated
            HFIs (default 254: 256 nodes): seconds from the process's start
            until every cable between switches and to the simulated HFIs is up,
            the server's CPU time and resident memory then, and its CPU over an
            idle window (nothing may poll)
   sweep    `vfnic serve --topology` fabrics of 2, 8, 64 and 256 nodes: two
-           guests (one per edge) and nodes - 2 simulated HFIs; opafm started in
+           guests (on the first and the last edge switch) and nodes - 2
+           simulated HFIs on 48-port edges under a core; opafm started in
            guest 0; seconds from its start until every port of the fabric (the
-           guests', both switches', every simulated HFI's) is Active, read from
+           guests', the switches', every simulated HFI's) is Active, read from
            the server's control socket
   forward  two guests on one switch (`--switch`): ib_send_bw 64 B and
            ib_write_bw 64 KiB through it; packets per second the switch
@@ -36,7 +37,8 @@ from images.lab.process import run_directory
 from images.lab.server import VfnicServer
 from images.lab.wait import wait_until
 
-EDGE_PORTS = 254
+#: ports of every switch: a real Omni-Path edge switch's 48
+EDGE_PORTS = 48
 SECTIONS = ("built", "sweep", "forward", "boot")
 TARGETS = {"256 nodes Active after opafm's start": 60.0, "8 guests Active after boot": 90.0}
 
@@ -58,16 +60,35 @@ def load() -> str:
 
 
 def topology(sockets: list[Path], simulated: int) -> str:
-    """Two edges, a served HFI on port 1 of each, the link on their last
-    ports, the simulated HFIs split between them (docs/topology.md)."""
-    first = (simulated + 1) // 2
-    if max(first, simulated - first) > EDGE_PORTS - 2:
-        raise SystemExit(f"at most {2 * (EDGE_PORTS - 2)} simulated HFIs on two edges of {EDGE_PORTS} ports")
-    groups = "".join(f'\n[[simulated]]\nprefix = "{edge}-sim"\ncount = {count}\nswitch = "{edge}"\n'
-                     for edge, count in (("edge1", first), ("edge2", simulated - first)) if count)
-    return (f"[switches]\nedge1 = {{ ports = {EDGE_PORTS} }}\nedge2 = {{ ports = {EDGE_PORTS} }}\n\n"
-            f'[hfis]\nhfi-a = "{sockets[0]}"\nhfi-b = "{sockets[1]}"\n{groups}\n'
-            f'[cables]\n"hfi-a" = "edge1/1"\n"hfi-b" = "edge2/1"\n"edge1/{EDGE_PORTS}" = "edge2/{EDGE_PORTS}"\n')
+    """Edge switches of EDGE_PORTS ports under one core switch (each edge's
+    last port to the core), the two served HFIs on port 1 of the first and
+    of the last edge (their traffic crosses the core), the simulated HFIs on
+    the edges' other ports (docs/topology.md). opafm 10.10 refuses a switch
+    of more than 64 ports ("exceeded 64 port limit"), so a fabric of
+    hundreds of nodes is several switches, as a real one is."""
+    per_edge = EDGE_PORTS - 1
+    edges = max(2, -(-(simulated + 2) // per_edge))
+    if edges > EDGE_PORTS:
+        raise SystemExit(f"at most {EDGE_PORTS * per_edge - 2} simulated HFIs under one core")
+    switches = [f'core = {{ ports = {EDGE_PORTS} }}'] + [f'edge{e} = {{ ports = {EDGE_PORTS} }}'
+                                                         for e in range(1, edges + 1)]
+    cables = ['"hfi-a" = "edge1/1"', f'"hfi-b" = "edge{edges}/1"'] + \
+        [f'"edge{e}/{EDGE_PORTS}" = "core/{e}"' for e in range(1, edges + 1)]
+    groups, left = [], simulated
+    for e in range(1, edges + 1):  # ports 2.. on the guests' edges, 1.. on the others
+        first = 2 if e in (1, edges) else 1
+        count = min(left, EDGE_PORTS - first)
+        if count:
+            groups.append(f'[[simulated]]\nprefix = "edge{e}-sim"\ncount = {count}\nswitch = "edge{e}"\n'
+                          f'first_port = {first}\n')
+        left -= count
+    return ("[switches]\n" + "\n".join(switches) + "\n\n"
+            f'[hfis]\nhfi-a = "{sockets[0]}"\nhfi-b = "{sockets[1]}"\n\n' + "\n".join(groups) +
+            "\n[cables]\n" + "\n".join(cables) + "\n")
+
+
+def edges_of(simulated: int) -> int:
+    return topology([Path("a"), Path("b")], simulated).count("= { ports") - 1  # all but the core
 
 
 def every_port_active(server: VfnicServer) -> dict | None:
@@ -80,7 +101,8 @@ def every_port_active(server: VfnicServer) -> dict | None:
 
 
 def built(workdir: Path, simulated: int, idle: float) -> dict:
-    print(f"built: two edges, 2 served HFIs with no guest, {simulated} simulated HFIs ({load()})", flush=True)
+    print(f"built: {edges_of(simulated)} edges and a core, 2 served HFIs with no guest, {simulated} simulated HFIs "
+          f"({load()})", flush=True)
     sockets = [workdir / "built-a.sock", workdir / "built-b.sock"]
     (workdir / "built.toml").write_text(topology(sockets, simulated))
     server = VfnicServer("hfi1", sockets, log=workdir / "built.log", start_timeout=120,
@@ -88,7 +110,7 @@ def built(workdir: Path, simulated: int, idle: float) -> dict:
     started = time.monotonic()
     with server.start():
         pid = server.process.pid
-        expected = simulated + 1  # the simulated HFIs' cables and the link between the edges
+        expected = simulated + edges_of(simulated)  # the simulated HFIs' cables and each edge's uplink
         summary = wait_until(lambda: (lambda s: s if s["links_up"] == expected else None)(
             server.ctl("query")["summary"]), 300, f"{expected} cables up", interval=0.05)
         result = {"built_s": time.monotonic() - started, "cpu_s": cpu_seconds(pid), "rss_mib": rss_mib(pid)}
@@ -102,7 +124,8 @@ def built(workdir: Path, simulated: int, idle: float) -> dict:
 
 
 def sweep(workdir: Path, nodes: int) -> dict:
-    print(f"sweep: {nodes} nodes: 2 guests and {nodes - 2} simulated HFIs behind two edges ({load()})", flush=True)
+    print(f"sweep: {nodes} nodes: 2 guests and {nodes - 2} simulated HFIs on {edges_of(nodes - 2)} edges and a core "
+          f"({load()})", flush=True)
     with Fabric.launch(workdir / f"sweep{nodes}", topology=lambda sockets: topology(sockets, nodes - 2),
                        server_args=["--control", str(workdir / f"sweep{nodes}.ctl")]) as fabric:
         fabric.wait_ports(INIT, timeout=900)
