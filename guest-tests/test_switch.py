@@ -16,7 +16,6 @@ tests here make sense with) sets how many guests.
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import re
 import time
@@ -26,21 +25,20 @@ import pytest
 from images.lab import ulp
 from images.lab.fabric import ACTIVE, INIT, Fabric, parse_pingpong
 from images.lab.wait import wait_until
-from testkit.guest_checks import dmesg_mark, dmesg_since, opafm_log, opainfo, refused_packets, wait_settled
+from testkit.guest_checks import (
+    dmesg_mark,
+    dmesg_since,
+    opafm_log,
+    opainfo,
+    refused_packets,
+    save_fabric_diagnostics,
+    wait_settled,
+)
 
 pytestmark = pytest.mark.guest
 
 GUESTS = int(os.environ.get("VFNIC_SWITCH_GUESTS", "4"))
 SWITCH = "sw0 (switch)"
-
-
-def save_diagnostics(fabric: Fabric, work) -> None:
-    """opafm's log and the switch's view, next to the logs a failed test keeps."""
-    (work / "opafm.log").write_text("\n".join(opafm_log(fabric)))
-    try:
-        (work / "switch-status.log").write_text(json.dumps(fabric.server.ctl("query"), indent=2))
-    except Exception as error:
-        (work / "switch-status.log").write_text(f"could not query the server: {error}")
 
 
 @pytest.fixture(scope="module")
@@ -60,13 +58,13 @@ def switched(module_lab, report_figure):
         try:
             fabric.wait_ports(ACTIVE, timeout=300)
         finally:
-            save_diagnostics(fabric, work)
+            save_fabric_diagnostics(fabric, work)
         report_figure(f"switch: opafm to all {GUESTS} ports Active: {time.monotonic() - fabric.sm_started_at:.1f} s")
         settled = wait_settled(fabric)
         report_figure(f"switch: opafm's sweep over and P_Keys settled {time.monotonic() - fabric.sm_started_at:.1f} s "
                       f"after its start (P_Keys 0-3: {settled[0]})")
         yield fabric
-        save_diagnostics(fabric, work)
+        save_fabric_diagnostics(fabric, work)
     finally:
         fabric.close()
 

@@ -14,7 +14,6 @@ inter-switch link carries it). One boot of two guests.
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import time
@@ -23,7 +22,7 @@ import pytest
 
 from images.lab.fabric import ACTIVE, INIT, Fabric, parse_pingpong
 from images.lab.wait import wait_until
-from testkit.guest_checks import opafm_log, opainfo, wait_settled
+from testkit.guest_checks import opafm_log, opainfo, save_fabric_diagnostics, wait_settled
 
 pytestmark = pytest.mark.guest
 
@@ -78,14 +77,6 @@ def isl_packets(fabric: Fabric) -> dict[str, int]:
     return {direction: counts["packets"] for direction, counts in link.items() if "->" in direction}
 
 
-def save_diagnostics(fabric: Fabric, work) -> None:
-    (work / "opafm.log").write_text("\n".join(opafm_log(fabric)))
-    try:
-        (work / "fabric-query.log").write_text(json.dumps(fabric.server.ctl("query"), indent=2))
-    except Exception as error:
-        (work / "fabric-query.log").write_text(f"could not query the server: {error}")
-
-
 @pytest.fixture(scope="module")
 def two_tier(module_lab, report_figure):
     work = module_lab.directory / "two-tier"
@@ -108,7 +99,7 @@ def two_tier(module_lab, report_figure):
                        f"all {ACTIVE_PORTS} cabled ports Active", explain=lambda: str(summary(fabric)))
             all_active = time.monotonic() - fabric.sm_started_at
         finally:
-            save_diagnostics(fabric, work)
+            save_fabric_diagnostics(fabric, work)
         report_figure(f"two-tier: opafm's start to both guests' ports Active {guests_active:.1f} s, to all "
                       f"{ACTIVE_PORTS} ports of 2 switches and 64 HFIs Active {all_active:.1f} s (server CPU "
                       f"{cpu_seconds(server.process.pid) - cpu_before:.2f} s)")
@@ -117,7 +108,7 @@ def two_tier(module_lab, report_figure):
         report_figure(f"two-tier: opafm's first sweep over {time.monotonic() - fabric.sm_started_at:.1f} s after its "
                       f"start: {sweeps[0].split('DISCOVERY CYCLE END.')[-1].strip()}")
         yield fabric
-        save_diagnostics(fabric, work)
+        save_fabric_diagnostics(fabric, work)
     finally:
         fabric.close()
 

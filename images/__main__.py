@@ -90,11 +90,7 @@ def fabric_demo(commands: list[str], keep: bool, mpi: bool = False) -> int:
             print(f"$ {a.name}: opafmd (Debian's opa-fm)")
             fabric.wait_ports(ACTIVE)
             print(f"both ports {ACTIVE} {time.monotonic() - fabric.sm_started_at:.1f} s later\n")
-            for guest in fabric.guests:
-                for command in commands:
-                    result = guest.run(command, timeout=120)
-                    print(f"[{guest.name}]$ {command}\n{result.stdout}{result.stderr}", end="")
-                    print("" if result.ok else f"(exit status {result.rc})\n")
+            run_in_every_guest(fabric, commands)
             if mpi:
                 mpi_pingpong(fabric)
             else:
@@ -117,6 +113,15 @@ def fabric_demo(commands: list[str], keep: bool, mpi: bool = False) -> int:
     return 0
 
 
+def run_in_every_guest(fabric: Fabric, commands: list[str]) -> None:
+    """Each command in each guest, shown with what it printed."""
+    for guest in fabric.guests:
+        for command in commands:
+            result = guest.run(command, timeout=120)
+            print(f"[{guest.name}]$ {command}\n{result.stdout}{result.stderr}", end="")
+            print("" if result.ok else f"(exit status {result.rc})\n")
+
+
 def switch_demo(guests: int, commands: list[str], keep: bool) -> int:
     """`guests` guests on one emulated switch: opafm, then an all-pairs check."""
     workdir = Path(tempfile.mkdtemp(prefix="vfnic-demo-switch-"))
@@ -135,11 +140,7 @@ def switch_demo(guests: int, commands: list[str], keep: bool) -> int:
             print(f"$ {first.name}: opafmd (Debian's opa-fm)")
             fabric.wait_ports(ACTIVE)
             print(f"every port {ACTIVE} {time.monotonic() - fabric.sm_started_at:.1f} s later\n")
-            for guest in fabric.guests:
-                for command in commands:
-                    result = guest.run(command, timeout=120)
-                    print(f"[{guest.name}]$ {command}\n{result.stdout}{result.stderr}", end="")
-                    print("" if result.ok else f"(exit status {result.rc})\n")
+            run_in_every_guest(fabric, commands)
             print("ibv_rc_pingpong -c (data checked) between every pair, through the switch:")
             for client, server in itertools.combinations(range(guests), 2):
                 run = fabric.run_pair("ibv_rc_pingpong -c -n 50", server=server, client=client)

@@ -9,6 +9,7 @@ parses what the guest printed, none sleeps for a fixed time.
 """
 from __future__ import annotations
 
+import json
 import re
 import time
 
@@ -37,6 +38,15 @@ def opafm_log(fabric) -> list[str]:
     """opafm's log lines: it logs to syslog, which the guest's init sends to the console."""
     text = fabric.guests[0].console_log.read_text(errors="replace")
     return [line for line in text.splitlines() if "fm0_sm[" in line]
+
+
+def save_fabric_diagnostics(fabric, work) -> None:
+    """opafm's log (guest 0's) and the server's `ctl query`, next to the logs a failed test keeps."""
+    (work / "opafm.log").write_text("\n".join(opafm_log(fabric)))
+    try:
+        (work / "fabric-query.log").write_text(json.dumps(fabric.server.ctl("query"), indent=2))
+    except Exception as error:
+        (work / "fabric-query.log").write_text(f"could not query the server: {error}")
 
 
 def pkey_tables(fabric) -> list[str]:
