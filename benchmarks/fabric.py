@@ -14,7 +14,8 @@ perftest between the guests, client in guest 0, server in guest 1:
 and, for vfnic, the server's CPU time per packet carried (its user + system
 time over the packets both directions of the link counted).
 
-Targets: ib_write_bw at least 2x rxe; ib_send_lat at most 0.5x rxe. The
+Targets (issue 15): ib_write_bw at least 5x rxe; ib_send_lat at most 1.0x
+rxe (stretch: 0.5x). The
 machine's absolute figures drift from day to day: only the ratios of one run
 mean anything.
 """
@@ -38,8 +39,10 @@ TOOLS = {  # name: (command, value, unit, higher is better)
     "ib_send_lat 2 B": ("ib_send_lat -F -s 2 -n {lat_iters}", "t_typical_us", "us", False),
     "ib_write_lat 2 B": ("ib_write_lat -F -s 2 -n {lat_iters}", "t_typical_us", "us", False),
 }
-TARGETS = {"ib_write_bw 64 KiB": ("at least 2x rxe", lambda r: r >= 2.0),
-           "ib_send_lat 2 B": ("at most 0.5x rxe", lambda r: r <= 0.5)}
+#: issue 15's targets (name: [(what, met?)]); the 0.5x latency is its stretch
+TARGETS = {"ib_write_bw 64 KiB": [("at least 5x rxe", lambda r: r >= 5.0)],
+           "ib_send_lat 2 B": [("at most 1.0x rxe", lambda r: r <= 1.0),
+                               ("stretch: at most 0.5x rxe", lambda r: r <= 0.5)]}
 
 
 def cpu_seconds(pid: int) -> float:
@@ -121,8 +124,7 @@ def main() -> int:
         cpu = ours[name].get("cpu_us_per_packet")
         print(f"{name:<20}{a:>12.2f}{b:>12.2f}{unit:>7}{ratio:>8.2f}x  {cpu:>13.0f} us"
               f"  ({ours[name]['packets']} packets)")
-        if name in TARGETS:
-            text, met = TARGETS[name]
+        for text, met in TARGETS.get(name, ()):
             verdicts.append(f"target {name}: {text}: {'met' if met(ratio) else 'NOT met'} ({ratio:.2f}x)")
     print("\n".join(verdicts))
     return 0
