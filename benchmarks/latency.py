@@ -40,7 +40,7 @@ Per message, what is counted (the server's `--profile` and /proc):
 
 With `--rounds R` the guests boot once and the variants alternate R times
 on them (order rotated from round to round), the server re-tuned through
-its control socket (`tune`) in between: only `--switch-interval` and
+its control socket (`tune`) in between: only `--switch-interval`, `--vcpu-sched` and
 `--sched` variants, but a slow drift of the machine's load then hits every
 variant alike, where a boot per variant lets it decide the comparison.
 
@@ -222,6 +222,7 @@ RUNTIME = argparse.ArgumentParser(add_help=False)
 RUNTIME.add_argument("--switch-interval", type=float, default=5.0)  # Python's own
 RUNTIME.add_argument("--sched", default=tuning.DEFAULT_SCHED)
 RUNTIME.add_argument("--sched-slice-us", type=int, default=100)
+RUNTIME.add_argument("--vcpu-sched", default=tuning.DEFAULT_VCPU_SCHED)
 
 
 def runtime_settings(label: str, args: list[str]) -> dict:
@@ -230,9 +231,9 @@ def runtime_settings(label: str, args: list[str]) -> dict:
     settings, rest = RUNTIME.parse_known_args(args)
     if rest:
         raise ValueError(f"variant {label}: {' '.join(rest)} cannot change on a running server "
-                         "(--rounds alternates --switch-interval and --sched only)")
+                         "(--rounds alternates --switch-interval, --sched and --vcpu-sched only)")
     return {"switch_interval_ms": settings.switch_interval, "sched": settings.sched,
-            "slice_us": settings.sched_slice_us}
+            "slice_us": settings.sched_slice_us, "vcpu_sched": settings.vcpu_sched}
 
 
 def combine(a: dict, b: dict) -> dict:

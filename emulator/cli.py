@@ -3,7 +3,8 @@
     vfnic serve --device NAME --socket PATH [--socket PATH ...] [--option KEY=VALUE ...]
                 [--switch [PORTS] | --cable-listen HOST:PORT | --cable-connect HOST:PORT]
                 [--control PATH] [--trace FILE] [--stats FILE] [--profile]
-                [--no-write-multiple] [--switch-interval MS] [--sched host|fifo|fifo-engines|slice] [-v]
+                [--no-write-multiple] [--switch-interval MS] [--sched host|fifo|fifo-engines|slice]
+                [--vcpu-sched host|idle] [-v]
     vfnic serve --device NAME --topology FILE [--option ...] [--control PATH] ...
     vfnic ctl PATH COMMAND [KEY=VALUE ...]
     vfnic trace-diff A B [--ignore-values REGEX] [--most N]
@@ -127,6 +128,10 @@ def _parser() -> argparse.ArgumentParser:
                             f"socket threads), a short EEVDF slice (default {tuning.DEFAULT_SCHED})")
     serve.add_argument("--sched-slice-us", type=int, default=tuning.DEFAULT_SLICE_US, metavar="US",
                        help="the slice of --sched slice (default %(default)s)")
+    serve.add_argument("--vcpu-sched", choices=tuning.VCPU_SCHED_CHOICES, default=tuning.DEFAULT_VCPU_SCHED,
+                       help="scheduling of the connected QEMUs' vCPU threads: the host's, or SCHED_IDLE so the "
+                            "server's and QEMU's helper threads never wait for a spinning vCPU (default "
+                            "%(default)s; emulator/tuning.py)")
     serve.add_argument("-v", "--verbose", action="count", default=0, help="-v info, -vv debug")
     ctl = sub.add_parser("ctl", help="send a command to a running vfnic serve's control socket")
     ctl.add_argument("path", help="the control socket (vfnic serve --control PATH)")
@@ -211,6 +216,7 @@ def serve(args: argparse.Namespace) -> int:
     except OSError as e:
         raise UsageError(f"cannot write the trace {args.trace}: {e.strerror}") from None
     servers, cables = [], []
+    vcpus = tuning.ClientVcpus(args.vcpu_sched)
     try:
         remote = _remote_cable(args)
         if remote is not None:
@@ -229,13 +235,13 @@ def serve(args: argparse.Namespace) -> int:
             function.trace = trace
             if args.profile:
                 function.enable_profile()
-            server = Server(path, function, write_multiple=not args.no_write_multiple)
+            server = Server(path, function, write_multiple=not args.no_write_multiple, vcpus=vcpus)
             servers.append(server)
             server.bind()
         controller = None
         if args.control:
             controller = control.ControlServer(args.control, control.Controller(
-                servers, lambda: _stats(servers, nodes), nodes, links))
+                servers, lambda: _stats(servers, nodes), nodes, links, vcpus=vcpus))
             controller.bind()
     except ServerError as e:
         for s in servers:

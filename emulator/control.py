@@ -21,9 +21,10 @@ Commands (`help` lists them with their arguments):
     link-up         link
     capture-start   link, file: a pcap of what crosses the link
     capture-stop    link
-    tune            [switch_interval_ms], [sched] (host, fifo, fifo-engines, slice), [slice_us]:
-                    how the server's threads are scheduled from now on
-                    (emulator/tuning.py; `host` undoes slice or fifo)
+    tune            [switch_interval_ms], [sched] (host, fifo, fifo-engines, slice), [slice_us],
+                    [vcpu_sched] (host, idle): how the server's threads and its
+                    clients' vCPU threads are scheduled from now on
+                    (emulator/tuning.py; `host` undoes slice, fifo or idle)
 
 Links are named as `query` shows them ("hfi1_0<->hfi1_1") or by their index.
 A malformed line, an unknown command or a bad argument gets an error reply
@@ -80,8 +81,11 @@ class Controller:
     servers) and the links between their ports. Thread-safe as far as the
     devices and links are."""
 
-    def __init__(self, servers: list, stats: Callable[[], dict], nodes: list = (), links: list = ()):
+    def __init__(self, servers: list, stats: Callable[[], dict], nodes: list = (), links: list = (),
+                 vcpus: tuning.ClientVcpus | None = None):
         self.servers = servers
+        #: the connected QEMUs' vCPU threads' scheduling (`tune vcpu_sched=`)
+        self.vcpus = vcpus
         #: the fabric's nodes that are no PCI function (switches, simulated HFIs: registry.FabricNode)
         self.nodes = list(nodes)
         #: the fabric's links besides the served devices' own (between switches, to simulated HFIs)
@@ -97,7 +101,7 @@ class Controller:
             Command("link-up", self.link_up, ("link",), (), "bring a link taken down back"),
             Command("capture-start", self.capture_start, ("link", "file"), (), "write a pcap of a link's packets"),
             Command("capture-stop", self.capture_stop, ("link",), (), "stop a link's capture"),
-            Command("tune", self.tune, (), ("switch_interval_ms", "sched", "slice_us"),
+            Command("tune", self.tune, (), ("switch_interval_ms", "sched", "slice_us", "vcpu_sched"),
                     "how the server's threads are scheduled now (emulator/tuning.py); returns the settings"),
             Command("help", self.help, (), (), "the commands and their arguments"),
         )}
@@ -224,9 +228,16 @@ class Controller:
                 tuning.set_switch_interval(interval)
             if "sched" in a:
                 tuning.apply_sched(str(a["sched"]), slice_us or tuning.DEFAULT_SLICE_US, reset=True)
+            if "vcpu_sched" in a:
+                if self.vcpus is None:
+                    raise CommandError("this server does not schedule its clients' vCPU threads")
+                self.vcpus.set_policy(str(a["vcpu_sched"]))
         except tuning.TuningError as e:
             raise CommandError(str(e)) from None
-        return {"switch_interval_ms": sys.getswitchinterval() * 1000}
+        settings = {"switch_interval_ms": sys.getswitchinterval() * 1000}
+        if self.vcpus is not None:
+            settings.update(self.vcpus.describe())
+        return settings
 
     def help(self, _arguments: dict) -> dict:
         return {c.name: {"arguments": list(c.required), "optional": list(c.optional), "doc": c.doc}

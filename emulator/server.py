@@ -60,6 +60,7 @@ from .protocol import (
     fds_received,
     header,
 )
+from .tuning import ClientVcpus, peer_pid
 
 MAX_MSG_FDS = 8
 MAX_DATA_XFER_SIZE = 1 << 20
@@ -495,8 +496,11 @@ def listen_unix(path: str, backlog: int) -> socket.socket:
 class Server:
     """Serves one PCI function on one AF_UNIX socket, one client at a time."""
 
-    def __init__(self, path: str, function: PciFunction, write_multiple: bool = True, name: str = ""):
+    def __init__(self, path: str, function: PciFunction, write_multiple: bool = True, name: str = "",
+                 vcpus: ClientVcpus | None = None):
         self.path, self.function, self.write_multiple = path, function, write_multiple
+        #: the clients' vCPU threads' scheduling (`--vcpu-sched`), shared by a process's servers; or None
+        self.vcpus = vcpus
         self.log = logging.getLogger(f"vfnic.server.{name or os.path.basename(path)}")
         self.state = RunState.CLOSED
         self.clients = 0
@@ -540,7 +544,10 @@ class Server:
             self._conn_sock = sock
             self.state = RunState.NEGOTIATING
             log = self.log.getChild(f"client{self.clients}")
-            log.info("client connected")
+            pid = peer_pid(sock)
+            log.info("client connected (pid %s)", pid or "unknown")
+            if self.vcpus is not None:
+                self.vcpus.attach(pid)
             self.connection = Connection(sock, self.function, log, self.write_multiple, self.refused)
             try:
                 self.connection.serve()
@@ -553,6 +560,8 @@ class Server:
             finally:
                 sock.close()
                 self._conn_sock = None
+                if self.vcpus is not None:
+                    self.vcpus.detach(pid)
                 self.function.disconnect()
                 log.info("client gone: released its DMA maps and eventfds")
                 if not self._stopping.is_set():

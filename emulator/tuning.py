@@ -38,9 +38,14 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import logging
 import os
 import platform
+import re
+import socket
+import struct
 import sys
+import threading
 
 SCHED_OTHER, SCHED_FIFO = 0, 1
 FIFO_PRIORITY = 1
@@ -128,3 +133,125 @@ def _thread_name(tid: int) -> str:
             return comm.read().strip()
     except FileNotFoundError:
         return ""
+
+
+# -- the clients' vCPU threads ------------------------------------------------------
+SCHED_IDLE = 5
+VCPU_SCHED_CHOICES = ("host", "idle")
+#: what `vfnic serve --vcpu-sched` does unless told
+DEFAULT_VCPU_SCHED = "host"
+#: QEMU's names for its vCPU threads: "CPU 0/TCG", "CPU 1/KVM", round-robin TCG's "ALL CPUs/TCG"
+_VCPU_NAME = re.compile(r"^(CPU \d+|ALL CPUs)/[A-Za-z]+$")
+
+
+def vcpu_threads(pid: int) -> list[int]:
+    """The thread ids of process `pid`'s vCPU threads (by QEMU's names)."""
+    tids = []
+    try:
+        entries = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return []
+    for tid in entries:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/comm") as comm:
+                name = comm.read().strip()
+        except OSError:
+            continue
+        if _VCPU_NAME.match(name):
+            tids.append(int(tid))
+    return sorted(tids)
+
+
+class ClientVcpus:
+    """`--vcpu-sched`: how the vCPU threads of the QEMU processes connected to
+    this server are scheduled.
+
+      host   the host's scheduling, untouched (a thread this server made
+             SCHED_IDLE goes back to SCHED_OTHER)
+      idle   SCHED_IDLE: a vCPU runs only when nothing else wants the core,
+             so a woken server thread or QEMU helper thread (its vfio-user
+             iothread, its main loop delivering an interrupt) runs at once
+             instead of waiting for the host scheduler to preempt a spinning
+             vCPU, up to a tick (docs/execution-model.md, "Latency"). What
+             libvirt's <vcpusched scheduler='idle'/> does to a guest's vCPUs.
+
+    A client is found by its socket's peer credentials (SO_PEERCRED) when it
+    connects; its vCPU threads by name. Lowering a thread to SCHED_IDLE needs
+    no privilege for a process of the same user; a thread the host refuses
+    (another user's, another PID namespace) is logged once and left alone.
+    Thread-safe: socket threads attach clients, the control socket changes
+    the policy."""
+
+    def __init__(self, policy: str = "host", log: logging.Logger | None = None):
+        if policy not in VCPU_SCHED_CHOICES:
+            raise TuningError(f"unknown vCPU scheduling {policy!r} (known: {', '.join(VCPU_SCHED_CHOICES)})")
+        self.policy = policy
+        self.log = log or logging.getLogger("vfnic.tuning")
+        self._clients: dict[int, int] = {}  # pid -> connections
+        self._changed: dict[int, set[int]] = {}  # pid -> thread ids this object made SCHED_IDLE
+        self._lock = threading.Lock()
+
+    def attach(self, pid: int | None) -> None:
+        """A client process connected (None: its pid is not known)."""
+        if not pid:
+            return
+        with self._lock:
+            self._clients[pid] = self._clients.get(pid, 0) + 1
+            self._apply(pid)
+
+    def detach(self, pid: int | None) -> None:
+        if not pid:
+            return
+        with self._lock:
+            left = self._clients.get(pid, 0) - 1
+            if left > 0:
+                self._clients[pid] = left
+                return
+            self._clients.pop(pid, None)
+            self._changed.pop(pid, None)  # a client that went away keeps what it had: it is usually gone
+
+    def set_policy(self, policy: str) -> dict:
+        """Change the policy for every connected client; returns `describe()`."""
+        if policy not in VCPU_SCHED_CHOICES:
+            raise TuningError(f"unknown vCPU scheduling {policy!r} (known: {', '.join(VCPU_SCHED_CHOICES)})")
+        with self._lock:
+            self.policy = policy
+            for pid in list(self._clients):
+                self._apply(pid)
+        return self.describe()
+
+    def describe(self) -> dict:
+        with self._lock:
+            return {"vcpu_sched": self.policy,
+                    "vcpu_threads": {str(pid): sorted(tids) for pid, tids in self._changed.items()}}
+
+    def _apply(self, pid: int) -> None:
+        if self.policy == "idle":
+            for tid in vcpu_threads(pid):
+                if self._set(pid, tid, SCHED_IDLE):
+                    self._changed.setdefault(pid, set()).add(tid)
+        else:
+            for tid in self._changed.pop(pid, set()):
+                self._set(pid, tid, SCHED_OTHER)
+
+    def _set(self, pid: int, tid: int, policy: int) -> bool:
+        try:
+            os.sched_setscheduler(tid, policy, os.sched_param(0))
+        except ProcessLookupError:
+            return False
+        except OSError as e:
+            self.log.warning("vCPU thread %d of client %d: scheduling not changed: %s", tid, pid, e.strerror)
+            return False
+        self.log.info("vCPU thread %d of client %d: %s", tid, pid, "SCHED_IDLE" if policy == SCHED_IDLE else
+                      "SCHED_OTHER")
+        return True
+
+
+def peer_pid(sock) -> int | None:
+    """The process at the other end of an AF_UNIX socket (SO_PEERCRED), or None."""
+    try:
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    except OSError:
+        return None
+    pid, _uid, _gid = struct.unpack("3i", creds)
+    return pid or None

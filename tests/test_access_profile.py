@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -127,7 +128,7 @@ def test_tune_changes_the_running_servers_scheduling_and_default_undoes_it(tmp_p
             pytest.skip("this kernel does not show se.slice in /proc/PID/task/TID/sched")
         assert 100_000 not in before.values()
         reply = request(control, "tune", {"sched": "slice", "switch_interval_ms": 0.2})
-        assert reply["return"] == {"switch_interval_ms": pytest.approx(0.2)}
+        assert reply["return"]["switch_interval_ms"] == pytest.approx(0.2)
         assert set(thread_slices(proc.pid).values()) == {100_000}, "every thread of the server"
         request(control, "tune", {"sched": "host"})
         assert 100_000 not in thread_slices(proc.pid).values()
@@ -169,3 +170,67 @@ def test_serve_schedules_its_threads_as_told(tmp_path, args, policy):
     finally:
         proc.terminate()
         assert proc.wait(timeout=10) == 0
+
+
+#: a stand-in for QEMU: a thread named as QEMU names a vCPU thread, and the
+#: main thread, connected to the server's socket until stdin closes
+FAKE_QEMU = """
+import socket, sys, threading
+ready = threading.Event()
+def vcpu():
+    with open("/proc/thread-self/comm", "w") as comm:
+        comm.write("CPU 0/TCG")
+    ready.set()
+    threading.Event().wait()
+threading.Thread(target=vcpu, daemon=True).start()
+ready.wait()
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+print(threading.get_native_id(), flush=True)
+sys.stdin.read()
+"""
+
+
+def named_threads(pid: int) -> dict[str, int]:
+    """comm -> the policy of process pid's threads."""
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{tid}/comm") as comm:
+            out[comm.read().strip()] = os.sched_getscheduler(int(tid))
+    return out
+
+
+@pytest.mark.parametrize("start", ["host", "idle"])
+def test_the_clients_vcpu_threads_go_idle_and_back_and_nothing_else_of_the_client_changes(tmp_path, start):
+    sock, control = str(tmp_path / "t.sock"), str(tmp_path / "c.sock")
+    proc = subprocess.Popen([sys.executable, "-m", "emulator.cli", "serve", "--device", "testdev", "--socket", sock,
+                             "--control", control, "--vcpu-sched", start], stderr=subprocess.PIPE, text=True)
+    qemu = None
+    try:
+        wait_until(lambda: os.path.exists(control) or proc.poll() is not None, 20.0, "the control socket to appear")
+        qemu = subprocess.Popen([sys.executable, "-c", FAKE_QEMU, sock], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, text=True)
+        qemu.stdout.readline()  # connected
+        wanted = os.SCHED_IDLE if start == "idle" else os.SCHED_OTHER
+        wait_until(lambda: named_threads(qemu.pid)["CPU 0/TCG"] == wanted, 10.0, f"the vCPU thread {start}")
+        reply = request(control, "tune", {"vcpu_sched": "idle"})["return"]
+        assert reply["vcpu_sched"] == "idle" and list(reply["vcpu_threads"]) == [str(qemu.pid)]
+        threads = named_threads(qemu.pid)
+        assert threads.pop("CPU 0/TCG") == os.SCHED_IDLE
+        assert set(threads.values()) == {os.SCHED_OTHER}, "only the vCPU thread"
+        request(control, "tune", {"vcpu_sched": "host"})
+        assert set(named_threads(qemu.pid).values()) == {os.SCHED_OTHER}
+        refused = request(control, "tune", {"vcpu_sched": "fifo"})
+        assert "unknown vCPU scheduling 'fifo'" in refused["error"]["desc"]
+    finally:
+        if qemu is not None:
+            qemu.stdin.close()
+            qemu.wait(timeout=10)
+        proc.terminate()
+        assert proc.wait(timeout=10) == 0
+
+
+def test_a_socket_names_the_process_at_its_other_end():
+    a, b = socket.socketpair(socket.AF_UNIX)
+    with a, b:
+        assert tuning.peer_pid(a) == os.getpid()
