@@ -64,6 +64,10 @@ class _Scheduler:
         self._queue: list[tuple[float, int, Job]] = []
         self._seq = itertools.count()
         self._running: Job | None = None
+        #: threads inside `_cond.wait` (the engine thread, settle() callers),
+        #: counted under the lock: a push or a finished job notifies only
+        #: when someone waits (most pushes come from the engine thread itself)
+        self._waiters = 0
         self.jobs_run = 0
         #: seconds jobs started after their deadline, summed (a submitted job's
         #: wait for the engine thread to wake and reach it)
@@ -89,7 +93,16 @@ class _Scheduler:
     def _push(self, job: Job) -> None:
         with self._cond:
             heapq.heappush(self._queue, (job.deadline, next(self._seq), job))
-            self._cond.notify_all()  # the engine thread, whatever settle() waiters also wait
+            if self._waiters:
+                self._cond.notify_all()  # the engine thread, whatever settle() waiters also wait
+
+    def _wait(self, timeout: float | None = None) -> None:
+        """`_cond.wait`, counted in `_waiters` (called with the lock held)."""
+        self._waiters += 1
+        try:
+            self._cond.wait(timeout)
+        finally:
+            self._waiters -= 1
 
     def _cancel_owner(self, owner: object) -> None:
         with self._cond:
@@ -130,7 +143,9 @@ class ThreadScheduler(_Scheduler):
             if self._stopped:
                 job.cancel()
                 return
-            super()._push(job)
+            heapq.heappush(self._queue, (job.deadline, next(self._seq), job))
+            if self._waiters:
+                self._cond.notify_all()  # the engine thread, whatever settle() waiters also wait
 
     def _attach(self, handle: "ScheduledWorker") -> None:
         with self._cond:
@@ -152,7 +167,7 @@ class ThreadScheduler(_Scheduler):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False
-                self._cond.wait(min(remaining, 0.05))
+                self._wait(min(remaining, 0.05))
             return True
 
     def stop(self) -> None:
@@ -168,8 +183,14 @@ class ThreadScheduler(_Scheduler):
     def _run(self) -> None:
         name_native_thread(self.name)
         cond, queue = self._cond, self._queue
+        done = None
         while True:
-            with cond:
+            with cond:  # one acquisition both ends the last job and takes the next
+                if done is not None:
+                    self._running = None
+                    self.jobs_run += 1
+                    if self._waiters:
+                        cond.notify_all()  # settle() waiters
                 while True:
                     if self._stopped:
                         return
@@ -183,15 +204,12 @@ class ThreadScheduler(_Scheduler):
                             heapq.heappop(queue)
                             self.late_s -= wait
                             break
-                        cond.wait(wait)
+                        self._wait(wait)
                     else:
-                        cond.wait()
+                        self._wait()
                 self._running = job
             self._execute(job)
-            with cond:
-                self._running = None
-                self.jobs_run += 1
-                cond.notify_all()  # settle() waiters
+            done = job
 
 
 class ManualScheduler(_Scheduler):

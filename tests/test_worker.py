@@ -90,6 +90,20 @@ def test_one_thread_runs_every_device_of_a_thread_scheduler_and_stops_with_the_l
     assert not scheduler._thread.is_alive()
 
 
+def test_a_job_submitted_while_the_engine_sleeps_toward_a_later_deadline_runs_at_once():
+    """The engine thread waits for a job due in 30 s; a job due now wakes it
+    (a push notifies whenever a thread waits on the queue)."""
+    worker = Worker("sleeper")
+    try:
+        worker.after(30, lambda: None)
+        assert worker.settle(within=0.0, timeout=1.0)  # the engine thread now sleeps toward 30 s
+        ran = threading.Event()
+        worker.submit(ran.set)
+        assert ran.wait(5), "the engine thread slept through a job due now"
+    finally:
+        worker.stop()
+
+
 def test_settle_waits_for_due_work_and_reports_work_that_is_not_due():
     worker = Worker("alone")
     try:
