@@ -142,6 +142,10 @@ class RegisterFile:
         reg = self._regs[offset]
         self._values[offset] = value & ((1 << (8 * reg.width)) - 1)
 
+    def add(self, offset: int, n: int) -> None:
+        """A counter register counts `n` more, wrapping at its width."""
+        self._values[offset] = (self._values[offset] + n) & ((1 << (8 * self._regs[offset].width)) - 1)
+
     def set_bits(self, offset: int, bits: int) -> None:
         self._values[offset] |= bits
 

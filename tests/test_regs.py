@@ -101,3 +101,13 @@ def test_reset_restores_every_reset_value():
     regs.write(0x10, 8, 0xFF)
     regs.reset()
     assert (regs.read(0x00, 8), regs.read(0x10, 8)) == (0x5, 0xF0)
+
+
+def test_a_counter_counts_on_and_wraps_at_its_own_width():
+    regs, _ = make()
+    regs.set(0x38, 0xFFFF_FFFF_FFFF_FFFE)
+    regs.add(0x38, 3)
+    assert regs.get(0x38) == 1, "a 64-bit counter wraps at 2**64"
+    regs.set(0x34, 0xFFFF_FFFF)
+    regs.add(0x34, 2)
+    assert regs.get(0x34) == 1, "a 4-byte register wraps at 2**32"

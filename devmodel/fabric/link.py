@@ -182,6 +182,8 @@ class Link:
         self.timer = timer
         self._lock = threading.Lock()
         self._ends: list[_EndState] = []
+        #: id(end) -> (its state, the other end's or None): every packet asks
+        self._pairs: dict[int, tuple[_EndState, _EndState | None]] = {}
         self.state = LinkState.DOWN
         #: bumps on every UP -> DOWN, so late news about an old link-up is recognised
         self.epoch = 0
@@ -204,16 +206,16 @@ class Link:
                 raise ValueError(f"{end.name} is already on {self.name}")
             self._ends.append(_EndState(end, relay))
             other = self._ends[0] if len(self._ends) == 2 else None
+            self._pairs = {id(s.end): (s, next((o for o in self._ends if o is not s), None)) for s in self._ends}
             polling = other.identity if relay and other is not None and other.polling else None
         if polling is not None:
             end.peer_polling(polling)
 
     def _pair(self, end: LinkEnd) -> tuple[_EndState, _EndState | None]:
-        mine = next((s for s in self._ends if s.end is end), None)
-        if mine is None:
+        pair = self._pairs.get(id(end))  # ends are never detached, so their ids stay theirs
+        if pair is None:
             raise ValueError(f"{getattr(end, 'name', end)} is not attached to {self.name}")
-        other = next((s for s in self._ends if s.end is not end), None)
-        return mine, other
+        return pair
 
     # -- the ends' requests ----------------------------------------------------
     def polling(self, end: LinkEnd, identity: PortIdentity) -> None:

@@ -106,16 +106,15 @@ class Dcc(Block):
             self.log.info("DCC_CFG_PORT_CONFIG: logical state %s -> %s", old.name, state.name)
 
     # -- port counters (the PMA reads them: PortXmitData/Pkts, PortRcvData/Pkts) -----
-    def _add(self, offset: int, n: int) -> None:
-        self.regs.set(offset, (self.regs.get(offset) + n) & ((1 << 64) - 1))
-
     def count_received(self, packet, _vl15: bool) -> None:
-        self._add(DCC_PRF_PORT_RCV_PKTS_CNT, 1)
-        self._add(DCC_PRF_PORT_RCV_DATA_CNT, len(packet.data) // 8)  # flits
+        add = self.regs.add
+        add(DCC_PRF_PORT_RCV_PKTS_CNT, 1)
+        add(DCC_PRF_PORT_RCV_DATA_CNT, len(packet.data) // 8)  # flits
 
     def count_transmitted(self, packet) -> None:
-        self._add(DCC_PRF_PORT_XMIT_PKTS_CNT, 1)
-        self._add(DCC_PRF_PORT_XMIT_DATA_CNT, len(packet.data) // 8)
+        add = self.regs.add
+        add(DCC_PRF_PORT_XMIT_PKTS_CNT, 1)
+        add(DCC_PRF_PORT_XMIT_DATA_CNT, len(packet.data) // 8)
 
     def _port_config(self, old: int, new: int) -> None:
         was = field(old, DCC_CFG_PORT_CONFIG_LINK_STATE_SHIFT, DCC_CFG_PORT_CONFIG_LINK_STATE_MASK)

@@ -40,7 +40,7 @@ import logging
 import threading
 import traceback
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from common.ratelog import counts, flush, limited
@@ -86,6 +86,7 @@ from .sdma import Sdma
 from .send import Send
 
 BAR0_SIZE = TXE_PIO_SEND + TXE_PIO_SIZE  # 64 MiB: hfi1_pcie_ddinit refuses anything else
+_ACCESS_SIZES = frozenset((1, 2, 4, 8))
 MAX_FAULTS = 32  # internal errors kept (and logged in full) per device
 
 
@@ -246,7 +247,8 @@ class Hfi1Device(DeviceModel):
         return self.host.dma if self.host is not None else None
 
     def bar_read(self, bar: int, offset: int, size: int) -> int:
-        if not self._in_bar0(bar, offset, size):
+        if bar or offset < 0 or offset + size > BAR0_SIZE or size not in _ACCESS_SIZES or offset % size:
+            self._outside_bar0(bar, offset, size)
             return 0
         value = 0
         with self._lock:
@@ -258,11 +260,13 @@ class Hfi1Device(DeviceModel):
             packets = self._take_outbox()
         if self.log.isEnabledFor(logging.DEBUG):
             self.log.debug("read %s (%d) -> %#x", self.regs.nearest(offset), size, value)
-        self._deliver(vectors, packets)
+        if vectors or packets:
+            self._deliver(vectors, packets)
         return value
 
     def bar_write(self, bar: int, offset: int, size: int, value: int) -> None:
-        if not self._in_bar0(bar, offset, size):
+        if bar or offset < 0 or offset + size > BAR0_SIZE or size not in _ACCESS_SIZES or offset % size:
+            self._outside_bar0(bar, offset, size)
             return
         if self.log.isEnabledFor(logging.DEBUG):
             self.log.debug("write %s (%d) <- %#x", self.regs.nearest(offset), size, value)
@@ -273,7 +277,8 @@ class Hfi1Device(DeviceModel):
                 self.internal_error(exc, f"write of {self.regs.nearest(offset)}")
             vectors = self.intr.take_pending()
             packets = self._take_outbox()
-        self._deliver(vectors, packets)
+        if vectors or packets:  # most stores (PIO, head updates) produce neither
+            self._deliver(vectors, packets)
 
     def reset(self) -> None:
         """FLR or device reset: every register back to its reset value, except the
@@ -390,7 +395,8 @@ class Hfi1Device(DeviceModel):
                 self.internal_error(exc, "a chip event")
             vectors = self.intr.take_pending()
             packets = self._take_outbox()
-        self._deliver(vectors, packets)
+        if vectors or packets:
+            self._deliver(vectors, packets)
 
     def internal_error(self, exc: BaseException, during: str) -> None:
         """A bug in the model (or a case it does not handle) met the guest's
@@ -427,13 +433,13 @@ class Hfi1Device(DeviceModel):
         tools); False if one is still outstanding at the deadline."""
         return self.worker.settle(within=timeout_s, timeout=timeout_s)
 
-    def _take_outbox(self) -> list[Packet]:
+    def _take_outbox(self) -> Sequence[Packet]:
         if not self.outbox:
-            return []
+            return ()
         packets, self.outbox = self.outbox, []
         return packets
 
-    def _deliver(self, vectors: list[int], packets: list[Packet] = ()) -> None:
+    def _deliver(self, vectors: Sequence[int], packets: Sequence[Packet] = ()) -> None:
         for packet in packets:
             self.port.transmit(packet)
         if not vectors:
@@ -452,14 +458,12 @@ class Hfi1Device(DeviceModel):
         for window in self.windows:
             if window.start <= offset < window.end:
                 return window
-        raise AssertionError(f"{offset:#x} is in no BAR0 window")  # _in_bar0 checked the range
+        raise AssertionError(f"{offset:#x} is in no BAR0 window")  # bar_read/bar_write checked the range
 
-    def _in_bar0(self, bar: int, offset: int, size: int) -> bool:
-        if bar != 0 or offset < 0 or offset + size > BAR0_SIZE or size not in (1, 2, 4, 8) or offset % size:
-            limited(self, self.log, "accesses outside BAR0").warning(
-                "BAR%d access at %#x size %d outside the model", bar, offset, size)
-            return False
-        return True
+    def _outside_bar0(self, bar: int, offset: int, size: int) -> None:
+        """An access bar_read/bar_write refuse: not BAR0, beyond it, an odd size, unaligned."""
+        limited(self, self.log, "accesses outside BAR0").warning(
+            "BAR%d access at %#x size %d outside the model", bar, offset, size)
 
 
 def _block_of(exc: BaseException) -> str:

@@ -151,6 +151,7 @@ _KDETH1_AT = opa.BTH_BYTES + opa.KDETH0.size  # from the BTH
 _16B = {name: (opa.LRH_16B.shift[name], opa.LRH_16B.mask[name]) for name in ("sc", "pkey", "len_flits")}
 LNH_RAW, LNH_RAW_IPV6 = 0, 1
 FLIT_BYTES = 8
+_ENABLED_CACHE = 64
 
 
 class Frame:
@@ -164,7 +165,7 @@ class Frame:
         self.pbc = pbc = int.from_bytes(frame[:PBC_BYTES], "little")
         self.vl = (pbc >> _VL_SHIFT) & _VL_MASK
         self.bypass = bool(pbc & _BYPASS)
-        self.data = data = frame[PBC_BYTES:]
+        self.data = data = memoryview(frame)[PBC_BYTES:]  # the checks only read it: no copy
         self.lnh = self.sc = self.pkt_len = self.slid = self.opcode = self.pkey = self.jkey = None
         self.len_flits = None
         self.kdeth = False
@@ -208,13 +209,18 @@ class Limits:
 
     __slots__ = ("regs", "vl_mask", "job_key", "partition_key", "slid", "opcode", "sc2vl", "max_dwords")
 
-    def __init__(self, regs: RegisterFile, offsets: dict[str, int], max_dwords: Callable[[int], int]):
+    #: the check registers Limits reads, in this order, as `offsets` gives them
+    NAMES = ("VL", "JOB_KEY", "PARTITION_KEY", "SLID", "OPCODE")
+
+    def __init__(self, regs: RegisterFile, offsets: tuple[int, ...], max_dwords: Callable[[int], int]):
         self.regs = regs
-        self.vl_mask = regs.get(offsets["VL"])
-        self.job_key = regs.get(offsets["JOB_KEY"])
-        self.partition_key = regs.get(offsets["PARTITION_KEY"]) & SEND_CTXT_CHECK_PARTITION_KEY_VALUE_MASK
-        self.slid = regs.get(offsets["SLID"])
-        self.opcode = regs.get(offsets["OPCODE"])
+        get = regs.get
+        vl, job_key, partition_key, slid, opcode = offsets
+        self.vl_mask = get(vl)
+        self.job_key = get(job_key)
+        self.partition_key = get(partition_key) & SEND_CTXT_CHECK_PARTITION_KEY_VALUE_MASK
+        self.slid = get(slid)
+        self.opcode = get(opcode)
         self.max_dwords = max_dwords
 
     def vl_of(self, sc: int) -> int:
@@ -361,8 +367,18 @@ class IntegrityChecker:
         self.prefix = prefix
         self.max_dwords = max_dwords
         self.enable_offset = CSR_OFFSETS[f"{prefix}_ENABLE"]
-        self.offsets = {name: CSR_OFFSETS[f"{prefix}_{name}"]
-                        for name in ("VL", "JOB_KEY", "PARTITION_KEY", "SLID", "OPCODE")}
+        self.offsets = tuple(CSR_OFFSETS[f"{prefix}_{name}"] for name in Limits.NAMES)
+        #: CHECK_ENABLE value -> the checks it turns on (a driver uses a handful of values)
+        self._enabled: dict[int, tuple[Check, ...]] = {}
+
+    def enabled(self, enable: int) -> tuple[Check, ...]:
+        """The CHECKS a CHECK_ENABLE value turns on, in CHECKS' order."""
+        checks = self._enabled.get(enable)
+        if checks is None:
+            if len(self._enabled) >= _ENABLED_CACHE:
+                self._enabled.clear()  # a guest cycling through values: stay bounded
+            checks = self._enabled[enable] = tuple(check for check in CHECKS if enable & check.enable)
+        return checks
 
     def refused(self, frame: bytes, index: int) -> int:
         """The SEND_EGRESS_ERR_INFO bits of the checks `frame` (PBC +
@@ -373,10 +389,10 @@ class IntegrityChecker:
             return 0
         kdeth_prefix = (regs.get(SEND_BTH_QP) >> SEND_BTH_QP_KDETH_QP_SHIFT) & SEND_BTH_QP_KDETH_QP_MASK
         packet = Frame(frame, kdeth_prefix)
-        limits = Limits(regs, {name: offset + base for name, offset in self.offsets.items()}, self.max_dwords)
+        limits = Limits(regs, tuple(offset + base for offset in self.offsets), self.max_dwords)
         failed = 0
-        for check in CHECKS:
-            if enable & check.enable and check.refuses(packet, limits):
+        for check in self.enabled(enable):
+            if check.refuses(packet, limits):
                 failed |= check.info
         return failed
 

@@ -23,6 +23,7 @@ it reads 0, so CLEAR must really clear.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 from devmodel.regs import Access, Register, RegisterFile
 
@@ -147,7 +148,9 @@ class InterruptController:
             self._pending.append(vector)
             bits ^= low
 
-    def take_pending(self) -> list[int]:
+    def take_pending(self) -> Sequence[int]:
+        if not self._pending:
+            return ()  # every BAR access and chip event asks: no list for nothing
         vectors, self._pending = self._pending, []
         self.delivered += len(vectors)
         return vectors

@@ -98,6 +98,8 @@ from .services import ChipServices
 #: RCV_COUNTER_ARRAY32 / 64 indexes (chip_registers.h)
 RCV_LENGTH_ERR_CNT, RCV_SHORT_ERR_CNT, RCV_ICRC_ERR_CNT, RCV_BUF_OVFL_CNT = 0, 2, 6, 10
 RCV_DATA_PKT_CNT, RCV_DWORD_CNT = 0, 1
+_DATA_PKT_CNT = RCV_COUNTER_ARRAY64 + 8 * RCV_DATA_PKT_CNT
+_DWORD_CNT = RCV_COUNTER_ARRAY64 + 8 * RCV_DWORD_CNT
 NO_CONTEXT = 0xFF
 #: receive classes an RSM rule's PACKET_TYPE matches
 RSM_TYPE = {RcvType.EXPECTED: 0, RcvType.EAGER: 1, RcvType.IB: 2, RcvType.BYPASS: 4}
@@ -292,9 +294,8 @@ class Receive(Block):
         arrival = self.classify(packet)
         if arrival is None:
             return
-        for index, n in ((RCV_DATA_PKT_CNT, 1), (RCV_DWORD_CNT, len(packet.data) // 4)):
-            offset = RCV_COUNTER_ARRAY64 + 8 * index
-            regs.set(offset, regs.get(offset) + n)
+        regs.add(_DATA_PKT_CNT, 1)
+        regs.add(_DWORD_CNT, len(packet.data) // 4)
         self.dcc.count_received(packet, arrival.vl15)
         ctxt = self.steer(arrival)
         if ctxt >= len(self.contexts):

@@ -389,20 +389,13 @@ class ReceiveContext:
         if expected and not arrival.errors and ctrl & RCV_CTXT_CTRL_TID_FLOW_ENABLE_SMASK:
             flow = self._tid_flow(arrival)
 
-        def lost(why: str) -> bool:
-            """The packet is done with, and gone: a mismatch still counts, SeqNum stays."""
-            self.drops[why] += 1
-            if flow is not None:
-                flow.commit(placed=False)
-            return True
-
         tid_err = None  # the RHF bits of a payload placement already tried
         try:
             if flow is not None and not flow.keep_header:
                 # the flow keeps no header of this packet (and its payload only if it says so)
                 if flow.keep_payload:
                     self._place_expected(arrival)
-                return lost("flow_dropped")
+                return self._lost("flow_dropped", flow)
             if flow is not None and flow.suppress:
                 # in sequence, KDETH.SH, the flow suppresses headers: the
                 # payload lands and no header-queue entry is used -- unless
@@ -414,14 +407,14 @@ class ReceiveContext:
                     self._urgent(arrival)
                     return True
         except DmaError:
-            return lost("dma_error")
+            return self._lost("dma_error", flow)
         next_tail = (self.tail + self.entry_dw) % self.queue_dw
         if next_tail == self._head():
             if ctrl & RCV_CTXT_CTRL_DONT_DROP_RHQ_FULL_SMASK:
                 return False
             offset = RCV_HDR_OVFL_CNT + self.kernel_csr_offset
             regs.set(offset, regs.get(offset) + 1)
-            return lost("hdrq_full")
+            return self._lost("hdrq_full", flow)
         data = arrival.packet.data
         hdr_len = arrival.hdr_len
         rhf = arrival.errors
@@ -473,7 +466,7 @@ class ReceiveContext:
             if self.drops["dma_error"] == 0:
                 self.block.log.warning("receive context %d: packet lost, host memory refused the write: %s "
                                        "(RCV_HDR_ADDR %#x)", self.index, err, self.hdr_addr)
-            return lost("dma_error")
+            return self._lost("dma_error", flow)
         if flow is not None:
             flow.commit(placed=not rhf & self.RHF_TID_ERR)
         self.tail = next_tail
@@ -483,6 +476,13 @@ class ReceiveContext:
             self._write_tail()
         self._interrupt(ctrl)
         self._urgent(arrival)
+        return True
+
+    def _lost(self, why: str, flow: FlowVerdict | None) -> bool:
+        """`_place`: the packet is done with, and gone: a mismatch still counts, SeqNum stays."""
+        self.drops[why] += 1
+        if flow is not None:
+            flow.commit(placed=False)
         return True
 
     def _place_eager(self, data: bytes, hdr_len: int, ctrl: int):
@@ -511,7 +511,7 @@ class ReceiveContext:
                                        "(%#x): packet dropped", self.index, nbytes, self.egr_base + index, entry)
             return False
         address = (RCV_ARRAY_ENTRY.get(entry, "address_4k") << 12) + 64 * offset
-        self.services.dma.write(address, data[hdr_len:])
+        self.services.dma.write(address, memoryview(data)[hdr_len:])  # no copy of the payload
         self.egr_index, self.egr_offset = index, offset + (nbytes + 63) // 64
         return index, offset
 

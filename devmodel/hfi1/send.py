@@ -83,6 +83,8 @@ from .services import ChipServices
 
 NUM_CONTEXTS_PER_SET = 8
 SEND_DATA_PKT_CNT, SEND_DWORD_CNT = 0, 1  # SEND_COUNTER_ARRAY64
+_DATA_PKT_CNT = SEND_COUNTER_ARRAY64 + 8 * SEND_DATA_PKT_CNT
+_DWORD_CNT = SEND_COUNTER_ARRAY64 + 8 * SEND_DWORD_CNT
 SEND_DROPPED_PKT_CNT = 5  # SEND_COUNTER_ARRAY32
 _DC_INFO = 1 << PBC.shift["dc_info"]
 _VL_SHIFT, _VL_MASK = PBC.shift["vl"], PBC.mask["vl"]
@@ -185,7 +187,7 @@ class Send(Block):
     def egress(self, frame: bytes) -> None:
         """A launched packet (PBC first) leaves for the link; see the module docstring."""
         pbc = int.from_bytes(frame[:PBC_BYTES], "little")
-        data = frame[PBC_BYTES:]
+        data = memoryview(frame)[PBC_BYTES:]  # copied once, into the Packet
         if not self.regs.get(SEND_CTRL) & SEND_CTRL_SEND_ENABLE_SMASK:
             self._drop("SEND_CTRL.SEND_ENABLE is clear")
             return
@@ -193,7 +195,7 @@ class Send(Block):
         if bypass:
             sc = ((int.from_bytes(data[:opa.LRH_16B_BYTES], "little") >> _SC_16B_SHIFT) & _SC_16B_MASK
                   if len(data) >= opa.LRH_16B_BYTES else 0)
-            packet = Packet(data, sc, bypass=True)
+            packet = Packet(bytes(data), sc, bypass=True)
         else:
             lrh = int.from_bytes(data[:opa.LRH_BYTES], "big") if len(data) >= opa.LRH_BYTES else 0
             lnh = (lrh >> _LNH_SHIFT) & _LNH_MASK
@@ -216,7 +218,8 @@ class Send(Block):
             icrc = opa.icrc(data)
             if pbc & _TEST_BAD_ICRC:
                 icrc ^= 0xFFFFFFFF
-            packet = Packet(data + icrc.to_bytes(opa.ICRC_BYTES, "little"), sc, sealed=not pbc & _TEST_BAD_ICRC)
+            packet = Packet(b"".join((data, icrc.to_bytes(opa.ICRC_BYTES, "little"))), sc,
+                            sealed=not pbc & _TEST_BAD_ICRC)
         state = self.dcc.logical_state
         if state is LogicalState.DOWN or not self.link.is_up:
             self._drop("link down", status=SEND_EGRESS_ERR_STATUS_TX_LINKDOWN_ERR_SMASK)
@@ -225,9 +228,8 @@ class Send(Block):
             self._drop(f"data packet while the port is {state.name}",
                        status=SEND_EGRESS_ERR_STATUS_TX_INCORRECT_LINK_STATE_ERR_SMASK)
             return
-        for index, n in ((SEND_DATA_PKT_CNT, 1), (SEND_DWORD_CNT, len(packet.data) // 4)):
-            offset = SEND_COUNTER_ARRAY64 + 8 * index
-            self.regs.set(offset, (self.regs.get(offset) + n) & ((1 << 64) - 1))
+        self.regs.add(_DATA_PKT_CNT, 1)
+        self.regs.add(_DWORD_CNT, len(packet.data) // 4)
         self.dcc.count_transmitted(packet)
         self.sent += 1
         self.services.emit(packet)

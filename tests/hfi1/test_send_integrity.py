@@ -14,7 +14,9 @@ import pytest
 
 from devmodel.hfi1 import chip_registers as cr
 from devmodel.hfi1.formats import PBC, RcvType
+from devmodel.hfi1.integrity import CHECKS, IntegrityChecker
 from devmodel.hfi1.pio import SendContextState
+from devmodel.regs import RegisterFile
 from devmodel.wire import opa
 from testkit.hfi1.datapath import pair, pbc_for, settle, ud_packet
 from testkit.hfi1.guest import IS_RCVAVAIL_START, IS_RCVURGENT_START, DriverTimeout
@@ -23,6 +25,7 @@ USER_CTXT = 3  # receive context (0..2 are the kernel's)
 USER_SC = 40  # its send context (the kernel's are 140..159)
 CREDITS = 64
 JKEY = 0x1234
+CHECK_ENABLE = cr.SEND_CTXT_CHECK_ENABLE_CHECK_ENABLE_SMASK
 PKEY = 0x8001  # the port's default partition, full member (what PSM2 asks SET_PKEY for)
 KDETH_QP = opa.KDETH_QP_PREFIX << 16
 GENERAL_VECTOR = 0
@@ -317,3 +320,26 @@ def test_a_process_in_poll_wakes_on_an_urgent_packet_only_while_urgent_is_enable
     general_interrupts(b)
     assert b.irq.count(GENERAL_VECTOR) == general and received(b) == 4
     assert b.driver.user_interrupts[-1] == (USER_CTXT, "woke poll(ANYRCV), IntrAvail off")
+
+
+# -- the checks' fast path ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("enable", [
+    0, CHECK_ENABLE, CHECK_ENABLE | cr.SEND_CTXT_CHECK_ENABLE_CHECK_JOB_KEY_SMASK,
+    *(CHECK_ENABLE | 1 << bit for bit in range(1, 22)), (1 << 22) - 1,
+])
+def test_the_checks_an_enable_value_turns_on_are_the_declared_ones(enable):
+    """IntegrityChecker keeps, per CHECK_ENABLE value, the checks it turns
+    on; they are CHECKS filtered by the value, in CHECKS' order, on the
+    first packet and on every one after it."""
+    checker = IntegrityChecker(RegisterFile("t"), "SEND_CTXT_CHECK", lambda _vl: 0)
+    declared = tuple(check for check in CHECKS if enable & check.enable)
+    assert checker.enabled(enable) == declared
+    assert checker.enabled(enable) == declared, "from the cache"
+
+
+def test_a_guest_cycling_through_enable_values_keeps_the_cache_bounded():
+    checker = IntegrityChecker(RegisterFile("t"), "SEND_CTXT_CHECK", lambda _vl: 0)
+    for value in range(1000):
+        checker.enabled(CHECK_ENABLE | value << 1)
+    assert len(checker._enabled) <= 64
