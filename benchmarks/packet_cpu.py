@@ -28,10 +28,20 @@ Two ways of running the chip events, one after the other in one run:
             until B's interrupt; the served path without the vfio-user
             transport
 
+  wire      two more models, each served on a socket by the project's
+            vfio-user server (emulator/server.py, a thread each), reached
+            by the project's client as QEMU reaches it: stores posted, reads
+            round trips, guest memory through DMA_MAP (emulator/dma.py),
+            MSI-X as eventfds; chip events on the ManualScheduler as in
+            `manual`. Printed apart: the two socket threads' CPU per packet
+            (the transport and the BAR accesses it serves, what `vfnic
+            serve`'s socket threads spend) and this thread's (the chip
+            events, and the client, which is QEMU's work, not the server's)
+
 The driver's own work (building frames, writing descriptors) is done once
 ahead where it can be, and is included where it cannot (a few us).
 
-  benchmarks/packet_cpu [--count N] [--rounds R] [--profile] [--manual-only]
+  benchmarks/packet_cpu [--count N] [--rounds R] [--profile] [--modes manual,threaded,wire]
 
 Prints, per kind: CPU us per packet (time.process_time, the median of R
 rounds), packets/s (wall clock), chip events per packet, and with
@@ -78,8 +88,9 @@ class InterruptSignal:
 class Bench:
     """One pair, up; `small(n)` and `large(n)` send n packets from A to B."""
 
-    def __init__(self, scheduler, a, b):
+    def __init__(self, scheduler, a, b, wire: bool = False):
         self.scheduler, self.a, self.b = scheduler, a, b
+        self.wire = wire
         self.hw = a.kernel_contexts[0]
         packet = ud_packet(b.lid, a.lid, UD_QP, bytes(range(SMALL_PAYLOAD)))
         frame = pbc_for(packet).to_bytes(8, "little") + packet
@@ -118,6 +129,8 @@ class Bench:
         another eager buffer: the ones before it are free again), then
         clear_recv_intr (CCE_INT_CLEAR, read back) and check_packet_present
         (RcvHdrTail): two trapped writes and two reads, as on a guest."""
+        if self.wire:
+            self.wait_for_doorbell()
         if self.interrupt is None:
             self.scheduler.advance(20e-6)
         else:
@@ -136,9 +149,18 @@ class Bench:
         if driver.read_uctxt_csr(RCV_CONTEXT, cr.RCV_HDR_TAIL) != driver.hdrq_head[RCV_CONTEXT]:
             raise SystemExit("a packet more than was sent arrived")
 
+    def wait_for_doorbell(self) -> None:
+        """Over the wire: the stores are posted; wait until A's socket thread
+        has handled the last one (the launch or the SDMA step is queued)."""
+        deadline = time.monotonic() + 5
+        while not self.scheduler.pending():
+            if time.monotonic() > deadline:
+                raise SystemExit(f"A's chip queued nothing in 5 s: A {self.a.stats()}")
+            time.sleep(20e-6)
+
     def small(self, n: int) -> None:
         a, hw = self.a, self.hw
-        write = a.device.bar_write
+        write = a.driver.dev.bar_write  # the model, or its vfio-user client (wire)
         credits = a.driver.pio_credits[hw]
         base = PIO_SPACE + (hw << 16)
         for _ in range(n):
@@ -162,13 +184,23 @@ class Bench:
                              f"A {self.a.stats()}, B {self.b.stats()}")
 
 
-def measure(bench: Bench, fn, n: int) -> tuple[float, float, int, int]:
-    """(CPU us per packet, packets per second, chip events run, B's MSI-X messages)."""
+def socket_threads_cpu() -> float:
+    """CPU seconds of the vfio-user server threads (wire mode) so far."""
+    return sum(time.clock_gettime(time.pthread_getcpuclockid(thread.ident))
+               for thread in threading.enumerate() if "serve_forever" in thread.name)
+
+
+def measure(bench: Bench, fn, n: int) -> tuple[float, float, int, int, float]:
+    """(CPU us per packet, packets per second, chip events run, B's MSI-X
+    messages, the socket threads' CPU us per packet)."""
     jobs, irqs = bench.scheduler.jobs_run, bench.b.device.intr.delivered
+    sockets = socket_threads_cpu()
     cpu, wall = time.process_time(), time.perf_counter()
     fn(n)
     cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
-    return cpu / n * 1e6, n / wall, bench.scheduler.jobs_run - jobs, bench.b.device.intr.delivered - irqs
+    sockets = socket_threads_cpu() - sockets
+    return (cpu / n * 1e6, n / wall, bench.scheduler.jobs_run - jobs, bench.b.device.intr.delivered - irqs,
+            sockets / n * 1e6)
 
 
 def run_kinds(bench: Bench, mode: str, count: int, rounds: int) -> int:
@@ -185,6 +217,10 @@ def run_kinds(bench: Bench, mode: str, count: int, rounds: int) -> int:
         print(f"{mode:8} {label:18} {cpu:7.1f} us CPU/packet {rate:7.0f} packets/s {events:4.1f} chip events "
               f"{irqs:4.2f} interrupts/packet"
               f"   (rounds: {', '.join(f'{r[0]:.1f}' for r in results)} us)", flush=True)
+        if bench.wire:
+            sockets = statistics.median(r[4] for r in results)
+            print(f"{'':8} {'':18} {sockets:7.1f} us of it on the socket threads, {cpu - sockets:.1f} us on this "
+                  f"thread (chip events and the client)", flush=True)
     return sent
 
 
@@ -193,28 +229,39 @@ def main() -> int:
     parser.add_argument("--count", type=int, default=2000, help="packets per kind and round (default 2000)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds per kind; the median is printed (default 3)")
     parser.add_argument("--profile", action="store_true", help="a cProfile top-20 of one more manual round per kind")
-    parser.add_argument("--manual-only", action="store_true", help="skip the threaded mode")
+    parser.add_argument("--modes", default="manual,threaded,wire",
+                        help="which of manual, threaded, wire to run (default all three)")
     args = parser.parse_args()
+    modes = set(args.modes.split(","))
+    if modes - {"manual", "threaded", "wire"}:
+        parser.error(f"unknown modes: {', '.join(sorted(modes - {'manual', 'threaded', 'wire'}))}")
 
     print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}; "
           f"{args.count} packets x {args.rounds} rounds per kind", flush=True)
-    with pair() as (scheduler, a, b):
-        bench = Bench(scheduler, a, b)
-        sent = run_kinds(bench, "manual", args.count, args.rounds)
-        if args.profile:
-            for label, fn in (("small (2 B, PIO)", bench.small), ("4k (4 KiB, SDMA)", bench.large)):
-                profiler = cProfile.Profile()
-                profiler.runcall(fn, args.count)
-                sent += args.count
-                print(f"\n-- cProfile, manual, {label}, {args.count} packets, top 20 by internal time")
-                pstats.Stats(profiler, stream=sys.stdout).sort_stats("tottime").print_stats(20)
-        bench.check(sent)
-        if not args.manual_only:
-            bench.go_threaded()
-            sent += run_kinds(bench, "threaded", args.count, args.rounds)
+    if modes & {"manual", "threaded"}:
+        with pair() as (scheduler, a, b):
+            bench = Bench(scheduler, a, b)
+            sent = 0
+            if "manual" in modes:
+                sent += run_kinds(bench, "manual", args.count, args.rounds)
+            if args.profile:
+                for label, fn in (("small (2 B, PIO)", bench.small), ("4k (4 KiB, SDMA)", bench.large)):
+                    profiler = cProfile.Profile()
+                    profiler.runcall(fn, args.count)
+                    sent += args.count
+                    print(f"\n-- cProfile, manual, {label}, {args.count} packets, top 20 by internal time")
+                    pstats.Stats(profiler, stream=sys.stdout).sort_stats("tottime").print_stats(20)
             bench.check(sent)
-        if a.memory.refused or b.memory.refused:
-            raise SystemExit(f"DMA outside guest memory: A {a.memory.refused}, B {b.memory.refused}")
+            if "threaded" in modes:
+                bench.go_threaded()
+                sent += run_kinds(bench, "threaded", args.count, args.rounds)
+                bench.check(sent)
+            if a.memory.refused or b.memory.refused:
+                raise SystemExit(f"DMA outside guest memory: A {a.memory.refused}, B {b.memory.refused}")
+    if "wire" in modes:
+        with pair(over_the_wire=True) as (scheduler, a, b):
+            bench = Bench(scheduler, a, b, wire=True)
+            bench.check(run_kinds(bench, "wire", args.count, args.rounds))
     print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     return 0
 
