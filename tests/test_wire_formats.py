@@ -109,6 +109,14 @@ def test_icrc_detects_a_flipped_bit_but_not_a_rewritten_service_channel():
     assert opa.icrc_ok(bytes(rewritten))
 
 
+@pytest.mark.parametrize("lnh,headers", [(opa.LNH_BTH, 0), (opa.LNH_GRH, opa.GRH_BYTES), (opa.LNH_GRH, 20)])
+def test_the_icrc_of_a_view_is_the_icrc_of_the_bytes(lnh, headers):
+    """The egress path hands `icrc` a memoryview of the launched frame: a
+    GRH (whole, or cut short) must not need bytes' own methods."""
+    packet = opa.LRH.build(sc=0, lnh=lnh, dlid=1, slid=2, pkt_len=20) + bytes(range(headers)) + bytes(range(30))
+    assert opa.icrc(memoryview(packet)) == opa.icrc(packet)
+
+
 def test_a_bitfields_codec_refuses_values_that_do_not_fit():
     with pytest.raises(ValueError, match="does not fit"):
         opa.LRH.encode(sc=16)

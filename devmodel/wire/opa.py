@@ -242,7 +242,7 @@ def icrc(packet: bytes | memoryview, lnh: int | None = None) -> int:
     crc = zlib.crc32(bytes((packet[0] | 0xF0,)) + bytes(packet[1:LRH_BYTES]))
     pos = LRH_BYTES
     if lnh == LNH_GRH:
-        grh = bytearray(packet[pos:pos + GRH_BYTES].ljust(GRH_BYTES, b"\0"))
+        grh = bytearray(bytes(packet[pos:pos + GRH_BYTES]).ljust(GRH_BYTES, b"\0"))
         grh[0] |= 0x0F  # traffic class low nibble
         grh[1:4] = b"\xff\xff\xff"  # traffic class high nibble, flow label
         grh[7] = 0xFF  # hop limit

@@ -278,6 +278,31 @@ def test_a_bad_descriptor_halts_the_engine_and_the_drivers_recovery_restarts_it(
 
 # -- receive --------------------------------------------------------------------------------
 
+def grh_ud_packet(dlid: int, slid: int, dest_qp: int, payload: bytes) -> bytes:
+    """A 9B UD SEND_ONLY with a GRH (what IPoIB's multicast sends carry), without its ICRC."""
+    body = opa.BTH.build(opcode=opa.Opcode.UD_SEND_ONLY, pad=0, pkey=0xFFFF, dest_qp=dest_qp, psn=7) \
+        + opa.DETH.build(qkey=0x80010000, src_qp=1) + payload
+    grh = bytes([0x60, 0, 0, 0]) + (len(body) + opa.ICRC_BYTES).to_bytes(2, "big") \
+        + bytes([opa.GRH_NEXT_HEADER_BTH, 0xFF]) + bytes(range(32))
+    lrh = opa.LRH.build(sc=0, lnh=opa.LNH_GRH, dlid=dlid, slid=slid, pkt_len=(8 + 40 + len(body)) // 4 + 1)
+    return lrh + grh + body
+
+
+@pytest.mark.parametrize("engine", ["pio", "sdma"])
+def test_a_packet_with_a_grh_crosses_the_link_with_its_icrc_intact(fabric, engine):
+    _, a, b = fabric
+    packet = grh_ud_packet(b.lid, a.lid, UD_QP, bytes(range(64)))
+    if engine == "pio":
+        a.driver.pio_copy(a.kernel_contexts[0], pbc_for(packet), packet)
+    else:
+        a.driver.sdma_send(0, pbc_for(packet), packet)
+    settle(a, b)
+    assert a.stats()["internal_errors"] == [] and b.stats()["internal_errors"] == []
+    assert delivered(b, 2) == 1
+    rhf, _ = b.driver.hdrq_entry(2, b.driver.hdrq_head[2] // HDRQ_ENTRY_DWORDS)
+    assert rhf["icrc_err"] == 0 and rhf["len_err"] == 0
+
+
 def test_vl15_goes_to_context_0_whose_tail_is_dma_d(fabric):
     _, a, b = fabric
     smp = ud_packet(0xFFFF, a.lid, 0, bytes(256), sc=15)  # a directed-route SMP to QP0
