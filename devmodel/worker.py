@@ -92,9 +92,13 @@ class _Scheduler:
 
     def _push(self, job: Job) -> None:
         with self._cond:
-            heapq.heappush(self._queue, (job.deadline, next(self._seq), job))
-            if self._waiters:
-                self._cond.notify_all()  # the engine thread, whatever settle() waiters also wait
+            self._enqueue(job)
+
+    def _enqueue(self, job: Job) -> None:
+        """Queue `job` (called with the lock held)."""
+        heapq.heappush(self._queue, (job.deadline, next(self._seq), job))
+        if self._waiters:
+            self._cond.notify_all()  # the engine thread, whatever settle() waiters also wait
 
     def _wait(self, timeout: float | None = None) -> None:
         """`_cond.wait`, counted in `_waiters` (called with the lock held)."""
@@ -143,9 +147,7 @@ class ThreadScheduler(_Scheduler):
             if self._stopped:
                 job.cancel()
                 return
-            heapq.heappush(self._queue, (job.deadline, next(self._seq), job))
-            if self._waiters:
-                self._cond.notify_all()  # the engine thread, whatever settle() waiters also wait
+            self._enqueue(job)
 
     def _attach(self, handle: "ScheduledWorker") -> None:
         with self._cond:
