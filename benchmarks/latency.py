@@ -5,6 +5,8 @@ variants side by side in one run.
     benchmarks/latency [--iters N] [--variant LABEL=SERVE-ARGS ...] [--server-arg=ARG ...]
     benchmarks/latency --variant base= --variant nowm=--no-write-multiple
     benchmarks/latency --rounds 6 --variant host="--sched host" --variant fifo="--sched fifo"
+    benchmarks/latency --rounds 4 --bw 300 --variant engine="--option pio-launch=engine" \
+                       --variant inline="--option pio-launch=inline"
 
 Each variant boots the same two guests (Debian trixie, TCG, 1 vCPU each) on a
 two-socket `vfnic serve --profile` with that variant's arguments (plus every
@@ -40,9 +42,12 @@ Per message, what is counted (the server's `--profile` and /proc):
 
 With `--rounds R` the guests boot once and the variants alternate R times
 on them (order rotated from round to round), the server re-tuned through
-its control socket (`tune`) in between: only `--switch-interval`, `--vcpu-sched` and
-`--sched` variants, but a slow drift of the machine's load then hits every
-variant alike, where a boot per variant lets it decide the comparison.
+its control socket (`tune`) in between: only `--switch-interval`, `--sched`,
+`--vcpu-sched` and runtime device options (`--option pio-launch=...`), but a
+slow drift of the machine's load then hits every variant alike, where a boot
+per variant lets it decide the comparison. `--bw N` also runs `ib_write_bw -s
+65536 -n N` after each variant's ib_send_lat (outside the counted window) and
+reports its bandwidth (with --rounds, the rounds' median).
 
 The table has one column per variant and the ratio of each to the first.
 The machine's absolute figures drift with its load (printed with each
@@ -59,6 +64,7 @@ import sys
 import time
 from pathlib import Path
 
+from devmodel import registry
 from emulator import tuning
 from images.lab.fabric import ACTIVE, INIT, Fabric, parse_perftest
 from images.lab.process import run_directory
@@ -129,6 +135,7 @@ def snapshot(fabric: Fabric, ending: bool = False) -> dict:
         "engine_jobs": devices[0]["engine"]["jobs_run"],  # one engine thread: every device reports it
         "engine_late_s": devices[0]["engine"]["late_s"],
         "packets": sum(v["packets"] for k, v in devices[0]["port"]["link"].items() if "->" in k),
+        "inline_launches": sum(d["pio"].get("inline_launches", 0) for d in devices),
         "undeclared": sum(d["undeclared_csr_accesses"] for d in devices),
     }
 
@@ -148,6 +155,15 @@ def ib_send_lat(fabric: Fabric, iterations: int) -> tuple[dict, dict]:
     if not run.ok or not rows:
         raise RuntimeError(f"ib_send_lat failed:\n{run.explain()}")
     return rows[0], difference(snapshot(fabric, ending=True), before)
+
+
+def ib_write_bw(fabric: Fabric, iterations: int) -> float:
+    """One ib_write_bw -s 65536 run: its average bandwidth, MiB/s."""
+    run = fabric.run_pair(f"ib_write_bw -F -s 65536 -n {iterations}", timeout=900)
+    rows = parse_perftest(run.client.stdout)
+    if not run.ok or not rows:
+        raise RuntimeError(f"ib_write_bw failed:\n{run.explain()}")
+    return rows[0]["bw_avg_mib_s"]
 
 
 def breakdown(d: dict, messages: int, latency: dict) -> dict:
@@ -171,6 +187,7 @@ def breakdown(d: dict, messages: int, latency: dict) -> dict:
         out[f"  per trapped {label} (us)"] = sum(v["ns"] for v in kind.values()) / 1e3 / count if count else 0.0
     out["server CPU (us)"] = d["cpu_s"] * 1e6 * per
     out["link packets"] = d["packets"] * per
+    out["PIO packets launched inline"] = d["inline_launches"] * per
     for name, row in sorted(d["threads"].items()):
         if row["voluntary"] + row["involuntary"] == 0 and row["run_ns"] == 0:
             continue
@@ -199,7 +216,7 @@ def breakdown(d: dict, messages: int, latency: dict) -> dict:
     return out
 
 
-def measure(workdir: Path, label: str, server_args: list[str], iterations: int) -> dict:
+def measure(workdir: Path, label: str, server_args: list[str], iterations: int, bw_iterations: int = 0) -> dict:
     print(f"{label}: vfnic serve {' '.join(server_args) or '(defaults)'}; load {load_average()}", flush=True)
     stats = workdir / "stats.json"
     args = ["--stats", str(stats), "--profile", *server_args]
@@ -210,7 +227,10 @@ def measure(workdir: Path, label: str, server_args: list[str], iterations: int) 
         started = time.monotonic()
         row, counters = ib_send_lat(fabric, iterations)
         took = time.monotonic() - started
+        bandwidth = ib_write_bw(fabric, bw_iterations) if bw_iterations else None
     result = breakdown(counters, 2 * iterations, row)
+    if bandwidth is not None:
+        result["ib_write_bw 64 KiB (MiB/s)"] = bandwidth
     result["load average (1 min)"] = os.getloadavg()[0]
     print(f"  t_typical {row['t_typical_us']:.1f} us, t_avg {row['t_avg_us']:.1f} us ({took:.0f} s); "
           f"load {load_average()}", flush=True)
@@ -223,17 +243,25 @@ RUNTIME.add_argument("--switch-interval", type=float, default=5.0)  # Python's o
 RUNTIME.add_argument("--sched", default=tuning.DEFAULT_SCHED)
 RUNTIME.add_argument("--sched-slice-us", type=int, default=100)
 RUNTIME.add_argument("--vcpu-sched", default=tuning.DEFAULT_VCPU_SCHED)
+RUNTIME.add_argument("--option", action="append", default=[])
 
 
 def runtime_settings(label: str, args: list[str]) -> dict:
-    """A variant's arguments as `tune` arguments; ValueError if it has
+    """A variant's arguments as `tune` arguments, every runtime device option
+    included (its default unless the variant sets it); ValueError if it has
     others (they need a server of their own)."""
     settings, rest = RUNTIME.parse_known_args(args)
-    if rest:
-        raise ValueError(f"variant {label}: {' '.join(rest)} cannot change on a running server "
-                         "(--rounds alternates --switch-interval, --sched and --vcpu-sched only)")
+    fixed = [o for o in settings.option if o.partition("=")[0] not in registry.DEVICES["hfi1"].runtime_options]
+    if rest or fixed:
+        raise ValueError(f"variant {label}: {' '.join([*rest, *fixed])} cannot change on a running server "
+                         "(--rounds alternates --switch-interval, --sched, --vcpu-sched and runtime --option only)")
+    try:
+        options = registry.runtime_options("hfi1", settings.option, defaults=True)
+    except registry.OptionError as e:
+        raise ValueError(f"variant {label}: {e}") from None
     return {"switch_interval_ms": settings.switch_interval, "sched": settings.sched,
-            "slice_us": settings.sched_slice_us, "vcpu_sched": settings.vcpu_sched}
+            "slice_us": settings.sched_slice_us, "vcpu_sched": settings.vcpu_sched,
+            "option": [f"{k}={v}" for k, v in options.items()]}
 
 
 def combine(a: dict, b: dict) -> dict:
@@ -243,7 +271,7 @@ def combine(a: dict, b: dict) -> dict:
 
 
 def measure_alternating(workdir: Path, variants: list[tuple[str, list[str]]], server_args: list[str],
-                        iterations: int, rounds: int) -> dict[str, dict]:
+                        iterations: int, rounds: int, bw_iterations: int = 0) -> dict[str, dict]:
     """Every variant on one boot: `rounds` rounds, each running every
     variant once (`iterations / rounds` iterations, the order rotated from
     round to round), the server re-tuned through its control socket in
@@ -257,6 +285,7 @@ def measure_alternating(workdir: Path, variants: list[tuple[str, list[str]]], se
     per_round = max(iterations // rounds, 10)
     counters: dict[str, dict] = {label: {} for label in settings}
     rows: dict[str, list[dict]] = {label: [] for label in settings}
+    bandwidths: dict[str, list[float]] = {label: [] for label in settings}
     with Fabric.launch(workdir, server_args=args) as fabric:
         fabric.wait_ports(INIT)
         fabric.start_subnet_manager()
@@ -268,8 +297,12 @@ def measure_alternating(workdir: Path, variants: list[tuple[str, list[str]]], se
                 row, moved = ib_send_lat(fabric, per_round)
                 counters[label] = combine(counters[label], moved)
                 rows[label].append(row)
-                print(f"  round {r + 1} {label}: t_typical {row['t_typical_us']:.1f} us, t_avg {row['t_avg_us']:.1f} us;"
-                      f" load {load_average()}", flush=True)
+                bandwidth = ""
+                if bw_iterations:
+                    bandwidths[label].append(ib_write_bw(fabric, bw_iterations))
+                    bandwidth = f", ib_write_bw {bandwidths[label][-1]:.1f} MiB/s"
+                print(f"  round {r + 1} {label}: t_typical {row['t_typical_us']:.1f} us, t_avg {row['t_avg_us']:.1f} us"
+                      f"{bandwidth}; load {load_average()}", flush=True)
     results = {}
     for label in settings:
         typical = sorted(row["t_typical_us"] for row in rows[label])
@@ -278,6 +311,11 @@ def measure_alternating(workdir: Path, variants: list[tuple[str, list[str]]], se
         results[label] = breakdown(counters[label], 2 * per_round * rounds, latency)
         results[label]["rounds' best t_typical (us)"] = typical[0]
         results[label]["rounds' worst t_typical (us)"] = typical[-1]
+        if bandwidths[label]:
+            ordered = sorted(bandwidths[label])
+            results[label]["ib_write_bw 64 KiB, median (MiB/s)"] = ordered[len(ordered) // 2]
+            results[label]["ib_write_bw 64 KiB, rounds' worst (MiB/s)"] = ordered[0]
+            results[label]["ib_write_bw 64 KiB, rounds' best (MiB/s)"] = ordered[-1]
         results[label]["load average (1 min)"] = os.getloadavg()[0]
     return results
 
@@ -317,8 +355,11 @@ def main() -> int:
     parser.add_argument("--server-arg", action="append", default=[], metavar="ARG",
                         help="a `vfnic serve` argument every variant gets (--server-arg=--no-write-multiple)")
     parser.add_argument("--rounds", type=int, default=0, metavar="R",
-                        help="boot once and alternate the variants R times (only --switch-interval and --sched "
-                             "variants: the control socket changes them); default: a boot per variant")
+                        help="boot once and alternate the variants R times (only --switch-interval, --sched and "
+                             "runtime --option variants: the control socket changes them); default: a boot per "
+                             "variant")
+    parser.add_argument("--bw", type=int, default=0, metavar="N",
+                        help="also run ib_write_bw -s 65536 -n N after each variant's ib_send_lat (default: not)")
     parser.add_argument("--json", metavar="FILE", help="also write the figures here")
     parser.add_argument("--keep", action="store_true", help="keep the guests' and server's logs")
     args = parser.parse_args()
@@ -334,10 +375,11 @@ def main() -> int:
     results = {}
     with run_directory("vfnic-bench-latency-", args.keep) as workdir:
         if args.rounds:
-            results = measure_alternating(workdir / "alternating", variants, args.server_arg, args.iters, args.rounds)
+            results = measure_alternating(workdir / "alternating", variants, args.server_arg, args.iters, args.rounds,
+                                          args.bw)
         else:
             for label, extra in variants:
-                results[label] = measure(workdir / label, label, [*extra, *args.server_arg], args.iters)
+                results[label] = measure(workdir / label, label, [*extra, *args.server_arg], args.iters, args.bw)
     how = (f"one boot, {args.rounds} rounds alternating the variants (latency: the rounds' median)" if args.rounds
            else "a boot per variant")
     print(f"\nib_send_lat -s 2 between two TCG guests (1 vCPU each) on one vfnic serve, "

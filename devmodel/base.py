@@ -77,6 +77,12 @@ class DeviceModel(ABC):
         """What the driver calls the register at `offset` of `bar` (for traces)."""
         return f"BAR{bar}+{offset:#x}"
 
+    def set_option(self, key: str, value: str) -> None:
+        """Change a device option that may change while the device runs (the
+        registry's `runtime_options`: `vfnic serve --option`, the control
+        socket's `tune`); ValueError for an unknown key or value."""
+        raise ValueError(f"{self.name or type(self).__name__} has no option {key!r} that changes while it runs")
+
     def ports(self) -> list:
         """The device's fabric ports (devmodel/fabric): objects with a `name`,
         the `link` they are cabled to (or None) and `status() -> dict`."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -52,6 +52,10 @@ class DeviceEntry:
     #: (`--cable-listen`/`--cable-connect`): (role, address, opener, **options)
     #: -> (devices, cables) (devmodel/fabric/remote_cable.py); None: it has no port to cable
     remote_cabled: str | None = None
+    #: options that may change while the device runs, as `options`: not given
+    #: to the factories but set on each device made (`DeviceModel.set_option`),
+    #: and changed later by the control socket's `tune option=KEY=VALUE`
+    runtime_options: dict[str, tuple[tuple[str, ...], str, str]] = field(default_factory=dict)
 
 
 DEVICES = {
@@ -67,25 +71,61 @@ DEVICES = {
                   "/lib/firmware, or probe fails), negotiates the link with VerifyCap "
                   "and relays SMA idle messages; simulator (3, functional simulator), none of that"),
     }, fabric="Hfi1Device.fabric", served_on_fabric="Hfi1Device.served_on_fabric",
-        remote_cabled="Hfi1Device.remote_cabled", guest_files=GuestFiles(
+        remote_cabled="Hfi1Device.remote_cabled", runtime_options={
+        "pio-launch": (("engine", "inline"), "engine",
+                       "where a PIO packet is launched: engine, as a chip event on the engine thread; inline, "
+                       "a packet of at most two blocks right on the socket thread of the store that completes "
+                       "it (docs/execution-model.md, rule 1)"),
+    }, guest_files=GuestFiles(
         "firmware", "write the hfi1 firmware files (vfnic's own, signed with its test key)", "usr/lib/firmware",
         "devmodel.hfi1.firmware:firmware_files", "devmodel.hfi1.firmware:write_firmware")),
 }
 
 
 def parse_options(name: str, pairs: list[str]) -> dict[str, str]:
+    """The factory options `pairs` (KEY=VALUE) choose, defaults filled in;
+    OptionError for a key or value the device does not know. Runtime options
+    among `pairs` are checked too, and left out (`runtime_options`)."""
     entry = DEVICES[name]
     chosen = {key: default for key, (_allowed, default, _doc) in entry.options.items()}
+    for key, value in _pairs(name, pairs):
+        if key in entry.options:
+            chosen[key] = value
+    return chosen
+
+
+def runtime_options(name: str, pairs: list[str], defaults: bool = False) -> dict[str, str]:
+    """The runtime options `pairs` set (every one, defaults filled in, with
+    `defaults`); OptionError as parse_options."""
+    entry = DEVICES[name]
+    chosen = {key: default for key, (_allowed, default, _doc) in entry.runtime_options.items()} if defaults else {}
+    for key, value in _pairs(name, pairs):
+        if key in entry.runtime_options:
+            chosen[key] = value
+    return chosen
+
+
+def set_runtime_options(name: str, devices: list[DeviceModel], pairs: list[str]) -> None:
+    """Give every device of kind `name` the runtime options `pairs` set."""
+    for key, value in runtime_options(name, pairs).items():
+        for device in devices:
+            device.set_option(key, value)
+
+
+def _pairs(name: str, pairs: list[str]) -> list[tuple[str, str]]:
+    entry = DEVICES[name]
+    every = {**entry.options, **entry.runtime_options}
+    out = []
     for pair in pairs:
         key, sep, value = pair.partition("=")
-        if not sep or key not in entry.options:
-            known = ", ".join(entry.options) or "none"
+        if not sep or key not in every:
+            known = ", ".join(every) or "none"
             raise OptionError(f"{name} has no option {key!r} (options: {known})")
-        allowed = entry.options[key][0]
+        allowed = every[key][0]
         if value not in allowed:
             raise OptionError(f"{name} option {key} takes {' or '.join(allowed)}, not {value!r}")
-        chosen[key] = value
-    return chosen
+        out.append((key, value))
+    return out
 
 
 def _resolve(entry: DeviceEntry, path: str) -> Callable:
@@ -120,7 +160,9 @@ def create(name: str, options: list[str] | None = None) -> DeviceModel:
     entry = DEVICES[name]
     chosen = parse_options(name, options or [])
     factory = _resolve(entry, entry.factory)
-    return factory(**{k.replace("-", "_"): v for k, v in chosen.items()}) if entry.options else factory()
+    device = factory(**{k.replace("-", "_"): v for k, v in chosen.items()}) if entry.options else factory()
+    set_runtime_options(name, [device], options or [])
+    return device
 
 
 def create_fabric(name: str, count: int, options: list[str] | None = None) -> list[DeviceModel]:
@@ -132,7 +174,9 @@ def create_fabric(name: str, count: int, options: list[str] | None = None) -> li
     if entry.fabric is None:
         return [create(name, options) for _ in range(count)]
     chosen = parse_options(name, options or [])
-    return _resolve(entry, entry.fabric)(count, **{k.replace("-", "_"): v for k, v in chosen.items()})
+    devices = _resolve(entry, entry.fabric)(count, **{k.replace("-", "_"): v for k, v in chosen.items()})
+    set_runtime_options(name, devices, options or [])
+    return devices
 
 
 class FabricNode(Protocol):
@@ -168,7 +212,9 @@ def create_topology_fabric(name: str, topology, options: list[str] | None = None
         served = _resolve(entry, entry.served_on_fabric)(**{k.replace("-", "_"): v for k, v in chosen.items()})
     except ValueError as e:  # the device refuses an option on such a fabric (e.g. hfi1's link-partner)
         raise OptionError(str(e)) from None
-    return build_fabric(topology, served, scheduler)
+    built = build_fabric(topology, served, scheduler)
+    set_runtime_options(name, built.devices, options or [])
+    return built
 
 
 def create_remote_cabled(name: str, options: list[str] | None, role, address: tuple[str, int],
@@ -187,7 +233,9 @@ def create_remote_cabled(name: str, options: list[str] | None, role, address: tu
         raise OptionError(f"{name} has no port to cable to another vfnic serve (devices that have: {cabled})")
     chosen = parse_options(name, options or [])
     try:
-        return _resolve(entry, entry.remote_cabled)(role, address, opener,
-                                                    **{k.replace("-", "_"): v for k, v in chosen.items()})
+        devices, cables = _resolve(entry, entry.remote_cabled)(role, address, opener,
+                                                               **{k.replace("-", "_"): v for k, v in chosen.items()})
     except ValueError as e:  # the device refuses an option here (hfi1's link-partner)
         raise OptionError(str(e)) from None
+    set_runtime_options(name, devices, options or [])
+    return devices, cables

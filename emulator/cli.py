@@ -88,9 +88,11 @@ def device_options_help() -> str:
     """The devices' --option keys, their values (default first) and what they do."""
     lines = ["device options (--option KEY=VALUE):"]
     for device, entry in sorted(registry.DEVICES.items()):
-        for key, (allowed, default, doc) in entry.options.items():
+        for key, (allowed, default, doc) in {**entry.options, **entry.runtime_options}.items():
             values = "|".join([default, *(v for v in allowed if v != default)])
             lines.append(f"  {device} {key}={values}")
+            if key in entry.runtime_options:
+                doc += f"; changes while serving: `vfnic ctl C tune option={key}=VALUE`"
             lines += textwrap.wrap(doc, 74, initial_indent="      ", subsequent_indent="      ")
     return "\n".join(lines)
 

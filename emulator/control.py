@@ -24,7 +24,10 @@ Commands (`help` lists them with their arguments):
     tune            [switch_interval_ms], [sched] (host, fifo, fifo-engines, slice), [slice_us],
                     [vcpu_sched] (host, idle): how the server's threads and its
                     clients' vCPU threads are scheduled from now on
-                    (emulator/tuning.py; `host` undoes slice, fifo or idle)
+                    (emulator/tuning.py; `host` undoes slice, fifo or idle);
+                    [option]: a device option that changes while serving
+                    (KEY=VALUE, or a list of them: hfi1's pio-launch=inline),
+                    set on every served device
 
 Links are named as `query` shows them ("hfi1_0<->hfi1_1") or by their index.
 A malformed line, an unknown command or a bad argument gets an error reply
@@ -46,6 +49,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from devmodel import registry
 from devmodel.fabric import Fault, FaultError, Link, LinkError
 
 from . import tuning
@@ -101,8 +105,9 @@ class Controller:
             Command("link-up", self.link_up, ("link",), (), "bring a link taken down back"),
             Command("capture-start", self.capture_start, ("link", "file"), (), "write a pcap of a link's packets"),
             Command("capture-stop", self.capture_stop, ("link",), (), "stop a link's capture"),
-            Command("tune", self.tune, (), ("switch_interval_ms", "sched", "slice_us", "vcpu_sched"),
-                    "how the server's threads are scheduled now (emulator/tuning.py); returns the settings"),
+            Command("tune", self.tune, (), ("switch_interval_ms", "sched", "slice_us", "vcpu_sched", "option"),
+                    "how the server's threads and its clients' vCPU threads are scheduled now (emulator/tuning.py), "
+                    "and device options that change while serving (option=KEY=VALUE); returns the settings"),
             Command("help", self.help, (), (), "the commands and their arguments"),
         )}
 
@@ -223,6 +228,11 @@ class Controller:
     def tune(self, a: dict) -> dict:
         interval = _number(a, "switch_interval_ms", float)
         slice_us = _number(a, "slice_us", int)
+        options = _options(a.get("option", []))
+        models = [server.function.model for server in self.servers]
+        for key, value in options:  # every one checked before any is set
+            for model in models:
+                _check_option(model, key, value)
         try:
             if interval is not None:
                 tuning.set_switch_interval(interval)
@@ -234,10 +244,15 @@ class Controller:
                 self.vcpus.set_policy(str(a["vcpu_sched"]))
         except tuning.TuningError as e:
             raise CommandError(str(e)) from None
-        settings = {"switch_interval_ms": sys.getswitchinterval() * 1000}
+        for key, value in options:
+            for model in models:
+                model.set_option(key, value)
+        reply: dict = {"switch_interval_ms": sys.getswitchinterval() * 1000}
+        if options:
+            reply["options"] = dict(options)
         if self.vcpus is not None:
-            settings.update(self.vcpus.describe())
-        return settings
+            reply.update(self.vcpus.describe())
+        return reply
 
     def help(self, _arguments: dict) -> dict:
         return {c.name: {"arguments": list(c.required), "optional": list(c.optional), "doc": c.doc}
@@ -255,6 +270,25 @@ def _summary(nodes: list[dict], links: list[Link]) -> dict:
                 states[str(port["state"])] = states.get(str(port["state"]), 0) + 1
     up = sum(1 for link in links if link.state.value == "up")
     return {"nodes": kinds, "cabled_ports": states, "links": len(links), "links_up": up}
+
+
+def _options(value: object) -> list[tuple[str, str]]:
+    """tune's `option`: "KEY=VALUE" or a list of them."""
+    pairs = [value] if isinstance(value, str) else value
+    if not isinstance(pairs, list) or not all(isinstance(p, str) and "=" in p for p in pairs):
+        raise CommandError(f"option must be KEY=VALUE or a list of them, not {value!r}")
+    return [tuple(p.split("=", 1)) for p in pairs]
+
+
+def _check_option(model, key: str, value: str) -> None:
+    """CommandError unless `model` knows the runtime option `key` and takes `value`."""
+    entry = registry.DEVICES.get(model.name)
+    known = entry.runtime_options if entry is not None else {}
+    if key not in known:
+        raise CommandError(f"{model.name} has no option {key!r} that changes while serving "
+                           f"(those that do: {', '.join(known) or 'none'})")
+    if value not in known[key][0]:
+        raise CommandError(f"{model.name} option {key} takes {' or '.join(known[key][0])}, not {value!r}")
 
 
 def _number(arguments: dict, key: str, kind: type) -> float | int | None:

@@ -331,6 +331,15 @@ class Hfi1Device(DeviceModel):
                 "engine": {"jobs_run": self.worker.scheduler.jobs_run, "late_s": self.worker.scheduler.late_s},
             }
 
+    def set_option(self, key: str, value: str) -> None:
+        """The options that change while the device runs (devmodel/registry.py
+        `runtime_options`): `pio-launch` (engine, inline; pio.py)."""
+        if key != "pio-launch":
+            super().set_option(key, value)
+        with self._lock:
+            self.pio.set_launch_mode(value)
+        self.log.info("pio-launch=%s", value)
+
     def register_name(self, bar: int, offset: int) -> str:
         if bar != 0 or not 0 <= offset < BAR0_SIZE:
             return f"BAR{bar}+{offset:#x}"

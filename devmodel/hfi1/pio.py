@@ -32,6 +32,17 @@ its PBC length covers has been written, in ring order:
                                  rest, copy the packet out, free the blocks,
                                  hand it to egress (send.py); then return credits
 
+With `pio-launch=inline` (`Pio.set_launch_mode`; off by default,
+docs/execution-model.md rule 1) the store that completes a packet of at most
+INLINE_MAX_BLOCKS blocks at the launch point runs the launcher itself, for
+that one packet, under the lock the access holds: the same checks, egress
+and credit return, its packet and interrupts handed over by the access after
+the lock as an event's are. It falls back to the chip event when a launch is
+already queued, the packet is bigger, or the link has no room for it (the
+launcher then waits for credits); a block completed behind an unfinished
+packet queues nothing, since that packet's last store launches both in ring
+order.
+
 Guest mistakes halt the context with the SEND_CTXT_ERR_STATUS bit silicon
 uses and raise source 32 + h (the driver restarts kernel contexts itself):
 a write beyond the ring (WriteOutOfBounds), a byte written twice before
@@ -127,6 +138,17 @@ MIN_PACKET_DWS = (PBC_BYTES + opa.LRH_BYTES + opa.BTH_BYTES) // 4
 #: PBC, in dwords (also what 12 bits of RHF.PktLen can describe)
 MAX_PACKET_DWS = (10240 + 128) // 4
 LAUNCH_BATCH = 64  # packets per launcher step
+#: how the launcher runs (`vfnic serve --option pio-launch=...`): as a chip event
+#: on the engine thread, or (`inline`) right on the thread of the store that
+#: completed a small packet
+LAUNCH_MODES = ("engine", "inline")
+#: the largest packet launched inline, in blocks: two (128 bytes, PBC
+#: included) hold every header-only packet hfi1 sends by PIO -- an RC ACK or
+#: a 2-byte send is one, a 9B LRH + GRH + BTH + extended header with a small
+#: payload two -- while launching, checking and ICRC-summing it costs the
+#: store's thread about what handing it to the engine would; bigger packets
+#: (bandwidth, not latency) keep the engine, off the guest's vCPU path
+INLINE_MAX_BLOCKS = 2
 CONTEXT_CSRS = ("SEND_CTXT_CREDIT_CTRL", "SEND_CTXT_CREDIT_RETURN_ADDR", "SEND_CTXT_CHECK_ENABLE",
                 "SEND_CTXT_CHECK_VL", "SEND_CTXT_CHECK_JOB_KEY", "SEND_CTXT_CHECK_PARTITION_KEY",
                 "SEND_CTXT_CHECK_SLID", "SEND_CTXT_CHECK_OPCODE")
@@ -238,17 +260,42 @@ class PioSendContext:
         if sop:
             self.sop[index] = True
         if written == FULL_BLOCK:
+            self._block_completed()
+
+    def _block_completed(self) -> None:
+        """A store completed a block: queue the launcher, or with
+        `Pio.launch_inline` launch a small packet now, on the store's thread
+        (see the module docstring)."""
+        if not self.block.launch_inline or self.launch_posted:
             self._post_launch()
+            return
+        first = self.launch_at
+        if self.written[first] != FULL_BLOCK:
+            return  # the packet at the launch point is still being written: its last store launches
+        start = PIO_BLOCK * first
+        length_dws = int.from_bytes(self.ring[start:start + PBC_BYTES], "little") & _PBC_LENGTH_MASK
+        nblocks = -(-length_dws // 16)
+        if nblocks > INLINE_MAX_BLOCKS:
+            self._post_launch()
+            return
+        if any(self.written[(first + i) % self.depth] != FULL_BLOCK for i in range(nblocks)):
+            return  # its last block is still being written
+        if not self.block.port.peer_has_room():
+            self._post_launch()  # the launcher waits for the link's credits
+            return
+        self.block.inline_launches += 1
+        self.launch(batch=1)
 
     # -- the launcher (chip event) ---------------------------------------------------
-    def launch(self) -> None:
-        """Send what the ring holds, in order (see the module docstring);
-        waits for link credits when the peer's buffer is full."""
+    def launch(self, batch: int = LAUNCH_BATCH) -> None:
+        """Send what the ring holds, in order, at most `batch` packets (see
+        the module docstring); waits for link credits when the peer's
+        buffer is full."""
         self.launch_posted = False
         launched = freed = 0
         due = 0
         port = self.block.port
-        while self.state is SendContextState.RUNNING and launched < LAUNCH_BATCH and self.launch_at < self.depth:
+        while self.state is SendContextState.RUNNING and launched < batch and self.launch_at < self.depth:
             first = self.launch_at
             if self.written[first] != FULL_BLOCK:
                 break
@@ -304,8 +351,8 @@ class PioSendContext:
             if (self.free_counter - self.last_returned) & CR_COUNTER_MASK > threshold:
                 due |= CR_DUE_TO_THRESHOLD
             self.return_credits(due)
-        if launched == LAUNCH_BATCH:
-            self._post_launch()
+        if launched == batch and self.state is SendContextState.RUNNING and self.written[self.launch_at] == FULL_BLOCK:
+            self._post_launch()  # more is ready: the launcher goes on as a chip event
 
     def _post_launch(self) -> None:
         if not self.launch_posted:
@@ -353,7 +400,16 @@ class Pio(Block):
         self.intr = intr
         self.send = send
         self.port = port
+        #: launch small packets on the store's thread (`set_launch_mode`); a
+        #: setting of the server, not chip state: a reset keeps it
+        self.launch_inline = False
         super().__init__(services)
+
+    def set_launch_mode(self, mode: str) -> None:
+        """`engine` (every launch a chip event) or `inline` (see the module docstring)."""
+        if mode not in LAUNCH_MODES:
+            raise ValueError(f"pio-launch takes {' or '.join(LAUNCH_MODES)}, not {mode!r}")
+        self.launch_inline = mode == "inline"
 
     def declare(self) -> list[Register]:
         contexts = self.config.send_contexts
@@ -365,6 +421,7 @@ class Pio(Block):
         self.contexts = [PioSendContext(self, h) for h in range(contexts)]
         self.integrity = IntegrityChecker(self.regs, "SEND_CTXT_CHECK", self.send.max_dwords)
         self.stray_writes = 0
+        self.inline_launches = 0
         regs = [
             csr("SEND_PIO_INIT_CTXT", writable=SEND_PIO_INIT_CTXT_PIO_ALL_CTXT_INIT_SMASK
                 | SEND_PIO_INIT_CTXT_PIO_SINGLE_CTXT_INIT_SMASK
@@ -388,12 +445,14 @@ class Pio(Block):
     def reset(self) -> None:
         self.contexts = [PioSendContext(self, h) for h in range(len(self.contexts))]
         self.stray_writes = 0
+        self.inline_launches = 0
 
     def counters(self) -> dict:
         busy = {c.hw: {"packets": c.packets, "dropped_writes": c.dropped_writes, "halted": c.halted,
                        "halts": c.halts, "refused": c.refused}
                 for c in self.contexts if c.packets or c.dropped_writes or c.halts or c.halted}
         return {"packets": sum(c.packets for c in self.contexts), "stray_writes": self.stray_writes,
+                "launch": "inline" if self.launch_inline else "engine", "inline_launches": self.inline_launches,
                 "contexts": busy}
 
     # -- contexts ------------------------------------------------------------------
