@@ -67,6 +67,9 @@ def test_an_unknown_command_exits_non_zero_with_one_line_and_the_server_still_an
     (["capture-start", "link=0", "file=/no/such/dir/x.pcap"], "capture directory /no/such/dir does not exist"),
     (["capture-stop", "link=0"], "is not being captured"),
     (["query", "oops"], "is not KEY=VALUE"),
+    (["tune", "option=pio-launch=socket"], "hfi1 option pio-launch takes engine or inline, not 'socket'"),
+    (["tune", "option=icode=simulator"], "hfi1 has no option 'icode' that changes while serving"),
+    (["tune", "option=inline"], "option must be KEY=VALUE"),
 ])
 def test_bad_arguments_get_an_error_naming_the_problem(fabric, args, message):
     path, _ = fabric
@@ -104,6 +107,20 @@ def test_stats_and_help(fabric):
     assert len(stats) == 2 and all("undeclared_csr_accesses" in s for s in stats.values())
     commands = json.loads(ctl(path, "help").stdout)
     assert commands["fault-set"]["arguments"] == ["link", "from", "kind"]
+
+
+def test_tune_sets_a_runtime_device_option_on_every_served_device(fabric):
+    path, _ = fabric
+    result = ctl(path, "tune", "option=pio-launch=inline")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["options"] == {"pio-launch": "inline"}
+    try:
+        stats = json.loads(ctl(path, "stats").stdout)
+        assert [s["pio"]["launch"] for s in stats.values()] == ["inline", "inline"]
+    finally:
+        assert ctl(path, "tune", "option=pio-launch=engine").returncode == 0
+    stats = json.loads(ctl(path, "stats").stdout)
+    assert [s["pio"]["launch"] for s in stats.values()] == ["engine", "engine"]
 
 
 def test_malformed_lines_get_an_error_and_the_connection_goes_on(fabric):
