@@ -39,9 +39,10 @@ that one packet, under the lock the access holds: the same checks, egress
 and credit return, its packet and interrupts handed over by the access after
 the lock as an event's are. It falls back to the chip event when a launch is
 already queued, the packet is bigger, or the link has no room for it (the
-launcher then waits for credits); a block completed behind an unfinished
-packet queues nothing, since that packet's last store launches both in ring
-order.
+launcher then waits for credits). A block completed behind an unfinished
+packet queues nothing: the store that finishes the packet at the launch
+point launches it (or queues the launcher, if it is big), and queues the
+launcher for what is ready behind it, so packets leave in ring order.
 
 Guest mistakes halt the context with the SEND_CTXT_ERR_STATUS bit silicon
 uses and raise source 32 + h (the driver restarts kernel contexts itself):
@@ -142,12 +143,13 @@ LAUNCH_BATCH = 64  # packets per launcher step
 #: on the engine thread, or (`inline`) right on the thread of the store that
 #: completed a small packet
 LAUNCH_MODES = ("engine", "inline")
-#: the largest packet launched inline, in blocks: two (128 bytes, PBC
-#: included) hold every header-only packet hfi1 sends by PIO -- an RC ACK or
-#: a 2-byte send is one, a 9B LRH + GRH + BTH + extended header with a small
-#: payload two -- while launching, checking and ICRC-summing it costs the
-#: store's thread about what handing it to the engine would; bigger packets
-#: (bandwidth, not latency) keep the engine, off the guest's vCPU path
+#: the largest packet launched inline, in blocks. Two (128 bytes, PBC
+#: included) hold the packets a latency-bound exchange sends by PIO: an RC
+#: ACK or a small verbs send is one block, one with a GRH or RETH and a few
+#: bytes, or a PSM2 eager packet with a few dozen, two. A bigger packet is
+#: bandwidth, not latency: copying, checking and ICRC-summing up to 10 KiB on
+#: the socket thread would hold up the next messages from QEMU, where the
+#: engine launches many in one step
 INLINE_MAX_BLOCKS = 2
 CONTEXT_CSRS = ("SEND_CTXT_CREDIT_CTRL", "SEND_CTXT_CREDIT_RETURN_ADDR", "SEND_CTXT_CHECK_ENABLE",
                 "SEND_CTXT_CHECK_VL", "SEND_CTXT_CHECK_JOB_KEY", "SEND_CTXT_CHECK_PARTITION_KEY",
@@ -271,7 +273,7 @@ class PioSendContext:
             return
         first = self.launch_at
         if self.written[first] != FULL_BLOCK:
-            return  # the packet at the launch point is still being written: its last store launches
+            return  # the packet at the launch point is still being written: the store that ends it acts
         start = PIO_BLOCK * first
         length_dws = int.from_bytes(self.ring[start:start + PBC_BYTES], "little") & _PBC_LENGTH_MASK
         nblocks = -(-length_dws // 16)
