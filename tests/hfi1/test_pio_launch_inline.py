@@ -64,7 +64,7 @@ def test_a_one_block_packet_leaves_on_the_stores_thread_without_the_scheduler(fa
 
 
 def test_without_inline_the_same_packet_waits_for_the_engine(fabric):
-    scheduler, a, b = fabric
+    _, a, b = fabric
     hw = a.kernel_contexts[0]
     packet = packet_of(a, b, 1)
     a.driver.pio_copy(hw, pbc_for(packet), packet)
