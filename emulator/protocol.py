@@ -210,6 +210,10 @@ RegionAccess = c.Struct(
     "count" / c.Int32ul,
 )
 
+#: a REGION_READ or REGION_WRITE up to its data: the header, then the access
+#: (a read's request whole; the first 32 bytes of either's reply)
+RegionAccessMessage = c.Struct(*Header.subcons, *RegionAccess.subcons)
+
 WriteMultiEntry = c.Struct(
     "offset" / c.Int64ul,
     "region" / c.Int32ul,
@@ -233,9 +237,10 @@ REGION_INFO = Fixed(RegionInfo)
 IRQ_INFO = Fixed(IrqInfo)
 IRQ_SET = Fixed(IrqSet)
 REGION_ACCESS = Fixed(RegionAccess)
+REGION_ACCESS_MESSAGE = Fixed(RegionAccessMessage)
 WRITE_MULTI_COUNT = Fixed(c.Struct(WriteMulti.subcons[0]))
 WRITE_MULTI_ENTRY = Fixed(WriteMultiEntry)
-assert HEADER.size == HEADER_SIZE
+assert HEADER.size == HEADER_SIZE and REGION_ACCESS_MESSAGE.size == HEADER_SIZE + REGION_ACCESS.size
 
 
 def fds_ancillary(fds) -> list[tuple[int, int, bytes]]:

@@ -40,6 +40,7 @@ from .protocol import (
     NUM_IRQS,
     NUM_REGIONS,
     REGION_ACCESS,
+    REGION_ACCESS_MESSAGE,
     REGION_INFO,
     WRITE_MULTI_COUNT,
     WRITE_MULTI_ENTRY,
@@ -73,6 +74,8 @@ _CMSG_SPACE = socket.CMSG_SPACE(MAX_MSG_FDS * 4)
 _NO_REPLY, _TYPE_REPLY, _ERROR = int(MsgFlags.NO_REPLY), int(MsgFlags.TYPE_REPLY), int(MsgFlags.ERROR)
 _REGION_READ, _REGION_WRITE = int(Command.REGION_READ), int(Command.REGION_WRITE)
 _ACCESS_SIZE = REGION_ACCESS.size
+_MSG_CTRUNC = int(socket.MSG_CTRUNC)
+_NO_FDS: tuple[tuple[int, ...], bool] = ((), False)
 
 
 class RunState(Enum):
@@ -133,6 +136,11 @@ class Connection:
         self.write_multiple = write_multiple
         self.client_caps: dict = {}
         self.counts = {"messages": 0, "errors": 0}
+        #: what the client sent and we have not handled yet (`_fill`), room for the largest message
+        self._inbox = bytearray(MAX_MESSAGE_SIZE)
+        self._view = memoryview(self._inbox)
+        #: (inbox offset a read ended at, its fds, whether some were cut off), oldest first
+        self._pending_fds: list[tuple[int, list[int], bool]] = []
         self._handlers = {
             Command.VERSION: self.version,
             Command.DMA_MAP: self.dma_map,
@@ -148,29 +156,51 @@ class Connection:
         }
 
     # -- framing ------------------------------------------------------------------
-    def _recv_exact(self, n: int) -> bytes:
-        data = self.sock.recv(n)  # almost always the whole payload at once
-        while len(data) < n:
-            more = self.sock.recv(n - len(data))
-            if not more:
-                raise Disconnected("client closed the connection mid-message")
-            data += more
-        return data
+    def _fill(self, start: int, end: int, need: int) -> tuple[int, int]:
+        """Read until the inbox holds `need` bytes from `start`; (start, end) after.
 
-    def _complete(self, data: bytes, ancdata: list, msg_flags: int) -> Message:
-        """The rest of a message whose first bytes (and fds) `recvmsg` returned."""
-        if not data:
-            raise Disconnected("client closed the connection")
-        fds = fds_received(ancdata)
-        if len(data) < HEADER_SIZE:
-            data += self._recv_exact(HEADER_SIZE - len(data))
-        msg_id, command, msg_size, flags, _error = HEADER.unpack_from(data)
-        if msg_size < HEADER_SIZE or msg_size > MAX_MESSAGE_SIZE:
+        One `recvmsg_into` takes whatever the client has sent so far: a
+        burst of QEMU's posted writes is one system call, not two a message.
+        File descriptors come with the read that reaches the first byte of
+        the `sendmsg` that carried them, and that read ends inside that
+        `sendmsg` (net/unix/af_unix.c, unix_stream_read_generic), so they
+        belong to the message holding the read's last byte: noted as
+        (that byte's end, fds, truncated) for `_fds_until`. QEMU sends each
+        message, fds and all, with one `sendmsg`.
+        """
+        inbox, view, pending = self._inbox, self._view, self._pending_fds
+        if start == end:
+            start = end = 0
+        elif start + need > len(inbox):  # make room: the partial message moves to the front
+            inbox[:end - start] = inbox[start:end]
+            self._pending_fds = pending = [(e - start, fds, cut) for e, fds, cut in pending]
+            start, end = 0, end - start
+        while end - start < need:
+            n, ancdata, msg_flags, _ = self.sock.recvmsg_into([view[end:]], _CMSG_SPACE)
+            if ancdata or msg_flags & _MSG_CTRUNC:
+                pending.append((end + n, fds_received(ancdata), bool(msg_flags & _MSG_CTRUNC)))
+            if not n:
+                raise Disconnected("client closed the connection mid-message" if end > start
+                                   else "client closed the connection")
+            end += n
+        return start, end
+
+    def _fds_until(self, stop: int) -> tuple[list[int], bool]:
+        """The fds (and whether some were cut off) that came with reads
+        ending inside the message that ends at `stop`."""
+        fds, truncated, pending = [], False, self._pending_fds
+        while pending and pending[0][0] <= stop:
+            _, more, cut = pending.pop(0)
+            fds += more
+            truncated |= cut
+        return fds, truncated
+
+    def close_pending_fds(self) -> None:
+        """Close the fds of messages never framed (the connection ended first)."""
+        for _, fds, _ in self._pending_fds:
             for fd in fds:
                 os.close(fd)
-            raise FramingError(f"message {msg_id} ({command_name(command)}) claims size {msg_size}")
-        payload = self._recv_exact(msg_size - HEADER_SIZE) if msg_size > HEADER_SIZE else b""
-        return Message(msg_id, command, flags, payload, fds, bool(msg_flags & socket.MSG_CTRUNC))
+        self._pending_fds = []
 
     def send(self, msg_id: int, command: int, reply: Reply) -> None:
         data = header(msg_id, command, len(reply.payload), _TYPE_REPLY) + reply.payload
@@ -194,38 +224,47 @@ class Connection:
         """Handle messages until the client goes.
 
         BAR reads and writes -- the guest's MMIO, most of the traffic -- take a
-        short path: no fds, a well-formed header, RUNNING. Anything unusual
-        about them (bad bounds, wrong sizes) falls through to the general
-        dispatch, which answers with the right errno.
+        short path: no fds, a well-formed header, RUNNING; their fields are
+        unpacked straight from the inbox. Anything unusual about them (bad
+        bounds, wrong sizes) falls through to the general dispatch, which
+        answers with the right errno.
         """
-        recvmsg, sendall, function = self.sock.recvmsg, self.sock.sendall, self.function
-        unpack_header, pack_header, unpack_access = HEADER.unpack_from, HEADER.pack, REGION_ACCESS.unpack_from
-        counts = self.counts
-        while True:
-            head, ancdata, msg_flags, _ = recvmsg(HEADER_SIZE, _CMSG_SPACE)
-            counts["messages"] += 1
-            if not ancdata and len(head) == HEADER_SIZE and self.state is RunState.RUNNING:
-                msg_id, command, size, flags, _ = unpack_header(head)
-                if (command == _REGION_READ or command == _REGION_WRITE) and not flags & ~_NO_REPLY \
-                        and HEADER_SIZE + _ACCESS_SIZE <= size <= MAX_MESSAGE_SIZE:
-                    payload = self._recv_exact(size - HEADER_SIZE)
-                    offset, region, count = unpack_access(payload)
+        inbox, sendall, function = self._inbox, self.sock.sendall, self.function
+        unpack_header, unpack_access, pack_reply = HEADER.unpack_from, REGION_ACCESS.unpack_from, REGION_ACCESS_MESSAGE.pack
+        counts, fill = self.counts, self._fill
+        start = end = 0
+        try:
+            while True:
+                if end - start < HEADER_SIZE:
+                    start, end = fill(start, end, HEADER_SIZE)
+                msg_id, command, size, flags, _ = unpack_header(inbox, start)
+                if size < HEADER_SIZE or size > MAX_MESSAGE_SIZE:
+                    raise FramingError(f"message {msg_id} ({command_name(command)}) claims size {size}")
+                if end - start < size:
+                    start, end = fill(start, end, size)
+                body, start = start + HEADER_SIZE, start + size
+                counts["messages"] += 1
+                fds, truncated = self._fds_until(start) if self._pending_fds else _NO_FDS
+                if not fds and not truncated and self.state is RunState.RUNNING \
+                        and (command == _REGION_READ or command == _REGION_WRITE) and not flags & ~_NO_REPLY \
+                        and size >= HEADER_SIZE + _ACCESS_SIZE:
+                    offset, region, count = unpack_access(inbox, body)
                     try:
                         if command == _REGION_READ and size == HEADER_SIZE + _ACCESS_SIZE and count <= MAX_DATA_XFER_SIZE:
                             data = function.region_read(region, offset, count)
                             if not flags:
-                                sendall(pack_header(msg_id, command, size + count, _TYPE_REPLY, 0) + payload + data)
+                                sendall(pack_reply(msg_id, command, size + count, _TYPE_REPLY, 0, offset, region, count) + data)
                             continue
                         if command == _REGION_WRITE and size == HEADER_SIZE + _ACCESS_SIZE + count:
-                            function.region_write(region, offset, payload[_ACCESS_SIZE:])
+                            function.region_write(region, offset, bytes(inbox[body + _ACCESS_SIZE:start]))
                             if not flags:
-                                sendall(pack_header(msg_id, command, size - count, _TYPE_REPLY, 0) + payload[:_ACCESS_SIZE])
+                                sendall(pack_reply(msg_id, command, size - count, _TYPE_REPLY, 0, offset, region, count))
                             continue
                     except RegionAccessError:
                         pass  # answered with its errno below
-                    self.dispatch(Message(msg_id, command, flags, payload, []))
-                    continue
-            self.dispatch(self._complete(head, ancdata, msg_flags))
+                self.dispatch(Message(msg_id, command, flags, bytes(inbox[body:start]), list(fds), truncated))
+        finally:
+            self.close_pending_fds()
 
     def dispatch(self, msg: Message) -> None:
         """Validate and handle one message; refusals become error replies."""

@@ -66,3 +66,10 @@ def _formats(fixed):
 
 def test_header_helper_counts_the_header_in_msg_size():
     assert p.HEADER.parse(p.header(7, p.Command.REGION_READ, 16))["msg_size"] == 32
+
+
+def test_a_region_access_message_is_a_header_then_an_access_in_one_struct():
+    value = dict(msg_id=0x1234, command=9, msg_size=32, flags=1, error_no=0, offset=0x30, region=7, count=4)
+    golden = bytes.fromhex("3412" "0900" "20000000" "01000000" "00000000" "3000000000000000" "07000000" "04000000")
+    assert p.RegionAccessMessage.build(value) == golden == p.REGION_ACCESS_MESSAGE.build(**value)
+    assert p.REGION_ACCESS_MESSAGE.parse(golden) == value and p.REGION_ACCESS_MESSAGE.size == 32

@@ -97,6 +97,11 @@ class PciFunction:
         self.model_errors = 0
         self._model_errors_log = RateLimitedLog(log, "device model errors", burst=MAX_LOGGED_MODEL_ERRORS)
         self._special = self._special_ranges()
+        #: per BAR, the span covering all its special ranges: most accesses fall outside it
+        self._special_span = {index: (min(r[0] for r in ranges), max(r[1] for r in ranges))
+                              for index, ranges in self._special.items()}
+        #: region index -> size, for the bounds check every access makes
+        self._region_sizes = {CONFIG_REGION: CONFIG_SIZE, **{index: bar.size for index, bar in self.bars.items()}}
         self.dma = DmaSpace()
         self.irq = InterruptLines({
             IrqIndex.INTX: 1 if layout.interrupt_pin else 0,
@@ -135,7 +140,8 @@ class PciFunction:
     # One transport thread drives a function (accesses, resets, FLR), so the
     # function itself takes no lock; model workers use the model's own lock.
     def region_read(self, index: int, offset: int, length: int) -> bytes:
-        self._check(index, offset, length)
+        if not 0 <= offset < offset + length <= self._region_sizes.get(index, 0):
+            self._check(index, offset, length)  # raises, saying which bound
         if index == CONFIG_REGION:
             return self.config.read(offset, length)
         if length in (1, 2, 4, 8) and not offset % length:  # one CPU access: the common case
@@ -146,7 +152,8 @@ class PciFunction:
         return bytes(out)
 
     def region_write(self, index: int, offset: int, data: bytes) -> None:
-        self._check(index, offset, len(data))
+        if not 0 <= offset < offset + len(data) <= self._region_sizes.get(index, 0):
+            self._check(index, offset, len(data))  # raises, saying which bound
         if index == CONFIG_REGION:
             self.config.write(offset, data)
             return
@@ -206,9 +213,11 @@ class PciFunction:
         return value
 
     def _served_read(self, index: int, offset: int, size: int) -> int:
-        for start, end, read, _write in self._special.get(index, ()):
-            if start <= offset < end:
-                return read(offset - start, size)
+        span = self._special_span.get(index)
+        if span is not None and span[0] <= offset < span[1]:
+            for start, end, read, _write in self._special[index]:
+                if start <= offset < end:
+                    return read(offset - start, size)
         try:
             return self.model.bar_read(index, offset, size)
         except Exception as exc:
@@ -226,10 +235,12 @@ class PciFunction:
             self._served_write(index, offset, size, value)
 
     def _served_write(self, index: int, offset: int, size: int, value: int) -> None:
-        for start, end, _read, write in self._special.get(index, ()):
-            if start <= offset < end:
-                write(offset - start, size, value)
-                return
+        span = self._special_span.get(index)
+        if span is not None and span[0] <= offset < span[1]:
+            for start, end, _read, write in self._special[index]:
+                if start <= offset < end:
+                    write(offset - start, size, value)
+                    return
         try:
             self.model.bar_write(index, offset, size, value)
         except Exception as exc:
