@@ -22,9 +22,14 @@ command: `modprobe hfi1`, then poll sysfs until port 1 reads Init.
                      "waits" (longer gaps: the driver sleeping or waiting
                      for the chip, e.g. dump_fw_version's 10 ms sleeps)
 
-Target (issue 8): silicon mode at most 4 s. The trace costs a few
+Target (issue 15): silicon mode at most 3 s. The trace costs a few
 microseconds per access on the server; the figures drift with the load of
 the machine (two cores shared with the guest).
+
+`--rcv-array 32768` serves the real chip's RcvArray instead of the default
+8192 entries (`--option rcv-array=`): the driver's init_chip writes every
+entry, reading RCV_ARRAY_CNT before each write, so the rcv block's trapped
+accesses grow fourfold (devmodel/hfi1/config.py has the figures).
 """
 from __future__ import annotations
 
@@ -44,7 +49,7 @@ from images.lab.server import VfnicServer
 from images.lab.vm import Guest
 
 MODES = ("simulator", "silicon")
-TARGET_S = 4.0
+TARGET_S = 3.0
 WAIT_GAP_S = 1e-3
 INIT_STATE = 2
 #: the trace names everything outside the CSR windows by region
@@ -93,12 +98,13 @@ def dmesg_span(dmesg: str) -> tuple[float, float]:
     return hfi1[0], init[0]
 
 
-def one_run(mode: str, workdir: Path, blocks: dict[str, str]) -> dict:
+def one_run(mode: str, workdir: Path, blocks: dict[str, str], rcv_array: int | None = None) -> dict:
     trace = workdir / "mmio.trace"
     socket_dir = Path(tempfile.mkdtemp(prefix="vfnic-probe-", dir="/tmp"))
     try:
         with VfnicServer("hfi1", [socket_dir / "hfi1.sock"], log=workdir / "serve.log",
-                         args=["--option", f"icode={mode}", "--trace", str(trace)]) as server:
+                         args=["--option", f"icode={mode}", "--trace", str(trace),
+                               *(["--option", f"rcv-array={rcv_array}"] if rcv_array else [])]) as server:
             with Guest(server.sockets, workdir=workdir / "guest", name=f"probe-{mode}",
                        kernel_args=["modprobe.blacklist=hfi1"]) as guest:
                 out = guest.run(MODPROBE_TO_INIT, timeout=300, check=True).stdout.split()
@@ -142,6 +148,8 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=1, help="fresh guests per mode (default 1)")
     parser.add_argument("--mode", choices=MODES, action="append", help="only this mode (repeatable)")
     parser.add_argument("--keep", action="store_true", help="keep the traces and the guests' and server's logs")
+    parser.add_argument("--rcv-array", type=int, choices=(8192, 16384, 32768),
+                        help="RcvArray entries the chip reports (default: the device's, 8192)")
     args = parser.parse_args()
     blocks = block_of_register()
     results: dict[str, list[dict]] = {}
@@ -150,14 +158,15 @@ def main() -> int:
             results[mode] = []
             for i in range(args.runs):
                 print(f"{mode}: run {i + 1}/{args.runs}", flush=True)
-                results[mode].append(one_run(mode, workdir / mode / f"run{i + 1}", blocks))
-    print("\nmodprobe hfi1 to port 1 Init, one TCG guest (1 vCPU), one HFI with its built-in link partner")
+                results[mode].append(one_run(mode, workdir / mode / f"run{i + 1}", blocks, args.rcv_array))
+    print("\nmodprobe hfi1 to port 1 Init, one TCG guest (1 vCPU), one HFI with its built-in link partner"
+          + (f", RcvArray of {args.rcv_array} entries" if args.rcv_array else ""))
     for mode, runs in results.items():
         report(mode, runs)
     if "silicon" in results:
         run = median_run(results["silicon"])
         verdict = "met" if run["total_s"] <= TARGET_S else "NOT met"
-        print(f"\ntarget: silicon mode at most {TARGET_S:.0f} s: {verdict} ({run['total_s']:.1f} s)")
+        print(f"\ntarget (issue 15): silicon mode at most {TARGET_S:.0f} s: {verdict} ({run['total_s']:.1f} s)")
         print(f"dominated by: {dominant(run)}")
     return 0
 

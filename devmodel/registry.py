@@ -70,6 +70,10 @@ DEVICES = {
                   "the chip authenticates signed firmware (the guest needs the files of `vfnic firmware` in "
                   "/lib/firmware, or probe fails), negotiates the link with VerifyCap "
                   "and relays SMA idle messages; simulator (3, functional simulator), none of that"),
+        "rcv-array": (("8192", "16384", "32768"), "8192",
+                      "the RcvArray entries the chip reports (RCV_ARRAY_CNT): 8192, a quarter of the real chip's, "
+                      "keeps modprobe short (the driver writes every entry with a trapped read before each); "
+                      "32768, the real chip's (devmodel/hfi1/config.py)"),
     }, fabric="Hfi1Device.fabric", served_on_fabric="Hfi1Device.served_on_fabric",
         remote_cabled="Hfi1Device.remote_cabled", runtime_options={
         "pio-launch": (("engine", "inline"), "engine",

@@ -3,6 +3,7 @@ them: two traces of the same probe, one with a changed write, one that
 polled longer; a trace's time per register block."""
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -155,3 +156,15 @@ def test_stats_count_accesses_and_split_busy_time_from_waits(tmp_path):
     assert out.returncode == 0, out.stderr
     rows = {line.split()[0]: line.split()[1:3] for line in out.stdout.splitlines()[2:]}
     assert rows == {"CCE": ["1", "1"], "RCV": ["0", "1"], "DC": ["3", "0"], "SEND": ["0", "1"]}
+
+
+def test_each_line_is_what_json_dumps_writes_for_its_fields(tmp_path):
+    path = tmp_path / "odd.trace"
+    trace = MmioTrace(str(path))
+    trace.record('hfi1 "0"\\', "W", 2, 0x12_3456, 4, "undeclared:RcvArray[3]+0x8 \u00e9", 0xDEAD)
+    trace.close()
+    line = path.read_text().splitlines()[1]
+    row = json.loads(line)
+    assert line == json.dumps(row)
+    assert row == {"t": row["t"], "device": 'hfi1 "0"\\', "op": "W", "bar": 2, "offset": "0x123456", "size": 4,
+                   "register": "undeclared:RcvArray[3]+0x8 \u00e9", "value": "0x0000dead"}

@@ -47,6 +47,9 @@ ICODE_RTL_SILICON = 0
 ICODE_FUNCTIONAL_SIMULATOR = 3
 #: `vfnic serve --option icode=...`
 ICODES = {"silicon": ICODE_RTL_SILICON, "simulator": ICODE_FUNCTIONAL_SIMULATOR}
+#: RcvArray entries (RCV_ARRAY_CNT): the real chip's, and ours unless `--option rcv-array=` says otherwise
+RCV_ARRAY_REAL_CHIP = 32768
+RCV_ARRAY_DEFAULT = 8192
 
 
 class PortType(IntEnum):
@@ -87,7 +90,7 @@ class ChipConfig:
     device_rev: int = PCI_REVISION_B1
     # capacities
     rcv_contexts: int = 160
-    rcv_array_count: int = 8192
+    rcv_array_count: int = RCV_ARRAY_DEFAULT
     send_contexts: int = 160
     sdma_engines: int = 16
     pio_mem_size: int = 0x40000

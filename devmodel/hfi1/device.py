@@ -68,6 +68,7 @@ from .config import (
     PCI_REVISION_B1,
     PCI_SUBSYSTEM_ID_ADAPTER_X16,
     PCI_VENDOR_ID_INTEL,
+    RCV_ARRAY_DEFAULT,
     ChipConfig,
     Neighbour,
     make_guid,
@@ -108,13 +109,15 @@ class Hfi1Device(DeviceModel):
     name = "hfi1"
 
     @classmethod
-    def from_options(cls, link_partner: str = "present", icode: str = "silicon") -> "Hfi1Device":
+    def from_options(cls, link_partner: str = "present", icode: str = "silicon",
+                     rcv_array: str = str(RCV_ARRAY_DEFAULT)) -> "Hfi1Device":
         """Build from `vfnic serve --option` values (see devmodel/registry.py)."""
         neighbour = {"neighbour": None} if link_partner == "none" else {}
-        return cls(ChipConfig(icode=ICODES[icode], **neighbour))
+        return cls(ChipConfig(icode=ICODES[icode], rcv_array_count=int(rcv_array), **neighbour))
 
     @classmethod
     def fabric(cls, count: int, link_partner: str = "present", icode: str = "silicon",
+               rcv_array: str = str(RCV_ARRAY_DEFAULT),
                scheduler: ThreadScheduler | ManualScheduler | None = None) -> list["Hfi1Device"]:
         """`count` HFIs for one `vfnic serve`: each with its own GUID (serial
         1, 2, ...), cabled back to back in pairs (1-2, 3-4, ...); an odd last
@@ -126,7 +129,8 @@ class Hfi1Device(DeviceModel):
         for i in range(count):
             cabled = i + 1 < count or i % 2 == 1
             neighbour = None if cabled or link_partner == "none" else Neighbour(guid=make_guid(0x800000 | (i + 1)))
-            config = ChipConfig(guid=make_guid(i + 1), neighbour=neighbour, icode=ICODES[icode])
+            config = ChipConfig(guid=make_guid(i + 1), neighbour=neighbour, icode=ICODES[icode],
+                                rcv_array_count=int(rcv_array))
             name = f"hfi1_{i}" if count > 1 else "hfi1"
             devices.append(cls(config, worker=engines.worker(name), name=name))
         for a, b in zip(devices[0::2], devices[1::2]):
@@ -135,7 +139,8 @@ class Hfi1Device(DeviceModel):
         return devices
 
     @classmethod
-    def served_on_fabric(cls, link_partner: str = "present", icode: str = "silicon") -> ServedHfis:
+    def served_on_fabric(cls, link_partner: str = "present", icode: str = "silicon",
+                         rcv_array: str = str(RCV_ARRAY_DEFAULT)) -> ServedHfis:
         """How hfi1s are made for a fabric of switches (`vfnic serve --switch`,
         `--topology`, devmodel/fabric/topology.py): the k-th served HFI gets
         GUID serial k + 1 and no built-in partner (its cable is the
@@ -146,13 +151,15 @@ class Hfi1Device(DeviceModel):
             raise ValueError(f"link-partner={link_partner} does not apply on a switch: every HFI has its cable")
 
         def make(index: int, name: str, worker: ScheduledWorker) -> Hfi1Device:
-            config = ChipConfig(guid=make_guid(index + 1), neighbour=None, icode=ICODES[icode])
+            config = ChipConfig(guid=make_guid(index + 1), neighbour=None, icode=ICODES[icode],
+                                rcv_array_count=int(rcv_array))
             return cls(config, worker=worker, name=name)
         return ServedHfis(make, neighbor_normal_at_armed=icode == "simulator")
 
     @classmethod
     def remote_cabled(cls, role: CableRole, address: tuple[str, int], opener: StreamOpener,
                       link_partner: str = "present", icode: str = "silicon",
+                      rcv_array: str = str(RCV_ARRAY_DEFAULT),
                       scheduler: ThreadScheduler | ManualScheduler | None = None
                       ) -> tuple[list["Hfi1Device"], list[RemoteCable]]:
         """One HFI whose port is cabled to an HFI of another `vfnic serve`
@@ -166,7 +173,7 @@ class Hfi1Device(DeviceModel):
                              f"partner")
         engines = scheduler or ThreadScheduler("hfi1-engines")
         serial = 1 if role is CableRole.LISTEN else 2
-        config = ChipConfig(guid=make_guid(serial), neighbour=None, icode=ICODES[icode])
+        config = ChipConfig(guid=make_guid(serial), neighbour=None, icode=ICODES[icode], rcv_array_count=int(rcv_array))
         device = cls(config, worker=engines.worker("hfi1"), name="hfi1")
         try:
             cable = cable_remote(device.port, role, address, opener, engines.timer("hfi1<->remote"))
