@@ -7,7 +7,11 @@ Measured in one run, side by side:
     (a cross-CPU wake-up dominates a round trip on this 2-core machine);
   * from inside a QEMU guest (TCG): a compiled loop over the mmapped BAR (--guest).
 
-Target: a trapped read costs at most 1.5x the bare round trip.
+Beside each round trip, the CPU its server spent per request (user + system,
+from /proc): what the vfio-user server adds to a bare echo, whatever the client
+costs.
+
+Target (issue 15): a trapped read costs at most 1.5x the bare round trip.
 """
 from __future__ import annotations
 
@@ -36,6 +40,20 @@ def wait_for_socket(path: str, proc: subprocess.Popen, timeout: float = 10.0) ->
     wait_until(ready, timeout, f"the server to create {path}")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU process `pid` has used (/proc/PID/stat utime, stime)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def timed_with_cpu(fn, n: int, pid: int, rounds: int = 5) -> tuple[float, float]:
+    """`timed`, and the CPU process `pid` spent per call meanwhile (microseconds)."""
+    before = cpu_seconds(pid)
+    per_call = timed(fn, n, rounds)
+    return per_call, (cpu_seconds(pid) - before) / (n * rounds) * 1e6
+
+
 def timed(fn, n: int, rounds: int = 5) -> float:
     """Median over rounds of the mean cost per call, in microseconds."""
     results = []
@@ -61,10 +79,11 @@ def server_process(args: list[str], path: str, cpu: int | None):
         proc.wait()
 
 
-def bare_round_trip(tmp: str, n: int, cpu: int | None) -> float:
+def bare_round_trip(tmp: str, n: int, cpu: int | None) -> tuple[float, float]:
+    """(microseconds per round trip, the echo server's CPU per round trip)."""
     import socket
     path = os.path.join(tmp, f"echo-{cpu}.sock")
-    with server_process([sys.executable, os.path.join(HERE, "echo_server.py"), path], path, cpu):
+    with server_process([sys.executable, os.path.join(HERE, "echo_server.py"), path], path, cpu) as proc:
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         s.connect(path)
         request = bytes(32)
@@ -76,18 +95,19 @@ def bare_round_trip(tmp: str, n: int, cpu: int | None) -> float:
                 got += len(s.recv(40 - got))
 
         timed(once, n // 10, 1)  # warm-up
-        return timed(once, n)
+        return timed_with_cpu(once, n, proc.pid)
 
 
-def vfio_user(tmp: str, n: int, cpu: int | None, write_multiple: bool) -> tuple[float, float]:
+def vfio_user(tmp: str, n: int, cpu: int | None, write_multiple: bool) -> tuple[float, float, float]:
+    """(microseconds per trapped read, the server's CPU per read, microseconds per posted write)."""
     path = os.path.join(tmp, f"testdev-{cpu}-{write_multiple}.sock")
     args = [sys.executable, "-m", "emulator.cli", "serve", "--device", "testdev", "--socket", path]
     if not write_multiple:
         args.append("--no-write-multiple")
-    with server_process(args, path, cpu):
+    with server_process(args, path, cpu) as proc:
         client = Client(path)
         client.connect()
-        read = timed(lambda: client.read(0, SCRATCH, 8), n)
+        read, read_cpu = timed_with_cpu(lambda: client.read(0, SCRATCH, 8), n, proc.pid)
         # Posted writes: time a burst, then one read that waits for all of them.
         start = time.perf_counter()
         for _ in range(n):
@@ -95,10 +115,10 @@ def vfio_user(tmp: str, n: int, cpu: int | None, write_multiple: bool) -> tuple[
         client.read(0, SCRATCH, 8)
         write = (time.perf_counter() - start) / n * 1e6
         client.close()
-        return read, write
+        return read, read_cpu, write
 
 
-def host_figures(n: int) -> list[tuple[str, float, float, float]]:
+def host_figures(n: int) -> list[tuple[str, tuple[float, float], tuple[float, float, float]]]:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for label, cpu in (("default scheduling", None), ("pinned to one CPU", 0)):
@@ -106,10 +126,10 @@ def host_figures(n: int) -> list[tuple[str, float, float, float]]:
                 os.sched_setaffinity(0, {cpu})
             try:
                 bare = bare_round_trip(tmp, n, cpu)
-                read, write = vfio_user(tmp, n, cpu, write_multiple=True)
+                trapped = vfio_user(tmp, n, cpu, write_multiple=True)
             finally:
                 os.sched_setaffinity(0, set(range(os.cpu_count())))
-            rows.append((label, bare, read, write))
+            rows.append((label, bare, trapped))
     return rows
 
 
@@ -119,12 +139,14 @@ def main() -> int:
     parser.add_argument("--guest", action="store_true", help="also measure from inside a QEMU guest")
     args = parser.parse_args()
     print(f"MMIO cost, {args.n} accesses per figure, median of 5 rounds (microseconds per access)")
-    print(f"{'scheduling':<22}{'bare AF_UNIX RTT':>18}{'trapped read':>15}{'ratio':>8}{'posted write':>15}")
+    print(f"load average {' '.join(open('/proc/loadavg').read().split()[:3])}")
+    print(f"{'scheduling':<22}{'bare AF_UNIX RTT':>18}{'trapped read':>15}{'ratio':>8}{'posted write':>15}"
+          f"{'server CPU: echo':>19}{'read':>7}")
     worst = 0.0
-    for label, bare, read, write in host_figures(args.n):
+    for label, (bare, echo_cpu), (read, read_cpu, write) in host_figures(args.n):
         ratio = read / bare
         worst = max(worst, ratio)
-        print(f"{label:<22}{bare:>18.2f}{read:>15.2f}{ratio:>7.2f}x{write:>15.2f}")
+        print(f"{label:<22}{bare:>18.2f}{read:>15.2f}{ratio:>7.2f}x{write:>15.2f}{echo_cpu:>19.2f}{read_cpu:>7.2f}")
     print(f"target: trapped read <= 1.5x bare round trip: {'met' if worst <= 1.5 else 'NOT met'} (worst {worst:.2f}x)")
     if args.guest:
         from benchmarks.guest_mmio import guest_figures

@@ -169,7 +169,7 @@ class Connection:
         message, fds and all, with one `sendmsg`.
         """
         inbox, view, pending = self._inbox, self._view, self._pending_fds
-        if start == end:
+        if start == end:  # (serve reads into an empty inbox itself)
             start = end = 0
         elif start + need > len(inbox):  # make room: the partial message moves to the front
             inbox[:end - start] = inbox[start:end]
@@ -178,12 +178,16 @@ class Connection:
         while end - start < need:
             n, ancdata, msg_flags, _ = self.sock.recvmsg_into([view[end:]], _CMSG_SPACE)
             if ancdata or msg_flags & _MSG_CTRUNC:
-                pending.append((end + n, fds_received(ancdata), bool(msg_flags & _MSG_CTRUNC)))
+                self._note_fds(end + n, ancdata, msg_flags)
             if not n:
                 raise Disconnected("client closed the connection mid-message" if end > start
                                    else "client closed the connection")
             end += n
         return start, end
+
+    def _note_fds(self, end: int, ancdata: list, msg_flags: int) -> None:
+        """A read that ended at inbox offset `end` brought fds (or lost some)."""
+        self._pending_fds.append((end, fds_received(ancdata), bool(msg_flags & _MSG_CTRUNC)))
 
     def _fds_until(self, stop: int) -> tuple[list[int], bool]:
         """The fds (and whether some were cut off) that came with reads
@@ -231,10 +235,16 @@ class Connection:
         """
         inbox, sendall, function = self._inbox, self.sock.sendall, self.function
         unpack_header, unpack_access, pack_reply = HEADER.unpack_from, REGION_ACCESS.unpack_from, REGION_ACCESS_MESSAGE.pack
-        counts, fill = self.counts, self._fill
+        counts, fill, recvmsg_into, whole_inbox = self.counts, self._fill, self.sock.recvmsg_into, [self._view]
         start = end = 0
         try:
             while True:
+                if start == end:  # all handled: what comes next lands at the front (_fill's common case, inline)
+                    start, (end, ancdata, msg_flags, _) = 0, recvmsg_into(whole_inbox, _CMSG_SPACE)
+                    if ancdata or msg_flags & _MSG_CTRUNC:
+                        self._note_fds(end, ancdata, msg_flags)
+                    if not end:
+                        raise Disconnected("client closed the connection")
                 if end - start < HEADER_SIZE:
                     start, end = fill(start, end, HEADER_SIZE)
                 msg_id, command, size, flags, _ = unpack_header(inbox, start)
