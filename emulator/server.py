@@ -199,7 +199,7 @@ class Connection:
             truncated |= cut
         return fds, truncated
 
-    def close_pending_fds(self) -> None:
+    def _close_pending_fds(self) -> None:
         """Close the fds of messages never framed (the connection ended first)."""
         for _, fds, _ in self._pending_fds:
             for fd in fds:
@@ -233,9 +233,9 @@ class Connection:
         bounds, wrong sizes) falls through to the general dispatch, which
         answers with the right errno.
         """
-        inbox, sendall, function = self._inbox, self.sock.sendall, self.function
+        inbox, view, sendall, function = self._inbox, self._view, self.sock.sendall, self.function
         unpack_header, unpack_access, pack_reply = HEADER.unpack_from, REGION_ACCESS.unpack_from, REGION_ACCESS_MESSAGE.pack
-        counts, fill, recvmsg_into, whole_inbox = self.counts, self._fill, self.sock.recvmsg_into, [self._view]
+        counts, fill, recvmsg_into, whole_inbox = self.counts, self._fill, self.sock.recvmsg_into, [view]
         start = end = 0
         try:
             while True:
@@ -266,15 +266,15 @@ class Connection:
                                 sendall(pack_reply(msg_id, command, size + count, _TYPE_REPLY, 0, offset, region, count) + data)
                             continue
                         if command == _REGION_WRITE and size == HEADER_SIZE + _ACCESS_SIZE + count:
-                            function.region_write(region, offset, bytes(inbox[body + _ACCESS_SIZE:start]))
+                            function.region_write(region, offset, bytes(view[body + _ACCESS_SIZE:start]))
                             if not flags:
                                 sendall(pack_reply(msg_id, command, size - count, _TYPE_REPLY, 0, offset, region, count))
                             continue
                     except RegionAccessError:
                         pass  # answered with its errno below
-                self.dispatch(Message(msg_id, command, flags, bytes(inbox[body:start]), list(fds), truncated))
+                self.dispatch(Message(msg_id, command, flags, bytes(view[body:start]), list(fds), truncated))
         finally:
-            self.close_pending_fds()
+            self._close_pending_fds()
 
     def dispatch(self, msg: Message) -> None:
         """Validate and handle one message; refusals become error replies."""
