@@ -11,7 +11,12 @@ Beside each round trip, the CPU its server spent per request (user + system,
 from /proc): what the vfio-user server adds to a bare echo, whatever the client
 costs.
 
-Target (issue 15): a trapped read costs at most 1.5x the bare round trip.
+Target (issue 15): a trapped read costs at most 1.5x the bare round trip,
+judged on the pinned row. With default scheduling each round trip is two
+cross-CPU wake-ups whose cost depends on where the scheduler puts the two
+processes and what else runs: the same bare echo measured 9 us in one run
+and 38 us in the next (2026-12-08, load ~2), so that row's ratio (0.5x to
+3x in three runs) says nothing about the server.
 """
 from __future__ import annotations
 
@@ -30,6 +35,7 @@ from testkit.client import Client
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 SCRATCH = 0x08
+PINNED = "pinned to one CPU"
 
 
 def wait_for_socket(path: str, proc: subprocess.Popen, timeout: float = 10.0) -> None:
@@ -121,7 +127,7 @@ def vfio_user(tmp: str, n: int, cpu: int | None, write_multiple: bool) -> tuple[
 def host_figures(n: int) -> list[tuple[str, tuple[float, float], tuple[float, float, float]]]:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for label, cpu in (("default scheduling", None), ("pinned to one CPU", 0)):
+        for label, cpu in (("default scheduling", None), (PINNED, 0)):
             if cpu is not None:
                 os.sched_setaffinity(0, {cpu})
             try:
@@ -142,12 +148,14 @@ def main() -> int:
     print(f"load average {' '.join(open('/proc/loadavg').read().split()[:3])}")
     print(f"{'scheduling':<22}{'bare AF_UNIX RTT':>18}{'trapped read':>15}{'ratio':>8}{'posted write':>15}"
           f"{'server CPU: echo':>19}{'read':>7}")
-    worst = 0.0
+    pinned_ratio = None
     for label, (bare, echo_cpu), (read, read_cpu, write) in host_figures(args.n):
         ratio = read / bare
-        worst = max(worst, ratio)
+        if label == PINNED:
+            pinned_ratio = ratio
         print(f"{label:<22}{bare:>18.2f}{read:>15.2f}{ratio:>7.2f}x{write:>15.2f}{echo_cpu:>19.2f}{read_cpu:>7.2f}")
-    print(f"target: trapped read <= 1.5x bare round trip: {'met' if worst <= 1.5 else 'NOT met'} (worst {worst:.2f}x)")
+    print(f"target: trapped read <= 1.5x bare round trip, pinned: "
+          f"{'met' if pinned_ratio <= 1.5 else 'NOT met'} ({pinned_ratio:.2f}x)")
     if args.guest:
         from benchmarks.guest_mmio import guest_figures
         guest_figures(args.n)
