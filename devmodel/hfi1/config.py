@@ -12,15 +12,35 @@ deadlocks the 6.12 driver on any link-down with the port up, docs/hfi1.md).
 real chip's where known (160 receive and send contexts, 16 SDMA engines); the
 rest are chosen to satisfy the driver's arithmetic ([uncertain] on silicon):
 
-* RcvArray: 8192 entries (8-byte each), a quarter of the real chip's 32768
-  (the most that fits below the user-context CSRs at 0x1300000:
-  `8 * count <= 0x100000`). The driver writes every entry at probe and
-  reads RCV_ARRAY_CNT before each write (chip.c init_chip), about 60 us a
-  trapped read under TCG: 32768 cost ~1.5 s more per modprobe
-  (`benchmarks/probe`). The driver splits the entries evenly among the
-  contexts it uses and caps each at 4096 (2 x MAX_EAGER_ENTRIES); a small
-  guest uses 5 to 8 contexts, so each still gets 1024 or more entries, a
-  quarter of them eager buffers.
+* RcvArray: 8192 entries (8-byte each) by default, a quarter of the real
+  chip's 32768 (`RCV_ARRAY_REAL_CHIP`; `vfnic serve --option rcv-array=32768`
+  reports those; anything up to `8 * count <= 0x100000` fits below the
+  user-context CSRs at 0x1300000). The driver writes every entry at probe and
+  reads RCV_ARRAY_CNT before each write (chip.c init_chip:
+  `for (i = 0; i < chip_rcv_array_count(dd); i++) hfi1_put_tid(...)`), so
+  each entry costs a trapped read and a posted write. `benchmarks/probe
+  --mode silicon`, two rounds on 2026-12-08 (load 1.5-3): 8192 entries 2.3,
+  2.4, 2.4 s and 2.0, 2.0, 2.5 s; 32768 entries 3.3, 3.8 s and 3.6, 3.9,
+  4.3 s. The 24576 more entries cost 0.9-1.9 s, 37-77 us an entry (the
+  trace put the rcv block's accesses at 17-31 us each, moving with the load).
+  What reporting 32768 again within issue 15's 3 s would take: the extra
+  entries may cost what 3 s leaves, 0.6-1.0 s, so 24-41 us an entry (a read
+  and a write) against 37-77 measured. The reads must trap -- RCV_ARRAY_CNT
+  (RXE + 0x18) shares its 4 KiB page with RCV_CTRL, whose writes act -- so
+  they cannot be mmapped. The writes could (the RcvArray has no read side
+  effects; the model would read an entry from the shared memory when a
+  packet needs it), but QEMU turns off posted writes for the whole device
+  once any area is mmappable, so the probe's ~8300 other trapped writes
+  become round trips (at a read's cost, ~20 us more each: ~0.17 s); then a trapped read of
+  RCV_ARRAY_CNT may cost 18-34 us in the guest. `benchmarks/mmio` measured
+  a trapped read from a TCG guest at 24-71 us the same day, moving 2x from
+  run to run: only on a quiet machine would it fit. The server's part of a
+  read is a few us of that (docs/vfio-user.md, "Cost of a trapped access");
+  the rest is the vCPU's exit, QEMU's hand-off and the wake-ups on two
+  shared cores. So 8192 stays the default. The driver splits the entries evenly
+  among the contexts it uses and caps each at 4096 (2 x MAX_EAGER_ENTRIES);
+  a small guest uses 5 to 8 contexts, so each still gets 1024 or more
+  entries, a quarter of them eager buffers.
 * PIO send memory: 256 KiB = 4095 blocks after the driver's `-1`, more than the
   486 fixed blocks (3 ACK x 32 + VL15 102 + 16 kernel x 18) plus user contexts.
 * SDMA memory: 256 KiB, 256 blocks per engine.
