@@ -4,7 +4,7 @@
                 [--switch [PORTS] | --cable-listen HOST:PORT | --cable-connect HOST:PORT]
                 [--control PATH] [--trace FILE] [--stats FILE] [--profile]
                 [--no-write-multiple] [--switch-interval MS] [--sched host|fifo|fifo-engines|slice]
-                [--vcpu-sched host|idle] [-v]
+                [--vcpu-sched host|idle|auto] [-v]
     vfnic serve --device NAME --topology FILE [--option ...] [--control PATH] ...
     vfnic ctl PATH COMMAND [KEY=VALUE ...]
     vfnic trace-diff A B [--ignore-values REGEX] [--most N]
@@ -131,9 +131,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--sched-slice-us", type=int, default=tuning.DEFAULT_SLICE_US, metavar="US",
                        help="the slice of --sched slice (default %(default)s)")
     serve.add_argument("--vcpu-sched", choices=tuning.VCPU_SCHED_CHOICES, default=tuning.DEFAULT_VCPU_SCHED,
-                       help="scheduling of the connected QEMUs' vCPU threads: the host's, or SCHED_IDLE so the "
-                            "server's and QEMU's helper threads never wait for a spinning vCPU (default "
-                            "%(default)s; emulator/tuning.py)")
+                       help="scheduling of the connected QEMUs' vCPU threads: the host's; SCHED_IDLE, so the "
+                            "server's and QEMU's helper threads never wait for a spinning vCPU; or that while the "
+                            "devices move little data and the host's during bulk transfers (default %(default)s; "
+                            "emulator/tuning.py)")
     serve.add_argument("-v", "--verbose", action="count", default=0, help="-v info, -vv debug")
     ctl = sub.add_parser("ctl", help="send a command to a running vfnic serve's control socket")
     ctl.add_argument("path", help="the control socket (vfnic serve --control PATH)")
@@ -218,7 +219,7 @@ def serve(args: argparse.Namespace) -> int:
     except OSError as e:
         raise UsageError(f"cannot write the trace {args.trace}: {e.strerror}") from None
     servers, cables = [], []
-    vcpus = tuning.ClientVcpus(args.vcpu_sched)
+    vcpus = tuning.ClientVcpus(args.vcpu_sched, activity=lambda: sum(s.function.dma.moved for s in servers))
     try:
         remote = _remote_cable(args)
         if remote is not None:
@@ -292,6 +293,7 @@ def serve(args: argparse.Namespace) -> int:
     while any(t.is_alive() for t in threads):
         for t in threads:
             t.join(timeout=0.5)
+    vcpus.close()
     if controller is not None:
         controller.stop()
     if trace is not None:

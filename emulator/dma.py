@@ -61,6 +61,8 @@ class DmaSpace:
         self._regions: list[DmaRegion] = []  # sorted by address, disjoint
         self._starts: list[int] = []
         self._lock = threading.RLock()
+        #: bytes the device read or wrote so far, all maps (`--vcpu-sched auto` watches it)
+        self.moved = 0
 
     # -- the client's side ---------------------------------------------------
     def add(self, address: int, size: int, writable: bool, fd: int | None, offset: int) -> DmaRegion:
@@ -156,6 +158,7 @@ class DmaSpace:
 
     def read(self, addr: int, length: int) -> bytes:
         with self._lock:
+            self.moved += length
             region = self._within_one(addr, length)
             if region is not None:
                 start = region.delta + addr - region.address
@@ -165,6 +168,7 @@ class DmaSpace:
 
     def write(self, addr: int, data: bytes) -> None:
         with self._lock:
+            self.moved += len(data)
             region = self._within_one(addr, len(data))
             if region is not None and region.writable:
                 start = region.delta + addr - region.address
@@ -214,9 +218,11 @@ class DmaView:
         n = self.length - offset if length is None else length
         with self._space._lock:
             start = self._start(offset, n, False)
+            self._space.moved += n
             return self._region.mapping[start:start + n]
 
     def write(self, offset: int, data: bytes) -> None:
         with self._space._lock:
             start = self._start(offset, len(data), True)
+            self._space.moved += len(data)
             self._region.mapping[start:start + len(data)] = data

@@ -46,6 +46,8 @@ import socket
 import struct
 import sys
 import threading
+import time
+from collections.abc import Callable
 
 SCHED_OTHER, SCHED_FIFO = 0, 1
 FIFO_PRIORITY = 1
@@ -137,7 +139,15 @@ def _thread_name(tid: int) -> str:
 
 # -- the clients' vCPU threads ------------------------------------------------------
 SCHED_IDLE = 5
-VCPU_SCHED_CHOICES = ("host", "idle")
+VCPU_SCHED_CHOICES = ("host", "idle", "auto")
+#: `auto`: how often the device's DMA rate is looked at, above what rate the
+#: vCPUs go back to the host's scheduling, below what rate (for AUTO_CALM_S)
+#: they are SCHED_IDLE again; a ping-pong of small messages moves well under
+#: 1 MiB/s, a bulk transfer tens of MiB/s (docs/execution-model.md, "Latency")
+AUTO_PERIOD_S = 0.05
+AUTO_BULK_BYTES_S = 8 << 20
+AUTO_CALM_BYTES_S = 2 << 20
+AUTO_CALM_S = 0.5
 #: what `vfnic serve --vcpu-sched` does unless told
 DEFAULT_VCPU_SCHED = "host"
 #: QEMU's names for its vCPU threads: "CPU 0/TCG", "CPU 1/KVM", round-robin TCG's "ALL CPUs/TCG"
@@ -174,6 +184,14 @@ class ClientVcpus:
              instead of waiting for the host scheduler to preempt a spinning
              vCPU, up to a tick (docs/execution-model.md, "Latency"). What
              libvirt's <vcpusched scheduler='idle'/> does to a guest's vCPUs.
+             Halves a small message's latency, but costs a third of the
+             bandwidth of a bulk transfer (every posted store then wakes a
+             thread that preempts the vCPU storing)
+      auto   idle while the devices move little data, the host's while they
+             move a lot: a thread watches the devices' DMA rate (`activity`,
+             bytes so far) every AUTO_PERIOD_S; above AUTO_BULK_BYTES_S the
+             vCPUs go back to SCHED_OTHER, and once the rate has stayed below
+             AUTO_CALM_BYTES_S for AUTO_CALM_S they are SCHED_IDLE again
 
     A client is found by its socket's peer credentials (SO_PEERCRED) when it
     connects; its vCPU threads by name. Lowering a thread to SCHED_IDLE needs
@@ -182,7 +200,8 @@ class ClientVcpus:
     Thread-safe: socket threads attach clients, the control socket changes
     the policy."""
 
-    def __init__(self, policy: str = "host", log: logging.Logger | None = None):
+    def __init__(self, policy: str = "host", log: logging.Logger | None = None,
+                 activity: Callable[[], int] | None = None):
         if policy not in VCPU_SCHED_CHOICES:
             raise TuningError(f"unknown vCPU scheduling {policy!r} (known: {', '.join(VCPU_SCHED_CHOICES)})")
         self.policy = policy
@@ -190,6 +209,50 @@ class ClientVcpus:
         self._clients: dict[int, int] = {}  # pid -> connections
         self._changed: dict[int, set[int]] = {}  # pid -> thread ids this object made SCHED_IDLE
         self._lock = threading.Lock()
+        #: auto: the devices' DMA bytes so far; whether the vCPUs are idle now; switches made
+        self._activity = activity or (lambda: 0)
+        self._idle_now = policy != "host"
+        self.switches = 0
+        self._stop = threading.Event()
+        self._watcher: threading.Thread | None = None
+        if policy == "auto":
+            self._start_watching()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._watcher is not None:
+            self._watcher.join(timeout=1.0)
+
+    def _start_watching(self) -> None:
+        if self._watcher is None:
+            self._watcher = threading.Thread(target=self._watch, name="vcpu-sched", daemon=True)
+            self._watcher.start()
+
+    def _watch(self) -> None:
+        """`auto`: follow the devices' DMA rate (see the class docstring)."""
+        last, calm_since = self._activity(), time.monotonic()
+        while not self._stop.wait(AUTO_PERIOD_S):
+            moved, now = self._activity(), time.monotonic()
+            rate = (moved - last) / AUTO_PERIOD_S
+            last = moved
+            with self._lock:
+                if self.policy != "auto":
+                    continue
+                if rate > AUTO_BULK_BYTES_S:
+                    calm_since = now
+                    if self._idle_now:
+                        self._switch(False)
+                elif rate > AUTO_CALM_BYTES_S:
+                    calm_since = now
+                elif not self._idle_now and now - calm_since >= AUTO_CALM_S:
+                    self._switch(True)
+
+    def _switch(self, idle: bool) -> None:
+        """Under the lock: every client's vCPUs idle, or back to the host's."""
+        self._idle_now = idle
+        self.switches += 1
+        for pid in list(self._clients):
+            self._apply(pid)
 
     def attach(self, pid: int | None) -> None:
         """A client process connected (None: its pid is not known)."""
@@ -216,17 +279,20 @@ class ClientVcpus:
             raise TuningError(f"unknown vCPU scheduling {policy!r} (known: {', '.join(VCPU_SCHED_CHOICES)})")
         with self._lock:
             self.policy = policy
+            self._idle_now = policy != "host"
             for pid in list(self._clients):
                 self._apply(pid)
+        if policy == "auto":
+            self._start_watching()
         return self.describe()
 
     def describe(self) -> dict:
         with self._lock:
-            return {"vcpu_sched": self.policy,
+            return {"vcpu_sched": self.policy, "vcpu_idle_now": self._idle_now, "vcpu_switches": self.switches,
                     "vcpu_threads": {str(pid): sorted(tids) for pid, tids in self._changed.items()}}
 
     def _apply(self, pid: int) -> None:
-        if self.policy == "idle":
+        if self._idle_now:
             for tid in vcpu_threads(pid):
                 if self._set(pid, tid, SCHED_IDLE):
                     self._changed.setdefault(pid, set()).add(tid)
@@ -242,8 +308,8 @@ class ClientVcpus:
         except OSError as e:
             self.log.warning("vCPU thread %d of client %d: scheduling not changed: %s", tid, pid, e.strerror)
             return False
-        self.log.info("vCPU thread %d of client %d: %s", tid, pid, "SCHED_IDLE" if policy == SCHED_IDLE else
-                      "SCHED_OTHER")
+        self.log.debug("vCPU thread %d of client %d: %s", tid, pid, "SCHED_IDLE" if policy == SCHED_IDLE else
+                       "SCHED_OTHER")
         return True
 
 

@@ -234,3 +234,40 @@ def test_a_socket_names_the_process_at_its_other_end():
     a, b = socket.socketpair(socket.AF_UNIX)
     with a, b:
         assert tuning.peer_pid(a) == os.getpid()
+
+
+def test_auto_vcpu_scheduling_follows_the_devices_dma_rate(monkeypatch):
+    """`auto`: idle while little moves, the host's during a bulk transfer,
+    idle again once it has been calm for AUTO_CALM_S."""
+    monkeypatch.setattr(tuning, "AUTO_CALM_S", 0.2)
+    qemu = subprocess.Popen([sys.executable, "-c", FAKE_QEMU.replace("s.connect(sys.argv[1])", "")],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    moved = [0]
+    vcpus = tuning.ClientVcpus("auto", activity=lambda: moved[0])
+    try:
+        qemu.stdout.readline()
+        vcpus.attach(qemu.pid)
+
+        def vcpu_policy() -> int:
+            return named_threads(qemu.pid)["CPU 0/TCG"]
+
+        assert vcpu_policy() == os.SCHED_IDLE, "idle while nothing moves"
+        bulk = threading.Event()
+
+        def transfer() -> None:  # 40 MiB/s, as an ib_write_bw between two TCG guests
+            while not bulk.wait(0.01):
+                moved[0] += 400 << 10
+        mover = threading.Thread(target=transfer)
+        mover.start()
+        try:
+            wait_until(lambda: vcpu_policy() == os.SCHED_OTHER, 5.0, "the host's scheduling during the transfer")
+            assert vcpus.describe()["vcpu_idle_now"] is False
+        finally:
+            bulk.set()
+            mover.join()
+        wait_until(lambda: vcpu_policy() == os.SCHED_IDLE, 5.0, "idle again once calm")
+        assert vcpus.describe()["vcpu_switches"] == 2
+    finally:
+        vcpus.close()
+        qemu.stdin.close()
+        qemu.wait(timeout=10)
