@@ -39,8 +39,18 @@ class Interrupts(Protocol):
 
 
 class DeviceHost(Protocol):
+    """What hosts a model. `shared_memory(bar)` is the memory behind a
+    `shared` BAR (`pci_layout.Bar`), the whole BAR from offset 0, which the
+    guest reads and writes directly in the BAR's `mmap_areas` (no trap, no
+    callback): the model polls it. None when the BAR is not shared or the
+    host has none (a model then serves the BAR trapped). A unit test may
+    hand a plain bytearray's memoryview and act as the guest by writing
+    into it."""
+
     dma: Dma
     irq: Interrupts
+
+    def shared_memory(self, bar: int) -> memoryview | None: ...
 
 
 class DeviceModel(ABC):

@@ -136,11 +136,53 @@ class Msix:
 
 
 class Host:
-    """What a model is attached to (`device.attach(host)`: its `dma` and
-    `irq`), and the time its driver waits on."""
+    """What a model is attached to (`device.attach(host)`: its `dma`, `irq`
+    and `shared_memory(bar)`), and the time its driver waits on. `shared`:
+    BAR index -> a bytearray standing for the memory behind a shared BAR
+    (what the PCI function's memfd is); a test acts as the guest by writing
+    into it, or through `MappedBar`."""
 
-    def __init__(self, dma, irq, time=None):
+    def __init__(self, dma, irq, time=None, shared: dict[int, bytearray] | None = None):
         self.dma, self.irq, self.time = dma, irq, time
+        self.shared = shared or {}
+
+    def shared_memory(self, bar: int) -> memoryview | None:
+        memory = self.shared.get(bar)
+        return memoryview(memory) if memory is not None else None
+
+
+class MappedBar:
+    """A model's BARs as a guest with the shared BARs' mmap areas mapped
+    sees them, in-process: an access inside an area is a plain load or store
+    of the host's shared memory (no callback reaches the model, as with a
+    real mapping), anything else goes to `model.bar_read`/`bar_write`."""
+
+    def __init__(self, model, host: Host):
+        self.model, self.host = model, host
+        self.areas = [(bar.index, start, start + size) for bar in model.layout().bars if bar.shared
+                      for start, size in bar.mmap_areas]
+
+    def _mapped(self, bar: int, offset: int) -> bytearray | None:
+        for index, start, end in self.areas:
+            if index == bar and start <= offset < end:
+                return self.host.shared[bar]
+        return None
+
+    def bar_read(self, bar: int, offset: int, size: int) -> int:
+        memory = self._mapped(bar, offset)
+        if memory is None:
+            return self.model.bar_read(bar, offset, size)
+        return int.from_bytes(memory[offset:offset + size], "little")
+
+    def bar_write(self, bar: int, offset: int, size: int, value: int) -> None:
+        memory = self._mapped(bar, offset)
+        if memory is None:
+            self.model.bar_write(bar, offset, size, value)
+        else:
+            memory[offset:offset + size] = value.to_bytes(size, "little")
+
+    def __getattr__(self, name: str):  # everything else (settle, stats, ...) is the model's
+        return getattr(self.model, name)
 
 
 class FakeHost(Host):

@@ -70,6 +70,11 @@ ICODES = {"silicon": ICODE_RTL_SILICON, "simulator": ICODE_FUNCTIONAL_SIMULATOR}
 #: RcvArray entries (RCV_ARRAY_CNT): the real chip's, and ours unless `--option rcv-array=` says otherwise
 RCV_ARRAY_REAL_CHIP = 32768
 RCV_ARRAY_DEFAULT = 8192
+#: what BAR0 can serve from shared memory (`ChipConfig.mapped`)
+MAPPABLE = ("pio", "rcvarray")
+#: `vfnic serve --option mmap=...` -> ChipConfig.mapped
+MMAP_OPTIONS = {"none": (), "pio": ("pio",), "rcvarray": ("rcvarray",), "pio,rcvarray": MAPPABLE,
+                "rcvarray,pio": MAPPABLE}
 
 
 class PortType(IntEnum):
@@ -117,6 +122,10 @@ class ChipConfig:
     sdma_mem_size: int = 0x40000
     # PCI
     msix_vectors: int = 256  # CCE_NUM_MSIX_VECTORS: all the WFR table holds
+    #: parts of BAR0 served from shared memory the guest maps (sparse mmap)
+    #: instead of trapped: "pio" (the PIO send space, pio.py), "rcvarray"
+    #: (the RcvArray, rcv.py); `vfnic serve --option mmap=...` (MMAP_OPTIONS)
+    mapped: tuple[str, ...] = ()
     # link: the built-in partner the port is cabled to until a fabric cables
     # it to another device; None: no cable (the port polls forever)
     neighbour: Neighbour | None = field(default_factory=Neighbour)
@@ -148,6 +157,8 @@ class ChipConfig:
             raise ValueError("SEND_DMA_ENGINES must be 8..16 (per-VL engine map, interrupt ranges)")
         if self.rcv_array_count % 8 or not 0 < 8 * self.rcv_array_count <= 0x100000:
             raise ValueError("RcvArray must be a multiple of 8 entries and end before 0x1300000")
+        if set(self.mapped) - set(MAPPABLE):
+            raise ValueError(f"only {', '.join(MAPPABLE)} can be mapped, not {self.mapped}")
         if not 1 <= self.msix_vectors <= 256:
             raise ValueError("WFR has 256 MSI-X vectors")
         if self.icode not in ICODES.values():

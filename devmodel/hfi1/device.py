@@ -63,6 +63,7 @@ from .chip_registers import (
 )
 from .config import (
     ICODES,
+    MMAP_OPTIONS,
     PCI_CLASS_FABRIC_CONTROLLER,
     PCI_DEVICE_ID_INTEL0,
     PCI_REVISION_B1,
@@ -79,7 +80,7 @@ from .eprom import Eprom
 from .intr import InterruptController
 from .lcb import Lcb
 from .misc import Misc
-from .pio import TXE_PIO_SEND, TXE_PIO_SIZE, Pio
+from .pio import PIO_CONTEXT_WINDOW, SOP_DISTANCE, TXE_PIO_SEND, TXE_PIO_SIZE, Pio
 from .port import Hfi1Port
 from .qsfp import QsfpPort
 from .rcv import Receive
@@ -88,6 +89,7 @@ from .send import Send
 
 BAR0_SIZE = TXE_PIO_SEND + TXE_PIO_SIZE  # 64 MiB: hfi1_pcie_ddinit refuses anything else
 _ACCESS_SIZES = frozenset((1, 2, 4, 8))
+PAGE = 4096
 MAX_FAULTS = 32  # internal errors kept (and logged in full) per device
 
 
@@ -110,14 +112,15 @@ class Hfi1Device(DeviceModel):
 
     @classmethod
     def from_options(cls, link_partner: str = "present", icode: str = "silicon",
-                     rcv_array: str = str(RCV_ARRAY_DEFAULT)) -> "Hfi1Device":
+                     rcv_array: str = str(RCV_ARRAY_DEFAULT), mmap: str = "none") -> "Hfi1Device":
         """Build from `vfnic serve --option` values (see devmodel/registry.py)."""
         neighbour = {"neighbour": None} if link_partner == "none" else {}
-        return cls(ChipConfig(icode=ICODES[icode], rcv_array_count=int(rcv_array), **neighbour))
+        return cls(ChipConfig(icode=ICODES[icode], rcv_array_count=int(rcv_array), mapped=MMAP_OPTIONS[mmap],
+                              **neighbour))
 
     @classmethod
     def fabric(cls, count: int, link_partner: str = "present", icode: str = "silicon",
-               rcv_array: str = str(RCV_ARRAY_DEFAULT),
+               rcv_array: str = str(RCV_ARRAY_DEFAULT), mmap: str = "none",
                scheduler: ThreadScheduler | ManualScheduler | None = None) -> list["Hfi1Device"]:
         """`count` HFIs for one `vfnic serve`: each with its own GUID (serial
         1, 2, ...), cabled back to back in pairs (1-2, 3-4, ...); an odd last
@@ -130,7 +133,7 @@ class Hfi1Device(DeviceModel):
             cabled = i + 1 < count or i % 2 == 1
             neighbour = None if cabled or link_partner == "none" else Neighbour(guid=make_guid(0x800000 | (i + 1)))
             config = ChipConfig(guid=make_guid(i + 1), neighbour=neighbour, icode=ICODES[icode],
-                                rcv_array_count=int(rcv_array))
+                                rcv_array_count=int(rcv_array), mapped=MMAP_OPTIONS[mmap])
             name = f"hfi1_{i}" if count > 1 else "hfi1"
             devices.append(cls(config, worker=engines.worker(name), name=name))
         for a, b in zip(devices[0::2], devices[1::2]):
@@ -140,7 +143,7 @@ class Hfi1Device(DeviceModel):
 
     @classmethod
     def served_on_fabric(cls, link_partner: str = "present", icode: str = "silicon",
-                         rcv_array: str = str(RCV_ARRAY_DEFAULT)) -> ServedHfis:
+                         rcv_array: str = str(RCV_ARRAY_DEFAULT), mmap: str = "none") -> ServedHfis:
         """How hfi1s are made for a fabric of switches (`vfnic serve --switch`,
         `--topology`, devmodel/fabric/topology.py): the k-th served HFI gets
         GUID serial k + 1 and no built-in partner (its cable is the
@@ -152,14 +155,14 @@ class Hfi1Device(DeviceModel):
 
         def make(index: int, name: str, worker: ScheduledWorker) -> Hfi1Device:
             config = ChipConfig(guid=make_guid(index + 1), neighbour=None, icode=ICODES[icode],
-                                rcv_array_count=int(rcv_array))
+                                rcv_array_count=int(rcv_array), mapped=MMAP_OPTIONS[mmap])
             return cls(config, worker=worker, name=name)
         return ServedHfis(make, neighbor_normal_at_armed=icode == "simulator")
 
     @classmethod
     def remote_cabled(cls, role: CableRole, address: tuple[str, int], opener: StreamOpener,
                       link_partner: str = "present", icode: str = "silicon",
-                      rcv_array: str = str(RCV_ARRAY_DEFAULT),
+                      rcv_array: str = str(RCV_ARRAY_DEFAULT), mmap: str = "none",
                       scheduler: ThreadScheduler | ManualScheduler | None = None
                       ) -> tuple[list["Hfi1Device"], list[RemoteCable]]:
         """One HFI whose port is cabled to an HFI of another `vfnic serve`
@@ -173,7 +176,8 @@ class Hfi1Device(DeviceModel):
                              f"partner")
         engines = scheduler or ThreadScheduler("hfi1-engines")
         serial = 1 if role is CableRole.LISTEN else 2
-        config = ChipConfig(guid=make_guid(serial), neighbour=None, icode=ICODES[icode], rcv_array_count=int(rcv_array))
+        config = ChipConfig(guid=make_guid(serial), neighbour=None, icode=ICODES[icode], rcv_array_count=int(rcv_array),
+                            mapped=MMAP_OPTIONS[mmap])
         device = cls(config, worker=engines.worker("hfi1"), name="hfi1")
         try:
             cable = cable_remote(device.port, role, address, opener, engines.timer("hfi1<->remote"))
@@ -240,14 +244,47 @@ class Hfi1Device(DeviceModel):
                 subsystem_vendor_id=PCI_VENDOR_ID_INTEL, subsystem_id=PCI_SUBSYSTEM_ID_ADAPTER_X16,
                 class_code=PCI_CLASS_FABRIC_CONTROLLER, revision=PCI_REVISION_B1,
             ),
-            bars=(Bar(0, BAR0_SIZE, BarKind.MEM64, prefetchable=False),),
+            bars=(Bar(0, BAR0_SIZE, BarKind.MEM64, prefetchable=False, shared=bool(self.config.mapped),
+                      mmap_areas=self.mmap_areas()),),
             msix=MsixLayout(vectors=self.config.msix_vectors, table_bar=0, table_offset=CCE_MSIX_TABLE_LOWER,
                             pba_bar=0, pba_offset=CCE_MSIX_PBA_OFFSET),
             pcie_link=PcieLink(speed=3, width=16),
         )
 
+    def mmap_areas(self) -> tuple[tuple[int, int], ...]:
+        """The parts of BAR0 served from shared memory (`ChipConfig.mapped`):
+        the PIO send space of the contexts the chip has, both halves, and the
+        RcvArray rounded up to a page."""
+        areas = []
+        if "pio" in self.config.mapped:
+            size = PIO_CONTEXT_WINDOW * self.config.send_contexts
+            areas += [(TXE_PIO_SEND, size), (TXE_PIO_SEND + SOP_DISTANCE, size)]
+        if "rcvarray" in self.config.mapped:
+            start, end = self.rcv.rcv_array_span()
+            areas.append((start, -(-(end - start) // PAGE) * PAGE))
+        return tuple(sorted(areas))
+
     def attach(self, host: DeviceHost) -> None:
+        """Also where BAR0's shared memory arrives: the PIO send space and the
+        RcvArray are read from it when `ChipConfig.mapped` names them and the
+        host has it (a host without it keeps them trapped)."""
         self.host = host
+        if not self.config.mapped:
+            return
+        shared = getattr(host, "shared_memory", None)
+        memory = shared(0) if shared is not None else None
+        with self._lock:
+            if memory is None:
+                self.log.warning("BAR0: %s to be mapped but the host has no shared memory: served trapped",
+                                 "/".join(self.config.mapped))
+                return
+            if len(memory) < BAR0_SIZE:
+                raise ValueError(f"BAR0 shared memory of {len(memory):#x} bytes, not {BAR0_SIZE:#x}")
+            if "pio" in self.config.mapped:
+                self.pio.map_space(memory)
+            if "rcvarray" in self.config.mapped:
+                self.rcv.map_rcv_array(memory)
+            self.log.info("BAR0: %s served from shared memory (sparse mmap)", ", ".join(self.config.mapped))
 
     @property
     def dma(self):
@@ -259,6 +296,7 @@ class Hfi1Device(DeviceModel):
             return 0
         value = 0
         with self._lock:
+            self.pio.nudge()
             try:
                 value = self._window(offset).read(offset, size)
             except Exception as exc:
@@ -278,6 +316,7 @@ class Hfi1Device(DeviceModel):
         if self.log.isEnabledFor(logging.DEBUG):
             self.log.debug("write %s (%d) <- %#x", self.regs.nearest(offset), size, value)
         with self._lock:
+            self.pio.nudge()
             try:
                 self._window(offset).write(offset, size, value)
             except Exception as exc:
@@ -309,6 +348,9 @@ class Hfi1Device(DeviceModel):
         with self._lock:
             self._generation += 1
         self.worker.stop()
+        with self._lock:  # drop the views of shared memory, so that the host can unmap it
+            self.pio.unmap_space()
+            self.rcv.unmap_rcv_array()
         self.port.unplug()
         self.regs.flush_log()
         flush(self, *self.blocks)

@@ -78,6 +78,54 @@ it also raises source 576 + h. The PIO init engine resets a context's ring,
 counters and halt at once, so IN_PROGRESS and ERR read 0. An SPC freeze halts
 every enabled context.
 
+PIO space from shared memory (`vfnic serve --option mmap=pio`,
+`ChipConfig.mapped`): both halves of the contexts' windows are sparse mmap
+areas of BAR0 (device.py), so the guest's stores land in memory shared with
+the server, untrapped (a TCG RAM store, nanoseconds, against a vfio-user
+message each), and nothing tells the chip a store happened. A poller (a chip
+event, `Pio._poll`) looks for completed packets instead, using sentinels:
+
+    arm (INIT, enable, launch)   a random 64-bit sentinel (one per chip) into
+                                 each free block's watched qwords: qword 0
+                                 (the PBC) and qword 7 of its SOP alias, qword
+                                 7 of its non-SOP half
+    a packet starts              when the SOP alias's qword 0 of the block at
+                                 the launch point is no longer the sentinel:
+                                 that is its PBC, whose length gives the blocks
+    it is complete               when its last block's qword 7 is no longer
+                                 the sentinel (the SOP alias's for a one-block
+                                 packet, else the non-SOP half's, the ring
+                                 wrapping at `depth`): pio_copy and
+                                 seg_pio_copy_* write every block to its end
+                                 (zero fill), the first through the SOP alias,
+                                 the rest through the non-SOP half, in
+                                 ascending order
+    then                         the launcher as above: length, integrity
+                                 checks, egress, the blocks freed and re-armed
+                                 before the credit return that lets the driver
+                                 reuse them
+
+The poll period adapts: POLL_FAST_S while packets come (and for POLL_HOLD_S
+after the last), then doubling up to POLL_IDLE_S, so an idle chip costs a
+few wake-ups a second; a trapped access (the driver's interrupt handler, a
+doorbell) brings it back to fast (`nudge`). Each poll steps every running
+context once, a bounded batch each.
+
+It relies on store order: x86 (TSO), and TCG on an x86 host, make the
+driver's stores visible in program order, so once the last qword changed,
+the packet's other bytes are there. A PBC or data qword equal to the
+sentinel (one chance in 2^64, or a guest that read the sentinel back) stalls
+that context until its next INIT; a guest writing garbage can only stall or
+garble its own context: every index is taken modulo its ring, a ring
+reaches no further than its own 64 KiB window (blocks beyond it are never
+complete, as when trapped), PBC lengths are checked as above, and a poll
+does a bounded amount of work. What is lost against the trapped model:
+WriteOverflow (a block written twice is just read), WriteOutOfBounds
+(stores beyond the ring land in memory nobody reads), InconsistentSop but
+for a packet whose later block came through the SOP alias, writes to a
+disabled context being dropped only if INIT or enable follows, and exact
+launch timing (a packet leaves at the next poll, not at its last store).
+
 Collaborators: the interrupt controller (PIO errors, source 4; context
 errors 32 + h; credit returns 576 + h), egress (`send.Send.egress`), the
 port (room at the link partner, asked before each launch) and the chip's
@@ -85,6 +133,7 @@ services (guest memory for credit returns, events).
 """
 from __future__ import annotations
 
+import os
 from enum import Enum
 
 from common.ratelog import limited
@@ -119,7 +168,7 @@ from .integrity import IntegrityChecker, describe
 from .intr import IS_SENDCREDIT_START, IS_SENDCTXT_ERR_START, PIO_ERR_INT, ErrorFlags, InterruptController
 from .port import Hfi1Port
 from .send import Send
-from .services import ChipServices
+from .services import ChipServices, cancel_jobs
 
 TXE_PIO_SEND = TXE + TXE_PIO_SEND_OFFSET  # chip.h
 TXE_PIO_SIZE = 32 << 20
@@ -151,6 +200,13 @@ LAUNCH_MODES = ("engine", "inline")
 #: the socket thread would hold up the next messages from QEMU, where the
 #: engine launches many in one step
 INLINE_MAX_BLOCKS = 2
+WINDOW_BLOCKS = PIO_CONTEXT_WINDOW // PIO_BLOCK  # the most blocks a context's ring can have in its window
+QWORDS_PER_BLOCK = PIO_BLOCK // 8
+#: the poller's period while packets come, how long it stays that fast after
+#: the last one, and the most it backs off to when idle (module docstring)
+POLL_FAST_S = 200e-6
+POLL_HOLD_S = 0.02
+POLL_IDLE_S = 0.02
 CONTEXT_CSRS = ("SEND_CTXT_CREDIT_CTRL", "SEND_CTXT_CREDIT_RETURN_ADDR", "SEND_CTXT_CHECK_ENABLE",
                 "SEND_CTXT_CHECK_VL", "SEND_CTXT_CHECK_JOB_KEY", "SEND_CTXT_CHECK_PARTITION_KEY",
                 "SEND_CTXT_CHECK_SLID", "SEND_CTXT_CHECK_OPCODE")
@@ -192,7 +248,7 @@ class PioSendContext:
 
     __slots__ = ("block", "hw", "state", "depth", "ring", "written", "sop", "launch_at", "free_counter",
                  "last_returned", "launch_posted", "packets", "bytes_written", "dropped_writes", "halts",
-                 "refused")
+                 "refused", "window")
 
     def __init__(self, block: "Pio", hw: int):
         self.block = block
@@ -205,6 +261,7 @@ class PioSendContext:
         self.halts = 0
         self.refused = 0  # packets its integrity checks refused
         self.launch_posted = False
+        self.window = PIO_CONTEXT_WINDOW * hw  # its ring's offset in the PIO space (non-SOP half)
         self._empty(0)
         self.state = SendContextState.DISABLED
 
@@ -221,7 +278,11 @@ class PioSendContext:
         if new is not self.state:
             self.block.log.debug("SEND_CTXT_STATUS[%d]: %s -> %s (%s)", self.hw, self.state.value, new.value,
                                  event.value)
-            self.state = new
+            old, self.state = self.state, new
+            if self.block.qwords is not None:
+                if old is _S.DISABLED and new is _S.RUNNING:
+                    self.arm(range(self.depth))  # whatever was stored while disabled is dropped
+                self.block.track(self)
         return new
 
     def _empty(self, depth: int) -> None:
@@ -238,6 +299,8 @@ class PioSendContext:
                       SEND_CTXT_CTRL_CTXT_DEPTH_MASK)
         self._empty(depth)
         self.free_counter = self.last_returned = 0
+        if self.block.qwords is not None:
+            self.arm(range(depth))
         self.event(SendContextEvent.INIT)
 
     # -- the guest's stores (transport thread) -----------------------------------
@@ -294,6 +357,9 @@ class PioSendContext:
         the module docstring); waits for link credits when the peer's
         buffer is full."""
         self.launch_posted = False
+        if self.block.qwords is not None:
+            self._launch_mapped()
+            return
         launched = freed = 0
         due = 0
         port = self.block.port
@@ -347,14 +413,91 @@ class PioSendContext:
             if pbc & _PBC_CREDIT_RETURN:
                 due |= CR_DUE_TO_PBC
             self.block.send.egress(frame)
+        self._after_launches(launched, freed, due, batch)
+
+    # -- PIO space in shared memory (module docstring) -------------------------------
+    def arm(self, blocks) -> None:
+        """Write the sentinel into the watched qwords of `blocks` (free ones)."""
+        q, sentinel = self.block.qwords, self.block.sentinel
+        base = self.window // 8
+        for b in blocks:
+            if b >= WINDOW_BLOCKS:
+                break
+            non_sop = base + QWORDS_PER_BLOCK * b
+            sop = non_sop + SOP_DISTANCE // 8
+            q[sop] = q[sop + 7] = q[non_sop + 7] = sentinel
+
+    def _launch_mapped(self) -> None:
+        """The launcher over shared memory: the packets the guest completed
+        at the launch point, in order, at most LAUNCH_BATCH."""
+        block = self.block
+        q, space, sentinel, port = block.qwords, block.space, block.sentinel, block.port
+        base = self.window // 8
+        sop_base = base + SOP_DISTANCE // 8
+        launched = freed = due = 0
+        while self.state is SendContextState.RUNNING and launched < LAUNCH_BATCH:
+            first = self.launch_at
+            if first >= min(self.depth, WINDOW_BLOCKS):
+                break  # an empty ring, or one beyond its window: never written (as trapped)
+            sop = sop_base + QWORDS_PER_BLOCK * first
+            pbc = q[sop]
+            if pbc == sentinel:
+                break  # no packet started here yet
+            length_dws = pbc & _PBC_LENGTH_MASK
+            nblocks = -(-length_dws // 16)
+            if length_dws < MIN_PACKET_DWS or length_dws > MAX_PACKET_DWS or nblocks > self.depth:
+                self.halt(SEND_CTXT_ERR_STATUS_PIO_DISALLOWED_PACKET_ERR_SMASK,
+                          f"PBC length {length_dws} dwords (ring of {self.depth} blocks)")
+                return
+            blocks = [(first + i) % self.depth for i in range(nblocks)]
+            last = blocks[-1]
+            if last >= WINDOW_BLOCKS:
+                break
+            done = q[sop + 7] if nblocks == 1 else q[base + QWORDS_PER_BLOCK * last + 7]
+            if done == sentinel:
+                break  # the rest of the packet is still being written
+            if not port.peer_has_room():
+                port.wait_for_room(self._post_launch)  # the link's credits ran out: wait, drop nothing
+                break
+            if any(q[sop_base + QWORDS_PER_BLOCK * b] != sentinel for b in blocks[1:]):
+                self.halt(SEND_CTXT_ERR_STATUS_PIO_INCONSISTENT_SOP_ERR_SMASK,
+                          f"PBC says {nblocks} blocks but a new packet starts inside them")
+                return
+            start = 8 * sop
+            parts = [space[start:start + PIO_BLOCK]]
+            for b in blocks[1:]:
+                at = self.window + PIO_BLOCK * b
+                parts.append(space[at:at + PIO_BLOCK])
+            frame = b"".join(parts)[:4 * length_dws]
+            refused = block.integrity.refused(frame, self.hw)
+            if refused:
+                self.refused += 1
+                block.send.refuse(refused, self.hw)
+                self.halt(SEND_CTXT_ERR_STATUS_PIO_DISALLOWED_PACKET_ERR_SMASK,
+                          f"block {first}: its integrity checks refuse the packet ({describe(refused)})")
+                return
+            self.arm(blocks)
+            self.launch_at = (first + nblocks) % self.depth
+            self.free_counter += nblocks
+            freed += nblocks
+            launched += 1
+            self.packets += 1
+            self.bytes_written += 64 * nblocks
+            if pbc & _PBC_CREDIT_RETURN:
+                due |= CR_DUE_TO_PBC
+            block.send.egress(frame)
+        self._after_launches(launched, freed, due)
+
+    def _after_launches(self, launched: int, freed: int, due: int, batch: int = LAUNCH_BATCH) -> None:
         if freed:
             credit_ctrl = self.block.regs.get(kctxt("SEND_CTXT_CREDIT_CTRL", self.hw))
             threshold = credit_ctrl & SEND_CTXT_CREDIT_CTRL_THRESHOLD_SMASK
             if (self.free_counter - self.last_returned) & CR_COUNTER_MASK > threshold:
                 due |= CR_DUE_TO_THRESHOLD
             self.return_credits(due)
-        if launched == batch and self.state is SendContextState.RUNNING and self.written[self.launch_at] == FULL_BLOCK:
-            self._post_launch()  # more is ready: the launcher goes on as a chip event
+        if launched == batch and self.state is SendContextState.RUNNING and (
+                self.block.qwords is not None or self.written[self.launch_at] == FULL_BLOCK):
+            self._post_launch()  # more is (or, mapped, may be) ready: the launcher goes on as a chip event
 
     def _post_launch(self) -> None:
         if not self.launch_posted:
@@ -405,6 +548,17 @@ class Pio(Block):
         #: launch small packets on the store's thread (`set_launch_mode`); a
         #: setting of the server, not chip state: a reset keeps it
         self.launch_inline = False
+        #: the PIO space in shared memory (`map_space`): bytes and qwords; None while trapped
+        self.space: memoryview | None = None
+        self.qwords: memoryview | None = None
+        self.sentinel = 0
+        #: the poller: running contexts, its pending event, period, last packet seen, polls run
+        self.polled: dict[int, PioSendContext] = {}
+        self._poll_job = None
+        self._poll_due = 0.0
+        self._poll_period = POLL_FAST_S
+        self._last_activity = 0.0
+        self.polls = 0
         super().__init__(services)
 
     def set_launch_mode(self, mode: str) -> None:
@@ -448,6 +602,9 @@ class Pio(Block):
         self.contexts = [PioSendContext(self, h) for h in range(len(self.contexts))]
         self.stray_writes = 0
         self.inline_launches = 0
+        self.polled.clear()
+        cancel_jobs(self._poll_job)  # (a device reset drops it anyway)
+        self._poll_job = None
 
     def counters(self) -> dict:
         busy = {c.hw: {"packets": c.packets, "dropped_writes": c.dropped_writes, "halted": c.halted,
@@ -456,6 +613,72 @@ class Pio(Block):
         return {"packets": sum(c.packets for c in self.contexts), "stray_writes": self.stray_writes,
                 "launch": "inline" if self.launch_inline else "engine", "inline_launches": self.inline_launches,
                 "contexts": busy}
+        counters = {"packets": sum(c.packets for c in self.contexts), "stray_writes": self.stray_writes,
+                    "contexts": busy}
+        if self.qwords is not None:
+            counters["mapped"] = {"polls": self.polls, "period_us": round(self._poll_period * 1e6),
+                                  "polled_contexts": len(self.polled)}
+        return counters
+
+    # -- PIO space in shared memory (module docstring) -----------------------------------
+    def map_space(self, memory: memoryview) -> None:
+        """Serve the PIO space from `memory` (all of BAR0, shared with the guest)."""
+        self.space = memory[TXE_PIO_SEND:TXE_PIO_SEND + TXE_PIO_SIZE]
+        self.qwords = self.space.cast("Q")
+        self.sentinel = int.from_bytes(os.urandom(8), "little") | 1  # never 0, what a zero fill writes
+        for context in self.contexts:
+            context.arm(range(context.depth))
+            self.track(context)
+
+    def unmap_space(self) -> None:
+        cancel_jobs(self._poll_job)
+        self._poll_job = None
+        self.polled.clear()
+        if self.qwords is not None:
+            self.qwords.release()
+            self.space.release()
+        self.space = self.qwords = None
+
+    def track(self, context: PioSendContext) -> None:
+        """A context changed state: poll it while it runs."""
+        if context.state is SendContextState.RUNNING:
+            self.polled[context.hw] = context
+            self.nudge()
+        else:
+            self.polled.pop(context.hw, None)
+
+    def nudge(self) -> None:
+        """Poll soon: a context started, or the guest touched a trapped
+        register (it is active, packets may follow)."""
+        if self.qwords is None or not self.polled:
+            return
+        self._poll_period = POLL_FAST_S
+        self._last_activity = now = self.services.now()
+        if self._poll_job is not None and not self._poll_job.cancelled and self._poll_due <= now + POLL_FAST_S:
+            return
+        cancel_jobs(self._poll_job)
+        self._schedule_poll(now)
+
+    def _schedule_poll(self, now: float) -> None:
+        self._poll_due = now + self._poll_period
+        self._poll_job = self.services.after(self._poll_period, self._poll)
+
+    def _poll(self) -> None:
+        self._poll_job = None
+        if self.qwords is None or not self.polled:
+            return
+        self.polls += 1
+        contexts = list(self.polled.values())
+        before = sum(c.packets + c.halts for c in contexts)
+        for context in contexts:
+            context.launch()
+        now = self.services.now()
+        if sum(c.packets + c.halts for c in contexts) != before:
+            self._poll_period, self._last_activity = POLL_FAST_S, now
+        elif now - self._last_activity > POLL_HOLD_S:
+            self._poll_period = min(2 * self._poll_period, POLL_IDLE_S)
+        if self.polled:
+            self._schedule_poll(now)
 
     # -- contexts ------------------------------------------------------------------
     def _ctrl(self, ctxt: int, old: int, new: int) -> None:

@@ -19,7 +19,16 @@
       the entry's fields in rcv_context.py)
     RcvArray            0x1200000 + 8i  one TID entry per index (formats.RCV_ARRAY_ENTRY); a
                         write changes an entry only with WriteEnable (bit 63) set, and only
-                        from a whole 64-bit value (`rcv_array_write`)
+                        from a whole 64-bit value (`rcv_array_write`); with
+                        `ChipConfig.mapped` "rcvarray" the entries live in BAR0's shared memory
+                        (`map_rcv_array`): the guest's stores land there untrapped
+
+Mapped (`vfnic serve --option mmap=rcvarray`), an entry is read from the
+shared memory at the moment it is used (an eager or expected placement), so
+it is whatever the guest stored last: what is lost is the WriteEnable rule
+(a qword stored without bit 63 changes the entry too; hfi1_put_tid always
+sets it) and the torn-write rule (QEMU maps the page as RAM: a writeq is one
+8-byte store, read here as one aligned 8-byte load).
 
 A packet from the link (`receive_packet`, a chip event on the worker) is
 checked (port enabled, logical state, DLID, length, ICRC), classified (IB,
@@ -270,6 +279,18 @@ class Receive(Block):
 
     def _torn_log(self):
         return limited(self, self.log, "torn RcvArray writes")
+
+    def map_rcv_array(self, memory: memoryview) -> None:
+        """Serve the RcvArray from `memory` (all of BAR0, shared with the
+        guest): the entries become a view of it, what they held copied in."""
+        mapped = np.frombuffer(memory, dtype="<u8", count=len(self.rcv_array), offset=RCV_ARRAY)
+        mapped[:] = self.rcv_array
+        self.rcv_array = mapped
+
+    def unmap_rcv_array(self) -> None:
+        """Back to private entries (a copy of the shared ones): the host may unmap."""
+        if self.rcv_array.base is not None:
+            self.rcv_array = self.rcv_array.copy()
 
     def rcv_array_entry(self, index: int) -> int:
         return int(self.rcv_array[index]) if 0 <= index < len(self.rcv_array) else 0

@@ -117,6 +117,11 @@ class PciFunction:
         os.ftruncate(fd, bar.size)
         return SharedMemory(fd, mmap.mmap(fd, bar.size, mmap.MAP_SHARED))
 
+    def shared_memory(self, bar: int) -> memoryview | None:
+        """DeviceHost: the memfd mapping behind a shared BAR, or None."""
+        shared = self.shared.get(bar)
+        return memoryview(shared.mapping) if shared is not None else None
+
     def _reset_msix_table(self) -> None:
         for v in range(len(self.msix_table) // MSIX_ENTRY_SIZE):
             masked = bytes(12) + (1).to_bytes(4, "little")  # vector control: masked
@@ -279,8 +284,9 @@ class PciFunction:
         self.resets += 1
         self.config.reset()
         self._reset_msix_table()
-        for shared in self.shared.values():
-            shared.mapping[:] = bytes(len(shared.mapping))
+        for index, shared in self.shared.items():  # only the mapped areas: the rest of the memfd stays untouched
+            for start, size in self.bars[index].mmap_areas:
+                shared.mapping[start:start + size] = bytes(size)
         try:
             self.model.reset()
         except Exception as exc:
@@ -298,7 +304,10 @@ class PciFunction:
     def close(self) -> None:
         self.disconnect()
         self.model.close()
-        for shared in self.shared.values():
-            shared.mapping.close()
+        for index, shared in self.shared.items():
+            try:
+                shared.mapping.close()
+            except BufferError:  # the model still holds a view (shared_memory): the mapping goes with it
+                log.warning("BAR%d: the model kept a view of its shared memory past close", index)
             os.close(shared.fd)
         self.shared.clear()

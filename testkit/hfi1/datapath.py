@@ -48,7 +48,7 @@ from testkit.hfi1.guest import (
 )
 from testkit.hfi1.over_vfio_user import DeviceOverTheWire
 from testkit.hfi1.probe import N_KRCV_QUEUES, NUM_VLS, probe
-from testkit.host import GUEST_BASE, GUEST_SIZE, FakeMemory, Host, MemfdMemory, Msix, SimulatedTime
+from testkit.host import GUEST_BASE, GUEST_SIZE, FakeMemory, Host, MappedBar, MemfdMemory, Msix, SimulatedTime
 from testkit.remote_cable import ManualNetwork
 
 #: guest memory layout (offsets from GUEST_BASE)
@@ -318,12 +318,12 @@ class Node:
         return self.device.stats()
 
 
-def small_config(serial: int) -> ChipConfig:
+def small_config(serial: int, mapped: tuple[str, ...] = ()) -> ChipConfig:
     """A WFR with smaller tables (a shorter probe) and fast timings, in
     functional-simulator mode (the data path is the same in both modes; the
     silicon bring-up has its own scenarios in test_silicon)."""
     return ChipConfig(guid=make_guid(serial), neighbour=None, rcv_contexts=16, rcv_array_count=2048,
-                      send_contexts=160, icode=ICODE_FUNCTIONAL_SIMULATOR, **FAST)
+                      send_contexts=160, icode=ICODE_FUNCTIONAL_SIMULATOR, mapped=mapped, **FAST)
 
 
 def bring_up(nodes: list[Node]) -> None:
@@ -382,15 +382,17 @@ def settle(*nodes: Node, horizon: float = 0.01) -> int:
 
 
 @contextlib.contextmanager
-def pair(over_the_wire: bool = False, up: bool = True, remote: bool = False):
+def pair(over_the_wire: bool = False, up: bool = True, remote: bool = False, mapped: tuple[str, ...] = ()):
     """Two small-config HFIs cabled back to back on one ManualScheduler (on a
-    remote cable if `remote`, its stream a ManualNetwork's)."""
+    remote cable if `remote`, its stream a ManualNetwork's); `mapped`: the
+    parts of BAR0 served from shared memory (ChipConfig.mapped), a bytearray
+    per node (`Host.shared`) that the driver reaches through a `MappedBar`."""
     scheduler = ManualScheduler()
     nodes: list[Node] = []
     with contextlib.ExitStack() as stack:
         models = []
         for i, name in enumerate(("a", "b")):
-            model = Hfi1Device(small_config(i + 1), worker=scheduler.worker(name), name=f"hfi1_{name}")
+            model = Hfi1Device(small_config(i + 1, mapped), worker=scheduler.worker(name), name=f"hfi1_{name}")
             stack.callback(model.close)
             models.append(model)
         if remote:
@@ -407,9 +409,10 @@ def pair(over_the_wire: bool = False, up: bool = True, remote: bool = False):
                 host = Host(memory, irq, SimulatedTime(scheduler))
             else:
                 memory = FakeMemory()
-                host = Host(memory, irq, SimulatedTime(scheduler))
+                shared = {0: bytearray(model.layout().bars[0].size)} if mapped else None
+                host = Host(memory, irq, SimulatedTime(scheduler), shared)
                 model.attach(host)
-                access = model
+                access = MappedBar(model, host) if mapped else model
             driver = DataPathDriver(access, host, memory)
             nodes.append(Node(name, model, memory, irq, driver, lid=i + 1))
         if up:
