@@ -177,6 +177,7 @@ def add_installed_commands(sub) -> None:
 
 def _stats(servers: list[Server], nodes: list = ()) -> dict:
     return {**{s.path: {"clients": s.clients, "resets": s.function.resets,
+                        **({"shared_memory_trapped": s.function.shared_trapped} if s.function.shared else {}),
                         "messages": dict(s.connection.counts) if s.connection else {},
                         "refused_messages": s.refused.count,
                         **s.function.model.stats(),

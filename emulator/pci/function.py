@@ -94,6 +94,8 @@ class PciFunction:
         self._reset_msix_table()
         self.shared: dict[int, SharedMemory] = {i: self._make_shared(b) for i, b in self.bars.items() if b.shared}
         self.resets = 0
+        #: accesses to a shared BAR's mmap areas that came trapped (a client that did not map them)
+        self.shared_trapped = 0
         self.model_errors = 0
         self._model_errors_log = RateLimitedLog(log, "device model errors", burst=MAX_LOGGED_MODEL_ERRORS)
         self._special = self._special_ranges()
@@ -196,12 +198,14 @@ class PciFunction:
 
     def _shared_reader(self, index: int, start: int) -> Callable[[int, int], int]:
         def read(rel: int, size: int) -> int:
+            self.shared_trapped += 1
             off = start + rel
             return int.from_bytes(self.shared[index].mapping[off:off + size], "little")
         return read
 
     def _shared_writer(self, index: int, start: int) -> Callable[[int, int, int], None]:
         def write(rel: int, size: int, value: int) -> None:
+            self.shared_trapped += 1
             off = start + rel
             self.shared[index].mapping[off:off + size] = value.to_bytes(size, "little")
         return write
