@@ -31,9 +31,19 @@ PAIRS = 8  # TID pairs each context gets (16 RcvArray entries)
 PAGES = GUEST_BASE + 0x1800000  # expected buffers, 4 KiB pages
 
 
-@pytest.fixture
-def fabric():
-    with pair() as (scheduler, a, b):
+#: scenarios of the trapped RcvArray's store rules alone
+TRAPPED_ONLY = ("test_a_write_combined_line_changes_only_the_entries_with_write_enable",
+                "test_an_entry_takes_effect_only_from_a_whole_64_bit_value")
+
+
+@pytest.fixture(params=[(), ("rcvarray",)], ids=["trapped", "mapped"])
+def fabric(request):
+    """Trapped, and with the RcvArray in shared memory (`ChipConfig.mapped`):
+    every scenario must read the same either way."""
+    if request.param and request.function.__name__ in TRAPPED_ONLY:
+        pytest.skip("how QEMU hands write-combined and split stores to a trapped RcvArray; mapped, the "
+                    "guest's stores are plain RAM stores (devmodel/hfi1/rcv.py)")
+    with pair(mapped=request.param) as (scheduler, a, b):
         # the probe walk's catch-all rule 0 as the driver's verbs (QOS) rule is: IB packets only
         b.driver.write_csr(cr.RCV_RSM_CFG, 1 | 2 << cr.RCV_RSM_CFG_PACKET_TYPE_SHIFT)
         for ctxt in (USER_A, USER_B):
