@@ -7,6 +7,7 @@ variants side by side in one run.
     benchmarks/latency --rounds 6 --variant host="--sched host" --variant fifo="--sched fifo"
     benchmarks/latency --rounds 4 --bw 300 --variant engine="--option pio-launch=engine" \
                        --variant inline="--option pio-launch=inline"
+    benchmarks/latency --idle 30 --bw 300 --variant base= --variant mmap="--option mmap=pio"
 
 Each variant boots the same two guests (Debian trixie, TCG, 1 vCPU each) on a
 two-socket `vfnic serve --profile` with that variant's arguments (plus every
@@ -39,6 +40,9 @@ Per message, what is counted (the server's `--profile` and /proc):
                         delivery; an over-estimate, since the ACK's share
                         is off the path) and t_avg minus it: the guests'
                         own time, QEMU's hops, the socket
+
+`--idle S` adds the server's CPU over S seconds with the ports Active and
+nothing sent (what a poller costs when idle; a boot per variant only).
 
 With `--rounds R` the guests boot once and the variants alternate R times
 on them (order rotated from round to round), the server re-tuned through
@@ -137,6 +141,7 @@ def snapshot(fabric: Fabric, ending: bool = False) -> dict:
         "packets": sum(v["packets"] for k, v in devices[0]["port"]["link"].items() if "->" in k),
         "inline_launches": sum(d["pio"].get("inline_launches", 0) for d in devices),
         "undeclared": sum(d["undeclared_csr_accesses"] for d in devices),
+        "pio_polls": sum(d["pio"].get("mapped", {}).get("polls", 0) for d in devices),
     }
 
 
@@ -212,11 +217,22 @@ def breakdown(d: dict, messages: int, latency: dict) -> dict:
     path = serving_us + engine_wait_us + engine_cpu_us + delay_us
     out["path: serving + engine wait + engine CPU + 1 interrupt (us)"] = path
     out["remainder: t_avg - path (us)"] = latency["t_avg_us"] - path
+    out["PIO space polls (mmap=pio)"] = d["pio_polls"] * per
     out["undeclared accesses"] = d["undeclared"]
     return out
 
 
-def measure(workdir: Path, label: str, server_args: list[str], iterations: int, bw_iterations: int = 0) -> dict:
+def idle_cpu(fabric: Fabric, seconds: float) -> float:
+    """The server's CPU (percent of one core) over `seconds` with both ports
+    Active and nothing sent."""
+    pid = fabric.server.process.pid
+    before = process_cpu_s(pid)
+    time.sleep(seconds)
+    return 100 * (process_cpu_s(pid) - before) / seconds
+
+
+def measure(workdir: Path, label: str, server_args: list[str], iterations: int, bw_iterations: int = 0,
+            idle_s: float = 0.0) -> dict:
     print(f"{label}: vfnic serve {' '.join(server_args) or '(defaults)'}; load {load_average()}", flush=True)
     stats = workdir / "stats.json"
     args = ["--stats", str(stats), "--profile", *server_args]
@@ -224,11 +240,14 @@ def measure(workdir: Path, label: str, server_args: list[str], iterations: int, 
         fabric.wait_ports(INIT)
         fabric.start_subnet_manager()
         fabric.wait_ports(ACTIVE)
+        idle = idle_cpu(fabric, idle_s) if idle_s else None
         started = time.monotonic()
         row, counters = ib_send_lat(fabric, iterations)
         took = time.monotonic() - started
         bandwidth = ib_write_bw(fabric, bw_iterations) if bw_iterations else None
     result = breakdown(counters, 2 * iterations, row)
+    if idle is not None:
+        result[f"idle server CPU over {idle_s:.0f} s (% of a core)"] = idle
     if bandwidth is not None:
         result["ib_write_bw 64 KiB (MiB/s)"] = bandwidth
     result["load average (1 min)"] = os.getloadavg()[0]
@@ -355,11 +374,14 @@ def main() -> int:
     parser.add_argument("--server-arg", action="append", default=[], metavar="ARG",
                         help="a `vfnic serve` argument every variant gets (--server-arg=--no-write-multiple)")
     parser.add_argument("--rounds", type=int, default=0, metavar="R",
-                        help="boot once and alternate the variants R times (only --switch-interval, --sched and "
+                        help="boot once and alternate the variants R times (only --switch-interval, --sched, --vcpu-sched and "
                              "runtime --option variants: the control socket changes them); default: a boot per "
                              "variant")
     parser.add_argument("--bw", type=int, default=0, metavar="N",
                         help="also run ib_write_bw -s 65536 -n N after each variant's ib_send_lat (default: not)")
+    parser.add_argument("--idle", type=float, default=0.0, metavar="S",
+                        help="also measure the server's CPU over S idle seconds (ports Active) before the run "
+                             "(a boot per variant only)")
     parser.add_argument("--json", metavar="FILE", help="also write the figures here")
     parser.add_argument("--keep", action="store_true", help="keep the guests' and server's logs")
     args = parser.parse_args()
@@ -379,7 +401,8 @@ def main() -> int:
                                           args.bw)
         else:
             for label, extra in variants:
-                results[label] = measure(workdir / label, label, [*extra, *args.server_arg], args.iters, args.bw)
+                results[label] = measure(workdir / label, label, [*extra, *args.server_arg], args.iters, args.bw,
+                                         args.idle)
     how = (f"one boot, {args.rounds} rounds alternating the variants (latency: the rounds' median)" if args.rounds
            else "a boot per variant")
     print(f"\nib_send_lat -s 2 between two TCG guests (1 vCPU each) on one vfnic serve, "

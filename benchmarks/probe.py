@@ -98,13 +98,14 @@ def dmesg_span(dmesg: str) -> tuple[float, float]:
     return hfi1[0], init[0]
 
 
-def one_run(mode: str, workdir: Path, blocks: dict[str, str], rcv_array: int | None = None) -> dict:
+def one_run(mode: str, workdir: Path, blocks: dict[str, str], rcv_array: int | None = None,
+            server_args: list[str] = ()) -> dict:
     trace = workdir / "mmio.trace"
     socket_dir = Path(tempfile.mkdtemp(prefix="vfnic-probe-", dir="/tmp"))
     try:
         with VfnicServer("hfi1", [socket_dir / "hfi1.sock"], log=workdir / "serve.log",
                          args=["--option", f"icode={mode}", "--trace", str(trace),
-                               *(["--option", f"rcv-array={rcv_array}"] if rcv_array else [])]) as server:
+                               *(["--option", f"rcv-array={rcv_array}"] if rcv_array else []), *server_args]) as server:
             with Guest(server.sockets, workdir=workdir / "guest", name=f"probe-{mode}",
                        kernel_args=["modprobe.blacklist=hfi1"]) as guest:
                 out = guest.run(MODPROBE_TO_INIT, timeout=300, check=True).stdout.split()
@@ -147,6 +148,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=1, help="fresh guests per mode (default 1)")
     parser.add_argument("--mode", choices=MODES, action="append", help="only this mode (repeatable)")
+    parser.add_argument("--server-arg", action="append", default=[], metavar="ARG",
+                        help="a further `vfnic serve` argument (--server-arg=--option --server-arg=mmap=pio)")
     parser.add_argument("--keep", action="store_true", help="keep the traces and the guests' and server's logs")
     parser.add_argument("--rcv-array", type=int, choices=(8192, 16384, 32768),
                         help="RcvArray entries the chip reports (default: the device's, 8192)")
@@ -158,9 +161,11 @@ def main() -> int:
             results[mode] = []
             for i in range(args.runs):
                 print(f"{mode}: run {i + 1}/{args.runs}", flush=True)
-                results[mode].append(one_run(mode, workdir / mode / f"run{i + 1}", blocks, args.rcv_array))
+                results[mode].append(one_run(mode, workdir / mode / f"run{i + 1}", blocks, args.rcv_array,
+                                             args.server_arg))
     print("\nmodprobe hfi1 to port 1 Init, one TCG guest (1 vCPU), one HFI with its built-in link partner"
-          + (f", RcvArray of {args.rcv_array} entries" if args.rcv_array else ""))
+          + (f", RcvArray of {args.rcv_array} entries" if args.rcv_array else "")
+          + (f"; vfnic serve {' '.join(args.server_arg)}" if args.server_arg else ""))
     for mode, runs in results.items():
         report(mode, runs)
     if "silicon" in results:

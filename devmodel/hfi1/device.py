@@ -284,6 +284,9 @@ class Hfi1Device(DeviceModel):
                 self.pio.map_space(memory)
             if "rcvarray" in self.config.mapped:
                 self.rcv.map_rcv_array(memory)
+                self.log.warning("BAR0: the RcvArray in shared memory loses its WriteEnable rule: the driver's "
+                                 "blank fill writes erase live TID entries (PSM2 rendezvous, TID RDMA break); "
+                                 "for measurement only (devmodel/hfi1/rcv.py)")
             self.log.info("BAR0: %s served from shared memory (sparse mmap)", ", ".join(self.config.mapped))
 
     @property

@@ -25,10 +25,16 @@
 
 Mapped (`vfnic serve --option mmap=rcvarray`), an entry is read from the
 shared memory at the moment it is used (an eager or expected placement), so
-it is whatever the guest stored last: what is lost is the WriteEnable rule
-(a qword stored without bit 63 changes the entry too; hfi1_put_tid always
-sets it) and the torn-write rule (QEMU maps the page as RAM: a writeq is one
-8-byte store, read here as one aligned 8-byte load).
+it is whatever the guest stored last. That loses the WriteEnable rule, and
+the 6.12 driver depends on it: `rcv_array_wc_fill` (user_exp_rcv.c,
+tid_rdma.c) stores 0 into the entries of a TID group it does not program,
+live ones included, to fill the write-combining buffer, which the chip
+ignores; mapped, the 0 replaces a live entry and its packets get TidErr.
+PSM2's rendezvous (1 MiB fi_pingpong) stalls on it. So mapping the
+RcvArray is unsound with the unmodified driver: kept for measurement only
+(docs/execution-model.md, "Latency"). The torn-write rule is moot mapped
+(QEMU maps the page as RAM: a writeq is one 8-byte store, read here as one
+aligned 8-byte load).
 
 A packet from the link (`receive_packet`, a chip event on the worker) is
 checked (port enabled, logical state, DLID, length, ICRC), classified (IB,

@@ -249,6 +249,24 @@ def test_the_poller_backs_off_when_idle_and_a_trapped_access_brings_it_back(fabr
 
 # -- RcvArray ------------------------------------------------------------------------------------
 
+def test_a_blank_fill_write_erases_a_mapped_entry_which_makes_mapping_the_rcv_array_unsound(fabric):
+    """user_exp_rcv.c's rcv_array_wc_fill stores 0 (no WriteEnable) into a
+    live entry of the group; trapped, the chip ignores it; mapped, nothing
+    can: the packet for that TID gets TidErr. Why mmap=rcvarray is for
+    measurement only (devmodel/hfi1/rcv.py)."""
+    from testkit.hfi1.datapath import EAGER_BUFFER_BYTES
+    _, a, b = fabric
+    entry = 64 * 2  # context 2's first eager buffer
+    b.driver.hfi1_put_tid(entry, b.driver.eager_address(2, 0), EAGER_BUFFER_BYTES)
+    b.driver.dev.bar_write(0, cr.RCV_ARRAY + 8 * entry, 8, 0)  # rcv_array_wc_fill
+    assert b.device.rcv.rcv_array_entry(entry) == 0, "the live entry is gone"
+    hw = a.kernel_contexts[0]
+    packet = ud_packet(b.lid, a.lid, UD_QP, b"lost")
+    a.driver.pio_copy(hw, pbc_for(packet), packet)
+    settle(a, b)
+    assert b.stats()["rcv"]["contexts"][2].get("dma_error") == 1, "an invalid eager entry: the payload is lost"
+
+
 def test_an_rcv_array_entry_is_read_from_shared_memory_when_the_packet_lands(fabric):
     """The driver's hfi1_put_tid stores land in shared memory (never
     trapped); an entry changed there takes effect for the next packet."""
