@@ -11,6 +11,11 @@
     0x2000000 0x2FFFFFF   PIO send buffers, 64 KiB per hardware context
     0x3000000 0x3FFFFFF   the same buffers, start-of-packet alias
 
+With `ChipConfig.mapped` (`--option mmap=...`) BAR0 is a shared BAR whose
+sparse mmap areas are the PIO send space of the contexts the chip has (both
+halves) and/or the RcvArray, page-rounded (`mmap_areas`); the guest's stores
+there never trap, the blocks read them from shared memory (pio.py, rcv.py).
+
 Every CSR is declared by its kernel name in one `RegisterFile`; an access the
 model does not declare is served as storage, logged once with the nearest
 declared name, and counted in `stats()["undeclared_csr_accesses"]`.

@@ -284,3 +284,19 @@ def test_an_rcv_array_entry_is_read_from_shared_memory_when_the_packet_lands(fab
     a.driver.pio_copy(hw, pbc_for(packet), packet)
     settle(a, b)
     assert delivered(b) == 1 and b.memory.read(elsewhere, 64) == b"\x5a" * 64
+
+
+def test_the_pci_function_hands_its_memfd_to_the_model_and_unmaps_it_on_close(caplog):
+    """emulator/pci/function.py: the model's view is the memfd QEMU maps;
+    a store that comes trapped anyway lands there too, counted; closing
+    leaves no view behind (the memfd can be unmapped)."""
+    from emulator.pci.function import PciFunction
+    device = create("hfi1", ["mmap=pio"])
+    function = PciFunction(device)
+    offset = TXE_PIO_SEND + SOP_DISTANCE + (3 << 16)
+    function.region_write(0, offset, (0x1234).to_bytes(8, "little"))
+    assert function.shared_trapped == 1
+    assert device.pio.space[offset - TXE_PIO_SEND:offset - TXE_PIO_SEND + 8] == (0x1234).to_bytes(8, "little")
+    assert bytes(function.shared[0].mapping[offset:offset + 8]) == (0x1234).to_bytes(8, "little")
+    function.close()
+    assert device.pio.space is None and "kept a view" not in caplog.text
