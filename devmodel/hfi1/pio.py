@@ -422,7 +422,7 @@ class PioSendContext:
         base = self.window // 8
         for b in blocks:
             if b >= WINDOW_BLOCKS:
-                break
+                continue  # beyond the window: another context's
             non_sop = base + QWORDS_PER_BLOCK * b
             sop = non_sop + SOP_DISTANCE // 8
             q[sop] = q[sop + 7] = q[non_sop + 7] = sentinel
@@ -450,9 +450,9 @@ class PioSendContext:
                           f"PBC length {length_dws} dwords (ring of {self.depth} blocks)")
                 return
             blocks = [(first + i) % self.depth for i in range(nblocks)]
+            if max(blocks) >= WINDOW_BLOCKS:
+                break  # it reaches beyond the window: never complete (and never read from the next one)
             last = blocks[-1]
-            if last >= WINDOW_BLOCKS:
-                break
             done = q[sop + 7] if nblocks == 1 else q[base + QWORDS_PER_BLOCK * last + 7]
             if done == sentinel:
                 break  # the rest of the packet is still being written

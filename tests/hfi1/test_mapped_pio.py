@@ -199,19 +199,21 @@ def test_a_guest_storing_the_sentinel_or_garbage_stalls_only_its_own_context(fab
     assert not a.stats()["internal_errors"]
 
 
-def test_a_ring_larger_than_its_window_never_reads_the_next_contexts_window(fabric):
+@pytest.mark.parametrize("depth,at,payload", [(2047, 1022, 160), (1030, 1020, 720)],
+                         ids=["ends beyond the window", "wraps after passing beyond it"])
+def test_a_ring_larger_than_its_window_never_reads_the_next_contexts_window(fabric, depth, at, payload):
     """SEND_CTXT_CTRL's depth field reaches 2047 blocks, the window holds
     1024: blocks beyond it are never complete (as when trapped, where no
     store can reach them), so a packet there is never read from context
-    hw + 1's window."""
+    hw + 1's window, whether it ends there or wraps to block 0 after it."""
     _, a, b = fabric
     hw = 20
-    a.driver.sc_open(hw, 2047, 700)
-    assert a.driver.read_kctxt_csr(hw, cr.SEND_CTXT_CTRL) >> 48 & 0x7FF == 2047
-    # as if 1022 blocks had gone out: the launch point and the driver's fill two blocks before the window's end
-    a.device.pio.contexts[hw].launch_at = a.driver.pio_fill[hw] = 1022
-    packet = ud_packet(b.lid, a.lid, UD_QP, bytes(160))  # 4 blocks: 1022, 1023, then 1024 and 1025
-    a.driver.pio_copy(hw, pbc_for(packet), packet)  # blocks 1024 and 1025 land in hw + 1's window
+    a.driver.sc_open(hw, depth, 700)
+    assert a.driver.read_kctxt_csr(hw, cr.SEND_CTXT_CTRL) >> 48 & 0x7FF == depth
+    # as if `at` blocks had gone out: the launch point and the driver's fill just before the window's end
+    a.device.pio.contexts[hw].launch_at = a.driver.pio_fill[hw] = at
+    packet = ud_packet(b.lid, a.lid, UD_QP, bytes(payload))  # 4 or 12 blocks
+    a.driver.pio_copy(hw, pbc_for(packet), packet)  # blocks from 1024 on land in hw + 1's window
     settle(a, b, horizon=0.1)
     assert a.stats()["pio"]["packets"] == 0 and delivered(b) == 0 and not halted(a, hw)
     assert not a.stats()["internal_errors"]
