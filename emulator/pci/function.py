@@ -288,13 +288,13 @@ class PciFunction:
         self.resets += 1
         self.config.reset()
         self._reset_msix_table()
+        try:
+            self.model.reset()  # first: a model polling its shared memory stops before it is zeroed
+        except Exception as exc:
+            self._model_failed(exc, "reset")
         for index, shared in self.shared.items():  # only the mapped areas: the rest of the memfd stays untouched
             for start, size in self.bars[index].mmap_areas:
                 shared.mapping[start:start + size] = bytes(size)
-        try:
-            self.model.reset()
-        except Exception as exc:
-            self._model_failed(exc, "reset")
 
     def function_level_reset(self) -> None:
         log.info("PCIe Device Control: Initiate Function Level Reset")
