@@ -204,7 +204,7 @@ WINDOW_BLOCKS = PIO_CONTEXT_WINDOW // PIO_BLOCK  # the most blocks a context's r
 QWORDS_PER_BLOCK = PIO_BLOCK // 8
 #: the poller's period while packets come, how long it stays that fast after
 #: the last one, and the most it backs off to when idle (module docstring)
-POLL_FAST_S = 200e-6
+POLL_FAST_S = 500e-6
 POLL_HOLD_S = 0.02
 POLL_IDLE_S = 0.02
 CONTEXT_CSRS = ("SEND_CTXT_CREDIT_CTRL", "SEND_CTXT_CREDIT_RETURN_ADDR", "SEND_CTXT_CHECK_ENABLE",
@@ -248,7 +248,7 @@ class PioSendContext:
 
     __slots__ = ("block", "hw", "state", "depth", "ring", "written", "sop", "launch_at", "free_counter",
                  "last_returned", "launch_posted", "packets", "bytes_written", "dropped_writes", "halts",
-                 "refused", "window")
+                 "refused", "window", "sop_qword")
 
     def __init__(self, block: "Pio", hw: int):
         self.block = block
@@ -262,6 +262,7 @@ class PioSendContext:
         self.refused = 0  # packets its integrity checks refused
         self.launch_posted = False
         self.window = PIO_CONTEXT_WINDOW * hw  # its ring's offset in the PIO space (non-SOP half)
+        self.sop_qword = (SOP_DISTANCE + self.window) // 8  # its ring's first qword in the SOP alias
         self._empty(0)
         self.state = SendContextState.DISABLED
 
@@ -649,11 +650,13 @@ class Pio(Block):
 
     def nudge(self) -> None:
         """Poll soon: a context started, or the guest touched a trapped
-        register (it is active, packets may follow)."""
+        register (it is active, packets may follow). Only packets hold the
+        period at fast (POLL_HOLD_S): after a nudge alone it backs off at
+        once, so a guest's periodic register accesses cost a few polls."""
         if self.qwords is None or not self.polled:
             return
         self._poll_period = POLL_FAST_S
-        self._last_activity = now = self.services.now()
+        now = self.services.now()
         if self._poll_job is not None and not self._poll_job.cancelled and self._poll_due <= now + POLL_FAST_S:
             return
         cancel_jobs(self._poll_job)
@@ -668,12 +671,16 @@ class Pio(Block):
         if self.qwords is None or not self.polled:
             return
         self.polls += 1
-        contexts = list(self.polled.values())
-        before = sum(c.packets + c.halts for c in contexts)
-        for context in contexts:
-            context.launch()
+        q, sentinel = self.qwords, self.sentinel
+        active = False
+        for context in list(self.polled.values()):
+            first = context.launch_at
+            if first < WINDOW_BLOCKS and q[context.sop_qword + QWORDS_PER_BLOCK * first] != sentinel:
+                before = context.packets + context.halts
+                context.launch()
+                active = active or context.packets + context.halts != before
         now = self.services.now()
-        if sum(c.packets + c.halts for c in contexts) != before:
+        if active:
             self._poll_period, self._last_activity = POLL_FAST_S, now
         elif now - self._last_activity > POLL_HOLD_S:
             self._poll_period = min(2 * self._poll_period, POLL_IDLE_S)
