@@ -611,10 +611,8 @@ class Pio(Block):
         busy = {c.hw: {"packets": c.packets, "dropped_writes": c.dropped_writes, "halted": c.halted,
                        "halts": c.halts, "refused": c.refused}
                 for c in self.contexts if c.packets or c.dropped_writes or c.halts or c.halted}
-        return {"packets": sum(c.packets for c in self.contexts), "stray_writes": self.stray_writes,
-                "launch": "inline" if self.launch_inline else "engine", "inline_launches": self.inline_launches,
-                "contexts": busy}
         counters = {"packets": sum(c.packets for c in self.contexts), "stray_writes": self.stray_writes,
+                    "launch": "inline" if self.launch_inline else "engine", "inline_launches": self.inline_launches,
                     "contexts": busy}
         if self.qwords is not None:
             counters["mapped"] = {"polls": self.polls, "period_us": round(self._poll_period * 1e6),
