@@ -74,12 +74,11 @@ DEVICES = {
                       "the RcvArray entries the chip reports (RCV_ARRAY_CNT): 8192, a quarter of the real chip's, "
                       "keeps modprobe short (the driver writes every entry with a trapped read before each); "
                       "32768, the real chip's (devmodel/hfi1/config.py)"),
-        "mmap": (("none", "pio", "rcvarray", "pio,rcvarray", "rcvarray,pio"), "none",
-                 "parts of BAR0 the guest maps as shared memory instead of trapping every access: pio (the "
-                 "PIO send space; the server polls it for completed packets), rcvarray (the RcvArray; UNSOUND, "
-                 "for measurement only: the driver's blank fill writes then erase live TID entries, and PSM2's "
-                 "rendezvous stalls), or both; QEMU then turns posted writes off for the whole device "
-                 "(docs/vfio-user.md)"),
+        "mmap": (("none", "pio"), "none",
+                 "parts of BAR0 the guest maps as shared memory instead of trapping every access: pio, the "
+                 "PIO send space (the server polls it for completed packets); QEMU then turns posted writes "
+                 "off for the whole device (docs/vfio-user.md). The RcvArray cannot be offered: the driver's "
+                 "blank fill writes would erase live TID entries (devmodel/hfi1/rcv.py)"),
     }, fabric="Hfi1Device.fabric", served_on_fabric="Hfi1Device.served_on_fabric",
         remote_cabled="Hfi1Device.remote_cabled", runtime_options={
         "pio-launch": (("engine", "inline"), "engine",

@@ -1,9 +1,9 @@
 """Two guests on one `vfnic serve --device hfi1 --option mmap=pio` (issue
 15): QEMU maps the PIO send space of BAR0 as shared memory (sparse mmap), so
 the driver's and PSM2's PIO stores never trap, and the server finds
-completed packets by polling (devmodel/hfi1/pio.py). Not the RcvArray
-(`mmap=rcvarray`): the driver's blank fill writes erase live TID entries
-there, and PSM2's 1 MiB rendezvous stalls (devmodel/hfi1/rcv.py).
+completed packets by polling (devmodel/hfi1/pio.py). Not the RcvArray (no
+option offers it): the driver's blank fill writes would erase live TID
+entries there, and PSM2's 1 MiB rendezvous stalled (devmodel/hfi1/rcv.py).
 The unmodified driver, verbs and PSM2 must not be able to tell: the same
 tools as test_fabric and test_psm2 move checked data, nothing is refused,
 no CSR access is undeclared, and no access to the mapped parts came trapped
