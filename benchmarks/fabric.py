@@ -14,6 +14,11 @@ perftest between the guests, client in guest 0, server in guest 1:
 and, for vfnic, the server's CPU time per packet carried (its user + system
 time over the packets both directions of the link counted).
 
+Scheduling: `vfnic serve --vcpu-sched` (emulator/tuning.py) may make the
+guests' vCPU threads SCHED_IDLE; unless it is `host`, the Soft-RoCE guests'
+vCPUs are made SCHED_IDLE too (for `auto`, for the whole run: Soft-RoCE has
+no DMA rate to follow), so that both run under the same scheduling.
+
 Targets (issue 15): ib_write_bw at least 5x rxe; ib_send_lat at most 1.0x
 rxe (stretch: 0.5x). The
 machine's absolute figures drift from day to day: only the ratios of one run
@@ -29,6 +34,7 @@ import tempfile
 from contextlib import ExitStack
 from pathlib import Path
 
+from emulator import tuning
 from images.lab.fabric import ACTIVE, INIT, Fabric, parse_perftest
 from images.lab.process import run_directory
 from images.lab.vm import Guest, ManagementPort
@@ -72,18 +78,22 @@ def run_tools(fabric: Fabric, iterations: dict, extra: str = "", server_pid: int
     return results
 
 
-def vfnic(workdir: Path, iterations: dict) -> dict:
-    print("vfnic: two guests, two emulated HFIs back to back, opafm", flush=True)
+def vfnic(workdir: Path, iterations: dict, vcpu_sched: str | None) -> dict:
+    print("vfnic: two guests, two emulated HFIs back to back, opafm"
+          + (f"; vfnic serve --vcpu-sched {vcpu_sched}" if vcpu_sched else ""), flush=True)
     stats = workdir / "stats.json"
-    with Fabric.launch(workdir / "vfnic", server_args=["--stats", str(stats)]) as fabric:
+    args = ["--stats", str(stats), *(["--vcpu-sched", vcpu_sched] if vcpu_sched else [])]
+    with Fabric.launch(workdir / "vfnic", server_args=args) as fabric:
         fabric.wait_ports(INIT)
         fabric.start_subnet_manager()
         fabric.wait_ports(ACTIVE)
         return run_tools(fabric, iterations, server_pid=fabric.server.process.pid)
 
 
-def rxe(workdir: Path, iterations: dict) -> dict:
-    print("rxe: the same two guests, Soft-RoCE over their virtio-net link", flush=True)
+def rxe(workdir: Path, iterations: dict, idle_vcpus: bool) -> dict:
+    print("rxe: the same two guests, Soft-RoCE over their virtio-net link"
+          + ("; their vCPUs SCHED_IDLE, as vfnic's were" if idle_vcpus else ""), flush=True)
+    vcpus = tuning.ClientVcpus("idle" if idle_vcpus else "host")
     socket_dir = Path(tempfile.mkdtemp(prefix="vfnic-rxe-", dir="/tmp"))
     with ExitStack() as stack:
         stack.callback(shutil.rmtree, socket_dir, True)
@@ -94,6 +104,7 @@ def rxe(workdir: Path, iterations: dict) -> dict:
             guests.append(guest.start())
         for guest in guests:
             guest.wait_ready()
+            vcpus.attach(guest.process.pid)
             guest.run(f"modprobe rdma_rxe && rdma link add rxe0 type rxe netdev {guest.management_nic}",
                       timeout=120, check=True)
         fabric = Fabric(None, guests)
@@ -110,11 +121,15 @@ def main() -> int:
     parser.add_argument("--bw-iters", type=int, default=800, help="messages per bandwidth test")
     parser.add_argument("--lat-iters", type=int, default=500, help="round trips per latency test")
     parser.add_argument("--keep", action="store_true", help="keep the guests' and server's logs")
+    parser.add_argument("--vcpu-sched", choices=tuning.VCPU_SCHED_CHOICES,
+                        help="vfnic serve's --vcpu-sched (default: its default); unless host, the Soft-RoCE "
+                             "guests' vCPUs are made SCHED_IDLE too, so both run under the same scheduling")
     args = parser.parse_args()
     iterations = {"bw_iters": args.bw_iters, "lat_iters": args.lat_iters}
     with run_directory("vfnic-bench-fabric-", args.keep) as workdir:
-        ours = vfnic(workdir, iterations)
-        theirs = rxe(workdir, iterations)
+        sched = args.vcpu_sched or tuning.DEFAULT_VCPU_SCHED
+        ours = vfnic(workdir, iterations, args.vcpu_sched)
+        theirs = rxe(workdir, iterations, idle_vcpus=sched != "host")
     print("\nRDMA between two TCG guests (1 vCPU each), vfnic against Soft-RoCE, same run")
     print(f"{'test':<20}{'vfnic':>12}{'rxe':>12}{'unit':>7}{'ratio':>9}  {'vfnic CPU/packet':>17}")
     verdicts = []

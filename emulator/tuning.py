@@ -208,6 +208,7 @@ class ClientVcpus:
         self.log = log or logging.getLogger("vfnic.tuning")
         self._clients: dict[int, int] = {}  # pid -> connections
         self._changed: dict[int, set[int]] = {}  # pid -> thread ids this object made SCHED_IDLE
+        self._refused: set[int] = set()  # clients whose threads the host would not change: left alone
         self._lock = threading.Lock()
         #: auto: the devices' DMA bytes so far; whether the vCPUs are idle now; switches made
         self._activity = activity or (lambda: 0)
@@ -271,6 +272,7 @@ class ClientVcpus:
                 self._clients[pid] = left
                 return
             self._clients.pop(pid, None)
+            self._refused.discard(pid)
             self._changed.pop(pid, None)  # a client that went away keeps what it had: it is usually gone
 
     def set_policy(self, policy: str) -> dict:
@@ -292,6 +294,8 @@ class ClientVcpus:
                     "vcpu_threads": {str(pid): sorted(tids) for pid, tids in self._changed.items()}}
 
     def _apply(self, pid: int) -> None:
+        if pid in self._refused:
+            return
         if self._idle_now:
             for tid in vcpu_threads(pid):
                 if self._set(pid, tid, SCHED_IDLE):
@@ -305,8 +309,10 @@ class ClientVcpus:
             os.sched_setscheduler(tid, policy, os.sched_param(0))
         except ProcessLookupError:
             return False
-        except OSError as e:
-            self.log.warning("vCPU thread %d of client %d: scheduling not changed: %s", tid, pid, e.strerror)
+        except OSError as e:  # said once: the client is left alone from now on
+            self.log.warning("vCPU thread %d of client %d: scheduling not changed: %s; its vCPUs keep the host's "
+                             "scheduling", tid, pid, e.strerror)
+            self._refused.add(pid)
             return False
         self.log.debug("vCPU thread %d of client %d: %s", tid, pid, "SCHED_IDLE" if policy == SCHED_IDLE else
                        "SCHED_OTHER")
