@@ -78,11 +78,12 @@ def run_tools(fabric: Fabric, iterations: dict, extra: str = "", server_pid: int
     return results
 
 
-def vfnic(workdir: Path, iterations: dict, vcpu_sched: str | None) -> dict:
+def vfnic(workdir: Path, iterations: dict, vcpu_sched: str | None, server_args: list[str] = ()) -> dict:
+    extra = [*(["--vcpu-sched", vcpu_sched] if vcpu_sched else []), *server_args]
     print("vfnic: two guests, two emulated HFIs back to back, opafm"
-          + (f"; vfnic serve --vcpu-sched {vcpu_sched}" if vcpu_sched else ""), flush=True)
+          + (f"; vfnic serve {' '.join(extra)}" if extra else ""), flush=True)
     stats = workdir / "stats.json"
-    args = ["--stats", str(stats), *(["--vcpu-sched", vcpu_sched] if vcpu_sched else [])]
+    args = ["--stats", str(stats), *extra]
     with Fabric.launch(workdir / "vfnic", server_args=args) as fabric:
         fabric.wait_ports(INIT)
         fabric.start_subnet_manager()
@@ -121,6 +122,8 @@ def main() -> int:
     parser.add_argument("--bw-iters", type=int, default=800, help="messages per bandwidth test")
     parser.add_argument("--lat-iters", type=int, default=500, help="round trips per latency test")
     parser.add_argument("--keep", action="store_true", help="keep the guests' and server's logs")
+    parser.add_argument("--server-arg", action="append", default=[], metavar="ARG",
+                        help="a further `vfnic serve` argument (--server-arg=--option --server-arg=mmap=pio)")
     parser.add_argument("--vcpu-sched", choices=tuning.VCPU_SCHED_CHOICES,
                         help="vfnic serve's --vcpu-sched (default: its default); unless host, the Soft-RoCE "
                              "guests' vCPUs are made SCHED_IDLE too, so both run under the same scheduling")
@@ -128,7 +131,7 @@ def main() -> int:
     iterations = {"bw_iters": args.bw_iters, "lat_iters": args.lat_iters}
     with run_directory("vfnic-bench-fabric-", args.keep) as workdir:
         sched = args.vcpu_sched or tuning.DEFAULT_VCPU_SCHED
-        ours = vfnic(workdir, iterations, args.vcpu_sched)
+        ours = vfnic(workdir, iterations, args.vcpu_sched, args.server_arg)
         theirs = rxe(workdir, iterations, idle_vcpus=sched != "host")
     print("\nRDMA between two TCG guests (1 vCPU each), vfnic against Soft-RoCE, same run")
     print(f"{'test':<20}{'vfnic':>12}{'rxe':>12}{'unit':>7}{'ratio':>9}  {'vfnic CPU/packet':>17}")
