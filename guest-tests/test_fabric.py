@@ -10,11 +10,13 @@ tools' out-of-band exchange (images/lab/fabric.py).
 """
 from __future__ import annotations
 
+import os
 import re
 import time
 
 import pytest
 
+from emulator.tuning import vcpu_threads
 from images.lab.fabric import ACTIVE, parse_perftest, parse_pingpong
 from testkit.guest_checks import hfi1_dmesg_problems, link_directions, opainfo, rc_pingpong_passes, refused_packets
 
@@ -153,3 +155,27 @@ def test_rc_traffic_survives_drop_and_corruption_and_the_link_counts_the_faults(
     assert sum(f.get("corrupt", 0) for f in injected.values()) > 0, injected
     report_figure(f"fabric: rc_pingpong -c (500 x 4 KiB) and ib_write_bw (200 x 64 KiB) through 1 % drop and 0.5 % "
                   f"corruption: {elapsed:.0f} s, faults injected {injected}, write bw {rows[0]['bw_avg_mib_s']:.1f} MiB/s")
+
+
+# -- the guests' vCPU scheduling (issue 15: --vcpu-sched) -------------------------------------
+
+def test_tune_makes_the_real_qemus_vcpu_threads_idle_and_gives_them_back(fabric):
+    """QEMU 11.1 names its vCPU threads as emulator/tuning.py expects: `tune
+    vcpu_sched=idle` finds each guest's through the socket's peer credentials
+    and makes exactly those SCHED_IDLE, traffic still passes, and `host`
+    gives them back SCHED_OTHER."""
+    qemus = [guest.process.pid for guest in fabric.guests]
+    vcpus = {pid: vcpu_threads(pid) for pid in qemus}
+    assert all(len(tids) == 1 for tids in vcpus.values()), vcpus  # -smp 1
+    try:
+        reply = fabric.server.ctl("tune", vcpu_sched="idle")
+        assert reply["vcpu_sched"] == "idle"
+        assert {int(pid): tids for pid, tids in reply["vcpu_threads"].items()} == vcpus, reply
+        for pid, tids in vcpus.items():
+            for tid in os.listdir(f"/proc/{pid}/task"):
+                wanted = os.SCHED_IDLE if int(tid) in tids else os.SCHED_OTHER
+                assert os.sched_getscheduler(int(tid)) == wanted, (pid, tid)
+        rc_pingpong_passes(fabric, iterations=50, size=64)
+    finally:
+        fabric.server.ctl("tune", vcpu_sched="host")
+    assert {os.sched_getscheduler(t) for tids in vcpus.values() for t in tids} == {os.SCHED_OTHER}
