@@ -206,6 +206,21 @@ class Connection:
                 os.close(fd)
         self._pending_fds = []
 
+    def release(self) -> None:
+        """The client is gone: close the fds no message took, and give back
+        the inbox (MAX_MESSAGE_SIZE bytes) now. The handlers are bound
+        methods, a reference cycle that only the garbage collector would
+        break: a server that outlives many clients (guest after guest) would
+        hold an inbox per client until it ran."""
+        self._close_pending_fds()
+        self._handlers = {}
+        try:
+            self._view.release()
+        except BufferError:
+            pass  # a slice of it is still referenced somewhere; dropping ours is enough
+        self._inbox = bytearray()
+        self._view = memoryview(self._inbox)
+
     def send(self, msg_id: int, command: int, reply: Reply) -> None:
         data = header(msg_id, command, len(reply.payload), _TYPE_REPLY) + reply.payload
         if reply.fds:
@@ -608,6 +623,7 @@ class Server:
                 log.info("connection ended: %s", e)
             finally:
                 sock.close()
+                self.connection.release()
                 self._conn_sock = None
                 if self.vcpus is not None:
                     self.vcpus.detach(pid)

@@ -4,6 +4,7 @@ client whose refused messages would flood the log."""
 from __future__ import annotations
 
 import errno
+import gc
 import logging
 import os
 import stat
@@ -131,3 +132,22 @@ def test_a_guest_touching_many_undeclared_offsets_logs_a_few_and_counts_each(tes
     lines = [r.getMessage() for r in caplog.records if "undeclared offset" in r.getMessage()]
     assert len(lines) == BURST and lines[0].startswith("testdev: write of undeclared offset 0x800")
     assert testdev.model.stats()["undeclared_csr_accesses"] == 100
+
+
+def test_a_client_gone_gives_back_its_inbox_at_once_not_when_the_collector_runs(testdev):
+    """Guest after guest on one server (guest-tests/test_soak.py): each
+    connection's inbox (MAX_MESSAGE_SIZE bytes) is released when its client
+    goes, though the connection's handler table is a reference cycle."""
+    gc.disable()  # it must not take the collector
+    try:
+        for _ in range(3):
+            client = testdev.client()
+            assert client.read64(BAR0, 0) == TESTDEV_ID
+            connection = testdev.server.connection
+            assert len(connection._inbox) > 0
+            client.close()
+            wait_until(lambda c=connection: testdev.server.connection is not c or len(c._inbox) == 0,
+                       what="the connection to end")
+            wait_until(lambda c=connection: len(c._inbox) == 0, what="the inbox given back")
+    finally:
+        gc.enable()
