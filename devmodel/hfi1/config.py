@@ -27,12 +27,15 @@ rest are chosen to satisfy the driver's arithmetic ([uncertain] on silicon):
   entries may cost what 3 s leaves, 0.6-1.0 s, so 24-41 us an entry (a read
   and a write) against 37-77 measured. The reads must trap -- RCV_ARRAY_CNT
   (RXE + 0x18) shares its 4 KiB page with RCV_CTRL, whose writes act -- so
-  they cannot be mmapped. The writes could (the RcvArray has no read side
-  effects; the model would read an entry from the shared memory when a
-  packet needs it), but QEMU turns off posted writes for the whole device
-  once any area is mmappable, so the probe's ~8300 other trapped writes
-  become round trips (at a read's cost, ~20 us more each: ~0.17 s); then a trapped read of
-  RCV_ARRAY_CNT may cost 18-34 us in the guest. `benchmarks/mmio` measured
+  they cannot be mmapped. Nor can the writes, soundly: a mapped RcvArray
+  (the model can read entries from shared memory, `ChipConfig.mapped`)
+  cannot ignore the driver's blank fill writes without WriteEnable, which
+  then erase live TID entries (devmodel/hfi1/rcv.py), so no option offers
+  it; and with any area mapped QEMU turns off posted writes for the whole
+  device, so the probe's ~8300 other trapped writes would become round
+  trips (~20 us more each: ~0.17 s). Left is a cheaper trapped read: with
+  the writes posted as now, 32768 entries in 3 s need a trapped read of
+  RCV_ARRAY_CNT at about 18-34 us in the guest. `benchmarks/mmio` measured
   a trapped read from a TCG guest at 24-71 us the same day, moving 2x from
   run to run: only on a quiet machine would it fit. The server's part of a
   read is a few us of that (docs/vfio-user.md, "Cost of a trapped access");
