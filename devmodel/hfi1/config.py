@@ -35,7 +35,8 @@ rest are chosen to satisfy the driver's arithmetic ([uncertain] on silicon):
   device, so the probe's ~8300 other trapped writes would become round
   trips (~20 us more each: ~0.17 s). Left is a cheaper trapped read: with
   the writes posted as now, 32768 entries in 3 s need a trapped read of
-  RCV_ARRAY_CNT at about 18-34 us in the guest. `benchmarks/mmio` measured
+  RCV_ARRAY_CNT of about 20-35 us in the guest (the 24-41 us an entry may
+  cost, less a posted write). `benchmarks/mmio` measured
   a trapped read from a TCG guest at 24-71 us the same day, moving 2x from
   run to run: only on a quiet machine would it fit. The server's part of a
   read is a few us of that (docs/vfio-user.md, "Cost of a trapped access");
