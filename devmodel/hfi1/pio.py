@@ -377,13 +377,10 @@ class PioSendContext:
                 return
             start = PIO_BLOCK * first
             pbc = int.from_bytes(self.ring[start:start + PBC_BYTES], "little")
-            length_dws = pbc & _PBC_LENGTH_MASK
-            nblocks = -(-length_dws // 16)
-            if length_dws < MIN_PACKET_DWS or length_dws > MAX_PACKET_DWS or nblocks > self.depth:
-                self.halt(SEND_CTXT_ERR_STATUS_PIO_DISALLOWED_PACKET_ERR_SMASK,
-                          f"PBC length {length_dws} dwords (ring of {self.depth} blocks)")
+            blocks = self._packet_blocks(first, pbc)
+            if blocks is None:
                 return
-            blocks = [(first + i) % self.depth for i in range(nblocks)]
+            nblocks, length_dws = len(blocks), pbc & _PBC_LENGTH_MASK
             if any(self.written[b] != FULL_BLOCK for b in blocks):
                 break  # the rest of the packet is still being written
             if any(self.sop[b] for b in blocks[1:]):
@@ -396,25 +393,45 @@ class PioSendContext:
                 frame = bytes(self.ring[start:end])
             else:
                 frame = bytes(self.ring[start:]) + bytes(self.ring[:end - len(self.ring)])
-            refused = self.block.integrity.refused(frame, self.hw)
-            if refused:
-                self.refused += 1
-                self.block.send.refuse(refused, self.hw)
-                self.halt(SEND_CTXT_ERR_STATUS_PIO_DISALLOWED_PACKET_ERR_SMASK,
-                          f"block {first}: its integrity checks refuse the packet ({describe(refused)})")
+            if self._refuses(first, frame):
                 return
             for b in blocks:
                 self.written[b] = 0
                 self.sop[b] = False
-            self.launch_at = (first + nblocks) % self.depth
-            self.free_counter += nblocks
+            due |= self._launched(first, nblocks, pbc, frame)
             freed += nblocks
             launched += 1
-            self.packets += 1
-            if pbc & _PBC_CREDIT_RETURN:
-                due |= CR_DUE_TO_PBC
-            self.block.send.egress(frame)
         self._after_launches(launched, freed, due, batch)
+
+    def _packet_blocks(self, first: int, pbc: int) -> list[int] | None:
+        """The ring blocks the packet starting at block `first` covers, by its
+        PBC length; None, with the context halted, for a length no packet has."""
+        length_dws = pbc & _PBC_LENGTH_MASK
+        nblocks = -(-length_dws // 16)
+        if length_dws < MIN_PACKET_DWS or length_dws > MAX_PACKET_DWS or nblocks > self.depth:
+            self.halt(SEND_CTXT_ERR_STATUS_PIO_DISALLOWED_PACKET_ERR_SMASK,
+                      f"PBC length {length_dws} dwords (ring of {self.depth} blocks)")
+            return None
+        return [(first + i) % self.depth for i in range(nblocks)]
+
+    def _refuses(self, first: int, frame: bytes) -> bool:
+        """Do the context's integrity checks refuse `frame`? Then it halts."""
+        refused = self.block.integrity.refused(frame, self.hw)
+        if refused:
+            self.refused += 1
+            self.block.send.refuse(refused, self.hw)
+            self.halt(SEND_CTXT_ERR_STATUS_PIO_DISALLOWED_PACKET_ERR_SMASK,
+                      f"block {first}: its integrity checks refuse the packet ({describe(refused)})")
+        return bool(refused)
+
+    def _launched(self, first: int, nblocks: int, pbc: int, frame: bytes) -> int:
+        """The packet at `first`, its blocks freed, goes to egress; the
+        credit-return reason it asks for (its PBC's CreditReturn), or 0."""
+        self.launch_at = (first + nblocks) % self.depth
+        self.free_counter += nblocks
+        self.packets += 1
+        self.block.send.egress(frame)
+        return CR_DUE_TO_PBC if pbc & _PBC_CREDIT_RETURN else 0
 
     # -- PIO space in shared memory (module docstring) -------------------------------
     def arm(self, blocks) -> None:
@@ -444,13 +461,10 @@ class PioSendContext:
             pbc = q[sop]
             if pbc == sentinel:
                 break  # no packet started here yet
-            length_dws = pbc & _PBC_LENGTH_MASK
-            nblocks = -(-length_dws // 16)
-            if length_dws < MIN_PACKET_DWS or length_dws > MAX_PACKET_DWS or nblocks > self.depth:
-                self.halt(SEND_CTXT_ERR_STATUS_PIO_DISALLOWED_PACKET_ERR_SMASK,
-                          f"PBC length {length_dws} dwords (ring of {self.depth} blocks)")
+            blocks = self._packet_blocks(first, pbc)
+            if blocks is None:
                 return
-            blocks = [(first + i) % self.depth for i in range(nblocks)]
+            nblocks, length_dws = len(blocks), pbc & _PBC_LENGTH_MASK
             if max(blocks) >= WINDOW_BLOCKS:
                 break  # it reaches beyond the window: never complete (and never read from the next one)
             last = blocks[-1]
@@ -470,23 +484,13 @@ class PioSendContext:
                 at = self.window + PIO_BLOCK * b
                 parts.append(space[at:at + PIO_BLOCK])
             frame = b"".join(parts)[:4 * length_dws]
-            refused = block.integrity.refused(frame, self.hw)
-            if refused:
-                self.refused += 1
-                block.send.refuse(refused, self.hw)
-                self.halt(SEND_CTXT_ERR_STATUS_PIO_DISALLOWED_PACKET_ERR_SMASK,
-                          f"block {first}: its integrity checks refuse the packet ({describe(refused)})")
+            if self._refuses(first, frame):
                 return
             self.arm(blocks)
-            self.launch_at = (first + nblocks) % self.depth
-            self.free_counter += nblocks
+            self.bytes_written += 64 * nblocks
+            due |= self._launched(first, nblocks, pbc, frame)
             freed += nblocks
             launched += 1
-            self.packets += 1
-            self.bytes_written += 64 * nblocks
-            if pbc & _PBC_CREDIT_RETURN:
-                due |= CR_DUE_TO_PBC
-            block.send.egress(frame)
         self._after_launches(launched, freed, due)
 
     def _after_launches(self, launched: int, freed: int, due: int, batch: int = LAUNCH_BATCH) -> None:
